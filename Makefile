@@ -1,0 +1,49 @@
+# Two commands do everything: `make demo` (the whole lifecycle on the embedded default) and
+# `make test`. Everything else here is what those two are made of.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+export MLOPS_HOME ?= $(CURDIR)/.mlops
+export PYTHONPATH := $(CURDIR)
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := false
+
+.PHONY: install lock demo up serve test lint bench clean
+
+# The stamp is newer than requirements.txt once the venv matches it, so a second run is a no-op.
+$(VENV)/.installed: requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/pip install -q uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --python $(BIN)/python requirements.txt
+	@touch $@
+
+install: $(VENV)/.installed
+
+lock:
+	@test -x $(BIN)/uv || (test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); $(BIN)/pip install -q uv==$(UV_VERSION))
+	$(BIN)/uv pip compile --python-version 3.11 requirements.in -o requirements.txt
+
+demo: install
+	$(BIN)/python -m include.mlops.demo
+
+up: install
+	$(BIN)/python -m include.mlops.local_stack up
+
+serve: install
+	$(BIN)/python -m include.mlops.serving
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(MLOPS_HOME)

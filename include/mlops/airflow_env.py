@@ -1,0 +1,55 @@
+"""The environment that points Airflow at this project (embedded default: SQLite, standalone)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from include.mlops.config import PROJECT_ROOT, get_settings
+
+
+def airflow_env(home: Path | None = None, **overrides: str) -> dict[str, str]:
+    """Variables for any Airflow process of the embedded default; production sets its own."""
+    mlops_home = home or get_settings().home
+    airflow_home = Path(os.environ.get("AIRFLOW_HOME") or mlops_home / "airflow")
+    env = {
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(airflow_home / "simple_auth_manager_passwords.json.generated"),
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        "MLOPS_HOME": str(mlops_home),
+        "DO_NOT_TRACK": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GX_ANALYTICS_ENABLED": "false",
+    }
+    env.update(overrides)
+    return env
+
+
+def apply_airflow_env(home: Path | None = None, **overrides: str) -> dict[str, str]:
+    """Set the variables in this process (before `airflow` is imported) and return them."""
+    env = airflow_env(home, **overrides)
+    for k, v in env.items():
+        if k == "AIRFLOW_HOME" and os.environ.get(k):
+            continue
+        os.environ.setdefault(k, v) if k.startswith("AIRFLOW__CORE__SIMPLE") else os.environ.__setitem__(k, v)
+    plugins = str(PROJECT_ROOT / "plugins")
+    for p in (str(PROJECT_ROOT), plugins):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    return env
+
+
+def migrate_db(env: dict[str, str]) -> None:
+    """`airflow db migrate` in a subprocess (idempotent; ~10 s the first time)."""
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    airflow = Path(sys.executable).with_name("airflow")
+    subprocess.run([str(airflow), "db", "migrate"], env={**os.environ, **env}, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -1,0 +1,191 @@
+"""Features: pure pandas feature functions, and the Feast definitions generated from the spec.
+
+The same `build_features` runs before the Feast offline source is written and inside the
+scoring service for full feature rows, so training and serving cannot disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from include.mlops.config import Settings
+    from include.mlops.spec import DatasetSpec
+    from include.mlops.storage import ObjectStore
+
+CREATED = "created_timestamp"
+
+
+class FeatureJoinError(Exception):
+    """The point-in-time join lost or duplicated rows."""
+
+
+def derived_features(spec: DatasetSpec) -> dict[str, str]:
+    """Derived features declared in the spec as pandas expressions (name -> expression)."""
+    return dict(spec.section("derived_features"))
+
+
+def model_features(spec: DatasetSpec) -> list[str]:
+    """Every column the model sees, in a fixed order."""
+    return [*spec.feature_names, *derived_features(spec)]
+
+
+def model_categoricals(spec: DatasetSpec) -> list[str]:
+    return list(spec.categorical_features)
+
+
+def build_features(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """Cast raw columns to their spec types and add the derived features. Pure: no I/O."""
+    import numpy as np
+    import pandas as pd
+
+    out = pd.DataFrame(index=df.index)
+    for key in (spec.entity_key, spec.timestamp):
+        if key in df.columns:
+            out[key] = df[key]
+    for f in spec.features:
+        col = df[f.name]
+        if f.is_numeric:
+            out[f.name] = pd.to_numeric(col, errors="coerce").astype("float64")
+        else:
+            out[f.name] = col.astype("object").where(col.notna(), None)
+    for name, expr in derived_features(spec).items():
+        values = out.eval(expr)
+        out[name] = pd.to_numeric(values, errors="coerce").replace([np.inf, -np.inf], np.nan).astype("float64")
+    return out
+
+
+def feature_source_prefix(spec: DatasetSpec) -> str:
+    return f"features/{spec.name}"
+
+
+def feature_key(spec: DatasetSpec, day: str) -> str:
+    return f"{feature_source_prefix(spec)}/part-{day}.parquet"
+
+
+def source_path(store: ObjectStore, spec: DatasetSpec) -> str:
+    """Where Feast reads the offline features: a local folder, or an s3:// prefix."""
+    if store.scheme == "file":
+        return store.local_path(feature_source_prefix(spec))
+    return store.uri(feature_source_prefix(spec))
+
+
+def feast_objects(spec: DatasetSpec, path: str, s3_endpoint: str | None = None) -> dict[str, Any]:
+    """Entity, source, feature view and feature service for a spec; names say their kind."""
+    from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+    from feast.types import Float64, String
+
+    entity = Entity(name=spec.entity_name, join_keys=[spec.entity_key], value_type=ValueType.INT64)
+    source = FileSource(
+        name=f"{spec.name}_source",
+        path=path,
+        timestamp_field=spec.timestamp,
+        created_timestamp_column=CREATED,
+        s3_endpoint_override=s3_endpoint,
+    )
+    schema = [Field(name=n, dtype=Float64) for n in spec.numeric_features]
+    schema += [Field(name=n, dtype=String) for n in spec.categorical_features]
+    schema += [Field(name=n, dtype=Float64) for n in derived_features(spec)]
+    ttl_days = int(spec.section("features_store").get("ttl_days", 2))
+    view = FeatureView(
+        name=spec.feature_view_name,
+        entities=[entity],
+        ttl=timedelta(days=ttl_days),
+        schema=schema,
+        source=source,
+        online=True,
+        tags={"dataset": spec.name},
+    )
+    service = FeatureService(name=spec.feature_service_name, features=[view], tags={"model": spec.model_name})
+    return {"entity": entity, "source": source, "view": view, "service": service}
+
+
+def repo_config(settings: Settings) -> Any:
+    """Feast's RepoConfig from the environment: SQLite locally, PostgreSQL + Redis in production."""
+    from feast.infra.registry.sql import SqlRegistryConfig
+    from feast.repo_config import RepoConfig
+
+    if settings.feast_online_store == "redis":
+        online: dict[str, Any] = {"type": "redis", "connection_string": settings.feast_online_path}
+    else:
+        online = {"type": "sqlite", "path": settings.feast_online_path}
+    return RepoConfig(
+        project="mlops",
+        provider="local",
+        registry=SqlRegistryConfig(registry_type="sql", path=settings.feast_registry_path, cache_ttl_seconds=60),
+        online_store=online,
+        offline_store={"type": "file"},
+        entity_key_serialization_version=3,
+        repo_path=str(settings.feast_repo),
+    )
+
+
+def get_feature_store(settings: Settings) -> Any:
+    from feast import FeatureStore
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=repo_config(settings), repo_path=str(settings.feast_repo))
+
+
+def apply_definitions(fs: Any, spec: DatasetSpec, store: ObjectStore) -> dict[str, Any]:
+    objs = feast_objects(spec, source_path(store, spec), store.endpoint_url)
+    fs.apply([objs["entity"], objs["source"], objs["view"], objs["service"]])
+    return objs
+
+
+def offline_frame(spec: DatasetSpec, features: pd.DataFrame, created: datetime) -> pd.DataFrame:
+    """Features as Feast reads them: UTC event time plus a created timestamp (the interval end,
+    not now(), so a re-run writes identical bytes)."""
+    import pandas as pd
+
+    df = features.copy()
+    df[spec.timestamp] = pd.to_datetime(df[spec.timestamp], utc=True)
+    ts = pd.Timestamp(created)
+    df[CREATED] = ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")
+    return df
+
+
+def write_offline(store: ObjectStore, spec: DatasetSpec, day: str, offline: pd.DataFrame) -> str:
+    """The interval's features as one parquet object: overwritten on a re-run, never appended."""
+    return store.put_parquet(feature_key(spec, day), offline)
+
+
+def materialize_frame(fs: Any, spec: DatasetSpec, features: pd.DataFrame, chunk_rows: int = 50_000) -> int:
+    """Write the newest row per entity to the online store, in bounded chunks.
+
+    Faster and leaner than `materialize`, which rereads the whole source for the range: we
+    already hold exactly the interval's rows.
+    """
+    df = features.sort_values(spec.timestamp).drop_duplicates(spec.entity_key, keep="last")
+    for i in range(0, len(df), chunk_rows):
+        fs.write_to_online_store(spec.feature_view_name, df.iloc[i : i + chunk_rows])
+    return len(df)
+
+
+def historical_features(fs: Any, spec: DatasetSpec, entity_df: pd.DataFrame) -> pd.DataFrame:
+    """Point-in-time join for an entity frame; fails loudly if rows go missing or multiply."""
+    service = fs.get_feature_service(spec.feature_service_name)
+    out = fs.get_historical_features(entity_df=entity_df, features=service).to_df()
+    if len(out) != len(entity_df):
+        raise FeatureJoinError(
+            f"point-in-time join returned {len(out)} rows for {len(entity_df)} entity rows "
+            f"({len(entity_df) - len(out)} lost): the feature source lacks rows within the TTL "
+            f"for some labelled events"
+        )
+    missing = out[model_features(spec)].isna().all(axis=1).sum()
+    if missing:
+        raise FeatureJoinError(f"{missing} joined rows have no feature values at all")
+    return out
+
+
+def online_features(fs: Any, spec: DatasetSpec, entity_ids: list[int]) -> pd.DataFrame:
+    import pandas as pd
+
+    resp = fs.get_online_features(
+        features=fs.get_feature_service(spec.feature_service_name),
+        entity_rows=[{spec.entity_key: int(e)} for e in entity_ids],
+    ).to_dict()
+    return pd.DataFrame(resp)

@@ -1,0 +1,193 @@
+"""One object-store API over `file://` and `s3://`; every step reads and writes through it.
+
+The S3 side uses boto3 with an optional endpoint (MinIO, moto), so the production stack and the
+laptop default run the same code path. Writes are whole-object overwrites, which is what makes
+the tasks idempotent: re-running an interval rewrites the same keys.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """A bucket-like root (`file:///abs/dir` or `s3://bucket/prefix`) and keys below it."""
+
+    root: str
+    endpoint_url: str | None = None
+
+    # -- addressing -------------------------------------------------------------------------
+    @property
+    def scheme(self) -> str:
+        return urlparse(self.root).scheme or "file"
+
+    def uri(self, key: str) -> str:
+        return f"{self.root.rstrip('/')}/{key.lstrip('/')}"
+
+    def _local(self, key: str) -> Path:
+        return Path(urlparse(self.root).path) / key.lstrip("/")
+
+    def _bucket_key(self, key: str) -> tuple[str, str]:
+        u = urlparse(self.root)
+        prefix = u.path.strip("/")
+        full = f"{prefix}/{key.lstrip('/')}" if prefix else key.lstrip("/")
+        return u.netloc, full
+
+    def key_of(self, uri: str) -> str:
+        """The key of a URI under this store's root."""
+        root = self.root.rstrip("/") + "/"
+        if not uri.startswith(root):
+            raise ValueError(f"{uri} is not under {self.root}")
+        return uri[len(root):]
+
+    def _s3(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url)
+
+    # -- bytes ------------------------------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes) -> str:
+        if self.scheme == "s3":
+            bucket, k = self._bucket_key(key)
+            self._s3().put_object(Bucket=bucket, Key=k, Body=data)
+        else:
+            p = self._local(key)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            tmp.replace(p)  # atomic on one filesystem: readers never see half a file
+        return self.uri(key)
+
+    def get_bytes(self, key: str) -> bytes:
+        if self.scheme == "s3":
+            bucket, k = self._bucket_key(key)
+            try:
+                return self._s3().get_object(Bucket=bucket, Key=k)["Body"].read()
+            except Exception as exc:  # botocore's NoSuchKey is generated per client
+                if "NoSuchKey" in type(exc).__name__ or "NoSuchKey" in str(exc):
+                    raise FileNotFoundError(self.uri(key)) from exc
+                raise
+        return self._local(key).read_bytes()
+
+    def put_text(self, key: str, text: str) -> str:
+        return self.put_bytes(key, text.encode())
+
+    def get_text(self, key: str) -> str:
+        return self.get_bytes(key).decode()
+
+    def put_json(self, key: str, obj: Any) -> str:
+        import json
+
+        return self.put_text(key, json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+    def get_json(self, key: str) -> Any:
+        import json
+
+        return json.loads(self.get_text(key))
+
+    def exists(self, key: str) -> bool:
+        if self.scheme == "s3":
+            bucket, k = self._bucket_key(key)
+            resp = self._s3().list_objects_v2(Bucket=bucket, Prefix=k, MaxKeys=1)
+            return any(o["Key"] == k for o in resp.get("Contents", []))
+        return self._local(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys (relative to the root) under a prefix, sorted; hidden temp files excluded."""
+        if self.scheme == "s3":
+            bucket, k = self._bucket_key(prefix)
+            _, root_prefix = self._bucket_key("")
+            keys: list[str] = []
+            for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=k):
+                keys.extend(o["Key"][len(root_prefix):] for o in page.get("Contents", []))
+            return sorted(keys)
+        base = self._local(prefix)
+        if base.is_file():
+            return [prefix]
+        if not base.exists():
+            return []
+        root = self._local("")
+        return sorted(
+            str(p.relative_to(root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")
+        )
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        if self.scheme == "s3":
+            bucket, _ = self._bucket_key("")
+            client = self._s3()
+            for i in range(0, len(keys), 1000):
+                objs = [{"Key": self._bucket_key(k)[1]} for k in keys[i : i + 1000]]
+                client.delete_objects(Bucket=bucket, Delete={"Objects": objs})
+        else:
+            base = self._local(prefix)
+            if base.is_dir():
+                shutil.rmtree(base)
+            elif base.exists():
+                base.unlink()
+        return len(keys)
+
+    def copy(self, src_key: str, dst_key: str) -> str:
+        if self.scheme == "s3":
+            bucket, s = self._bucket_key(src_key)
+            _, d = self._bucket_key(dst_key)
+            self._s3().copy_object(Bucket=bucket, Key=d, CopySource={"Bucket": bucket, "Key": s})
+            return self.uri(dst_key)
+        return self.put_bytes(dst_key, self.get_bytes(src_key))
+
+    # -- tables -----------------------------------------------------------------------------
+    def put_parquet(self, key: str, df: pd.DataFrame) -> str:
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        return self.put_bytes(key, buf.getvalue())
+
+    def get_parquet(self, key: str) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.read_parquet(io.BytesIO(self.get_bytes(key)))
+
+    def read_parquet_prefix(self, prefix: str) -> pd.DataFrame:
+        """All parquet objects under a prefix, concatenated (empty frame if none)."""
+        import pandas as pd
+
+        keys = [k for k in self.list(prefix) if k.endswith(".parquet")]
+        if not keys:
+            return pd.DataFrame()
+        return pd.concat([self.get_parquet(k) for k in keys], ignore_index=True)
+
+    def local_path(self, key: str) -> str:
+        """A filesystem path for tools that only read files (file:// stores only)."""
+        if self.scheme != "file":
+            raise ValueError(f"{self.root} is not a local store")
+        return str(self._local(key))
+
+
+def get_store() -> ObjectStore:
+    """The platform's store, from the environment (see config.Settings)."""
+    from include.mlops.config import get_settings
+
+    s = get_settings()
+    return ObjectStore(root=s.store_uri, endpoint_url=s.s3_endpoint_url)
+
+
+def ensure_bucket(store: ObjectStore) -> None:
+    """Create the bucket of an s3:// store if it does not exist (MinIO/moto start empty)."""
+    if store.scheme != "s3":
+        Path(urlparse(store.root).path).mkdir(parents=True, exist_ok=True)
+        return
+    bucket, _ = store._bucket_key("")
+    client = store._s3()
+    try:
+        client.head_bucket(Bucket=bucket)
+    except Exception:
+        client.create_bucket(Bucket=bucket)

@@ -1,0 +1,148 @@
+"""Training: a time-based split, an sklearn Pipeline built from the spec, and a budgeted search."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from include.mlops.spec import DatasetSpec
+
+CLASSIFIERS = {
+    "logistic_regression": ("sklearn.linear_model", "LogisticRegression", {"max_iter": 1000}),
+    "random_forest": ("sklearn.ensemble", "RandomForestClassifier", {"n_jobs": 1, "random_state": 0}),
+    "hist_gradient_boosting": ("sklearn.ensemble", "HistGradientBoostingClassifier", {"random_state": 0}),
+}
+REGRESSORS = {
+    "ridge": ("sklearn.linear_model", "Ridge", {}),
+    "random_forest": ("sklearn.ensemble", "RandomForestRegressor", {"n_jobs": 1, "random_state": 0}),
+    "hist_gradient_boosting": ("sklearn.ensemble", "HistGradientBoostingRegressor", {"random_state": 0}),
+}
+
+
+class TrainingDataError(Exception):
+    """Too little or malformed training data; the message says how much there was."""
+
+
+@dataclass
+class SearchResult:
+    best_params: dict[str, Any]
+    best_score: float
+    scoring: str
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    stopped_by_budget: bool = False
+    seconds: float = 0.0
+
+
+def data_hash(df: pd.DataFrame) -> str:
+    """A content hash of a frame (order-sensitive, dtype-aware): the data half of idempotency keys."""
+    import pandas as pd
+
+    h = hashlib.sha256()
+    h.update(",".join(map(str, df.columns)).encode())
+    h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
+    return h.hexdigest()[:16]
+
+
+def time_split(df: pd.DataFrame, spec: DatasetSpec, holdout_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The newest `holdout_days` of event dates are the holdout; everything before trains."""
+    import pandas as pd
+
+    ts = pd.to_datetime(df[spec.timestamp], utc=True)
+    days = sorted(ts.dt.normalize().unique())
+    if len(days) <= holdout_days:
+        raise TrainingDataError(
+            f"need more than {holdout_days} days of labelled data for a time-based split, got {len(days)}"
+        )
+    cut = days[-holdout_days]
+    train, holdout = df[ts < cut], df[ts >= cut]
+    return train.reset_index(drop=True), holdout.reset_index(drop=True)
+
+
+def build_pipeline(spec: DatasetSpec, params: dict[str, Any] | None = None) -> Any:
+    """Preprocessing + estimator, both from the spec; the Pipeline takes raw-typed features."""
+    import importlib
+
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+
+    from include.mlops.features import derived_features
+
+    model = spec.section("model")
+    family = model.get("family", "hist_gradient_boosting")
+    table = CLASSIFIERS if spec.is_classification else REGRESSORS
+    if family not in table:
+        raise ValueError(f"model.family {family!r} is not available for {spec.task} (choose from {sorted(table)})")
+    module, cls, defaults = table[family]
+    fixed = dict(model.get("params") or {})
+    estimator = getattr(importlib.import_module(module), cls)(**{**defaults, **fixed, **(params or {})})
+
+    numeric = [*spec.numeric_features, *derived_features(spec)]
+    categorical = list(spec.categorical_features)
+    tree = family != "logistic_regression" and family != "ridge"
+    num_steps = [("impute", SimpleImputer(strategy="median"))] + ([] if tree else [("scale", StandardScaler())])
+    if family == "hist_gradient_boosting":
+        cat_enc = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1)
+    else:
+        cat_enc = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+    pre = ColumnTransformer(
+        [
+            ("num", Pipeline(num_steps), numeric),
+            ("cat", Pipeline([("impute", SimpleImputer(strategy="constant", fill_value="__missing__")), ("encode", cat_enc)]), categorical),
+        ],
+        verbose_feature_names_out=False,
+    )
+    if family == "hist_gradient_boosting":
+        n_num = len(numeric)
+        estimator.set_params(categorical_features=list(range(n_num, n_num + len(categorical))))
+    return Pipeline([("preprocess", pre), ("model", estimator)])
+
+
+def scoring_name(spec: DatasetSpec) -> str:
+    metric = spec.section("model").get("primary_metric", "roc_auc" if spec.is_classification else "r2")
+    return {"rmse": "neg_root_mean_squared_error", "mae": "neg_mean_absolute_error"}.get(metric, metric)
+
+
+def search(spec: DatasetSpec, X: pd.DataFrame, y: pd.Series, seed: int = 0) -> SearchResult:
+    """Random search over the spec's space with k-fold time-ordered CV, stopped by a time budget.
+
+    Candidates are tried in a seeded order; once the budget is spent no new one starts, so the
+    result is reproducible for a given budget unless the machine is much slower.
+    """
+    from sklearn.model_selection import ParameterSampler, TimeSeriesSplit, cross_val_score
+
+    cfg = spec.section("model").get("search") or {}
+    space = {k: list(v) for k, v in (cfg.get("space") or {}).items()}
+    n_iter = int(cfg.get("n_iter", 5))
+    folds = int(cfg.get("cv_folds", 3))
+    budget = float(cfg.get("budget_seconds", 300))
+    scoring = scoring_name(spec)
+    candidates = list(ParameterSampler(space, n_iter=n_iter, random_state=seed)) if space else [{}]
+    cv = TimeSeriesSplit(n_splits=folds)  # rows are time-ordered: never validate on the past
+    t0 = time.perf_counter()
+    tried, stopped = [], False
+    for params in candidates:
+        if tried and time.perf_counter() - t0 > budget:
+            stopped = True
+            break
+        scores = cross_val_score(build_pipeline(spec, params), X, y, cv=cv, scoring=scoring, n_jobs=1)
+        tried.append({"params": params, "mean": float(scores.mean()), "std": float(scores.std()), "folds": [float(s) for s in scores]})
+    best = max(tried, key=lambda c: c["mean"])
+    return SearchResult(best["params"], best["mean"], scoring, tried, stopped, time.perf_counter() - t0)
+
+
+def fit(spec: DatasetSpec, train: pd.DataFrame, seed: int = 0) -> tuple[Any, SearchResult]:
+    """Search, then refit the best candidate on the whole training split."""
+    from include.mlops.features import model_features
+
+    train = train.sort_values(spec.timestamp)
+    X, y = train[model_features(spec)], train[spec.label]
+    result = search(spec, X, y, seed=seed)
+    model = build_pipeline(spec, result.best_params).fit(X, y)
+    return model, result

@@ -1,0 +1,151 @@
+"""Shared fixtures: an isolated MLOPS_HOME per test session, and a small trained lifecycle.
+
+Nothing is mocked: the fixtures run the real pipeline steps (GX, Feast, MLflow) on small data.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "plugins"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+DEMO_START = date(2026, 10, 1)
+
+
+def small_spec(tmp: Path, name: str = "churn", **model_search) -> Path:
+    """The shipped spec with a tiny search budget, written next to the test's data."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "include" / "specs" / f"{name}.yaml").read_text())
+    raw["model"]["search"].update({"n_iter": 2, "cv_folds": 2, "budget_seconds": 30, **model_search})
+    raw["training"]["window_days"] = 6
+    raw["training"]["min_rows"] = 200
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def day_interval(day: date):
+    from include.mlops.pipeline import Interval
+
+    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return Interval(start, start + timedelta(days=1))
+
+
+def use_home(monkeypatch_or_env, home: Path, **extra: str) -> None:
+    env = {
+        "MLOPS_HOME": str(home),
+        "MLOPS_STORE_URI": f"file://{home / 'store'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "FEAST_REGISTRY_PATH": f"sqlite:///{home / 'feast_registry.db'}",
+        "FEAST_ONLINE_PATH": str(home / "feast_online.db"),
+        "FEAST_ONLINE_STORE": "sqlite",
+        **extra,
+    }
+    for k, v in env.items():
+        monkeypatch_or_env.setenv(k, v) if hasattr(monkeypatch_or_env, "setenv") else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="session")
+def lifecycle(tmp_path_factory):
+    """A home with 10 ingested days of churn data (400 rows/day) and a promoted champion.
+
+    Returns a dict: home, spec_path, interval of the champion's run, the step outputs.
+    """
+    from include.mlops import pipeline as P
+    from include.mlops.data.generator import write_days
+    from include.mlops.spec import load_spec
+    from include.mlops.storage import ObjectStore, ensure_bucket
+
+    home = tmp_path_factory.mktemp("lifecycle")
+    saved = dict(os.environ)
+    use_home(os.environ, home)
+    spec_path = small_spec(home)
+    spec = load_spec(str(spec_path))
+    store = ObjectStore(f"file://{home / 'store'}")
+    ensure_bucket(store)
+    write_days(store, spec, DEMO_START, 10, rows=400)
+    outs = {}
+    for i in range(10):
+        iv = day_interval(DEMO_START + timedelta(days=i))
+        P.extract(iv, str(spec_path))
+        outs["validate"] = P.validate(iv, str(spec_path))
+        P.prepare(iv, str(spec_path))
+    lineage = {"dag_id": "fixture", "run_id": "fixture"}
+    iv = day_interval(DEMO_START + timedelta(days=9))
+    tr = P.train(iv, lineage, str(spec_path))
+    ev = P.evaluate(tr, str(spec_path))
+    ev_forced = {**ev, "passed": True, "reasons": []}  # the fixture needs a champion whatever the gate says
+    rg = P.register(tr, ev_forced, outs["validate"], lineage, iv, str(spec_path))
+    pr = P.promote(rg, ev_forced, "fixture", "fixture", spec_name=str(spec_path))
+    env = {k: os.environ[k] for k in os.environ if k.startswith(("MLOPS_", "MLFLOW_", "FEAST_"))}
+    os.environ.clear()
+    os.environ.update(saved)
+    return {"home": home, "spec_path": spec_path, "spec": spec, "env": env, "interval": iv,
+            "train": tr, "evaluate": ev, "register": rg, "promote": pr}
+
+
+@pytest.fixture
+def lifecycle_env(lifecycle, monkeypatch):
+    """Point the environment at the session's lifecycle home for one test."""
+    for k, v in lifecycle["env"].items():
+        monkeypatch.setenv(k, v)
+    return lifecycle
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """A real S3 API on loopback (moto's server mode), in its own process."""
+    import subprocess
+    import time
+    import urllib.request
+
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except Exception:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("moto_server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def s3_env(endpoint: str, bucket: str) -> dict[str, str]:
+    return {
+        "MLOPS_STORE_URI": f"s3://{bucket}/store",
+        "MLOPS_S3_ENDPOINT_URL": endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,
+        "MLOPS_MLFLOW_ARTIFACTS": f"s3://{bucket}/mlflow",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
