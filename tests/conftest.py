@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -17,6 +18,8 @@ for p in (ROOT, ROOT / "plugins"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
+# Airflow reads AIRFLOW_HOME when first imported: give the whole test session its own.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-test-"))
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -32,6 +35,7 @@ def small_spec(tmp: Path, name: str = "churn", **model_search) -> Path:
     raw["model"]["search"].update({"n_iter": 2, "cv_folds": 2, "budget_seconds": 30, **model_search})
     raw["training"]["window_days"] = 6
     raw["training"]["min_rows"] = 200
+    raw["gate"]["minimums"] = {k: round(v * 0.8, 3) for k, v in raw["gate"]["minimums"].items()}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -149,3 +153,30 @@ def s3_env(endpoint: str, bucket: str) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """The session's Airflow metadata DB (SQLite in AIRFLOW_HOME), migrated once."""
+    from include.mlops.airflow_env import apply_airflow_env, migrate_db
+
+    env = apply_airflow_env(Path(tempfile.mkdtemp(prefix="mlops-test-home-")))
+    migrate_db(env)
+    return env
+
+
+@pytest.fixture(scope="session")
+def training_dag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.get_dag("ml_training")
+
+
+def run_dag_day(dag, day: date, **conf):
+    """`dag.test()` for the day-long interval starting at `day` (logical date = interval end)."""
+    logical = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
+    run = dag.test(logical_date=logical, run_conf=conf)
+    assert run.data_interval_start.date() == day, (run.data_interval_start, day)
+    return run, {ti.task_id: ti for ti in run.get_task_instances()}

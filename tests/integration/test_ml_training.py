@@ -1,0 +1,173 @@
+"""`ml_training` end to end with `dag.test()`: real GX, Feast, MLflow, on file:// and s3://."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import timedelta
+
+import pytest
+
+from tests.conftest import DEMO_START, day_interval, run_dag_day, s3_env, small_spec, use_home
+
+pytestmark = pytest.mark.integration
+ROWS = 300
+INGEST_DAYS = 8  # day 9 is the first full run: labels (3 days late) cover days 1-6
+
+
+def _state(ti) -> str:
+    return str(ti.state).split(".")[-1].lower()
+
+
+def _client():
+    from include.mlops.config import get_settings
+    from include.mlops.registry import setup_mlflow
+
+    return setup_mlflow(get_settings())
+
+
+def _aliases(client, model):
+    from include.mlops.registry import alias_version
+
+    return {a: alias_version(client, model, a) for a in ("champion", "challenger", "previous")}
+
+
+@pytest.fixture(scope="module")
+def file_home(tmp_path_factory, airflow_db):
+    from include.mlops.data.generator import write_days
+    from include.mlops.spec import load_spec
+    from include.mlops.storage import get_store
+
+    home = tmp_path_factory.mktemp("file_home")
+    mp = pytest.MonkeyPatch()
+    use_home(mp, home)
+    spec_path = str(small_spec(home))
+    spec = load_spec(spec_path)
+    write_days(get_store(), spec, DEMO_START, 12, rows=ROWS)
+    yield {"home": home, "spec_path": spec_path, "spec": spec}
+    mp.undo()
+
+
+def _ingest(dag, spec_path, days):
+    for i in range(days):
+        run, tis = run_dag_day(dag, DEMO_START + timedelta(days=i), dataset=spec_path, train=False)
+        assert _state(tis["prepare"]) == "success" and _state(tis["train"]) == "skipped", i
+
+
+def _staging_digest(store, spec):
+    h = hashlib.sha256()
+    for key in store.list(f"staging/{spec.name}/"):
+        h.update(key.encode())
+        h.update(store.get_bytes(key))
+    return h.hexdigest()
+
+
+def test_first_run_registers_and_promotes_with_lineage(training_dag, file_home):
+    from include.mlops.registry import read_ledger
+    from include.mlops.storage import get_store
+
+    spec, spec_path = file_home["spec"], file_home["spec_path"]
+    _ingest(training_dag, spec_path, INGEST_DAYS)
+    run, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=INGEST_DAYS), dataset=spec_path, train=True)
+    assert {t: _state(ti) for t, ti in tis.items()} == {t: "success" for t in tis}
+
+    client = _client()
+    versions = client.search_model_versions(f"name='{spec.model_name}'")
+    assert [v.version for v in versions] == ["1"]
+    assert _aliases(client, spec.model_name) == {"champion": "1", "challenger": "1", "previous": None}
+    tags = versions[0].tags
+    for key in ("data_interval", "data_hash", "gx_result_uri", "feast_feature_service", "airflow.dag_id",
+                "airflow.run_id", "git_commit", "rows"):
+        assert tags.get(key), key
+    assert tags["airflow.run_id"] == run.run_id and tags["feast_feature_service"] == spec.feature_service_name
+    assert tags["gx_result_uri"].endswith("validation.json")
+    assert day_interval(DEMO_START + timedelta(days=INGEST_DAYS)).label == tags["data_interval"]
+
+    run_id = versions[0].run_id
+    arts = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert {"evaluation", "plots/roc_curve.png", "plots/confusion_matrix.png", "plots/feature_importance.png"} <= arts
+    mlrun = client.get_run(run_id)
+    assert "holdout_roc_auc" in mlrun.data.metrics and mlrun.data.tags["mlops.gate"] == "passed"
+    assert mlrun.inputs.dataset_inputs, "training data must be logged as an MLflow dataset input"
+    ledger = read_ledger(get_store(), spec.model_name)
+    assert [(e["action"], e["to_version"]) for e in ledger] == [("promote", "1")]
+
+
+def test_rerun_of_same_interval_is_idempotent(training_dag, file_home):
+    from include.mlops.storage import get_store
+
+    spec, spec_path = file_home["spec"], file_home["spec_path"]
+    store = get_store()
+    before = _staging_digest(store, spec)
+    run, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=INGEST_DAYS), dataset=spec_path, train=True)
+    assert _state(tis["deploy"]) == "success"
+    assert _staging_digest(store, spec) == before
+    client = _client()
+    assert len(client.search_model_versions(f"name='{spec.model_name}'")) == 1
+    assert tis["train"].xcom_pull(task_ids="train")["reused"] is True
+
+
+def test_rejected_challenger_is_not_promoted_and_run_succeeds(training_dag, file_home, tmp_path):
+    import yaml
+
+    spec, spec_path = file_home["spec"], file_home["spec_path"]
+    strict = yaml.safe_load(open(spec_path))
+    strict["gate"]["minimums"] = {"roc_auc": 0.999}
+    strict_path = tmp_path / "churn.yaml"
+    strict_path.write_text(yaml.safe_dump(strict))
+    run, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=INGEST_DAYS + 1), dataset=str(strict_path), train=True)
+    assert _state(tis["deploy"]) == "success"
+    out = tis["deploy"].xcom_pull(task_ids="deploy")
+    assert out["message"].startswith("not promoted: minimum roc_auc")
+    assert _aliases(_client(), spec.model_name) == {"champion": "1", "challenger": "2", "previous": None}
+
+
+@pytest.mark.parametrize("scenario", ["corrupted", "schema_renamed"])
+def test_bad_batch_is_quarantined_and_champion_untouched(training_dag, file_home, scenario):
+    from include.mlops.data.generator import Scenario, events_key, generate_day
+    from include.mlops.storage import get_store
+
+    spec, spec_path = file_home["spec"], file_home["spec_path"]
+    store = get_store()
+    day = DEMO_START + timedelta(days=11 if scenario == "corrupted" else 10)
+    events, _ = generate_day(spec, day, Scenario(scenario, day), rows=ROWS)
+    store.put_parquet(events_key(spec, day), events)
+    champion_before = _aliases(_client(), spec.model_name)["champion"]
+    run, tis = run_dag_day(training_dag, day, dataset=spec_path, train=True)
+    assert _state(tis["validate"]) == "failed"
+    assert all(_state(tis[t]) != "success" for t in ("prepare", "train", "register", "deploy"))
+    q = f"quarantine/{spec.name}/dt={day.isoformat()}"
+    assert store.exists(f"{q}/events.parquet") and store.exists(f"{q}/validation.json")
+    report = store.get_json(f"{q}/validation.json")
+    assert report["success"] is False and report["failed"]
+    assert not store.exists(f"staging/{spec.name}/events/dt={day.isoformat()}/events.parquet")
+    assert _aliases(_client(), spec.model_name)["champion"] == champion_before
+
+
+def test_ml_training_on_s3(training_dag, moto_server, tmp_path_factory):
+    import boto3
+
+    from include.mlops.data.generator import write_days
+    from include.mlops.spec import load_spec
+    from include.mlops.storage import ensure_bucket, get_store
+
+    home = tmp_path_factory.mktemp("s3_home")
+    with pytest.MonkeyPatch.context() as mp:
+        use_home(mp, home, **s3_env(moto_server, "mlops-it"))
+        spec_path = str(small_spec(home))
+        spec = load_spec(spec_path)
+        store = get_store()
+        ensure_bucket(store)
+        write_days(store, spec, DEMO_START, INGEST_DAYS + 1, rows=ROWS)
+        _ingest(training_dag, spec_path, INGEST_DAYS)
+        run, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=INGEST_DAYS), dataset=spec_path, train=True)
+        assert {t: _state(ti) for t, ti in tis.items()} == {t: "success" for t in tis}
+        assert _aliases(_client(), spec.model_name)["champion"] == "1"
+        s3 = boto3.client("s3", endpoint_url=moto_server)
+        keys = [o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket="mlops-it") for o in p.get("Contents", [])]
+        assert any(k.startswith("store/staging/churn/") for k in keys)
+        assert any(k.startswith("store/features/churn/part-") for k in keys)
+        assert any(k.startswith("store/reports/validation/") and k.endswith(".html") for k in keys)
+        assert any(k.startswith("mlflow/") and k.endswith("model.skops") for k in keys), "model artifacts in S3"
+        assert not (home / "store").exists(), "nothing may land on local disk in s3 mode"
+        assert os.environ["MLOPS_STORE_URI"].startswith("s3://")
