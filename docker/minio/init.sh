@@ -5,11 +5,15 @@
 set -eu
 
 : "${MLOPS_BUCKET:?}" "${MINIO_ROOT_USER:?}" "${MINIO_ROOT_PASSWORD:?}"
-: "${AWS_ACCESS_KEY_ID:?}" "${AWS_SECRET_ACCESS_KEY:?}"
 
 mc alias set local http://minio:9000 "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >/dev/null
 mc mb --ignore-existing "local/$MLOPS_BUCKET"
 
+if [ -z "${AWS_ACCESS_KEY_ID:-}" ] || [ -z "${AWS_SECRET_ACCESS_KEY:-}" ]; then
+    # Empty keys in .env: the platform uses real S3 through an IAM role, not this MinIO.
+    echo "minio-init: no platform keys set; bucket created, no MinIO user added"
+    exit 0
+fi
 if [ "$AWS_ACCESS_KEY_ID" = "$MINIO_ROOT_USER" ]; then
     echo "minio-init: the platform uses MinIO's root user; no bucket-scoped user created"
     exit 0

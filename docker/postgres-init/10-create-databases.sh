@@ -6,7 +6,7 @@
 # The postgres image runs this once, from /docker-entrypoint-initdb.d, when the data volume is
 # empty. It is also safe to run again by hand (existing roles and databases are left alone):
 #   docker compose exec postgres bash /docker-entrypoint-initdb.d/10-create-databases.sh
-set -euo pipefail
+set -eo pipefail
 
 create_role_and_database() {
     local name="$1" password="$2"
