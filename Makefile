@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 export MLOPS_HOME ?= $(CURDIR)/.mlops
 export PYTHONPATH := $(CURDIR)
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false

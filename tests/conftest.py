@@ -36,6 +36,9 @@ def small_spec(tmp: Path, name: str = "churn", **model_search) -> Path:
     raw["training"]["window_days"] = 6
     raw["training"]["min_rows"] = 200
     raw["gate"]["minimums"] = {k: round(v * 0.8, 3) for k, v in raw["gate"]["minimums"].items()}
+    # tests share 2 cores with each other: latency budgets are checked by their own tests
+    raw["deployment"]["latency_budget_ms"] = {"p99": 10_000}
+    raw["deployment"]["load_test"] = {"requests": 60, "concurrency": 4}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

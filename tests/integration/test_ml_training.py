@@ -73,7 +73,7 @@ def test_first_run_registers_and_promotes_with_lineage(training_dag, file_home):
 
     client = _client()
     versions = client.search_model_versions(f"name='{spec.model_name}'")
-    assert [v.version for v in versions] == ["1"]
+    assert [str(v.version) for v in versions] == ["1"]
     assert _aliases(client, spec.model_name) == {"champion": "1", "challenger": "1", "previous": None}
     tags = versions[0].tags
     for key in ("data_interval", "data_hash", "gx_result_uri", "feast_feature_service", "airflow.dag_id",

@@ -1,0 +1,140 @@
+"""ml_training at scale: per-task times, peak RSS and overhead over the bare compute.
+
+For N rows: daily batches of N/5 rows; the final day's run trains on a 5-day labelled window
+(N rows). Phases run in fresh processes so each has its own imports and peak RSS:
+  ingest  - days 1..8 through the pipeline steps (not measured)
+  dag     - `ml_training` for day 9 with dag.test(): wall time, per-task times, peak RSS
+  bare    - the same work without the platform: read the parquet, the same search with the
+            same budget and folds, fit, predict the holdout
+    python -m bench.pipeline 10000 100000 1000000
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+from bench.common import local_env, machine, merge_results, peak_rss_mb, run_json
+
+START = date(2026, 10, 1)
+WINDOW, INGEST_DAYS = 5, 8
+
+
+def bench_spec(home: Path, rows: int) -> Path:
+    import yaml
+
+    from bench.common import ROOT
+
+    raw = yaml.safe_load((ROOT / "include" / "specs" / "churn.yaml").read_text())
+    raw["training"].update({"window_days": WINDOW, "holdout_days": 1, "min_rows": 100})
+    raw["demo"]["rows_per_day"] = rows // WINDOW
+    raw["deployment"]["load_test"] = {"requests": 100, "concurrency": 4}
+    p = home / "churn.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def phase_ingest(spec_path: str) -> dict:
+    from include.mlops import pipeline as P
+    from include.mlops.data.generator import write_days
+    from include.mlops.spec import load_spec
+    from include.mlops.storage import ensure_bucket, get_store
+
+    spec = load_spec(spec_path)
+    store = get_store()
+    ensure_bucket(store)
+    write_days(store, spec, START, INGEST_DAYS + 1)
+    for i in range(INGEST_DAYS):
+        d = START + timedelta(days=i)
+        iv = P.Interval(datetime(d.year, d.month, d.day, tzinfo=timezone.utc), datetime(d.year, d.month, d.day, tzinfo=timezone.utc) + timedelta(days=1))
+        P.extract(iv, spec_path)
+        P.validate(iv, spec_path)
+        P.prepare(iv, spec_path)
+    return {"ok": True}
+
+
+def phase_dag(spec_path: str) -> dict:
+    from include.mlops.airflow_env import apply_airflow_env, migrate_db
+    from include.mlops.config import get_settings
+
+    env = apply_airflow_env(get_settings().home)
+    migrate_db(env)
+    from airflow.dag_processing.dagbag import DagBag
+
+    from bench.common import ROOT
+
+    dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("ml_training")
+    day = START + timedelta(days=INGEST_DAYS)
+    t = time.perf_counter()
+    run = dag.test(logical_date=datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1),
+                   run_conf={"dataset": spec_path, "train": True})
+    wall = time.perf_counter() - t
+    tis = {ti.task_id: ti for ti in run.get_task_instances()}
+    train_out = tis["train"].xcom_pull(task_ids="train")
+    return {"state": str(run.state), "wall_s": round(wall, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "task_s": {k: round(v.duration or 0, 2) for k, v in sorted(tis.items())},
+            "task_state": {k: str(v.state) for k, v in sorted(tis.items())},
+            "train_rows": train_out["rows"], "train_uri": train_out["train_uri"], "holdout_uri": train_out["holdout_uri"]}
+
+
+def phase_bare(spec_path: str, train_uri: str, holdout_uri: str) -> dict:
+    """The same work with no platform: parquet in, same search (budget, folds), fit, predict."""
+    t = time.perf_counter()
+    import pandas as pd
+
+    from include.mlops import training as T
+    from include.mlops.features import model_features
+    from include.mlops.spec import load_spec
+
+    spec = load_spec(spec_path)
+    train = pd.read_parquet(train_uri.removeprefix("file://"))
+    hold = pd.read_parquet(holdout_uri.removeprefix("file://"))
+    model, _ = T.fit(spec, train)
+    model.predict_proba(hold[model_features(spec)])
+    return {"bare_s": round(time.perf_counter() - t, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def run(rows: int) -> dict:
+    home = Path(tempfile.mkdtemp(prefix=f"bench-pipeline-{rows}-"))
+    env = local_env(home)
+    spec_path = str(bench_spec(home, rows))
+    log = home / "bench.log"
+    t = time.perf_counter()
+    run_json(["-m", "bench.pipeline", "--phase", "ingest", spec_path], env, log)
+    ingest_s = time.perf_counter() - t
+    dag = run_json(["-m", "bench.pipeline", "--phase", "dag", spec_path], env, log)
+    bare = run_json(["-m", "bench.pipeline", "--phase", "bare", spec_path, dag["train_uri"], dag["holdout_uri"]], env, log)
+    result = {
+        "task_s": dag["task_s"],
+        "wall_s": dag["wall_s"],
+        "peak_rss_mb": dag["peak_rss_mb"],
+        "bare_s": bare["bare_s"],
+        "overhead_ratio": round(dag["wall_s"] / bare["bare_s"], 2),
+        "train_rows": dag["train_rows"],
+        "daily_batch_rows": rows // WINDOW,
+        "ingest_8_days_s": round(ingest_s, 1),
+        "state": dag["state"],
+        "home": str(home),
+    }
+    print(f"[bench.pipeline] {rows}: {json.dumps(result)}", file=sys.stderr, flush=True)
+    return result
+
+
+def main(argv: list[str]) -> None:
+    if argv and argv[0] == "--phase":
+        fn = {"ingest": phase_ingest, "dag": phase_dag, "bare": phase_bare}[argv[1]]
+        print(json.dumps(fn(*argv[2:])))
+        return
+    sizes = [int(a) for a in argv] or [10_000, 100_000, 1_000_000]
+    results = {str(n): run(n) for n in sizes}
+    merge_results({"pipeline": results, "machine": machine(),
+                   "commands": {"pipeline": "python -m bench.pipeline " + " ".join(map(str, sizes))}})
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
