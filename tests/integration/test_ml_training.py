@@ -144,6 +144,39 @@ def test_bad_batch_is_quarantined_and_champion_untouched(training_dag, file_home
     assert _aliases(_client(), spec.model_name)["champion"] == champion_before
 
 
+def test_batch_scoring_and_one_click_rollback(training_dag, file_home):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from include.mlops.registry import read_ledger
+    from include.mlops.storage import get_store
+    from tests.conftest import ROOT
+
+    spec, spec_path = file_home["spec"], file_home["spec_path"]
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    store = get_store()
+    day = DEMO_START + timedelta(days=INGEST_DAYS)
+    scoring = bag.get_dag("ml_batch_scoring")
+    outs = []
+    for _ in range(2):  # idempotent: the same file, the same rows
+        run, tis = run_dag_day(scoring, day, dataset=spec_path)
+        assert _state(tis["score"]) == "success"
+        outs.append(tis["score"].xcom_pull(task_ids="score"))
+    key = store.key_of(outs[0]["uri"])
+    assert key == f"predictions/batch/{spec.name}/dt={day.isoformat()}/predictions.parquet"
+    assert [k for k in store.list(f"predictions/batch/{spec.name}/") if k.endswith(".parquet")] == [key]
+    df = store.get_parquet(key)
+    assert len(df) == ROWS and df["request_id"].is_unique and (df["model_version"].astype(str) == "1").all()
+
+    rollback = bag.get_dag("ml_rollback")
+    rollback.test(run_conf={"dataset": spec_path, "to_version": "2", "reason": "test"})
+    assert _aliases(_client(), spec.model_name)["champion"] == "2"
+    assert _aliases(_client(), spec.model_name)["previous"] == "1"
+    rollback.test(run_conf={"dataset": spec_path, "to_version": None, "reason": "test"})  # back to previous
+    assert _aliases(_client(), spec.model_name)["champion"] == "1"
+    actions = [(e["action"], e["from_version"], e["to_version"]) for e in read_ledger(store, spec.model_name)]
+    assert actions[-2:] == [("rollback", "1", "2"), ("rollback", "2", "1")]
+
+
 def test_ml_training_on_s3(training_dag, moto_server, tmp_path_factory):
     import boto3
 

@@ -1,0 +1,123 @@
+"""
+### ml_retraining: train → evaluate → register → deploy again, when drift says so
+
+Scheduled on the drift Assets (`x-mlops://drift/<dataset>`, emitted by `ml_monitoring` when its
+policy decides to retrain), and can be triggered by hand with params.
+
+| task | does | look here |
+|---|---|---|
+| plan | dataset, data interval and training window from the params, else the triggering drift event, else the spec (`monitoring.retraining`) | task log (what and why) |
+| train | the same training step as `ml_training`, on the window chosen by the data strategy | MLflow run |
+| evaluate | holdout and slice metrics, the challenger against the champion on the same holdout: the gate | `evaluation/gate.txt` in the run |
+| register | a model version with lineage tags, alias `challenger` | extra link *MLflow model version* |
+| deploy | through the gate only: promotes, or keeps the champion and alerts "not promoted: …" | ledger; alert |
+
+Data strategies (`data_strategy`): `sliding_window` (the last `window_days` days), `all_history`
+(everything labelled), `new_data_only` (only what arrived after the champion's training interval).
+`window_end` (a date, inclusive) sets the last day of data; by default the drift window's day, or
+the day before the run for a manual trigger. `deploy_strategy` overrides the spec's.
+
+Alerts on gate rejection and on failure (a failed post-deployment check is a rollback) through the
+optional connections `mlops_alerts_webhook` and `mlops_alerts_smtp`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, AssetAny, Param, dag, task
+from mlops_airflow.notifiers import GateDecisionNotifier, TaskFailureNotifier
+from mlops_airflow.operators import MlflowPromoteOperator, MlflowRegisterOperator
+
+from include.mlops.drift_policy import drift_asset_uri, known_datasets
+
+DEFAULT_ARGS = {"owner": "mlops", "retries": 2, "retry_delay": timedelta(seconds=30),
+                "on_failure_callback": [TaskFailureNotifier()]}
+DRIFT_ASSETS = [Asset(drift_asset_uri(name)) for name in known_datasets()]
+PARAMS = {
+    "dataset": Param(None, type=["null", "string"],
+                     description="Dataset spec name or path; empty uses the drift event's, else MLOPS_DATASET"),
+    "window_end": Param(None, type=["null", "string"], format="date",
+                        description="Last day of training data (YYYY-MM-DD); empty: the drift window's day"),
+    "window_days": Param(None, type=["null", "integer"], minimum=1,
+                         description="N for the sliding window; empty: monitoring.retraining.window_days"),
+    "data_strategy": Param(None, type=["null", "string"], enum=[None, "sliding_window", "all_history", "new_data_only"],
+                           description="Which data to retrain on; empty: monitoring.retraining.data_strategy"),
+    "deploy_strategy": Param(None, type=["null", "string"], enum=[None, "direct", "canary", "shadow", "blue_green"],
+                             description="Overrides the spec's deployment strategy for this run"),
+}
+PLAN = "ti.xcom_pull(task_ids='plan')"
+
+
+@dag(
+    schedule=AssetAny(*DRIFT_ASSETS) if len(DRIFT_ASSETS) > 1 else DRIFT_ASSETS,
+    start_date=pendulum.datetime(2026, 10, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    params=PARAMS,
+    tags=["mlops", "retraining"],
+    doc_md=__doc__,
+)
+def ml_retraining():
+    @task
+    def plan(**context) -> dict:
+        """Choose dataset, interval and training window from params, drift event and spec."""
+        import logging
+
+        from include.mlops.drift_policy import plan_retraining
+
+        events = [dict(e.extra or {}) for evs in (context.get("triggering_asset_events") or {}).values() for e in evs]
+        dag_run = context["dag_run"]
+        out = plan_retraining(dict(context["params"]), events, getattr(dag_run, "run_after", None))
+        logging.getLogger("airflow.task").info(
+            "retraining %s (%s): %s window of %s day(s) ending %s; deploy strategy %s",
+            out["dataset_name"], out["trigger"], out["data_strategy"], out["window_days"], out["interval_end"],
+            out["deploy_strategy"] or "from the spec")
+        return out
+
+    @task
+    def train(plan_out: dict, **context) -> dict:
+        """Point-in-time training set for the planned window, budgeted search, MLflow run."""
+        from datetime import datetime
+
+        from airflow.sdk.exceptions import AirflowSkipException
+        from mlops_airflow.operators import lineage
+
+        from include.mlops.pipeline import Interval, NotEnoughData
+        from include.mlops.pipeline import train as run
+
+        interval = Interval(datetime.fromisoformat(plan_out["interval_start"]), datetime.fromisoformat(plan_out["interval_end"]))
+        tags = {**lineage(context), "mlops.retrain_trigger": plan_out["trigger"],
+                "mlops.data_strategy": plan_out["data_strategy"]}
+        try:
+            return run(interval, tags, plan_out["dataset"], plan_out["window_days"])
+        except NotEnoughData as exc:
+            raise AirflowSkipException(f"not retraining: {exc}") from exc
+
+    @task
+    def evaluate(train_out: dict, plan_out: dict) -> dict:
+        """Holdout and slice metrics against the champion; the gate decides."""
+        from include.mlops.pipeline import evaluate as run
+
+        return run(train_out, plan_out["dataset"])
+
+    register = MlflowRegisterOperator(
+        task_id="register", doc="Model version with lineage; alias challenger.",
+        dataset=f"{{{{ {PLAN}['dataset'] }}}}", validate_task_id="plan",
+        data_interval_start=f"{{{{ {PLAN}['interval_start'] }}}}",
+        data_interval_end=f"{{{{ {PLAN}['interval_end'] }}}}",
+    )
+    deploy = MlflowPromoteOperator(
+        task_id="deploy", doc="Promote through the gate, check, or roll back.",
+        dataset=f"{{{{ {PLAN}['dataset'] }}}}", strategy=f"{{{{ {PLAN}['deploy_strategy'] or '' }}}}",
+        on_success_callback=[GateDecisionNotifier()],
+    )
+
+    planned = plan()
+    trained = train(planned)
+    evaluate(trained, planned) >> register >> deploy
+
+
+ml_retraining()

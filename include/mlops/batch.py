@@ -1,0 +1,75 @@
+"""Batch scoring: the interval's staged batch scored by the champion, for `ml_batch_scoring`.
+
+Each day of the interval becomes `predictions/batch/<dataset>/dt=<day>/predictions.parquet`,
+overwritten on a re-run (the same rows and, while the champion is the same, the same scores).
+The features come from the same `build_features` as training and the scoring service, and the
+champion is resolved to a version once, so every row of a run names the model that scored it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from include.mlops.pipeline import Interval
+    from include.mlops.spec import DatasetSpec
+
+log = logging.getLogger(__name__)
+
+
+class NoChampion(Exception):
+    """There is no champion to score with yet."""
+
+
+def batch_key(spec: DatasetSpec, day: str) -> str:
+    return f"predictions/batch/{spec.name}/dt={day}/predictions.parquet"
+
+
+def score_batch(interval: Interval, spec_name: str | None = None) -> dict[str, Any]:
+    """Score every staged event of the interval with the champion; returns uri, rows, version."""
+    import mlflow.sklearn
+    import numpy as np
+
+    from include.mlops.features import build_features, model_features
+    from include.mlops.pipeline import _ctx, staging_key
+    from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
+
+    spec, store, settings = _ctx(spec_name)
+    client = setup_mlflow(settings)
+    model_name = spec.model_name
+    version = alias_version(client, model_name, CHAMPION)
+    if version is None:
+        raise NoChampion(f"{model_name} has no champion yet: train and promote a model before batch scoring")
+    model = mlflow.sklearn.load_model(f"models:/{model_name}/{version}")  # by version: the alias may move meanwhile
+    cols = model_features(spec)
+    uris, rows, days = [], 0, []
+    for day in interval.days:
+        key = staging_key(spec, day)
+        if not store.exists(key):
+            raise FileNotFoundError(f"no staged batch of {spec.name} for {day}: expected {store.uri(key)} "
+                                    f"(run ml_training's extract/validate for this interval first)")
+        raw = store.get_parquet(key)
+        X = build_features(raw, spec)[cols]
+        if spec.is_classification:
+            classes = list(model.classes_)
+            positive = spec.section("label").get("positive_class", 1)
+            pos = classes.index(positive) if positive in classes else len(classes) - 1
+            score = model.predict_proba(X)[:, pos] if len(X) else np.empty(0)
+            prediction = (score >= 0.5).astype("int64")  # the threshold the gate's metrics use
+        else:
+            score = model.predict(X).astype("float64") if len(X) else np.empty(0)
+            prediction = score
+        out = raw[[spec.entity_key, spec.timestamp]].reset_index(drop=True).copy()
+        out["prediction"] = prediction
+        out["score"] = np.asarray(score, dtype="float64")
+        out["model_name"] = model_name
+        out["model_version"] = str(version)
+        out["interval"] = interval.label
+        uri = store.put_parquet(batch_key(spec, day.isoformat()), out)
+        uris.append(uri)
+        rows += len(out)
+        days.append(day.isoformat())
+        log.info("scored %d rows of %s on %s with %s v%s -> %s", len(out), spec.name, day, model_name, version, uri)
+    return {"uri": uris[-1] if uris else None, "uris": uris, "rows": rows, "version": str(version),
+            "model": model_name, "days": days}

@@ -1,0 +1,566 @@
+"""Deployment: promotion through the gate, checks against the running service, rollback.
+
+`rollout` is the deploy step of `ml_training`. By strategy (the spec's
+`deployment.strategy`, or the run's override):
+
+| strategy | before the champion moves | the switch | after |
+|---|---|---|---|
+| direct | - | `promote` | smoke + load test on the new champion |
+| blue_green | the service loads, warms and smoke-tests the new version beside the old one | `promote`: the service switches instantly | smoke + load test; a switch back is instant too |
+| canary | the gate-passed challenger answers `canary_share` of the traffic (sticky per entity); smoke + load test of both variants | `promote` | smoke + load test |
+| shadow | the challenger scores every request, answers nothing; the checks watch its errors in the service's metrics | `promote` | smoke + load test |
+
+A challenger the gate rejected is never promoted (`promote` says why, and that is not a
+failure). When a check fails after the switch, `champion` goes back to the version it replaced
+(ledger action `rollback_after_failed_check`) and the step raises `DeploymentCheckFailed`; when
+a canary or shadow check fails, the champion never moved and the `challenger` alias is removed
+so the service stops routing to it. The checks always run against a real service: the one at
+MLOPS_SERVE_URL when it answers and serves this model, or one started for the check on a free
+loopback port and stopped afterwards. Requests rate and p50/p95/p99 latency of the load test
+go into the model's MLflow run (`deploy_rps`, `deploy_p50_ms`, ...).
+
+The strategy and canary share are published as tags of the registered model, which the
+service follows, so a per-run override reaches the running service without a restart.
+
+Heavy libraries are imported inside the functions: the DAG's deploy task pays only for what
+it uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from include.mlops.spec import DatasetSpec
+    from include.mlops.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("direct", "canary", "shadow", "blue_green")
+SYNTHETIC = {"X-MLOps-Traffic": "synthetic"}  # check traffic stays out of the prediction log
+
+
+class DeploymentCheckFailed(Exception):
+    """The new model failed its smoke or load test; the aliases were moved back."""
+
+
+# -- the service under test -----------------------------------------------------------------------
+@dataclass
+class ServiceHandle:
+    url: str
+    token: str | None = None
+    proc: subprocess.Popen | None = None
+    log_path: str | None = None
+    started: bool = False
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def log_tail(self, n: int = 30) -> str:
+        if not self.log_path or not os.path.exists(self.log_path):
+            return ""
+        return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-n:])
+
+    def cleanup(self) -> None:
+        """Remove the log of a service this module started (after `close`)."""
+        if self.started and self.log_path and os.path.exists(self.log_path):
+            os.unlink(self.log_path)
+
+    def close(self) -> None:
+        """Stop a service this module started (its own process only)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()  # uvicorn shuts down gracefully and flushes the prediction log
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(env: dict[str, str] | None = None, timeout: float = 180.0, port: int | None = None) -> ServiceHandle:
+    """`python -m include.mlops.serving` on a free loopback port; returns once it is ready."""
+    import httpx
+
+    from include.mlops.config import PROJECT_ROOT
+
+    port = port or free_port()
+    token = secrets.token_urlsafe(16)
+    e = {**os.environ, **(env or {})}
+    e.update({"MLOPS_SERVE_HOST": "127.0.0.1", "MLOPS_SERVE_PORT": str(port), "MLOPS_ADMIN_TOKEN": token,
+              "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), e.get("PYTHONPATH", "")) if p)})
+    e.setdefault("OMP_NUM_THREADS", "1")
+    fd, log_path = tempfile.mkstemp(prefix="mlops-serve-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "include.mlops.serving"], cwd=str(PROJECT_ROOT), env=e,
+                                stdout=fh, stderr=subprocess.STDOUT)
+    h = ServiceHandle(f"http://127.0.0.1:{port}", token, proc, log_path, started=True)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"scoring service exited with code {proc.returncode} during start-up:\n{h.log_tail()}")
+        try:
+            r = httpx.get(f"{h.url}/ready", timeout=2)
+            if r.status_code == 200:
+                log.info("started a scoring service at %s (pid %s) in %.1fs", h.url, proc.pid, time.monotonic() - t0)
+                return h
+            pending = (r.json().get("pending") or {}).get("champion")
+            if pending and "no champion" not in pending:  # the champion failed to load: no use waiting
+                h.close()
+                raise RuntimeError(f"the scoring service cannot serve the champion: {pending}")
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.3)
+    h.close()
+    raise RuntimeError(f"scoring service at {h.url} not ready after {timeout}s:\n{h.log_tail()}")
+
+
+def service_for_check(model_name: str, env: dict[str, str] | None = None) -> ServiceHandle:
+    """The running service (MLOPS_SERVE_URL) if it answers for this model, else a fresh one."""
+    import httpx
+
+    url = (os.environ.get("MLOPS_SERVE_URL") or "").rstrip("/")
+    if url:
+        try:
+            r = httpx.get(f"{url}/ready", timeout=5)
+            body = r.json()
+            if r.status_code == 200 and body.get("model_name") == model_name:
+                return ServiceHandle(url, os.environ.get("MLOPS_ADMIN_TOKEN") or None)
+            log.warning("MLOPS_SERVE_URL=%s is not ready for %s (%s): starting a service for the check",
+                        url, model_name, r.status_code)
+        except Exception as exc:
+            log.warning("MLOPS_SERVE_URL=%s does not answer (%s): starting a service for the check", url, exc)
+    return start_service(env)
+
+
+def refresh(h: ServiceHandle, timeout: float = 120.0) -> dict[str, Any]:
+    """Make the service read the registry now (admin token), or let its poll do it."""
+    import httpx
+
+    if h.token:
+        r = httpx.post(f"{h.url}/admin/reload", params={"wait": "true", "timeout": timeout}, headers=h.headers(),
+                       timeout=timeout + 10)
+        if r.status_code == 200:
+            return r.json()
+        log.warning("POST /admin/reload answered %s: waiting for the service's own poll", r.status_code)
+    return httpx.get(f"{h.url}/ready", timeout=10).json()
+
+
+def wait_for(h: ServiceHandle, *, champion: str | None = None, challenger: str | None = None,
+             standby: str | None = None, timeout: float = 120.0) -> dict[str, Any]:
+    """Until the service serves the expected versions; fails fast when it reports a load error."""
+    import httpx
+
+    t0 = time.monotonic()
+    status: dict[str, Any] = {}
+    refresh(h, timeout)
+    while time.monotonic() - t0 < timeout:
+        try:
+            status = httpx.get(f"{h.url}/ready", timeout=10).json()
+        except Exception as exc:
+            status = {"error": str(exc)}
+        ok = (champion is None or (status.get("champion") or {}).get("version") == champion) and \
+             (challenger is None or (status.get("challenger") or {}).get("version") == challenger) and \
+             (standby is None or standby in (status.get("standby") or []))
+        if ok and status.get("status") == "ready":
+            return status
+        pending = " ".join(str(v) for v in (status.get("pending") or {}).values())
+        for v in (champion, challenger, standby):
+            if v and f"v{v}:" in pending and ("Error" in pending or "Failed" in pending or "Mismatch" in pending):
+                raise DeploymentCheckFailed(f"the service could not load v{v}: {pending}")
+        time.sleep(0.5)
+    raise DeploymentCheckFailed(
+        f"the service at {h.url} did not serve champion={champion} challenger={challenger} standby={standby} "
+        f"within {timeout:.0f}s (it reports champion={(status.get('champion') or {}).get('version')}, "
+        f"challenger={(status.get('challenger') or {}).get('version')}, pending={status.get('pending')})")
+
+
+# -- known inputs -----------------------------------------------------------------------------------
+def sample_inputs(spec: DatasetSpec, store: ObjectStore, n: int = 50) -> tuple[list[dict[str, Any]], list[int]]:
+    """Feature records (with the entity key) and entity ids from the newest staged batch."""
+    import json
+
+    keys = sorted(k for k in store.list(f"staging/{spec.name}/events/") if k.endswith(".parquet"))
+    if not keys:
+        raise DeploymentCheckFailed(f"no staged batch of {spec.name} to take known inputs from")
+    df = store.get_parquet(keys[-1])
+    df = df.head(n)
+    records = json.loads(df[[spec.entity_key, *spec.feature_names]].to_json(orient="records"))
+    return records, [int(i) for i in df[spec.entity_key]]
+
+
+# -- checks -------------------------------------------------------------------------------------------
+def smoke_test(h: ServiceHandle, spec: DatasetSpec, records: list[dict[str, Any]], ids: list[int],
+               versions: set[str]) -> dict[str, Any]:
+    """Known inputs through every door; the answers must have the expected schema and versions."""
+    import math
+
+    import httpx
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one log line per check request
+    failures: list[str] = []
+    checks = 0
+
+    def expect(cond: bool, what: str) -> None:
+        nonlocal checks
+        checks += 1
+        if not cond:
+            failures.append(what)
+
+    def check_prediction(p: dict[str, Any], where: str) -> None:
+        keys = {"request_id", "prediction", "score", "probabilities", "model_name", "model_version", "variant"}
+        expect(keys <= set(p), f"{where}: answer lacks {sorted(keys - set(p))}")
+        expect(p.get("model_name") == spec.model_name, f"{where}: model_name {p.get('model_name')}")
+        expect(str(p.get("model_version")) in versions, f"{where}: version {p.get('model_version')} not in {sorted(versions)}")
+        s = p.get("score")
+        expect(isinstance(s, (int, float)) and math.isfinite(s), f"{where}: score {s!r}")
+        if spec.is_classification:
+            probs = p.get("probabilities") or {}
+            expect(0.0 <= (s if isinstance(s, (int, float)) else -1) <= 1.0, f"{where}: score {s!r} outside [0, 1]")
+            expect(abs(sum(probs.values()) - 1.0) < 1e-6 if probs else False, f"{where}: probabilities {probs}")
+
+    with httpx.Client(base_url=h.url, headers=SYNTHETIC, timeout=30) as c:
+        r = c.get("/ready")
+        expect(r.status_code == 200, f"/ready answered {r.status_code}")
+        batch = records[:5]
+        r = c.post("/predict", json={"records": batch})
+        expect(r.status_code == 200, f"/predict by features answered {r.status_code}: {r.text[:300]}")
+        if r.status_code == 200:
+            preds = r.json().get("predictions", [])
+            expect(len(preds) == len(batch), f"/predict by features: {len(preds)} answers for {len(batch)} records")
+            for i, p in enumerate(preds):
+                check_prediction(p, f"/predict features[{i}]")
+        if ids:
+            r = c.post("/predict", json={"entity_ids": ids[:3]})
+            expect(r.status_code == 200, f"/predict by entity id answered {r.status_code}: {r.text[:300]}")
+            if r.status_code == 200:
+                for i, p in enumerate(r.json().get("predictions", [])):
+                    check_prediction(p, f"/predict entity[{i}]")
+        r = c.post("/invocations", json={"dataframe_records": [{k: v for k, v in rec.items() if k != spec.entity_key}
+                                                               for rec in batch[:2]]})
+        expect(r.status_code == 200, f"/invocations answered {r.status_code}: {r.text[:300]}")
+        if r.status_code == 200:
+            preds = r.json().get("predictions", [])
+            expect(len(preds) == 2, f"/invocations: {len(preds)} answers for 2 records")
+        required = next(f.name for f in spec.features if f.required)
+        bad = {k: v for k, v in batch[0].items() if k != required}
+        r = c.post("/predict", json=bad)
+        expect(r.status_code == 422, f"a record without {required!r} answered {r.status_code}, not 422")
+    return {"passed": not failures, "checks": checks, "failures": failures}
+
+
+def load_test(h: ServiceHandle, spec: DatasetSpec, records: list[dict[str, Any]], ids: list[int], *,
+              requests: int = 200, concurrency: int = 4) -> dict[str, Any]:
+    """Single-record requests from `concurrency` keep-alive clients; one in four by entity id."""
+    import threading
+
+    import httpx
+
+    lat: list[float] = []
+    errors: list[str] = []
+    variants: dict[str, int] = {}
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def worker() -> None:
+        with httpx.Client(base_url=h.url, headers=SYNTHETIC, timeout=30) as c:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                body = ({"entity_ids": [ids[i % len(ids)]]} if ids and i % 4 == 3
+                        else {"records": [records[i % len(records)]]})
+                t0 = time.perf_counter()
+                try:
+                    r = c.post("/predict", json=body)
+                    dt = time.perf_counter() - t0
+                    ok = r.status_code == 200
+                    variant = r.json()["predictions"][0]["variant"] if ok else None
+                except Exception as exc:
+                    dt, ok, variant, r = time.perf_counter() - t0, False, None, exc
+                with lock:
+                    lat.append(dt)
+                    if ok:
+                        variants[variant] = variants.get(variant, 0) + 1
+                    else:
+                        errors.append(str(getattr(r, "status_code", r))[:200])
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(max(1, concurrency))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat.sort()
+
+    def pct(p: float) -> float:
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else float("nan")
+
+    return {"requests": len(lat), "concurrency": concurrency, "errors": len(errors), "error_samples": errors[:5],
+            "rps": round(len(lat) / wall, 1) if wall > 0 else 0.0, "p50_ms": pct(0.50), "p95_ms": pct(0.95),
+            "p99_ms": pct(0.99), "variants": variants}
+
+
+def service_metric(h: ServiceHandle, name: str, **labels: str) -> float:
+    """Sum of a metric's samples (matching labels) in the service's /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for fam in text_string_to_metric_families(httpx.get(f"{h.url}/metrics", timeout=10).text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+@dataclass
+class CheckResult:
+    phase: str
+    passed: bool
+    smoke: dict[str, Any]
+    load: dict[str, Any]
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "passed": self.passed, "reasons": self.reasons, "smoke": self.smoke,
+                "load": self.load}
+
+
+def run_check(h: ServiceHandle, spec: DatasetSpec, store: ObjectStore, phase: str, versions: set[str], *,
+              shadow_version: str | None = None, canary_version: str | None = None) -> CheckResult:
+    """Smoke test, then the load test; judged on errors and the spec's p99 budget."""
+    dep = spec.section("deployment")
+    budget = float((dep.get("latency_budget_ms") or {}).get("p99", 250))
+    lt = dep.get("load_test") or {}
+    records, ids = sample_inputs(spec, store)
+    smoke = smoke_test(h, spec, records, ids, versions)
+    shadow_before = service_metric(h, "mlops_serving_predictions_total", variant="shadow",
+                                   model_version=shadow_version) if shadow_version else 0.0
+    shadow_err_before = service_metric(h, "mlops_serving_shadow_errors_total") if shadow_version else 0.0
+    load = load_test(h, spec, records, ids, requests=int(lt.get("requests", 200)),
+                     concurrency=int(lt.get("concurrency", 4)))
+    reasons = [f"smoke test: {f}" for f in smoke["failures"]]
+    if load["errors"]:
+        reasons.append(f"load test: {load['errors']} of {load['requests']} requests failed ({load['error_samples']})")
+    if not load["p99_ms"] <= budget:
+        reasons.append(f"load test: p99 {load['p99_ms']} ms over the budget of {budget:g} ms")
+    if canary_version:
+        share = float(dep.get("canary_share", 0.1))
+        if share > 0 and load["variants"].get("challenger", 0) == 0:
+            reasons.append(f"canary: the challenger v{canary_version} answered none of {load['requests']} requests")
+    if shadow_version:
+        scored = service_metric(h, "mlops_serving_predictions_total", variant="shadow",
+                                model_version=shadow_version) - shadow_before
+        failed = service_metric(h, "mlops_serving_shadow_errors_total") - shadow_err_before
+        load["shadow_scored"], load["shadow_errors"] = scored, failed
+        if failed:
+            reasons.append(f"shadow: v{shadow_version} failed on {failed:g} rows")
+        if scored <= 0:
+            reasons.append(f"shadow: v{shadow_version} scored nothing")
+    return CheckResult(phase, not reasons, smoke, load, reasons)
+
+
+def _log_check(client: Any, run_id: str | None, res: CheckResult, prefix: str) -> None:
+    if not run_id:
+        return
+    ld = res.load
+    for k in ("rps", "p50_ms", "p95_ms", "p99_ms", "errors"):
+        v = ld.get(k)
+        if isinstance(v, (int, float)):
+            client.log_metric(run_id, f"{prefix}_{k}", float(v))
+    client.log_metric(run_id, f"{prefix}_smoke_passed", 1.0 if res.smoke["passed"] else 0.0)
+    client.log_metric(run_id, f"{prefix}_check_passed", 1.0 if res.passed else 0.0)
+    client.log_dict(run_id, res.to_dict(), f"deployment/{res.phase}.json")
+
+
+# -- the deploy step ----------------------------------------------------------------------------------
+def _strategy(spec: DatasetSpec, strategy: str | None) -> tuple[str, float]:
+    dep = spec.section("deployment")
+    s = strategy or dep.get("strategy") or "direct"
+    if s not in STRATEGIES:
+        raise ValueError(f"deployment strategy must be one of {STRATEGIES}, not {s!r}")
+    return s, float(dep.get("canary_share", 0.1))
+
+
+def publish_strategy(client: Any, model: str, strategy: str, share: float) -> None:
+    """The running service follows these tags (see serving.models.ModelManager)."""
+    from include.mlops.serving.config import CANARY_SHARE_TAG, STRATEGY_TAG
+
+    client.set_registered_model_tag(model, STRATEGY_TAG, strategy)
+    client.set_registered_model_tag(model, CANARY_SHARE_TAG, str(share))
+
+
+def rollout(reg_out: dict[str, Any], eval_out: dict[str, Any], run_id: str, dag_id: str, strategy: str | None = None,
+            spec_name: str | None = None) -> dict[str, Any]:
+    """Promote through the gate by the chosen strategy, check the service, roll back on failure."""
+    from include.mlops.pipeline import _ctx, promote
+    from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
+
+    spec, store, settings = _ctx(spec_name)
+    strategy, share = _strategy(spec, strategy)
+    client = setup_mlflow(settings)
+    model, version = reg_out["model"], str(reg_out["version"])
+    mlflow_run = reg_out.get("run_id")
+    publish_strategy(client, model, strategy, share)
+    env = {"MLOPS_DATASET": spec_name} if spec_name else {}
+    env["MLOPS_SERVE_PREDICTION_LOG"] = "false"  # a service started for the check logs nothing
+    handle: ServiceHandle | None = None
+    try:
+        staged = None
+        champion_before = alias_version(client, model, CHAMPION)
+        if strategy in ("canary", "shadow", "blue_green") and eval_out.get("passed") and champion_before not in (None, version):
+            handle = service_for_check(model, env)
+            staged = _staged_check(handle, client, spec, store, strategy, model, version, champion_before,
+                                   mlflow_run, run_id, dag_id)
+
+        out = promote(reg_out, eval_out, run_id, dag_id, strategy, spec_name)
+        base = {**out, "strategy": strategy, "staged_check": staged}
+        if not out["promoted"]:
+            return {**base, "checked": False}
+
+        previous = out.get("previous")
+        try:
+            if handle is None:
+                handle = service_for_check(model, env)
+            wait_for(handle, champion=version)
+            res = run_check(handle, spec, store, "post_promotion", {version})
+        except Exception as exc:  # a check that cannot run has not passed: never leave an unchecked champion
+            why = str(exc) if isinstance(exc, DeploymentCheckFailed) else f"the check could not run: {type(exc).__name__}: {exc}"
+            res = CheckResult("post_promotion", False, {"passed": False, "checks": 0, "failures": [why]}, {}, [why])
+        _log_check(client, mlflow_run, res, "deploy")
+        if res.passed:
+            ld = res.load
+            msg = (f"{out['message']}; checked on {handle.url}: {ld['requests']} requests at c={ld['concurrency']}, "
+                   f"{ld['rps']} rps, p50 {ld['p50_ms']} ms, p95 {ld['p95_ms']} ms, p99 {ld['p99_ms']} ms, 0 errors")
+            log.info(msg)
+            return {**base, "message": msg, "checked": True, "check": res.to_dict(), "service_url": handle.url,
+                    **{f"deploy_{k}": ld[k] for k in ("rps", "p50_ms", "p95_ms", "p99_ms", "errors")}}
+
+        reason = "; ".join(res.reasons)
+        back = _roll_back_failed(client, store, model, version, previous, reason, run_id, dag_id, strategy)
+        where = handle.url if handle is not None else "a scoring service"
+        try:
+            if handle is not None:
+                refresh(handle)
+        except Exception:
+            pass
+        raise DeploymentCheckFailed(
+            f"v{version} failed its post-deployment check on {where}: {reason}. {back} "
+            f"(ledger action rollback_after_failed_check; report deployment/post_promotion.json in run {mlflow_run})")
+    finally:
+        if handle is not None and handle.started:
+            handle.close()
+            handle.cleanup()
+
+
+def _staged_check(handle: ServiceHandle, client: Any, spec: DatasetSpec, store: ObjectStore, strategy: str, model: str,
+                  version: str, champion: str, mlflow_run: str | None, run_id: str, dag_id: str) -> dict[str, Any]:
+    """Before the switch: blue/green warms the new version beside the old; canary and shadow
+    let it take (or watch) live traffic and check it. On failure nothing was promoted."""
+    from include.mlops.registry import CHALLENGER, LedgerEntry, alias_version, write_ledger
+
+    try:
+        if strategy == "blue_green":
+            wait_for(handle, champion=champion, standby=version)
+            res = CheckResult("blue_green", True, {"passed": True, "checks": 1, "failures": []},
+                              {"standby": version}, [])
+        else:
+            wait_for(handle, champion=champion, challenger=version)
+            res = run_check(handle, spec, store, strategy, {champion, version},
+                            shadow_version=version if strategy == "shadow" else None,
+                            canary_version=version if strategy == "canary" else None)
+            _log_check(client, mlflow_run, res, f"deploy_{strategy}")
+    except DeploymentCheckFailed as exc:
+        res = CheckResult(strategy, False, {"passed": False, "checks": 0, "failures": [str(exc)]}, {}, [str(exc)])
+    if res.passed:
+        return res.to_dict()
+    reason = f"{strategy} check of v{version} failed: " + "; ".join(res.reasons)
+    removed = ""
+    if strategy != "blue_green" and alias_version(client, model, CHALLENGER) == version:
+        client.delete_registered_model_alias(model, CHALLENGER)
+        removed = "; the challenger alias was removed so the service stops routing to it"
+    write_ledger(store, LedgerEntry(at=_now(), model=model, action="rollback_after_failed_check", from_version=version,
+                                    to_version=champion, reason=reason, run_id=run_id, dag_id=dag_id, strategy=strategy))
+    try:
+        refresh(handle)
+    except Exception:
+        pass
+    raise DeploymentCheckFailed(f"{reason}. v{version} was never promoted; champion stays v{champion}{removed} "
+                                f"(service {handle.url}; ledger action rollback_after_failed_check)")
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _roll_back_failed(client: Any, store: ObjectStore, model: str, version: str, previous: str | None, reason: str,
+                      run_id: str, dag_id: str, strategy: str) -> str:
+    from include.mlops.registry import CHAMPION, LedgerEntry, move_champion, write_ledger
+
+    if previous:
+        move_champion(client, store, model, previous, action="rollback_after_failed_check", reason=reason,
+                      run_id=run_id, dag_id=dag_id, strategy=strategy)
+        return f"champion rolled back to v{previous}."
+    client.delete_registered_model_alias(model, CHAMPION)
+    write_ledger(store, LedgerEntry(at=_now(), model=model, action="rollback_after_failed_check", from_version=version,
+                                    to_version=None, reason=reason, run_id=run_id, dag_id=dag_id, strategy=strategy))
+    return "there was no previous champion: the champion alias was removed (the service keeps its last model)."
+
+
+def rollback(to_version: str | None, run_id: str, dag_id: str, spec_name: str | None = None) -> dict[str, Any]:
+    """Point `champion` back at `previous` (or at `to_version`), recorded as action "rollback".
+
+    Moving to the version that already is champion changes and records nothing."""
+    from include.mlops.pipeline import _ctx
+    from include.mlops.registry import CHAMPION, PREVIOUS, alias_version, move_champion, setup_mlflow
+
+    spec, store, settings = _ctx(spec_name)
+    client = setup_mlflow(settings)
+    model = spec.model_name
+    current = alias_version(client, model, CHAMPION)
+    target = str(to_version) if to_version not in (None, "") else alias_version(client, model, PREVIOUS)
+    if target is None:
+        raise ValueError(f"{model} has no 'previous' version to roll back to (champion is v{current}); "
+                         f"name the version to roll back to")
+    try:
+        client.get_model_version(model, target)
+    except Exception as exc:
+        raise ValueError(f"{model} has no version {target!r}") from exc
+    who = dag_id or "a user"
+    entry = move_champion(client, store, model, target, action="rollback",
+                          reason=f"rollback requested by {who} (run {run_id}): v{current} -> v{target}",
+                          run_id=run_id, dag_id=dag_id, strategy=_strategy(spec, None)[0])
+    if entry is None:
+        msg = f"v{target} already is the champion of {model}: nothing to roll back"
+    else:
+        msg = f"rolled {model} back from v{current} to v{target} (v{current} is now 'previous')"
+    url = os.environ.get("MLOPS_SERVE_URL")
+    if url and entry is not None:  # the service would notice at its next poll; tell it now
+        try:
+            refresh(ServiceHandle(url.rstrip("/"), os.environ.get("MLOPS_ADMIN_TOKEN") or None), timeout=60)
+        except Exception as exc:
+            log.warning("could not ask %s to reload (%s); it follows at its next poll", url, exc)
+    log.info(msg)
+    return {"model": model, "from_version": current, "to_version": target, "changed": entry is not None,
+            "message": msg}

@@ -1,0 +1,383 @@
+"""The HTTP surface of the scoring service.
+
+| route | what |
+|---|---|
+| POST /predict | `{"records": [...]}` (feature rows, or `{"<entity key>": id}` for online-store features), `{"entity_ids": [...]}`, or one record |
+| POST /invocations | MLflow's scoring protocol: `dataframe_split`, `dataframe_records`, `instances`, `inputs` (JSON) or CSV |
+| GET /health, /ping, /ready | liveness; MLflow-style ping and readiness (200 only once a champion is loaded) |
+| GET /metrics | Prometheus |
+| POST /admin/reload, /admin/flush | re-read the registry now / write the prediction log now (bearer MLOPS_ADMIN_TOKEN) |
+
+Bad input is a 422 with field-level errors (`{"detail": [{"loc", "msg", "type"}]}`), an
+oversized body a 413, never a 500. Handlers are plain `Request` -> `Response` functions: at a
+few milliseconds per model call, pydantic models per request would be a visible tax.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+
+from include.mlops.serving.batcher import Batcher, FeatureLookup, FeatureStoreUnavailable, Job, ModelError, Task
+from include.mlops.serving.config import SYNTHETIC_HEADER, ServeConfig
+from include.mlops.serving.routing import CHALLENGER, choose
+from include.mlops.serving.validation import (
+    RequestTooLarge,
+    ValidationFailed,
+    error,
+    invocation_records,
+    predict_records,
+)
+
+log = logging.getLogger("include.mlops.serving")
+_RID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class NotReady(Exception):
+    """No champion is loaded yet (503)."""
+
+
+class UnsupportedMediaType(Exception):
+    """/invocations got a content type it does not speak (415, as MLflow's server answers)."""
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=str).encode()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than `limit` bytes, announced or not."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise RequestTooLarge(f"body of {declared} bytes exceeds the limit of {limit}")
+        except ValueError:
+            raise ValidationFailed([error(("header", "content-length"), "not an integer", "value_error")]) from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise ValidationFailed([error(("body",), "empty body: expected JSON", "value_error.missing")])
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ValidationFailed([error(("body",), f"invalid JSON: {exc}"[:300], "value_error.jsondecode")]) from None
+
+
+def parse_csv(body: bytes) -> list[dict[str, Any]]:
+    import io
+
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(io.BytesIO(body))
+    except Exception as exc:
+        raise ValidationFailed([error(("body",), f"invalid CSV: {exc}"[:300], "value_error.csv")]) from None
+    return df.to_dict("records")
+
+
+class Service:
+    """Everything the routes share; built in the app's lifespan, torn down on shutdown."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        self.cfg = cfg
+        self.lookup_ready = False
+
+    async def start(self) -> None:
+        from include.mlops.config import get_settings, quiet_telemetry
+        from include.mlops.serving.frames import FrameBuilder
+        from include.mlops.serving.metrics import Metrics
+        from include.mlops.serving.models import ModelManager
+        from include.mlops.serving.predlog import PredictionLog
+        from include.mlops.spec import load_spec
+        from include.mlops.storage import ObjectStore
+
+        quiet_telemetry()
+        cfg = self.cfg
+        self.settings = get_settings()
+        self.spec = load_spec(cfg.spec_name or self.settings.dataset)
+        self.name = self.spec.model_name
+        self.metrics = Metrics()
+        self.builder = FrameBuilder(self.spec)
+        self.predlog = None
+        if cfg.prediction_log:
+            store = ObjectStore(self.settings.store_uri, self.settings.s3_endpoint_url)
+            self.predlog = PredictionLog(store, self.spec, self.name, flush_seconds=cfg.log_flush_seconds,
+                                         max_rows=cfg.log_max_rows, metrics=self.metrics)
+            self.predlog.start()
+        self.lookup = FeatureLookup(self.settings, self.spec)
+        self.batcher = Batcher(self.spec, self.builder, self.lookup, self.predlog, self.metrics,
+                               max_rows=cfg.batch_max_rows, wait_ms=cfg.batch_wait_ms, inline=cfg.inline)
+        await self.batcher.start()
+        self.manager = ModelManager(self.spec, self.settings.tracking_uri, cfg, self.builder, self.metrics)
+        self.manager.start()
+        self._warm = self.batcher.run_on_scorer(self._warm_lookup)
+        log.info("scoring service for %s (spec %s) starting; prediction log %s", self.name, self.spec.path,
+                 "on" if self.predlog else "off")
+
+    def _warm_lookup(self) -> None:
+        try:
+            self.lookup.warm()
+        except Exception as exc:  # entity requests will answer 503 until the store is reachable
+            log.warning("online store not reachable yet: %s", exc)
+        gc.freeze()  # see ModelManager._get: keep the libraries out of the cyclic GC's full passes
+        self.lookup_ready = True
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        if self.predlog is not None:
+            await asyncio.to_thread(self.predlog.close)
+        await asyncio.to_thread(self.manager.stop)
+        log.info("scoring service stopped; prediction log flushed")
+
+    # -- status -------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        st = self.manager.state
+        ready = st is not None and self.lookup_ready
+        return {
+            "status": "ready" if ready else "loading",
+            "model_name": self.name,
+            "dataset": self.spec.name,
+            "strategy": st.strategy if st else None,
+            "canary_share": st.canary_share if st else None,
+            "champion": st.champion.describe() if st else None,
+            "challenger": st.challenger.describe() if st and st.challenger else None,
+            "standby": list(st.standby) if st else [],
+            "aliases": st.aliases if st else {},
+            "since": st.since if st else None,
+            "pending": self.manager.pending,
+            "registry_error": self.manager.last_error,
+            "prediction_log": self.predlog is not None,
+        }
+
+    def authorized(self, request: Request) -> bool:
+        token = self.cfg.admin_token
+        if not token:
+            return False
+        given = request.headers.get("x-admin-token") or ""
+        auth = request.headers.get("authorization") or ""
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    # -- scoring ------------------------------------------------------------------------------
+    def _route(self, items: list[Any], state: Any, rid: str, loc: tuple[Any, ...]) -> list[Task]:
+        has_challenger = state.challenger is not None
+        shadow = state.challenger if state.strategy == "shadow" else None
+        canary = state.strategy == "canary" and has_challenger
+        multi = len(items) > 1
+        tasks = []
+        for it in items:
+            rid_i = f"{rid}-{it.index}" if multi else rid
+            variant = choose(state.strategy, state.canary_share, has_challenger, it.entity, rid_i) if canary else "champion"
+            model = state.challenger if variant == CHALLENGER else state.champion
+            tasks.append(Task(it.entity, it.row, (*loc, it.index), rid_i, variant, model, shadow))
+        return tasks
+
+    async def handle(self, request: Request, endpoint: str) -> Response:
+        t0 = time.perf_counter()
+        ts = time.time()
+        rid = request.headers.get("x-request-id") or ""
+        if not _RID.match(rid):
+            rid = uuid.uuid4().hex
+        headers = {"X-Request-ID": rid}
+        served: list[tuple[str, str]] = []
+        status, kind = 200, ""
+        try:
+            self.batcher.arriving += 1
+            try:
+                body = await read_body(request, self.cfg.max_body_bytes)
+                if endpoint == "predict":
+                    records = predict_records(parse_json(body), self.spec.entity_key)
+                    loc: tuple[Any, ...] = ("body", "records")
+                else:
+                    ctype = (request.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
+                    if ctype == "text/csv":
+                        records, loc = parse_csv(body), ("body", "csv")
+                    elif ctype in ("application/json", ""):
+                        records, fmt = invocation_records(parse_json(body))
+                        loc = ("body", fmt)
+                    else:
+                        raise UnsupportedMediaType(f"content type {ctype!r}: use application/json or text/csv")
+                if len(records) > self.cfg.max_records:
+                    raise RequestTooLarge(f"{len(records)} records exceed the limit of {self.cfg.max_records} per request")
+                state = self.manager.state
+                if state is None:
+                    raise NotReady("no model loaded yet")
+                items = state.champion.validator.check(records, loc)
+                tasks = self._route(items, state, rid, loc)
+            finally:
+                self.batcher.arriving -= 1
+            synthetic = request.headers.get(SYNTHETIC_HEADER, "").lower() == "synthetic"
+            results = await self.batcher.submit(Job(tasks, ts, log=not synthetic))
+            for r in results:
+                pair = (r[3].version, r[4])
+                if pair not in served:
+                    served.append(pair)
+            if endpoint == "predict":
+                content = self._predict_body(rid, tasks, results)
+            else:
+                content = self._invocations_body(results)
+                headers["X-Model-Name"] = self.name
+                headers["X-Model-Version"] = ",".join(dict.fromkeys(v for v, _ in served))
+                headers["X-Model-Variant"] = ",".join(dict.fromkeys(k for _, k in served))
+            return Response(content, media_type="application/json", headers=headers)
+        except ValidationFailed as exc:
+            status, kind = 422, exc.errors[0]["type"] if exc.errors else "validation"
+            return self._error(status, exc.errors, str(exc), headers, endpoint)
+        except RequestTooLarge as exc:
+            status, kind = 413, "too_large"
+            return self._error(status, [error(("body",), str(exc), "value_error.too_large")], str(exc), headers, endpoint)
+        except UnsupportedMediaType as exc:
+            status, kind = 415, "media_type"
+            return self._error(status, [error(("header", "content-type"), str(exc), "value_error.media_type")], str(exc), headers, endpoint)
+        except NotReady as exc:
+            status, kind = 503, "not_ready"
+            return self._error(status, [], str(exc), headers, endpoint)
+        except FeatureStoreUnavailable as exc:
+            status, kind = 503, "feature_store"
+            return self._error(status, [], str(exc), headers, endpoint)
+        except TimeoutError:
+            status, kind = 504, "timeout"
+            return self._error(status, [], "scoring timed out", headers, endpoint)
+        except ModelError as exc:
+            status, kind = 500, "model_error"
+            return self._error(status, [], str(exc), headers, endpoint)
+        except Exception as exc:  # a bug: say so, keep serving
+            log.exception("unexpected error on %s", endpoint)
+            status, kind = 500, "internal"
+            return self._error(status, [], f"internal error: {type(exc).__name__}", headers, endpoint)
+        finally:
+            elapsed = time.perf_counter() - t0
+            m = self.metrics
+            if status == 200:
+                for version, variant in served:
+                    m.requests.labels(endpoint=endpoint, status="200", model_version=version, variant=variant).inc()
+                    m.latency.labels(endpoint=endpoint, model_version=version, variant=variant).observe(elapsed)
+            else:
+                m.requests.labels(endpoint=endpoint, status=str(status), model_version="", variant="").inc()
+                m.latency.labels(endpoint=endpoint, model_version="", variant="").observe(elapsed)
+                m.errors.labels(endpoint=endpoint, kind=kind).inc()
+
+    def _predict_body(self, rid: str, tasks: list[Task], results: list[tuple[Any, ...]]) -> bytes:
+        key = self.spec.entity_key
+        preds = []
+        for t, (p, s, pr, model, variant) in zip(tasks, results, strict=True):
+            probs = None
+            if pr is not None and model.classes is not None:
+                probs = {str(c): v for c, v in zip(model.classes, pr, strict=True)}
+            preds.append({"request_id": t.request_id, key: t.entity, "prediction": p, "score": s,
+                          "probabilities": probs, "model_name": self.name, "model_version": model.version,
+                          "variant": variant})
+        return _dumps({"request_id": rid, "model_name": self.name, "predictions": preds})
+
+    @staticmethod
+    def _invocations_body(results: list[tuple[Any, ...]]) -> bytes:
+        # what `mlflow models serve` answers for the same model: class probabilities
+        # (pyfunc_predict_fn="predict_proba") or the regression values
+        return _dumps({"predictions": [r[2] if r[2] is not None else r[0] for r in results]})
+
+    def _error(self, status: int, errors: list[dict[str, Any]], message: str, headers: dict[str, str],
+               endpoint: str) -> Response:
+        body: dict[str, Any] = {"detail": errors or message, "message": message}
+        if endpoint == "invocations":  # what MLflow clients look for
+            body["error_code"] = "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"
+        return Response(_dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def create_app(cfg: ServeConfig | None = None) -> FastAPI:
+    cfg = cfg or ServeConfig.from_env()
+    svc = Service(cfg)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        await svc.start()
+        try:
+            yield
+        finally:
+            await svc.stop()
+
+    app = FastAPI(title="MLOps scoring service", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.svc = svc
+
+    def _json(obj: Any, status: int = 200) -> Response:
+        return Response(_dumps(obj), status_code=status, media_type="application/json")
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Response:
+        """Score feature rows or entity ids; each answer names its model version and variant."""
+        return await svc.handle(request, "predict")
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> Response:
+        """MLflow's scoring protocol, answered as `mlflow models serve` would."""
+        return await svc.handle(request, "invocations")
+
+    @app.get("/health")
+    async def health() -> Response:
+        """Liveness: the process answers."""
+        return _json({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        """Readiness: 200 only once a champion is loaded (and says which versions serve)."""
+        st = svc.status()
+        return _json(st, 200 if st["status"] == "ready" else 503)
+
+    @app.get("/ping")
+    async def ping() -> Response:
+        """MLflow's health check: 200 once the model is loaded."""
+        return Response("\n", status_code=200 if svc.manager.state is not None else 503, media_type="application/json")
+
+    @app.get("/version")
+    async def version() -> Response:
+        from importlib.metadata import version as v
+
+        return Response(v("mlflow"), media_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus exposition."""
+        content, ctype = svc.metrics.render()
+        return Response(content, media_type=ctype)
+
+    @app.post("/admin/reload")
+    async def reload(request: Request, wait: bool = True, timeout: float = 120.0) -> Response:
+        """Re-read the registry now (instead of at the next poll); with wait, return once done."""
+        if not svc.authorized(request):
+            return _json({"detail": "admin token required (MLOPS_ADMIN_TOKEN)"}, 401 if cfg.admin_token else 403)
+        ticket = svc.manager.request_refresh()
+        if wait and not await asyncio.to_thread(svc.manager.wait_refresh, ticket, timeout):
+            return _json({"detail": f"registry refresh not finished within {timeout}s", **svc.status()}, 504)
+        return _json(svc.status())
+
+    @app.post("/admin/flush")
+    async def flush(request: Request) -> Response:
+        """Write the prediction log's buffer now."""
+        if not svc.authorized(request):
+            return _json({"detail": "admin token required (MLOPS_ADMIN_TOKEN)"}, 401 if cfg.admin_token else 403)
+        if svc.predlog is None:
+            return _json({"flushed": False, "detail": "prediction log is off"})
+        await svc.batcher.run_on_scorer(lambda: None)  # shadow scoring queued before this call logs first
+        ok = await asyncio.to_thread(svc.predlog.flush)
+        return _json({"flushed": ok, "objects": len(svc.predlog.written)}, 200 if ok else 504)
+
+    return app

@@ -1,0 +1,321 @@
+"""Micro-batching: concurrent requests are scored together, off the event loop.
+
+The model call costs a few milliseconds whether it scores one row or sixty-four, so the
+service's throughput comes from scoring concurrent requests in one call. Requests queue their
+validated records; one scorer thread takes everything queued (up to `max_rows`), looks up the
+entity features of the whole batch in one online-store call, builds one frame, calls each
+model once, and resolves every request's future. While it scores, the event loop keeps
+parsing and validating the next requests, which form the next batch. A lone request is scored
+at once; only when others are in flight does a batch wait (up to `wait_ms`) for stragglers.
+Shadow scoring runs after the answers are sent, and the prediction log is written by its own
+thread: neither is on a request's critical path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from include.mlops.serving.predlog import LogBatch
+from include.mlops.serving.routing import SHADOW
+from include.mlops.serving.validation import ValidationFailed, error
+
+if TYPE_CHECKING:
+    from include.mlops.config import Settings
+    from include.mlops.serving.frames import FrameBuilder
+    from include.mlops.serving.metrics import Metrics
+    from include.mlops.serving.models import LoadedModel
+    from include.mlops.serving.predlog import PredictionLog
+    from include.mlops.spec import DatasetSpec
+
+log = logging.getLogger(__name__)
+
+
+class FeatureStoreUnavailable(Exception):
+    """The online store could not be read (503: the request itself was fine)."""
+
+
+class ModelError(Exception):
+    """The model raised on validated input (500: a bug or a broken model, not bad input)."""
+
+
+@dataclass(slots=True)
+class Task:
+    """One record to score: its raw features (None until looked up) and where it is routed."""
+
+    entity: int | None
+    row: list[Any] | None
+    loc: tuple[Any, ...]
+    request_id: str
+    variant: str
+    model: LoadedModel
+    shadow: LoadedModel | None = None
+
+
+@dataclass(slots=True)
+class Job:
+    """One HTTP request's records."""
+
+    tasks: list[Task]
+    ts: float
+    log: bool = True
+    future: Any = None
+
+
+class FeatureLookup:
+    """Entity id -> raw feature row from the online store; used only on the scorer thread
+    (the SQLite online store's connection belongs to the thread that opened it)."""
+
+    def __init__(self, settings: Settings, spec: DatasetSpec) -> None:
+        self.settings, self.spec = settings, spec
+        self._fs: Any = None
+        self._service: Any = None
+
+    def warm(self) -> None:
+        self._store()
+
+    def _store(self) -> tuple[Any, Any]:
+        if self._fs is None:
+            from feast import FeatureStore
+
+            from include.mlops.features import repo_config
+
+            cfg = repo_config(self.settings)
+            # Feast's default ("sync") refreshes an expired registry cache inside the lookup that
+            # finds it expired, stalling every request queued behind it; "thread" refreshes it on
+            # a timer thread of its own, so a lookup never waits on the registry.
+            cfg.registry.cache_mode = "thread"
+            self._fs = FeatureStore(config=cfg, repo_path=str(self.settings.feast_repo))
+            self._service = self._fs.get_feature_service(self.spec.feature_service_name)
+        return self._fs, self._service
+
+    def get(self, ids: list[int]) -> dict[int, list[Any] | None]:
+        try:
+            fs, service = self._store()
+            resp = fs.get_online_features(
+                features=service, entity_rows=[{self.spec.entity_key: int(i)} for i in ids]
+            ).to_dict()
+        except Exception as exc:
+            self._fs = self._service = None  # reconnect next time
+            raise FeatureStoreUnavailable(f"online store lookup failed: {type(exc).__name__}: {exc}") from exc
+        out: dict[int, list[Any] | None] = {}
+        feats = self.spec.features
+        for j, i in enumerate(ids):
+            values = [resp[f.name][j] if f.name in resp else None for f in feats]
+            if all(v is None for v in values):
+                out[i] = None  # unknown entity
+                continue
+            out[i] = [
+                (math.nan if v is None else float(v)) if f.is_numeric else v for f, v in zip(feats, values, strict=True)
+            ]
+        return out
+
+
+class Batcher:
+    def __init__(self, spec: DatasetSpec, builder: FrameBuilder, lookup: FeatureLookup,
+                 predlog: PredictionLog | None, metrics: Metrics, *, max_rows: int = 64, wait_ms: float = 2.0,
+                 inline: bool = True) -> None:
+        self.spec, self.builder, self.lookup, self.predlog, self.metrics = spec, builder, lookup, predlog, metrics
+        self.max_rows, self.wait_s, self.inline = max_rows, wait_ms / 1000.0, inline
+        self.arriving = 0  # requests being read and validated: a batch may wait for them
+        self._pending: deque[Job] = deque()
+        self._event: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_jobs = 0
+        self._background: set[Any] = set()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="scorer")
+
+    async def start(self) -> None:
+        self._event = asyncio.Event()
+        self._task = asyncio.create_task(self._loop(), name="batcher")
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._pending and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._background:
+            await asyncio.wait(self._background, timeout=max(0.1, deadline - loop.time()))
+        await asyncio.to_thread(self.executor.shutdown, True)
+
+    def run_on_scorer(self, fn: Any, *args: Any) -> Any:
+        """Run something on the scorer thread (e.g. warming the online store connection)."""
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def submit(self, job: Job, timeout: float = 30.0) -> list[tuple[Any, ...]]:
+        loop = asyncio.get_running_loop()
+        job.future = loop.create_future()
+        self._pending.append(job)
+        assert self._event is not None
+        self._event.set()
+        return await asyncio.wait_for(job.future, timeout)
+
+    # -- the loop (event loop side) -------------------------------------------------------------
+    def _pending_rows(self) -> int:
+        return sum(len(j.tasks) for j in self._pending)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._event is not None
+        while True:
+            while not self._pending:
+                self._event.clear()
+                await self._event.wait()
+            if self.wait_s > 0 and (self.arriving > 0 or self._last_jobs > 1) and self._pending_rows() < self.max_rows:
+                await asyncio.sleep(self.wait_s)
+            jobs: list[Job] = []
+            rows = 0
+            while self._pending and (not jobs or rows + len(self._pending[0].tasks) <= self.max_rows):
+                job = self._pending.popleft()
+                jobs.append(job)
+                rows += len(job.tasks)
+            self._last_jobs = len(jobs)
+            shadow = None
+            # A lone request with its features in hand, nothing else arriving or queued: score it
+            # right here. Handing it to the scorer thread and back costs two thread wake-ups,
+            # which on a busy machine are the tail of single-request latency. Lookups stay on the
+            # scorer thread (the online store's connection lives there).
+            inline = (self.inline and rows <= 8 and self.arriving == 0 and not self._pending
+                      and all(t.row is not None for j in jobs for t in j.tasks))
+            try:
+                if inline:
+                    results, shadow = self._score(jobs)
+                else:
+                    results, shadow = await loop.run_in_executor(self.executor, self._score, jobs)
+            except Exception as exc:  # a bug in scoring must fail these requests, not the loop
+                log.exception("scoring a batch of %d rows failed", rows)
+                results = [ModelError(f"{type(exc).__name__}: {exc}")] * len(jobs)
+            for job, res in zip(jobs, results, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(res, BaseException):
+                    job.future.set_exception(res)
+                else:
+                    job.future.set_result(res)
+            if shadow is not None:
+                fut = loop.run_in_executor(self.executor, self._score_shadow, shadow)
+                self._background.add(fut)
+                fut.add_done_callback(self._background.discard)
+
+    # -- scoring (scorer thread) ----------------------------------------------------------------
+    def _score(self, jobs: list[Job]) -> tuple[list[Any], Any]:
+        key = self.spec.entity_key
+        ids = sorted({t.entity for j in jobs for t in j.tasks if t.row is None})
+        found: dict[int, list[Any] | None] = {}
+        lookup_error: Exception | None = None
+        if ids:
+            try:
+                found = self.lookup.get(ids)
+            except FeatureStoreUnavailable as exc:
+                lookup_error = exc
+        results: list[Any] = [None] * len(jobs)
+        rows: list[list[Any]] = []
+        owners: list[tuple[int, Task]] = []
+        for ji, job in enumerate(jobs):
+            need = [t for t in job.tasks if t.row is None]
+            if need and lookup_error is not None:
+                results[ji] = lookup_error
+                continue
+            errs = [error((*t.loc, key), f"unknown {key} {t.entity}: no features in the online store",
+                          "value_error.unknown_entity") for t in need if found.get(t.entity) is None]
+            if errs:
+                results[ji] = ValidationFailed(errs)
+                continue
+            for t in job.tasks:
+                if t.row is None:
+                    t.row = found[t.entity]
+                rows.append(t.row)
+                owners.append((ji, t))
+        if not rows:
+            return results, None
+        frame = self.builder.frame(rows)
+        n = len(rows)
+        self.metrics.batch_rows.observe(n)
+        pred: list[Any] = [None] * n
+        score: list[Any] = [None] * n
+        proba: list[Any] = [None] * n
+        groups: dict[int, tuple[LoadedModel, str, list[int]]] = {}
+        for i, (_, t) in enumerate(owners):
+            groups.setdefault(id(t.model), (t.model, t.variant, []))[2].append(i)
+        for model, variant, idx in groups.values():
+            X = frame if len(idx) == n else frame.iloc[idx]
+            try:
+                p, s, pr = model.score(X)
+            except Exception as exc:
+                log.exception("%s v%s failed on %d validated rows", model.name, model.version, len(idx))
+                bad = ModelError(f"v{model.version} could not score the request: {type(exc).__name__}")
+                for i in idx:
+                    results[owners[i][0]] = bad
+                continue
+            self.metrics.predictions.labels(model_version=model.version, variant=variant).inc(len(idx))
+            pl, sl = p.tolist(), s.tolist()
+            prl = pr.tolist() if pr is not None else None
+            for k, i in enumerate(idx):
+                pred[i], score[i] = pl[k], sl[k]
+                if prl is not None:
+                    proba[i] = prl[k]
+        answered: list[int] = []
+        for i, (ji, t) in enumerate(owners):
+            res = results[ji]
+            if isinstance(res, BaseException):
+                continue
+            if res is None:
+                res = results[ji] = []
+            res.append((pred[i], score[i], proba[i], t.model, t.variant))
+            answered.append(i)
+        logged = [i for i in answered if jobs[owners[i][0]].log]
+        if self.predlog is not None and logged:
+            self._log(frame, logged, owners, jobs, pred, score, None)
+        shadowed = [i for i in answered if owners[i][1].shadow is not None]  # synthetic traffic too: checks watch it
+        return results, ((frame, shadowed, owners, jobs) if shadowed else None)
+
+    def _log(self, frame: Any, idx: list[int], owners: list[tuple[int, Task]], jobs: list[Job], pred: list[Any],
+             score: list[Any], shadow: bool | None) -> None:
+        assert self.predlog is not None
+        ts = [owners[i][1] for i in idx]
+        feats = frame if len(idx) == len(frame) else frame.iloc[idx]
+        self.predlog.submit(LogBatch(
+            features=feats,
+            request_id=[t.request_id for t in ts],
+            ts=[jobs[owners[i][0]].ts for i in idx],
+            entity=[t.entity for t in ts],
+            prediction=[pred[i] for i in idx],
+            score=[score[i] for i in idx],
+            model_version=[(t.shadow.version if shadow else t.model.version) for t in ts],  # type: ignore[union-attr]
+            variant=[SHADOW if shadow else t.variant for t in ts],
+        ))
+
+    def _score_shadow(self, work: tuple[Any, list[int], list[tuple[int, Task]], list[Job]]) -> None:
+        frame, idx, owners, jobs = work
+        groups: dict[int, tuple[LoadedModel, list[int]]] = {}
+        for i in idx:
+            m = owners[i][1].shadow
+            assert m is not None
+            groups.setdefault(id(m), (m, []))[1].append(i)
+        n = len(frame)
+        pred: list[Any] = [None] * n
+        score: list[Any] = [None] * n
+        for model, gidx in groups.values():
+            try:
+                p, s, _ = model.score(frame if len(gidx) == n else frame.iloc[gidx])
+            except Exception:
+                log.exception("shadow v%s failed on %d rows (answers were not affected)", model.version, len(gidx))
+                self.metrics.shadow_errors.inc(len(gidx))
+                continue
+            self.metrics.predictions.labels(model_version=model.version, variant=SHADOW).inc(len(gidx))
+            for k, i in enumerate(gidx):
+                pred[i], score[i] = p[k].item(), s[k].item()
+            keep = [i for i in gidx if jobs[owners[i][0]].log]
+            if self.predlog is not None and keep:
+                self._log(frame, keep, owners, jobs, pred, score, True)

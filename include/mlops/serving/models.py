@@ -1,0 +1,346 @@
+"""Model manager: follows the registry's aliases and swaps models without a request noticing.
+
+A background thread reads the registered model (aliases and deployment tags: one call) every
+few seconds, or at once when POST /admin/reload asks. A version that is not in memory yet is
+downloaded, loaded, warmed and smoke-tested on that thread; only then is the serving state
+replaced, by one reference assignment. Requests read the state once and keep the models they
+were routed to, so a swap never fails or delays a request, and a model that fails to load or
+to pass its smoke test is never served (the old one stays). Recently served versions stay in
+memory, so switching back (blue/green, rollback) is instant.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from include.mlops.serving.config import CANARY_SHARE_TAG, STRATEGIES, STRATEGY_TAG
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from include.mlops.serving.config import ServeConfig
+    from include.mlops.serving.frames import FrameBuilder
+    from include.mlops.serving.metrics import Metrics
+    from include.mlops.serving.validation import RecordValidator
+    from include.mlops.spec import DatasetSpec
+
+log = logging.getLogger(__name__)
+RETRY_FAILED_SECONDS = 60.0
+KEEP_RECENT = 2  # champions kept in memory after they stop serving (instant switch back)
+
+
+class SmokeTestFailed(Exception):
+    """A freshly loaded model gave outputs of the wrong shape or range on known inputs."""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: str
+    model: Any
+    input_columns: list[str]
+    classes: list[Any] | None
+    positive_index: int | None
+    validator: RecordValidator
+    run_id: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    loaded_at: float = 0.0
+    load_seconds: float = 0.0
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.classes is not None
+
+    def score(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(prediction, score, class probabilities or None) for a model-feature frame.
+
+        The score is the positive class's probability (the prediction thresholds it at 0.5, as
+        the gate's metrics do) or the regression value."""
+        import numpy as np
+
+        X = X[self.input_columns] if list(X.columns) != self.input_columns else X
+        if self.classes is None:
+            pred = np.asarray(self.model.predict(X), dtype=np.float64)
+            return pred, pred, None
+        proba = np.asarray(self.model.predict_proba(X), dtype=np.float64)
+        classes = np.asarray(self.classes)
+        if len(classes) == 2:
+            score = proba[:, self.positive_index]
+            other = 1 - self.positive_index
+            pred = np.where(score >= 0.5, classes[self.positive_index], classes[other])
+        else:
+            score = proba[:, self.positive_index]
+            pred = classes[np.argmax(proba, axis=1)]
+        return pred, score, proba
+
+    def describe(self) -> dict[str, Any]:
+        return {"version": self.version, "run_id": self.run_id, "loaded_at": self.loaded_at,
+                "load_seconds": round(self.load_seconds, 3)}
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """What serves now. Replaced as a whole, never mutated: a request reads it once."""
+
+    champion: LoadedModel
+    challenger: LoadedModel | None
+    strategy: str
+    canary_share: float
+    standby: tuple[str, ...] = ()  # versions warm in memory but not serving (blue/green)
+    aliases: dict[str, str] = field(default_factory=dict)
+    since: float = 0.0
+
+    def roles(self) -> dict[str, str | None]:
+        role = "shadow" if self.strategy == "shadow" else "challenger"
+        return {"champion": self.champion.version, role: self.challenger.version if self.challenger else None}
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.champion.version, self.challenger.version if self.challenger else None, self.strategy,
+                self.canary_share, self.standby)
+
+
+def smoke_test(lm: LoadedModel, X: pd.DataFrame) -> None:
+    """Known inputs must give one finite output per row; probabilities in [0, 1] summing to 1."""
+    import numpy as np
+
+    pred, score, proba = lm.score(X)
+    if len(pred) != len(X) or len(score) != len(X):
+        raise SmokeTestFailed(f"v{lm.version}: {len(pred)} predictions for {len(X)} rows")
+    if not np.all(np.isfinite(score)):
+        raise SmokeTestFailed(f"v{lm.version}: non-finite scores on known inputs")
+    if proba is not None:
+        if proba.shape != (len(X), len(lm.classes or [])):
+            raise SmokeTestFailed(f"v{lm.version}: probabilities of shape {proba.shape}")
+        if (proba < 0).any() or (proba > 1).any() or not np.allclose(proba.sum(axis=1), 1.0, atol=1e-6):
+            raise SmokeTestFailed(f"v{lm.version}: class probabilities outside [0, 1] or not summing to 1")
+
+
+class ModelManager:
+    def __init__(self, spec: DatasetSpec, tracking_uri: str, cfg: ServeConfig, builder: FrameBuilder,
+                 metrics: Metrics) -> None:
+        self.spec, self.tracking_uri, self.cfg, self.builder, self.metrics = spec, tracking_uri, cfg, builder, metrics
+        self.name = spec.model_name
+        self.state: ServingState | None = None
+        self.last_error: str | None = None
+        self.pending: dict[str, str] = {}  # alias -> why the version it names is not serving
+        self._cache: dict[str, LoadedModel] = {}
+        self._recent: list[str] = []
+        self._failed: dict[str, tuple[float, str]] = {}
+        self._client: Any = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._requested = 0
+        self._done = 0
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="model-manager", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def request_refresh(self) -> int:
+        """Ask for a registry read now; returns a ticket for `wait_refresh`."""
+        with self._cond:
+            self._requested += 1
+            ticket = self._requested
+        self._wake.set()
+        return ticket
+
+    def wait_refresh(self, ticket: int, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._done >= ticket, timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                ticket = self._requested
+            try:
+                self.refresh()
+                self.last_error = None
+            except Exception as exc:  # the registry may be down: keep serving what we have
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("registry refresh failed: %s", self.last_error)
+            with self._cond:
+                self._done = max(self._done, ticket)
+                self._cond.notify_all()
+            self._wake.wait(self.cfg.poll_seconds)
+            self._wake.clear()
+
+    # -- the registry -----------------------------------------------------------------------------
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(self.tracking_uri, self.tracking_uri)
+        return self._client
+
+    def _deployment(self, tags: dict[str, str]) -> tuple[str, float]:
+        dep = self.spec.section("deployment")
+        strategy = self.cfg.strategy or tags.get(STRATEGY_TAG) or dep.get("strategy") or "direct"
+        if strategy not in STRATEGIES:
+            log.warning("unknown deployment strategy %r: serving direct", strategy)
+            strategy = "direct"
+        share = self.cfg.canary_share
+        if share is None:
+            try:
+                share = float(tags.get(CANARY_SHARE_TAG) or dep.get("canary_share", 0.1))
+            except ValueError:
+                share = float(dep.get("canary_share", 0.1))
+        return strategy, min(max(share, 0.0), 1.0)
+
+    def refresh(self) -> ServingState | None:
+        """Read aliases and tags; load what is missing; swap if anything changed."""
+        rm = self.client().get_registered_model(self.name)
+        aliases = {k: str(v) for k, v in (rm.aliases or {}).items()}
+        strategy, share = self._deployment(dict(rm.tags or {}))
+        pending: dict[str, str] = {}
+        current = self.state
+        champ_v = aliases.get("champion")
+        if champ_v is None:
+            pending["champion"] = "the registered model has no champion alias"
+            self.pending = pending
+            return current
+        champion = self._get(champ_v)
+        if champion is None:
+            pending["champion"] = f"v{champ_v}: {self._failed.get(champ_v, (0, 'not loaded'))[1]}"
+            self.pending = pending
+            return current  # keep serving the old champion
+        challenger = None
+        chall_v = aliases.get("challenger")
+        if strategy in ("canary", "shadow") and chall_v and chall_v != champ_v:
+            gate = self._version_tags(chall_v).get("gate")
+            if strategy == "canary" and gate == "failed":
+                pending["challenger"] = f"v{chall_v} failed the gate: no canary traffic"
+            else:
+                challenger = self._get(chall_v)
+                if challenger is None:
+                    pending["challenger"] = f"v{chall_v}: {self._failed.get(chall_v, (0, 'not loaded'))[1]}"
+        standby: list[str] = []
+        if strategy == "blue_green":  # keep the next and the last champion warm: switching is instant
+            for alias in ("challenger", "previous"):
+                v = aliases.get(alias)
+                if v and v != champ_v and v not in standby and self._get(v) is not None:
+                    standby.append(v)
+        new = ServingState(champion, challenger, strategy, share, tuple(standby), aliases, time.time())
+        self.pending = pending
+        if current is None or current.key() != new.key():
+            self.state = new  # the atomic switch: one reference assignment
+            self.metrics.swaps.inc()
+            self.metrics.set_serving(new.roles())
+            log.info("serving %s (strategy %s, canary share %.2f, standby %s)", new.roles(), strategy, share, standby)
+            if current is not None and current.champion.version != champion.version:
+                self._recent = [v for v in [current.champion.version, *self._recent] if v != champion.version][:KEEP_RECENT]
+        else:
+            self.state = new if current.aliases != aliases else current
+        self._evict(new)
+        return self.state
+
+    def _version_tags(self, version: str) -> dict[str, str]:
+        if version in self._cache:
+            return self._cache[version].tags
+        try:
+            return dict(self.client().get_model_version(self.name, version).tags or {})
+        except Exception:
+            return {}
+
+    def _evict(self, state: ServingState) -> None:
+        keep = {state.champion.version, *state.standby, *self._recent}
+        if state.challenger is not None:
+            keep.add(state.challenger.version)
+        if state.aliases.get("previous"):
+            keep.add(state.aliases["previous"])
+        for v in list(self._cache):
+            if v not in keep:
+                del self._cache[v]
+
+    # -- loading ----------------------------------------------------------------------------------
+    def _get(self, version: str) -> LoadedModel | None:
+        if version in self._cache:
+            return self._cache[version]
+        failed = self._failed.get(version)
+        if failed and time.monotonic() - failed[0] < RETRY_FAILED_SECONDS:
+            return None
+        try:
+            lm = self.load(version)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            log.error("could not load %s v%s; it will not serve: %s", self.name, version, reason)
+            self._failed[version] = (time.monotonic(), reason)
+            self.metrics.model_loads.labels(outcome="failed").inc()
+            return None
+        self._failed.pop(version, None)
+        self._cache[version] = lm
+        # A model and the libraries behind it are millions of long-lived objects; left to the
+        # cyclic GC, every full collection walks them all and stalls requests for ~0.3 s.
+        gc.freeze()
+        self.metrics.model_loads.labels(outcome="loaded").inc()
+        self.metrics.model_load.labels(model_version=version).set(lm.load_seconds)
+        return lm
+
+    def load(self, version: str) -> LoadedModel:
+        """Download, load, check the signature against the spec, warm up and smoke-test."""
+        import mlflow.sklearn
+        from mlflow.artifacts import download_artifacts
+        from mlflow.models import Model
+
+        from include.mlops.serving.validation import RecordValidator, signature_columns
+
+        t0 = time.perf_counter()
+        mv = self.client().get_model_version(self.name, version)
+        with tempfile.TemporaryDirectory(prefix=f"mlops-serve-{version}-") as tmp:
+            local = download_artifacts(artifact_uri=f"models:/{self.name}/{version}", dst_path=tmp,
+                                       tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            meta = Model.load(local)
+            model = mlflow.sklearn.load_model(local)
+            try:
+                example = meta.load_input_example(local)
+            except Exception:
+                example = None
+        sig = signature_columns(meta.signature)
+        validator = RecordValidator(self.spec, sig)  # raises SchemaMismatch for an unservable model
+        columns = [c for c, _ in sig] if sig else list(self.builder.columns)
+        classes = None
+        positive = None
+        if hasattr(model, "predict_proba") and hasattr(model, "classes_") and self.spec.is_classification:
+            classes = [c.item() if hasattr(c, "item") else c for c in model.classes_]
+            wanted = self.spec.section("label").get("positive_class", 1)
+            positive = classes.index(wanted) if wanted in classes else len(classes) - 1
+        lm = LoadedModel(self.name, str(version), model, columns, classes, positive, validator,
+                         run_id=mv.run_id or "", tags=dict(mv.tags or {}))
+        self._warm(lm, example)
+        lm.loaded_at = time.time()
+        lm.load_seconds = time.perf_counter() - t0
+        log.info("loaded %s v%s in %.2fs (warmed, smoke test passed)", self.name, version, lm.load_seconds)
+        return lm
+
+    def _warm(self, lm: LoadedModel, example: Any) -> None:
+        import pandas as pd
+
+        probe = self.builder.frame(self.builder.probe_rows(64))
+        if isinstance(example, pd.DataFrame) and set(lm.input_columns) <= set(example.columns):
+            known = example[lm.input_columns].reset_index(drop=True)
+        else:
+            known = probe
+        smoke_test(lm, known)
+        smoke_test(lm, probe)
+        for n in (1, 8, 32):  # the first calls of a fresh model are slow: pay for them here
+            lm.score(probe.head(n))
+
+
+def finite_or_none(v: float) -> float | None:
+    return v if math.isfinite(v) else None

@@ -1,0 +1,222 @@
+"""The prediction log: every prediction, written in batches by a background thread.
+
+The request path only appends a micro-batch (its feature frame and outputs) to a queue. The
+writer thread turns what has accumulated into one parquet object per day partition,
+`predictions/<dataset>/dt=YYYY-MM-DD/<batch id>.parquet`, every few seconds or every N rows,
+and once more on shutdown, so nothing that was answered is lost. A failed write is retried
+on the next cycle; the buffer is bounded so that a dead object store cannot exhaust memory
+(rows dropped past the bound are counted in a metric and logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from include.mlops.serving.metrics import Metrics
+    from include.mlops.spec import DatasetSpec
+    from include.mlops.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LogBatch:
+    """Scored rows of one micro-batch: `features` holds the model features, the lists the rest."""
+
+    features: pd.DataFrame
+    request_id: list[str]
+    ts: list[float]  # epoch seconds, UTC
+    entity: list[int | None]
+    prediction: list[Any]
+    score: list[float]
+    model_version: list[str]
+    variant: list[str]
+
+    def __len__(self) -> int:
+        return len(self.request_id)
+
+
+def prediction_prefix(spec: DatasetSpec) -> str:
+    return f"predictions/{spec.name}"
+
+
+def log_columns(spec: DatasetSpec) -> list[str]:
+    from include.mlops.features import model_features
+
+    return ["request_id", "ts", spec.entity_key, *model_features(spec), "prediction", "score",
+            "model_name", "model_version", "variant"]
+
+
+def to_frame(batches: list[LogBatch], spec: DatasetSpec, model_name: str) -> pd.DataFrame:
+    """The log's table for some batches, columns in the documented order."""
+    import numpy as np
+    import pandas as pd
+
+    from include.mlops.features import model_features
+
+    feats = pd.concat([b.features.reset_index(drop=True) for b in batches], ignore_index=True)
+    def cat(attr: str) -> list[Any]:
+        return [v for b in batches for v in getattr(b, attr)]
+    out = pd.DataFrame({
+        "request_id": pd.Series(cat("request_id"), dtype="object"),
+        "ts": pd.to_datetime(np.asarray(cat("ts"), dtype="float64") * 1e6, unit="us", utc=True),
+        spec.entity_key: pd.array(cat("entity"), dtype="Int64"),
+    })
+    for c in model_features(spec):
+        out[c] = feats[c].to_numpy()
+    prediction = cat("prediction")
+    out["prediction"] = pd.Series(prediction, dtype="int64" if spec.is_classification else "float64")
+    out["score"] = pd.Series(cat("score"), dtype="float64")
+    out["model_name"] = model_name
+    out["model_version"] = pd.Series(cat("model_version"), dtype="object")
+    out["variant"] = pd.Series(cat("variant"), dtype="object")
+    return out
+
+
+_FLUSH = object()
+_STOP = object()
+
+
+class PredictionLog:
+    def __init__(self, store: ObjectStore, spec: DatasetSpec, model_name: str, *, flush_seconds: float = 5.0,
+                 max_rows: int = 10_000, max_buffer_rows: int = 2_000_000, metrics: Metrics | None = None) -> None:
+        self.store, self.spec, self.model_name = store, spec, model_name
+        self.flush_seconds, self.max_rows, self.max_buffer_rows = flush_seconds, max_rows, max_buffer_rows
+        self.metrics = metrics
+        self._q: queue.Queue[Any] = queue.Queue()
+        self._buf: list[LogBatch] = []
+        self._pending: pd.DataFrame | None = None  # a table whose write failed part-way
+        self._rows = 0
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+        self._flushed: list[threading.Event] = []
+        self.written: list[str] = []
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: LogBatch) -> None:
+        """Called on the scoring path: O(1), never blocks."""
+        self._q.put_nowait(batch)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Write everything submitted so far (blocks the caller, not the request path)."""
+        done = threading.Event()
+        self._q.put((_FLUSH, done))
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Drain and write everything, then stop the thread (called on shutdown)."""
+        if self._thread is None:
+            return
+        self._q.put(_STOP)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("prediction log did not finish writing within %ss; %d rows pending", timeout, self._rows)
+        self._thread = None
+
+    # -- writer thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            timeout = max(0.0, self.flush_seconds - (time.monotonic() - last))
+            try:
+                item = self._q.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                self._drain()
+                for attempt in range(3):
+                    if self._write():
+                        break
+                    time.sleep(0.5 * (attempt + 1))
+                return
+            if isinstance(item, tuple) and item and item[0] is _FLUSH:
+                self._drain()
+                self._write()
+                item[1].set()
+                last = time.monotonic()
+                continue
+            if item is not None:
+                self._add(item)
+            if self._rows >= self.max_rows or time.monotonic() - last >= self.flush_seconds:
+                self._drain()
+                self._write()
+                last = time.monotonic()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return
+            if item is _STOP:  # keep it for the loop
+                self._q.put(_STOP)
+                return
+            if isinstance(item, tuple) and item and item[0] is _FLUSH:
+                self._q.put(item)
+                return
+            self._add(item)
+
+    def _add(self, batch: LogBatch) -> None:
+        if self._rows + len(batch) > self.max_buffer_rows:
+            log.error("prediction log buffer full (%d rows): dropping %d rows", self._rows, len(batch))
+            if self.metrics:
+                self.metrics.log_dropped.inc(len(batch))
+            return
+        self._buf.append(batch)
+        self._rows += len(batch)
+        if self.metrics:
+            self.metrics.log_pending.set(self._rows)
+
+    def _write(self) -> bool:
+        import pandas as pd
+
+        if not self._buf and self._pending is None:
+            return True
+        try:
+            parts = [] if self._pending is None else [self._pending]
+            if self._buf:
+                parts.append(to_frame(self._buf, self.spec, self.model_name))
+            df = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+        except Exception:
+            log.exception("prediction log: could not build the table (%d rows kept)", self._rows)
+            if self.metrics:
+                self.metrics.log_errors.inc()
+            return False
+        self._buf, self._pending = [], df
+        rows = len(df)
+        try:
+            days = df["ts"].dt.strftime("%Y-%m-%d")
+            for day in sorted(days.unique()):
+                part = df[days == day].reset_index(drop=True)
+                self._seq += 1
+                batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}-{self._seq:06d}-{uuid.uuid4().hex[:8]}"
+                key = f"{prediction_prefix(self.spec)}/dt={day}/{batch_id}.parquet"
+                self.written.append(self.store.put_parquet(key, part))
+                # a written partition leaves the buffer at once: a retry never writes it twice
+                keep = days != day
+                self._pending, days = self._pending[keep], days[keep]
+        except Exception:
+            log.exception("prediction log write failed (%d rows kept for the next attempt)", len(self._pending))
+            if self.metrics:
+                self.metrics.log_errors.inc()
+            self._rows = len(self._pending)
+            return False
+        self._pending, self._rows = None, 0
+        if self.metrics:
+            self.metrics.log_rows.inc(rows)
+            self.metrics.log_pending.set(0)
+        return True

@@ -1,0 +1,350 @@
+"""Issue 5: the production configuration, natively, on this machine's PostgreSQL and Redis.
+
+docker-compose.yaml's x-airflow-common environment reproduced without Docker (bench/production.py
+`ProductionStack`): Airflow 3 with the CeleryExecutor (api-server with the execution API,
+scheduler, dag-processor, `airflow celery worker`) on fresh PostgreSQL databases
+(`mlops_test_<random>_{airflow,mlflow,feast}`), Redis as the Celery broker and the Feast online
+store (two empty database numbers, 5 and 6 when free), the MLflow tracking server on PostgreSQL
+proxying artifacts to S3 (moto's server mode standing in for MinIO), and the scoring service.
+Runs of `ml_training` go through the real scheduler with real data intervals (REST), nothing
+is mocked. The stack starts once for the module; every process is stopped (process groups),
+the databases dropped and the Redis databases flushed, whatever happens.
+
+One difference from compose, on purpose: `[scheduler] use_job_schedule = False`, because these
+runs simulate October 2026 while the cron schedule would add a run for "yesterday" (no data).
+
+Skipped, with the reason printed, when PostgreSQL (trust auth, user postgres) or Redis do not
+answer on 127.0.0.1; on the project's machines and CI they do, and then it must pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bench.production import (
+    DAG_ID,
+    ProductionStack,
+    http_ok,
+    pg,
+    services_unavailable,
+    tail,
+    wait_until,
+)
+from tests.conftest import DEMO_START, free_port, small_spec
+
+pytestmark = pytest.mark.production
+ROWS = 300
+INGEST_DAYS = 8  # day 9 is the first full run: labels (3 days late) cover days 1-6
+# Ingest-only runs queued at once to see a second worker take over part of them: [start, end) days.
+INGEST_RUNS = [(0, 3), (3, 6), (6, INGEST_DAYS)]
+FULL_DAY = DEMO_START + timedelta(days=INGEST_DAYS)
+ALL_TASKS = {"extract", "validate", "prepare", "train", "evaluate", "register", "deploy"}
+WORKER_TASKS = {"extract", "validate", "prepare", "train"}  # what an ingest-only run executes
+
+
+@pytest.fixture(scope="module")
+def stack(moto_server, request):
+    reason = services_unavailable()
+    if reason:
+        print(f"\n[test_production] SKIPPED: {reason}")
+        pytest.skip(reason)
+    # Not tmp_path: pytest keeps only the last 3 base temps, and the logs must outlive a failure.
+    root = Path(tempfile.mkdtemp(prefix="mlops-production-"))
+    failed_before = request.session.testsfailed
+    st = ProductionStack(
+        root, s3_endpoint=moto_server, bucket=f"mlops-prod-{secrets.token_hex(3)}", worker_concurrency=1
+    )
+    try:
+        try:
+            st.start()
+        except Exception as exc:  # start() has stopped what it started; the logs remain
+            pytest.fail(f"the production stack did not start: {exc}\n{st.log_tails()}", pytrace=False)
+        st.spec_path = str(small_spec(root))
+        st.write_days(st.spec_path, INGEST_DAYS + 1, ROWS)
+        print(
+            f"\n[test_production] stack up in {st.timings}; databases {st.databases}; "
+            f"redis dbs broker={st.broker_db} feast={st.feast_redis_db}; logs in {st.logs}"
+        )
+        yield st
+    finally:
+        st.stop()
+        if request.session.testsfailed == failed_before:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"\n[test_production] logs kept in {root}")
+    leftovers = pg("select datname from pg_database where datname like %s", (f"mlops_test_{st.tag}_%",))
+    assert not leftovers, f"databases not dropped: {leftovers}"
+
+
+def _spec(stack):
+    from include.mlops.spec import load_spec
+
+    return load_spec(stack.spec_path)
+
+
+def _conf(stack, train: bool) -> dict:
+    return {"dataset": stack.spec_path, "train": train}
+
+
+def _ran_on(tis: dict) -> dict[str, str]:
+    return {
+        k: v["hostname"] for k, v in tis.items() if v["state"] in ("success", "skipped", "failed") and v["hostname"]
+    }
+
+
+@pytest.fixture(scope="module")
+def ingested(stack):
+    """Days 1-8 ingested by three ingest-only runs queued at once while one worker (concurrency 1)
+    serves; a second worker joins once the first task runs."""
+    t0 = time.perf_counter()
+    run_ids = [
+        stack.trigger(DEMO_START + timedelta(days=a), DEMO_START + timedelta(days=b), _conf(stack, False))
+        for a, b in INGEST_RUNS
+    ]
+
+    def first_task_running() -> bool:
+        return any(t["state"] in ("running", "success") for t in stack.task_instances(run_ids[0]).values())
+
+    wait_until(first_task_running, 180, "the first ingest task to start on worker-1", 0.5)
+    added_at = time.time()
+    stack.add_worker("worker-2", concurrency=1, wait=True)
+    done = stack.wait_runs(run_ids, 600)
+    failed = [r for r in run_ids if done[r]["state"] != "success"]
+    assert not failed, f"ingest runs failed: {failed}\n{stack.failure_report(failed)}"
+    print(f"\n[test_production] {len(run_ids)} ingest runs done in {time.perf_counter() - t0:.1f}s")
+    return {
+        "run_ids": run_ids,
+        "runs": done,
+        "tis": {r: stack.task_instances(r) for r in run_ids},
+        "worker2_added_at": added_at,
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(stack, ingested):
+    """The full run of day 9 (train, evaluate, register, deploy) through the scheduler."""
+    t0 = time.perf_counter()
+    rid = stack.trigger(FULL_DAY, FULL_DAY + timedelta(days=1), _conf(stack, True))
+    run = stack.wait_runs([rid], 600)[rid]
+    tis = stack.task_instances(rid)
+    assert run["state"] == "success", f"full-day run {run['state']}\n{stack.failure_report([rid])}"
+    print(
+        f"\n[test_production] full-day run {time.perf_counter() - t0:.1f}s; tasks: "
+        + ", ".join(f"{k}={v['duration']:.1f}s@{v['hostname']}" for k, v in tis.items() if v["duration"])
+    )
+    return {"run_id": rid, "run": run, "tis": tis}
+
+
+# -- Celery: a second worker takes queued work ---------------------------------------------------
+def test_second_worker_takes_queued_tasks(stack, ingested):
+    hosts: dict[str, list[str]] = {}
+    for rid, tis in ingested["tis"].items():
+        assert {k for k, v in tis.items() if v["state"] in ("success", "skipped")} >= WORKER_TASKS, (rid, tis)
+        for task, host in _ran_on(tis).items():
+            hosts.setdefault(host, []).append(f"{rid}:{task}")
+    assert set(hosts) == {"worker-1", "worker-2"}, f"task instances ran on {hosts}; expected both workers"
+    # worker-2 joined while runs were queued; what it ran started after it joined
+    for tis in ingested["tis"].values():
+        for t in tis.values():
+            if t["hostname"] == "worker-2":
+                started = datetime.fromisoformat(t["start_date"].replace("Z", "+00:00")).timestamp()
+                assert started >= ingested["worker2_added_at"] - 1, t
+    # and each worker's own Celery log shows the ml_training workloads it executed
+    for name in ("worker-1", "worker-2"):
+        log = stack.workers[name].log.read_text(errors="replace")
+        executed = re.findall(
+            r"Executing workload in Celery: .*?log_path='dag_id=ml_training/run_id=([^/]+)/task_id=(\w+)/", log
+        )
+        assert executed, f"{name} log shows no ml_training workload:\n{tail(stack.workers[name].log)}"
+        assert "succeeded in" in log
+        for rid, task in executed:
+            ti = ingested["tis"].get(rid, {}).get(task)
+            if ti is not None and ti["try_number"] == 1:
+                assert ti["hostname"] == name, (name, rid, task, ti["hostname"])
+
+
+# -- the full-day run on Celery -----------------------------------------------------------------
+def test_full_day_run_succeeds_on_celery(stack, trained):
+    tis, rid = trained["tis"], trained["run_id"]
+    assert {k: v["state"] for k, v in tis.items()} == dict.fromkeys(ALL_TASKS, "success")
+    run = trained["run"]
+    assert run["data_interval_start"].startswith(FULL_DAY.isoformat()), run
+    assert run["conf"] == _conf(stack, True)
+    for task, ti in tis.items():
+        assert ti["hostname"] in ("worker-1", "worker-2"), (task, ti["hostname"])
+        assert ti["queue"] == "default" and ti["pid"] and ti["unixname"], ti
+    # the scheduler handed every task to the CeleryExecutor (its "TaskInstance Finished" line, logged
+    # when Celery's result arrives, can come a moment after the run is marked successful) ...
+    sched = stack._proc("scheduler").log
+
+    def finished_lines() -> dict[str, str]:
+        lines = [ln for ln in sched.read_text(errors="replace").splitlines() if "TaskInstance Finished" in ln]
+        return {t: ln for t in ALL_TASKS for ln in lines if f"task_id={t}, run_id={rid}," in ln}
+
+    wait_until(lambda: len(finished_lines()) == len(ALL_TASKS), 90, "the scheduler's executor events", 1)
+    for task, line in finished_lines().items():
+        assert "executor=CeleryExecutor" in line and "executor_state=success" in line, (task, line)
+    # ... Celery ran them (their ids are the TIs' external executor ids, results in PostgreSQL) ...
+    rows = pg(
+        "select ti.task_id, ti.external_executor_id, m.status from task_instance ti "
+        "left join celery_taskmeta m on m.task_id = ti.external_executor_id "
+        "where ti.dag_id = %s and ti.run_id = %s",
+        (DAG_ID, rid),
+        db=stack.db["airflow"],
+    )
+    assert {r[0] for r in rows} == ALL_TASKS
+    assert all(r[1] and r[2] == "SUCCESS" for r in rows), rows
+    # ... and the workers' logs show each of them being executed
+    logs = "".join(w.log.read_text(errors="replace") for w in stack.workers.values())
+    for task in ALL_TASKS:
+        assert f"log_path='dag_id=ml_training/run_id={rid}/task_id={task}/" in logs, task
+    # the metadata DB really is PostgreSQL and the broker Redis
+    assert pg("select count(*) from dag_run where dag_id = %s", (DAG_ID,), db=stack.db["airflow"])[0][0] == 4
+
+
+# -- MLflow server on PostgreSQL, artifacts in S3 -------------------------------------------------
+def test_champion_in_mlflow_server_with_artifacts_in_s3(stack, trained):
+    import boto3
+    from mlflow import MlflowClient
+
+    spec = _spec(stack)
+    client = MlflowClient(stack.mlflow_url, stack.mlflow_url)
+    mv = client.get_model_version_by_alias(spec.model_name, "champion")
+    assert mv.version == "1" and mv.status == "READY"
+    assert mv.tags["airflow.run_id"] == trained["run_id"] and mv.tags["airflow.dag_id"] == DAG_ID
+    exp = client.get_experiment_by_name(spec.name)
+    assert exp.artifact_location.startswith("mlflow-artifacts:"), exp.artifact_location  # the server decides
+    # the tracking server's store is the PostgreSQL database
+    aliases = pg("select name, alias, version from registered_model_aliases", db=stack.db["mlflow"])
+    assert (spec.model_name, "champion", 1) in aliases, aliases
+    # and the artifacts are objects in S3 under the bucket's mlflow/ prefix
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=stack.s3_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    keys = [
+        o["Key"]
+        for p in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.bucket, Prefix="mlflow/")
+        for o in p.get("Contents", [])
+    ]
+    assert any(k.endswith("/MLmodel") for k in keys), keys[:20]
+    assert any(k.endswith("model.skops") for k in keys), keys[:20]
+    assert any("evaluation/gate.json" in k for k in keys), keys[:20]
+    assert not (stack.mlops_home / "mlartifacts").exists() and not (stack.root / "mlruns").exists()
+
+
+# -- Feast: registry in PostgreSQL, online store in Redis ----------------------------------------
+def _day_events(stack, day):
+    from include.mlops.data.generator import events_key
+    from include.mlops.storage import get_store
+
+    with stack.applied():
+        return get_store().get_parquet(events_key(_spec(stack), day))
+
+
+def test_feast_registry_in_postgres_and_online_features_from_redis(stack, trained):
+    import redis
+
+    from include.mlops import features as F
+    from include.mlops.config import get_settings
+
+    spec = _spec(stack)
+    tables = {
+        r[0]
+        for r in pg(
+            "select table_name from information_schema.tables where table_schema = 'public'", db=stack.db["feast"]
+        )
+    }
+    assert {"entities", "feature_views", "feature_services", "data_sources"} <= tables, tables
+    views = pg("select feature_view_name, project_id from feature_views", db=stack.db["feast"])
+    assert (spec.feature_view_name, "mlops") in views, views
+    assert redis.Redis(host="127.0.0.1", port=6379, db=stack.feast_redis_db).dbsize() >= ROWS
+
+    events = _day_events(stack, FULL_DAY)
+    expected = F.build_features(events.head(3), spec)
+    ids = [int(x) for x in expected[spec.entity_key]]
+    with stack.applied():
+        settings = get_settings()
+        assert settings.feast_online_store == "redis"
+        fs = F.get_feature_store(settings)
+        assert fs.config.online_store.type == "redis"
+        online = F.online_features(fs, spec, ids).set_index(spec.entity_key)
+    for _, row in expected.iterrows():
+        got = online.loc[int(row[spec.entity_key])]
+        for name in spec.numeric_features:
+            if row[name] == row[name]:  # not NaN
+                assert got[name] == pytest.approx(row[name]), (name, got[name], row[name])
+        for name in spec.categorical_features:
+            assert got[name] == row[name], name
+
+
+# -- the scoring service loads the champion from the same registry -------------------------------
+def test_scoring_service_serves_champion_from_registry(stack, trained):
+    from mlflow import MlflowClient
+
+    spec = _spec(stack)
+    champion = MlflowClient(stack.mlflow_url, stack.mlflow_url).get_model_version_by_alias(spec.model_name, "champion")
+    port = free_port()
+    env = {
+        **stack._base_env(),
+        **stack.platform_env(),
+        "MLOPS_SERVE_PORT": str(port),
+        "MLOPS_SERVE_HOST": "127.0.0.1",
+        "MLOPS_SERVE_SPEC": stack.spec_path,
+        "MLOPS_DATASET": stack.spec_path,
+        "MLOPS_ADMIN_TOKEN": secrets.token_urlsafe(16),
+        "OMP_NUM_THREADS": "1",
+    }
+    log = stack.logs / "scoring.log"
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "include.mlops.serving"],
+            env=env,
+            cwd=str(stack.root),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        import requests
+
+        wait_until(lambda: http_ok(f"{base}/ready"), 180, "scoring service /ready", 1, proc, log)
+        ready = requests.get(f"{base}/ready", timeout=10).json()
+        assert ready["champion"]["version"] == champion.version, ready
+        events = _day_events(stack, FULL_DAY)
+        entity = int(events[spec.entity_key].iloc[0])
+        r = requests.post(f"{base}/predict", json={"records": [{spec.entity_key: entity}]}, timeout=30)
+        assert r.status_code == 200, (r.status_code, r.text, tail(log))
+        pred = r.json()["predictions"][0]
+        assert pred["model_version"] == champion.version and pred["model_name"] == spec.model_name, pred
+        assert pred[spec.entity_key] == entity and 0.0 <= pred["score"] <= 1.0, pred
+        # a full feature row (no online lookup) is scored by the same champion
+        row = json.loads(events[spec.feature_names].head(1).to_json(orient="records"))[0]
+        r = requests.post(f"{base}/predict", json={"records": [row]}, timeout=30)
+        assert r.status_code == 200, (r.status_code, r.text)
+        assert r.json()["predictions"][0]["model_version"] == champion.version
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)

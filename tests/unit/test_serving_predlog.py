@@ -1,0 +1,89 @@
+"""The prediction log: batched writes off the request path, nothing lost on shutdown or on a
+failed write."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+
+from include.mlops.features import model_features
+from include.mlops.serving.frames import FrameBuilder
+from include.mlops.serving.predlog import LogBatch, PredictionLog, log_columns
+from include.mlops.spec import load_spec
+from include.mlops.storage import ObjectStore
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec("churn")
+
+
+def batch(spec, start: int, n: int, variant: str = "champion") -> LogBatch:
+    b = FrameBuilder(spec)
+    return LogBatch(features=b.frame(b.probe_rows(n)), request_id=[f"r{start + i}" for i in range(n)],
+                    ts=[time.time()] * n, entity=[start + i if i % 2 else None for i in range(n)],
+                    prediction=[i % 2 for i in range(n)], score=[0.25] * n, model_version=["3"] * n,
+                    variant=[variant] * n)
+
+
+def read_all(store: ObjectStore, spec) -> pd.DataFrame:
+    return store.read_parquet_prefix(f"predictions/{spec.name}/")
+
+
+def test_batches_are_written_on_close_with_the_documented_columns(tmp_path, spec):
+    store = ObjectStore(f"file://{tmp_path}")
+    plog = PredictionLog(store, spec, "churn_model", flush_seconds=60, max_rows=10_000)
+    plog.start()
+    for k in range(5):
+        plog.submit(batch(spec, k * 10, 10))
+    assert store.list("predictions/") == []  # nothing yet: batched
+    plog.close()
+    df = read_all(store, spec)
+    assert list(df.columns) == log_columns(spec)
+    assert sorted(df["request_id"]) == sorted(f"r{i}" for i in range(50))
+    assert str(df["ts"].dtype) == "datetime64[us, UTC]" or str(df["ts"].dtype).endswith("UTC]")
+    assert df["customer_id"].isna().sum() == 25 and df["model_name"].eq("churn_model").all()
+    assert set(model_features(spec)) <= set(df.columns)
+    keys = store.list("predictions/")
+    assert len(keys) == 1 and "/dt=" in keys[0] and keys[0].endswith(".parquet")
+
+
+def test_size_and_time_trigger_writes(tmp_path, spec):
+    store = ObjectStore(f"file://{tmp_path}")
+    plog = PredictionLog(store, spec, "churn_model", flush_seconds=0.2, max_rows=15)
+    plog.start()
+    plog.submit(batch(spec, 0, 20))  # over max_rows
+    deadline = time.time() + 5
+    while not store.list("predictions/") and time.time() < deadline:
+        time.sleep(0.05)
+    assert store.list("predictions/")
+    plog.submit(batch(spec, 100, 3))
+    assert plog.flush(10)
+    assert len(read_all(store, spec)) == 23
+    plog.close()
+
+
+class FlakyStore(ObjectStore):
+    failures = 1
+
+    def put_parquet(self, key, df):  # type: ignore[override]
+        if FlakyStore.failures:
+            FlakyStore.failures -= 1
+            raise OSError("store down")
+        return super().put_parquet(key, df)
+
+
+def test_a_failed_write_is_retried_not_lost(tmp_path, spec):
+    store = FlakyStore(f"file://{tmp_path}")
+    plog = PredictionLog(store, spec, "churn_model", flush_seconds=60)
+    plog.start()
+    plog.submit(batch(spec, 0, 7))
+    plog.flush(10)  # fails: kept
+    assert store.list("predictions/") == []
+    plog.submit(batch(spec, 7, 3, variant="shadow"))
+    plog.close()
+    df = read_all(store, spec)
+    assert sorted(df["request_id"]) == sorted(f"r{i}" for i in range(10))
+    assert df["variant"].value_counts().to_dict() == {"champion": 7, "shadow": 3}
