@@ -118,8 +118,10 @@ def sample_requests(home: Path, n: int = 500) -> dict[str, list[bytes]]:
     return {
         "features": [json.dumps({"records": [r]}).encode() for r in feats],
         "entity": [json.dumps({"entity_ids": [i]}).encode() for i in ids],
-        "invocations": [json.dumps({"dataframe_split": {"columns": split["columns"], "data": [row]}}).encode()
-                        for row in split["data"]],
+        "invocations": [
+            json.dumps({"dataframe_split": {"columns": split["columns"], "data": [row]}}).encode()
+            for row in split["data"]
+        ],
     }
 
 
@@ -161,25 +163,60 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def start_ours(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    e = {**env, "MLOPS_SERVE_PORT": str(port), "MLOPS_SERVE_HOST": "127.0.0.1", "OMP_NUM_THREADS": "1",
-         "MLOPS_SERVE_PREDICTION_LOG": "true", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([PY, "-m", "include.mlops.serving"], cwd=ROOT, env=e, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    e = {
+        **env,
+        "MLOPS_SERVE_PORT": str(port),
+        "MLOPS_SERVE_HOST": "127.0.0.1",
+        "OMP_NUM_THREADS": "1",
+        "MLOPS_SERVE_PREDICTION_LOG": "true",
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.Popen(
+        [PY, "-m", "include.mlops.serving"],
+        cwd=ROOT,
+        env=e,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def start_mlflow(env: dict[str, str], port: int, model: str, log: Path) -> subprocess.Popen:
     bindir = str(Path(PY).parent)  # mlflow serve execs `uvicorn` from PATH
     e = {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PATH": f"{bindir}:{env.get('PATH', '')}"}
     mlflow = str(Path(PY).with_name("mlflow"))
-    cmd = [mlflow, "models", "serve", "-m", f"models:/{model}@champion", "--env-manager", "local", "-w", "1",
-           "-h", "127.0.0.1", "-p", str(port)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    cmd = [
+        mlflow,
+        "models",
+        "serve",
+        "-m",
+        f"models:/{model}@champion",
+        "--env-manager",
+        "local",
+        "-w",
+        "1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=e, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 # -- the client -----------------------------------------------------------------------------------
-async def _worker(host: str, port: int, path: str, bodies: list[bytes], offset: int, t_start: float, t_end: float,
-                  lat: list[float], counts: dict[str, int]) -> None:
+async def _worker(
+    host: str,
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    offset: int,
+    t_start: float,
+    t_end: float,
+    lat: list[float],
+    counts: dict[str, int],
+) -> None:
     loop = asyncio.get_running_loop()
     head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
     reqs = [(head + f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
@@ -226,26 +263,37 @@ async def _worker(host: str, port: int, path: str, bodies: list[bytes], offset: 
         writer.close()
 
 
-async def _load(host: str, port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float,
-                warmup: float) -> dict[str, Any]:
+async def _load(
+    host: str, port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float, warmup: float
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     t_start = loop.time() + warmup
     t_end = t_start + seconds
     lat: list[float] = []
     counts = {"ok": 0, "errors": 0}
     step = max(1, len(bodies) // concurrency)
-    await asyncio.gather(*(_worker(host, port, path, bodies, k * step, t_start, t_end, lat, counts)
-                           for k in range(concurrency)))
+    await asyncio.gather(
+        *(_worker(host, port, path, bodies, k * step, t_start, t_end, lat, counts) for k in range(concurrency))
+    )
     lat.sort()
 
     def pct(p: float) -> float:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else float("nan")
 
-    return {"p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "max_ms": pct(1.0), "rps": round(counts["ok"] / seconds, 1),
-            "errors": counts["errors"], "requests": counts["ok"] + counts["errors"]}
+    return {
+        "p50_ms": pct(0.50),
+        "p95_ms": pct(0.95),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+        "rps": round(counts["ok"] / seconds, 1),
+        "errors": counts["errors"],
+        "requests": counts["ok"] + counts["errors"],
+    }
 
 
-def load(port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float, warmup: float = 1.0) -> dict[str, Any]:
+def load(
+    port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float, warmup: float = 1.0
+) -> dict[str, Any]:
     try:
         import uvloop
 
@@ -307,7 +355,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ours": start_ours(env, ports["ours"], home / "serve_ours.log"),
         "mlflow": start_mlflow(env, ports["mlflow"], info["model"], home / "serve_mlflow.log"),
     }
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {name: {f"c{c}": [] for c in CONCURRENCY} for name, *_ in targets}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        name: {f"c{c}": [] for c in CONCURRENCY} for name, *_ in targets
+    }
     try:
         # both start at once (so each start-up is slowed by the other); seconds from launch to ready
         for name, path in (("ours", "/ready"), ("mlflow", "/ping")):
@@ -336,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "setup": {
             "client": "asyncio HTTP/1.1, one keep-alive connection per concurrent worker, closed loop, "
-                      "single-record requests, same host",
+            "single-record requests, same host",
             "seconds_per_level": args.seconds,
             "rounds": args.rounds,
             "warmup_seconds": 1.0,

@@ -14,8 +14,10 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Param, dag, task
+from mlops_airflow.notifiers import RollbackNotifier, TaskFailureNotifier
 
-DEFAULT_ARGS = {"owner": "mlops", "retries": 2, "retry_delay": timedelta(seconds=10)}
+DEFAULT_ARGS = {"owner": "mlops", "retries": 2, "retry_delay": timedelta(seconds=10),
+                "on_failure_callback": [TaskFailureNotifier()]}
 
 
 @dag(
@@ -32,7 +34,7 @@ DEFAULT_ARGS = {"owner": "mlops", "retries": 2, "retry_delay": timedelta(seconds
     doc_md=__doc__,
 )
 def ml_rollback():
-    @task
+    @task(on_success_callback=[RollbackNotifier()])
     def rollback(**context) -> dict:
         """Move `champion` to `previous` (or to `to_version`) and record it in the ledger."""
         from include.mlops.deployment import rollback as run

@@ -14,6 +14,9 @@ chosen by the `dataset` param (default: `MLOPS_DATASET`, `churn`).
 | register | model version with lineage tags, alias `challenger` | extra link *MLflow model version* |
 | deploy | gate passed → `champion` moves (old one → `previous`), smoke + load test, ledger | `ledger/…`; "not promoted: …" otherwise |
 
+Alerts (optional Airflow connections `mlops_alerts_webhook`, Slack-compatible, and
+`mlops_alerts_smtp`) go out on any task failure, on a gate rejection and on a rollback.
+
 Set `train` to false to only ingest the interval (what a backfill of old days wants).
 Every task is idempotent for its interval: re-running a day rewrites the same objects and
 registers no second model.
@@ -26,9 +29,11 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
+from mlops_airflow.notifiers import GateDecisionNotifier, TaskFailureNotifier
 from mlops_airflow.operators import FeastPrepareOperator, GXValidateOperator, MlflowPromoteOperator, MlflowRegisterOperator
 
-DEFAULT_ARGS = {"owner": "mlops", "retries": 2, "retry_delay": timedelta(seconds=30)}
+DEFAULT_ARGS = {"owner": "mlops", "retries": 2, "retry_delay": timedelta(seconds=30),
+                "on_failure_callback": [TaskFailureNotifier()]}
 PARAMS = {
     "dataset": Param(None, type=["null", "string"], description="Dataset spec name; empty uses MLOPS_DATASET"),
     "train": Param(True, type="boolean", description="False ingests only (extract, validate, prepare)"),
@@ -90,7 +95,8 @@ def ml_training():
         return run(train_out, context["params"]["dataset"])
 
     register = MlflowRegisterOperator(task_id="register", doc="Model version with lineage; alias challenger.")
-    deploy = MlflowPromoteOperator(task_id="deploy", doc="Promote through the gate, check, or roll back.")
+    deploy = MlflowPromoteOperator(task_id="deploy", doc="Promote through the gate, check, or roll back.",
+                                   on_success_callback=[GateDecisionNotifier()])
 
     trained = train()
     extract() >> validate >> prepare >> trained

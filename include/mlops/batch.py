@@ -47,8 +47,10 @@ def score_batch(interval: Interval, spec_name: str | None = None) -> dict[str, A
     for day in interval.days:
         key = staging_key(spec, day)
         if not store.exists(key):
-            raise FileNotFoundError(f"no staged batch of {spec.name} for {day}: expected {store.uri(key)} "
-                                    f"(run ml_training's extract/validate for this interval first)")
+            raise FileNotFoundError(
+                f"no staged batch of {spec.name} for {day}: expected {store.uri(key)} "
+                f"(run ml_training's extract/validate for this interval first)"
+            )
         raw = store.get_parquet(key)
         X = build_features(raw, spec)[cols]
         if spec.is_classification:
@@ -71,5 +73,11 @@ def score_batch(interval: Interval, spec_name: str | None = None) -> dict[str, A
         rows += len(out)
         days.append(day.isoformat())
         log.info("scored %d rows of %s on %s with %s v%s -> %s", len(out), spec.name, day, model_name, version, uri)
-    return {"uri": uris[-1] if uris else None, "uris": uris, "rows": rows, "version": str(version),
-            "model": model_name, "days": days}
+    return {
+        "uri": uris[-1] if uris else None,
+        "uris": uris,
+        "rows": rows,
+        "version": str(version),
+        "model": model_name,
+        "days": days,
+    }

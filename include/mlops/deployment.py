@@ -8,7 +8,7 @@
 | direct | - | `promote` | smoke + load test on the new champion |
 | blue_green | the service loads, warms and smoke-tests the new version beside the old one | `promote`: the service switches instantly | smoke + load test; a switch back is instant too |
 | canary | the gate-passed challenger answers `canary_share` of the traffic (sticky per entity); smoke + load test of both variants | `promote` | smoke + load test |
-| shadow | the challenger scores every request, answers nothing; the checks watch its errors in the service's metrics | `promote` | smoke + load test |
+| shadow | the challenger scores every request, answers nothing; the checks watch its errors in the service's metrics (also for a challenger the gate rejected, which then stays in shadow) | `promote` | smoke + load test |
 
 A challenger the gate rejected is never promoted (`promote` says why, and that is not a
 failure). When a check fails after the switch, `champion` goes back to the version it replaced
@@ -103,13 +103,24 @@ def start_service(env: dict[str, str] | None = None, timeout: float = 180.0, por
     port = port or free_port()
     token = secrets.token_urlsafe(16)
     e = {**os.environ, **(env or {})}
-    e.update({"MLOPS_SERVE_HOST": "127.0.0.1", "MLOPS_SERVE_PORT": str(port), "MLOPS_ADMIN_TOKEN": token,
-              "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), e.get("PYTHONPATH", "")) if p)})
+    e.update(
+        {
+            "MLOPS_SERVE_HOST": "127.0.0.1",
+            "MLOPS_SERVE_PORT": str(port),
+            "MLOPS_ADMIN_TOKEN": token,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), e.get("PYTHONPATH", "")) if p),
+        }
+    )
     e.setdefault("OMP_NUM_THREADS", "1")
     fd, log_path = tempfile.mkstemp(prefix="mlops-serve-", suffix=".log")
     with os.fdopen(fd, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "include.mlops.serving"], cwd=str(PROJECT_ROOT), env=e,
-                                stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "include.mlops.serving"],
+            cwd=str(PROJECT_ROOT),
+            env=e,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     h = ServiceHandle(f"http://127.0.0.1:{port}", token, proc, log_path, started=True)
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -142,8 +153,12 @@ def service_for_check(model_name: str, env: dict[str, str] | None = None) -> Ser
             body = r.json()
             if r.status_code == 200 and body.get("model_name") == model_name:
                 return ServiceHandle(url, os.environ.get("MLOPS_ADMIN_TOKEN") or None)
-            log.warning("MLOPS_SERVE_URL=%s is not ready for %s (%s): starting a service for the check",
-                        url, model_name, r.status_code)
+            log.warning(
+                "MLOPS_SERVE_URL=%s is not ready for %s (%s): starting a service for the check",
+                url,
+                model_name,
+                r.status_code,
+            )
         except Exception as exc:
             log.warning("MLOPS_SERVE_URL=%s does not answer (%s): starting a service for the check", url, exc)
     return start_service(env)
@@ -154,16 +169,26 @@ def refresh(h: ServiceHandle, timeout: float = 120.0) -> dict[str, Any]:
     import httpx
 
     if h.token:
-        r = httpx.post(f"{h.url}/admin/reload", params={"wait": "true", "timeout": timeout}, headers=h.headers(),
-                       timeout=timeout + 10)
+        r = httpx.post(
+            f"{h.url}/admin/reload",
+            params={"wait": "true", "timeout": timeout},
+            headers=h.headers(),
+            timeout=timeout + 10,
+        )
         if r.status_code == 200:
             return r.json()
         log.warning("POST /admin/reload answered %s: waiting for the service's own poll", r.status_code)
     return httpx.get(f"{h.url}/ready", timeout=10).json()
 
 
-def wait_for(h: ServiceHandle, *, champion: str | None = None, challenger: str | None = None,
-             standby: str | None = None, timeout: float = 120.0) -> dict[str, Any]:
+def wait_for(
+    h: ServiceHandle,
+    *,
+    champion: str | None = None,
+    challenger: str | None = None,
+    standby: str | None = None,
+    timeout: float = 120.0,
+) -> dict[str, Any]:
     """Until the service serves the expected versions; fails fast when it reports a load error."""
     import httpx
 
@@ -175,9 +200,11 @@ def wait_for(h: ServiceHandle, *, champion: str | None = None, challenger: str |
             status = httpx.get(f"{h.url}/ready", timeout=10).json()
         except Exception as exc:
             status = {"error": str(exc)}
-        ok = (champion is None or (status.get("champion") or {}).get("version") == champion) and \
-             (challenger is None or (status.get("challenger") or {}).get("version") == challenger) and \
-             (standby is None or standby in (status.get("standby") or []))
+        ok = (
+            (champion is None or (status.get("champion") or {}).get("version") == champion)
+            and (challenger is None or (status.get("challenger") or {}).get("version") == challenger)
+            and (standby is None or standby in (status.get("standby") or []))
+        )
         if ok and status.get("status") == "ready":
             return status
         pending = " ".join(str(v) for v in (status.get("pending") or {}).values())
@@ -188,7 +215,8 @@ def wait_for(h: ServiceHandle, *, champion: str | None = None, challenger: str |
     raise DeploymentCheckFailed(
         f"the service at {h.url} did not serve champion={champion} challenger={challenger} standby={standby} "
         f"within {timeout:.0f}s (it reports champion={(status.get('champion') or {}).get('version')}, "
-        f"challenger={(status.get('challenger') or {}).get('version')}, pending={status.get('pending')})")
+        f"challenger={(status.get('challenger') or {}).get('version')}, pending={status.get('pending')})"
+    )
 
 
 # -- known inputs -----------------------------------------------------------------------------------
@@ -206,8 +234,9 @@ def sample_inputs(spec: DatasetSpec, store: ObjectStore, n: int = 50) -> tuple[l
 
 
 # -- checks -------------------------------------------------------------------------------------------
-def smoke_test(h: ServiceHandle, spec: DatasetSpec, records: list[dict[str, Any]], ids: list[int],
-               versions: set[str]) -> dict[str, Any]:
+def smoke_test(
+    h: ServiceHandle, spec: DatasetSpec, records: list[dict[str, Any]], ids: list[int], versions: set[str]
+) -> dict[str, Any]:
     """Known inputs through every door; the answers must have the expected schema and versions."""
     import math
 
@@ -227,7 +256,10 @@ def smoke_test(h: ServiceHandle, spec: DatasetSpec, records: list[dict[str, Any]
         keys = {"request_id", "prediction", "score", "probabilities", "model_name", "model_version", "variant"}
         expect(keys <= set(p), f"{where}: answer lacks {sorted(keys - set(p))}")
         expect(p.get("model_name") == spec.model_name, f"{where}: model_name {p.get('model_name')}")
-        expect(str(p.get("model_version")) in versions, f"{where}: version {p.get('model_version')} not in {sorted(versions)}")
+        expect(
+            str(p.get("model_version")) in versions,
+            f"{where}: version {p.get('model_version')} not in {sorted(versions)}",
+        )
         s = p.get("score")
         expect(isinstance(s, (int, float)) and math.isfinite(s), f"{where}: score {s!r}")
         if spec.is_classification:
@@ -252,8 +284,10 @@ def smoke_test(h: ServiceHandle, spec: DatasetSpec, records: list[dict[str, Any]
             if r.status_code == 200:
                 for i, p in enumerate(r.json().get("predictions", [])):
                     check_prediction(p, f"/predict entity[{i}]")
-        r = c.post("/invocations", json={"dataframe_records": [{k: v for k, v in rec.items() if k != spec.entity_key}
-                                                               for rec in batch[:2]]})
+        r = c.post(
+            "/invocations",
+            json={"dataframe_records": [{k: v for k, v in rec.items() if k != spec.entity_key} for rec in batch[:2]]},
+        )
         expect(r.status_code == 200, f"/invocations answered {r.status_code}: {r.text[:300]}")
         if r.status_code == 200:
             preds = r.json().get("predictions", [])
@@ -265,8 +299,15 @@ def smoke_test(h: ServiceHandle, spec: DatasetSpec, records: list[dict[str, Any]
     return {"passed": not failures, "checks": checks, "failures": failures}
 
 
-def load_test(h: ServiceHandle, spec: DatasetSpec, records: list[dict[str, Any]], ids: list[int], *,
-              requests: int = 200, concurrency: int = 4) -> dict[str, Any]:
+def load_test(
+    h: ServiceHandle,
+    spec: DatasetSpec,
+    records: list[dict[str, Any]],
+    ids: list[int],
+    *,
+    requests: int = 200,
+    concurrency: int = 4,
+) -> dict[str, Any]:
     """Single-record requests from `concurrency` keep-alive clients; one in four by entity id."""
     import threading
 
@@ -285,8 +326,11 @@ def load_test(h: ServiceHandle, spec: DatasetSpec, records: list[dict[str, Any]]
                     i = next(counter, None)
                 if i is None:
                     return
-                body = ({"entity_ids": [ids[i % len(ids)]]} if ids and i % 4 == 3
-                        else {"records": [records[i % len(records)]]})
+                body = (
+                    {"entity_ids": [ids[i % len(ids)]]}
+                    if ids and i % 4 == 3
+                    else {"records": [records[i % len(records)]]}
+                )
                 t0 = time.perf_counter()
                 try:
                     r = c.post("/predict", json=body)
@@ -314,9 +358,17 @@ def load_test(h: ServiceHandle, spec: DatasetSpec, records: list[dict[str, Any]]
     def pct(p: float) -> float:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else float("nan")
 
-    return {"requests": len(lat), "concurrency": concurrency, "errors": len(errors), "error_samples": errors[:5],
-            "rps": round(len(lat) / wall, 1) if wall > 0 else 0.0, "p50_ms": pct(0.50), "p95_ms": pct(0.95),
-            "p99_ms": pct(0.99), "variants": variants}
+    return {
+        "requests": len(lat),
+        "concurrency": concurrency,
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "rps": round(len(lat) / wall, 1) if wall > 0 else 0.0,
+        "p50_ms": pct(0.50),
+        "p95_ms": pct(0.95),
+        "p99_ms": pct(0.99),
+        "variants": variants,
+    }
 
 
 def service_metric(h: ServiceHandle, name: str, **labels: str) -> float:
@@ -341,23 +393,40 @@ class CheckResult:
     reasons: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "passed": self.passed, "reasons": self.reasons, "smoke": self.smoke,
-                "load": self.load}
+        return {
+            "phase": self.phase,
+            "passed": self.passed,
+            "reasons": self.reasons,
+            "smoke": self.smoke,
+            "load": self.load,
+        }
 
 
-def run_check(h: ServiceHandle, spec: DatasetSpec, store: ObjectStore, phase: str, versions: set[str], *,
-              shadow_version: str | None = None, canary_version: str | None = None) -> CheckResult:
+def run_check(
+    h: ServiceHandle,
+    spec: DatasetSpec,
+    store: ObjectStore,
+    phase: str,
+    versions: set[str],
+    *,
+    shadow_version: str | None = None,
+    canary_version: str | None = None,
+) -> CheckResult:
     """Smoke test, then the load test; judged on errors and the spec's p99 budget."""
     dep = spec.section("deployment")
     budget = float((dep.get("latency_budget_ms") or {}).get("p99", 250))
     lt = dep.get("load_test") or {}
     records, ids = sample_inputs(spec, store)
     smoke = smoke_test(h, spec, records, ids, versions)
-    shadow_before = service_metric(h, "mlops_serving_predictions_total", variant="shadow",
-                                   model_version=shadow_version) if shadow_version else 0.0
+    shadow_before = (
+        service_metric(h, "mlops_serving_predictions_total", variant="shadow", model_version=shadow_version)
+        if shadow_version
+        else 0.0
+    )
     shadow_err_before = service_metric(h, "mlops_serving_shadow_errors_total") if shadow_version else 0.0
-    load = load_test(h, spec, records, ids, requests=int(lt.get("requests", 200)),
-                     concurrency=int(lt.get("concurrency", 4)))
+    load = load_test(
+        h, spec, records, ids, requests=int(lt.get("requests", 200)), concurrency=int(lt.get("concurrency", 4))
+    )
     reasons = [f"smoke test: {f}" for f in smoke["failures"]]
     if load["errors"]:
         reasons.append(f"load test: {load['errors']} of {load['requests']} requests failed ({load['error_samples']})")
@@ -368,8 +437,10 @@ def run_check(h: ServiceHandle, spec: DatasetSpec, store: ObjectStore, phase: st
         if share > 0 and load["variants"].get("challenger", 0) == 0:
             reasons.append(f"canary: the challenger v{canary_version} answered none of {load['requests']} requests")
     if shadow_version:
-        scored = service_metric(h, "mlops_serving_predictions_total", variant="shadow",
-                                model_version=shadow_version) - shadow_before
+        scored = (
+            service_metric(h, "mlops_serving_predictions_total", variant="shadow", model_version=shadow_version)
+            - shadow_before
+        )
         failed = service_metric(h, "mlops_serving_shadow_errors_total") - shadow_err_before
         load["shadow_scored"], load["shadow_errors"] = scored, failed
         if failed:
@@ -409,8 +480,14 @@ def publish_strategy(client: Any, model: str, strategy: str, share: float) -> No
     client.set_registered_model_tag(model, CANARY_SHARE_TAG, str(share))
 
 
-def rollout(reg_out: dict[str, Any], eval_out: dict[str, Any], run_id: str, dag_id: str, strategy: str | None = None,
-            spec_name: str | None = None) -> dict[str, Any]:
+def rollout(
+    reg_out: dict[str, Any],
+    eval_out: dict[str, Any],
+    run_id: str,
+    dag_id: str,
+    strategy: str | None = None,
+    spec_name: str | None = None,
+) -> dict[str, Any]:
     """Promote through the gate by the chosen strategy, check the service, roll back on failure."""
     from include.mlops.pipeline import _ctx, promote
     from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
@@ -427,10 +504,14 @@ def rollout(reg_out: dict[str, Any], eval_out: dict[str, Any], run_id: str, dag_
     try:
         staged = None
         champion_before = alias_version(client, model, CHAMPION)
-        if strategy in ("canary", "shadow", "blue_green") and eval_out.get("passed") and champion_before not in (None, version):
+        # shadow watches even a challenger the gate rejected (it never answers); canary and
+        # blue/green only stage one that may go live
+        staged_wanted = strategy == "shadow" or (strategy in ("canary", "blue_green") and eval_out.get("passed"))
+        if staged_wanted and champion_before not in (None, version):
             handle = service_for_check(model, env)
-            staged = _staged_check(handle, client, spec, store, strategy, model, version, champion_before,
-                                   mlflow_run, run_id, dag_id)
+            staged = _staged_check(
+                handle, client, spec, store, strategy, model, version, champion_before, mlflow_run, run_id, dag_id
+            )
 
         out = promote(reg_out, eval_out, run_id, dag_id, strategy, spec_name)
         base = {**out, "strategy": strategy, "staged_check": staged}
@@ -444,16 +525,28 @@ def rollout(reg_out: dict[str, Any], eval_out: dict[str, Any], run_id: str, dag_
             wait_for(handle, champion=version)
             res = run_check(handle, spec, store, "post_promotion", {version})
         except Exception as exc:  # a check that cannot run has not passed: never leave an unchecked champion
-            why = str(exc) if isinstance(exc, DeploymentCheckFailed) else f"the check could not run: {type(exc).__name__}: {exc}"
+            why = (
+                str(exc)
+                if isinstance(exc, DeploymentCheckFailed)
+                else f"the check could not run: {type(exc).__name__}: {exc}"
+            )
             res = CheckResult("post_promotion", False, {"passed": False, "checks": 0, "failures": [why]}, {}, [why])
         _log_check(client, mlflow_run, res, "deploy")
         if res.passed:
             ld = res.load
-            msg = (f"{out['message']}; checked on {handle.url}: {ld['requests']} requests at c={ld['concurrency']}, "
-                   f"{ld['rps']} rps, p50 {ld['p50_ms']} ms, p95 {ld['p95_ms']} ms, p99 {ld['p99_ms']} ms, 0 errors")
+            msg = (
+                f"{out['message']}; checked on {handle.url}: {ld['requests']} requests at c={ld['concurrency']}, "
+                f"{ld['rps']} rps, p50 {ld['p50_ms']} ms, p95 {ld['p95_ms']} ms, p99 {ld['p99_ms']} ms, 0 errors"
+            )
             log.info(msg)
-            return {**base, "message": msg, "checked": True, "check": res.to_dict(), "service_url": handle.url,
-                    **{f"deploy_{k}": ld[k] for k in ("rps", "p50_ms", "p95_ms", "p99_ms", "errors")}}
+            return {
+                **base,
+                "message": msg,
+                "checked": True,
+                "check": res.to_dict(),
+                "service_url": handle.url,
+                **{f"deploy_{k}": ld[k] for k in ("rps", "p50_ms", "p95_ms", "p99_ms", "errors")},
+            }
 
         reason = "; ".join(res.reasons)
         back = _roll_back_failed(client, store, model, version, previous, reason, run_id, dag_id, strategy)
@@ -465,15 +558,27 @@ def rollout(reg_out: dict[str, Any], eval_out: dict[str, Any], run_id: str, dag_
             pass
         raise DeploymentCheckFailed(
             f"v{version} failed its post-deployment check on {where}: {reason}. {back} "
-            f"(ledger action rollback_after_failed_check; report deployment/post_promotion.json in run {mlflow_run})")
+            f"(ledger action rollback_after_failed_check; report deployment/post_promotion.json in run {mlflow_run})"
+        )
     finally:
         if handle is not None and handle.started:
             handle.close()
             handle.cleanup()
 
 
-def _staged_check(handle: ServiceHandle, client: Any, spec: DatasetSpec, store: ObjectStore, strategy: str, model: str,
-                  version: str, champion: str, mlflow_run: str | None, run_id: str, dag_id: str) -> dict[str, Any]:
+def _staged_check(
+    handle: ServiceHandle,
+    client: Any,
+    spec: DatasetSpec,
+    store: ObjectStore,
+    strategy: str,
+    model: str,
+    version: str,
+    champion: str,
+    mlflow_run: str | None,
+    run_id: str,
+    dag_id: str,
+) -> dict[str, Any]:
     """Before the switch: blue/green warms the new version beside the old; canary and shadow
     let it take (or watch) live traffic and check it. On failure nothing was promoted."""
     from include.mlops.registry import CHALLENGER, LedgerEntry, alias_version, write_ledger
@@ -481,13 +586,20 @@ def _staged_check(handle: ServiceHandle, client: Any, spec: DatasetSpec, store: 
     try:
         if strategy == "blue_green":
             wait_for(handle, champion=champion, standby=version)
-            res = CheckResult("blue_green", True, {"passed": True, "checks": 1, "failures": []},
-                              {"standby": version}, [])
+            res = CheckResult(
+                "blue_green", True, {"passed": True, "checks": 1, "failures": []}, {"standby": version}, []
+            )
         else:
             wait_for(handle, champion=champion, challenger=version)
-            res = run_check(handle, spec, store, strategy, {champion, version},
-                            shadow_version=version if strategy == "shadow" else None,
-                            canary_version=version if strategy == "canary" else None)
+            res = run_check(
+                handle,
+                spec,
+                store,
+                strategy,
+                {champion, version},
+                shadow_version=version if strategy == "shadow" else None,
+                canary_version=version if strategy == "canary" else None,
+            )
             _log_check(client, mlflow_run, res, f"deploy_{strategy}")
     except DeploymentCheckFailed as exc:
         res = CheckResult(strategy, False, {"passed": False, "checks": 0, "failures": [str(exc)]}, {}, [str(exc)])
@@ -498,14 +610,28 @@ def _staged_check(handle: ServiceHandle, client: Any, spec: DatasetSpec, store: 
     if strategy != "blue_green" and alias_version(client, model, CHALLENGER) == version:
         client.delete_registered_model_alias(model, CHALLENGER)
         removed = "; the challenger alias was removed so the service stops routing to it"
-    write_ledger(store, LedgerEntry(at=_now(), model=model, action="rollback_after_failed_check", from_version=version,
-                                    to_version=champion, reason=reason, run_id=run_id, dag_id=dag_id, strategy=strategy))
+    write_ledger(
+        store,
+        LedgerEntry(
+            at=_now(),
+            model=model,
+            action="rollback_after_failed_check",
+            from_version=version,
+            to_version=champion,
+            reason=reason,
+            run_id=run_id,
+            dag_id=dag_id,
+            strategy=strategy,
+        ),
+    )
     try:
         refresh(handle)
     except Exception:
         pass
-    raise DeploymentCheckFailed(f"{reason}. v{version} was never promoted; champion stays v{champion}{removed} "
-                                f"(service {handle.url}; ledger action rollback_after_failed_check)")
+    raise DeploymentCheckFailed(
+        f"{reason}. v{version} was never promoted; champion stays v{champion}{removed} "
+        f"(service {handle.url}; ledger action rollback_after_failed_check)"
+    )
 
 
 def _now() -> str:
@@ -514,22 +640,55 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _roll_back_failed(client: Any, store: ObjectStore, model: str, version: str, previous: str | None, reason: str,
-                      run_id: str, dag_id: str, strategy: str) -> str:
+def _roll_back_failed(
+    client: Any,
+    store: ObjectStore,
+    model: str,
+    version: str,
+    previous: str | None,
+    reason: str,
+    run_id: str,
+    dag_id: str,
+    strategy: str,
+) -> str:
     from include.mlops.registry import CHAMPION, LedgerEntry, move_champion, write_ledger
 
     if previous:
-        move_champion(client, store, model, previous, action="rollback_after_failed_check", reason=reason,
-                      run_id=run_id, dag_id=dag_id, strategy=strategy)
+        move_champion(
+            client,
+            store,
+            model,
+            previous,
+            action="rollback_after_failed_check",
+            reason=reason,
+            run_id=run_id,
+            dag_id=dag_id,
+            strategy=strategy,
+        )
         return f"champion rolled back to v{previous}."
     client.delete_registered_model_alias(model, CHAMPION)
-    write_ledger(store, LedgerEntry(at=_now(), model=model, action="rollback_after_failed_check", from_version=version,
-                                    to_version=None, reason=reason, run_id=run_id, dag_id=dag_id, strategy=strategy))
+    write_ledger(
+        store,
+        LedgerEntry(
+            at=_now(),
+            model=model,
+            action="rollback_after_failed_check",
+            from_version=version,
+            to_version=None,
+            reason=reason,
+            run_id=run_id,
+            dag_id=dag_id,
+            strategy=strategy,
+        ),
+    )
     return "there was no previous champion: the champion alias was removed (the service keeps its last model)."
 
 
-def rollback(to_version: str | None, run_id: str, dag_id: str, spec_name: str | None = None) -> dict[str, Any]:
-    """Point `champion` back at `previous` (or at `to_version`), recorded as action "rollback".
+def rollback(
+    to_version: str | None, run_id: str, dag_id: str, spec_name: str | None = None, reason: str | None = None
+) -> dict[str, Any]:
+    """Point `champion` back at `previous` (or at `to_version`), recorded as action "rollback"
+    (with `reason`, when given, in the ledger entry).
 
     Moving to the version that already is champion changes and records nothing."""
     from include.mlops.pipeline import _ctx
@@ -541,16 +700,27 @@ def rollback(to_version: str | None, run_id: str, dag_id: str, spec_name: str | 
     current = alias_version(client, model, CHAMPION)
     target = str(to_version) if to_version not in (None, "") else alias_version(client, model, PREVIOUS)
     if target is None:
-        raise ValueError(f"{model} has no 'previous' version to roll back to (champion is v{current}); "
-                         f"name the version to roll back to")
+        raise ValueError(
+            f"{model} has no 'previous' version to roll back to (champion is v{current}); "
+            f"name the version to roll back to"
+        )
     try:
         client.get_model_version(model, target)
     except Exception as exc:
         raise ValueError(f"{model} has no version {target!r}") from exc
     who = dag_id or "a user"
-    entry = move_champion(client, store, model, target, action="rollback",
-                          reason=f"rollback requested by {who} (run {run_id}): v{current} -> v{target}",
-                          run_id=run_id, dag_id=dag_id, strategy=_strategy(spec, None)[0])
+    entry = move_champion(
+        client,
+        store,
+        model,
+        target,
+        action="rollback",
+        reason=f"rollback requested by {who} (run {run_id}): v{current} -> v{target}"
+        + (f": {reason}" if reason else ""),
+        run_id=run_id,
+        dag_id=dag_id,
+        strategy=_strategy(spec, None)[0],
+    )
     if entry is None:
         msg = f"v{target} already is the champion of {model}: nothing to roll back"
     else:
@@ -562,5 +732,4 @@ def rollback(to_version: str | None, run_id: str, dag_id: str, spec_name: str | 
         except Exception as exc:
             log.warning("could not ask %s to reload (%s); it follows at its next poll", url, exc)
     log.info(msg)
-    return {"model": model, "from_version": current, "to_version": target, "changed": entry is not None,
-            "message": msg}
+    return {"model": model, "from_version": current, "to_version": target, "changed": entry is not None, "message": msg}

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 def log_evaluation_plots(client: Any, run_id: str, spec: DatasetSpec, model: Any, holdout: pd.DataFrame,
-                         scores: Any, max_rows: int = 2000) -> list[str]:
+                         scores: Any, max_rows: int = 1000) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +54,7 @@ def log_evaluation_plots(client: Any, run_id: str, spec: DatasetSpec, model: Any
 
     sample = holdout.sample(n=min(max_rows, len(holdout)), random_state=0)
     feats = model_features(spec)
-    imp = permutation_importance(model, sample[feats], sample[spec.label], scoring=scoring, n_repeats=3,
+    imp = permutation_importance(model, sample[feats], sample[spec.label], scoring=scoring, n_repeats=2,
                                  random_state=0, n_jobs=1)
     order = np.argsort(imp.importances_mean)
     fig, ax = plt.subplots(figsize=(6, max(3, 0.25 * len(feats))))

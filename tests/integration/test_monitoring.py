@@ -319,7 +319,7 @@ def test_labels_join_on_event_time_else_on_the_request_day():
     # a: same entity and request day; b: entity 3's label is for the day before; c: no entity;
     # d: exact event time (the request came a day later); e: event time differs by a second
     assert sorted(joined["request_id"]) == ["a", "d"]
-    assert dict(zip(joined["request_id"], joined["churned"])) == {"a": 1, "d": 0}
+    assert dict(zip(joined["request_id"], joined["churned"], strict=True)) == {"a": 1, "d": 0}
     frame = pd.DataFrame({"x": range(1000)})
     assert sample(frame, 100, 7).equals(sample(frame, 100, 7)) and len(sample(frame, 100, 7)) == 100
     assert sample(frame, 5000, 7) is frame

@@ -36,9 +36,15 @@ def home(lifecycle, tmp_path_factory) -> dict:
     env = {k: v.replace(str(src), str(dst)) for k, v in lifecycle["env"].items()}
     spec_path = dst / Path(lifecycle["spec_path"]).name
     env["MLOPS_DATASET"] = str(spec_path)
-    return {"path": dst, "env": env, "spec_path": spec_path, "spec": lifecycle["spec"],
-            "v1": lifecycle["register"]["version"], "run_id": lifecycle["register"]["run_id"],
-            "interval": lifecycle["interval"]}
+    return {
+        "path": dst,
+        "env": env,
+        "spec_path": spec_path,
+        "spec": lifecycle["spec"],
+        "v1": lifecycle["register"]["version"],
+        "run_id": lifecycle["register"]["run_id"],
+        "interval": lifecycle["interval"],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +79,13 @@ def v2(home, client) -> str:
 def server(home, v2):
     from include.mlops.deployment import start_service
 
-    env = {**home["env"], "MLOPS_SERVE_POLL_SECONDS": str(POLL_SECONDS), "MLOPS_SERVE_MAX_BODY_BYTES": str(MAX_BODY),
-           "MLOPS_SERVE_MAX_RECORDS": str(MAX_RECORDS), "MLOPS_SERVE_LOG_FLUSH_SECONDS": "1"}
+    env = {
+        **home["env"],
+        "MLOPS_SERVE_POLL_SECONDS": str(POLL_SECONDS),
+        "MLOPS_SERVE_MAX_BODY_BYTES": str(MAX_BODY),
+        "MLOPS_SERVE_MAX_RECORDS": str(MAX_RECORDS),
+        "MLOPS_SERVE_LOG_FLUSH_SECONDS": "1",
+    }
     h = start_service(env, timeout=240)
     yield h
     h.close()  # SIGTERM: uvicorn shuts down gracefully, then re-raises the signal (-15)
@@ -214,7 +225,11 @@ def _bad_cases(records, spec):
     no_plan = {k: v for k, v in rec.items() if k != "plan"}
     return [
         ("/predict", {"records": [no_plan]}, ["body", "records", 0, "plan"]),
-        ("/predict", {"records": [rec, {**rec, "monthly_charges": "a lot"}]}, ["body", "records", 1, "monthly_charges"]),
+        (
+            "/predict",
+            {"records": [rec, {**rec, "monthly_charges": "a lot"}]},
+            ["body", "records", 1, "monthly_charges"],
+        ),
         ("/predict", {"records": [{**rec, "contract": "forever"}]}, ["body", "records", 0, "contract"]),
         ("/predict", {"records": [{**rec, "num_devices": 2.5}]}, ["body", "records", 0, "num_devices"]),
         ("/predict", {"records": [{**rec, "tenure_months": -3}]}, ["body", "records", 0, "tenure_months"]),
@@ -225,8 +240,11 @@ def _bad_cases(records, spec):
         ("/predict", {"records": []}, ["body"]),
         ("/predict", "just text", ["body"]),
         ("/invocations", {"dataframe_records": [no_plan]}, ["body", "dataframe_records", 0, "plan"]),
-        ("/invocations", {"dataframe_split": {"columns": ["plan"], "data": [["basic", 1]]}},
-         ["body", "dataframe_split", "data", 0]),
+        (
+            "/invocations",
+            {"dataframe_split": {"columns": ["plan"], "data": [["basic", 1]]}},
+            ["body", "dataframe_split", "data", 0],
+        ),
         ("/invocations", {"dataframe_records": [rec], "inputs": [rec]}, ["body"]),
         ("/invocations", {"records": [rec]}, ["body"]),
     ]
@@ -260,11 +278,18 @@ def test_metrics_parse_and_name_versions_and_variants(http, home):
 
     http.post("/predict", json={"customer_id": 1})  # a 422
     fams = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
-    for name in ("mlops_serving_requests", "mlops_serving_request_latency_seconds", "mlops_serving_errors",
-                 "mlops_serving_model_load_seconds", "mlops_serving_model_info", "mlops_serving_predictions"):
+    for name in (
+        "mlops_serving_requests",
+        "mlops_serving_request_latency_seconds",
+        "mlops_serving_errors",
+        "mlops_serving_model_load_seconds",
+        "mlops_serving_model_info",
+        "mlops_serving_predictions",
+    ):
         assert name in fams, sorted(fams)
-    ok = [s for s in fams["mlops_serving_requests"].samples
-          if s.name.endswith("_total") and s.labels["status"] == "200"]
+    ok = [
+        s for s in fams["mlops_serving_requests"].samples if s.name.endswith("_total") and s.labels["status"] == "200"
+    ]
     assert any(s.labels["model_version"] == home["v1"] and s.labels["variant"] == "champion" for s in ok)
     assert any(s.labels["kind"] == "value_error.unknown_entity" for s in fams["mlops_serving_errors"].samples)
     loads = {s.labels["model_version"]: s.value for s in fams["mlops_serving_model_load_seconds"].samples}
@@ -289,11 +314,18 @@ class Hammer:
         with httpx.Client(base_url=self.url, timeout=30) as c:
             while not self.stop.is_set():
                 rid = f"h{k}-{i}-{uuid.uuid4().hex[:6]}"
-                body = {"entity_ids": [self.ids[i % len(self.ids)]]} if i % 3 == 2 else {"records": [self.records[i % len(self.records)]]}
+                body = (
+                    {"entity_ids": [self.ids[i % len(self.ids)]]}
+                    if i % 3 == 2
+                    else {"records": [self.records[i % len(self.records)]]}
+                )
                 t0 = time.monotonic()
                 try:
                     r = c.post("/predict", json=body, headers={"X-Request-ID": rid})
-                    status, version = r.status_code, (r.json()["predictions"][0]["model_version"] if r.status_code == 200 else None)
+                    status, version = (
+                        r.status_code,
+                        (r.json()["predictions"][0]["model_version"] if r.status_code == 200 else None),
+                    )
                 except Exception:
                     status, version = -1, None
                 with self.lock:
@@ -323,8 +355,16 @@ def test_promote_and_roll_back_under_load_drop_nothing(server, client, store, ho
         frm = alias_version(client, name, CHAMPION)
         t_move = time.monotonic()
         windows.setdefault(to, []).append([t_move, float("inf")])
-        move_champion(client, store, name, to, action="promote" if to == v2 else "rollback",
-                      reason="test_serving switch", run_id="test_serving", dag_id="test")
+        move_champion(
+            client,
+            store,
+            name,
+            to,
+            action="promote" if to == v2 else "rollback",
+            reason="test_serving switch",
+            run_id="test_serving",
+            dag_id="test",
+        )
         if via_admin:
             assert admin(server, "/admin/reload")["champion"]["version"] == to
         else:  # the service's own poll must notice
@@ -365,8 +405,16 @@ def test_promote_and_roll_back_under_load_drop_nothing(server, client, store, ho
     counts = mine.groupby("request_id").size()
     assert set(counts.index) == {r[4] for r in results}
     assert counts.max() == 1
-    assert {"request_id", "ts", spec.entity_key, "prediction", "score", "model_name", "model_version",
-            "variant"} <= set(log.columns)
+    assert {
+        "request_id",
+        "ts",
+        spec.entity_key,
+        "prediction",
+        "score",
+        "model_name",
+        "model_version",
+        "variant",
+    } <= set(log.columns)
     by_rid = mine.set_index("request_id")["model_version"].to_dict()
     assert all(by_rid[rid] == version for _, _, _, version, rid in results)
 
@@ -385,7 +433,7 @@ def test_canary_share_is_sticky_and_within_tolerance(server, client, home, v2, s
         records = [{**base, "customer_id": e} for e in entities]
         seen: dict[int, str] = {}
         for i in range(0, len(records), 100):  # 100 records stay under the body limit
-            for p in httpx.post(f"{server.url}/predict", json={"records": records[i:i + 100]}).json()["predictions"]:
+            for p in httpx.post(f"{server.url}/predict", json={"records": records[i : i + 100]}).json()["predictions"]:
                 seen[p["customer_id"]] = p["variant"]
                 assert p["model_version"] == (v2 if p["variant"] == "challenger" else home["v1"])
         share = sum(v == "challenger" for v in seen.values()) / len(seen)
@@ -432,7 +480,9 @@ def test_blue_green_keeps_the_next_and_last_version_warm(server, client, store, 
         status = set_strategy(server, client, home, "blue_green")
         assert status["strategy"] == "blue_green" and v2 in status["standby"] and status["challenger"] is None
         for to in (v2, v1):  # green goes live, then back to blue: both already in memory
-            move_champion(client, store, name, to, action="promote", reason="blue/green test", run_id="bg", dag_id="test")
+            move_champion(
+                client, store, name, to, action="promote", reason="blue/green test", run_id="bg", dag_id="test"
+            )
             t0 = time.monotonic()
             assert admin(server, "/admin/reload")["champion"]["version"] == to
             assert time.monotonic() - t0 < 2.0, "a blue/green switch must not load anything"
@@ -492,10 +542,22 @@ def test_shadow_rollout_watches_the_challenger_before_promoting(env, server, cli
     reg = {"model": name, "version": v2, "run_id": env["run_id"]}
     ev = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
     try:
+        rejected = D.rollout(
+            reg,
+            {**ev, "passed": False, "reasons": ["roc_auc 0.6 < 0.7"]},
+            "rollout-shadow-rejected",
+            "test",
+            strategy="shadow",
+            spec_name=str(env["spec_path"]),
+        )
+        assert not rejected["promoted"] and rejected["champion"] == v1 and "roc_auc" in rejected["message"]
+        assert rejected["staged_check"]["passed"]  # a rejected challenger may still shadow: it was watched
         out = D.rollout(reg, ev, "rollout-shadow", "test", strategy="shadow", spec_name=str(env["spec_path"]))
         staged = out["staged_check"]
         assert staged["passed"] and staged["load"]["shadow_scored"] >= staged["load"]["requests"]
-        assert staged["load"]["shadow_errors"] == 0 and staged["load"]["variants"] == {"champion": staged["load"]["requests"]}
+        assert staged["load"]["shadow_errors"] == 0 and staged["load"]["variants"] == {
+            "champion": staged["load"]["requests"]
+        }
         assert out["promoted"] and out["checked"] and out["champion"] == v2
     finally:
         D.rollback(v1, "restore", "test", spec_name=str(env["spec_path"]))

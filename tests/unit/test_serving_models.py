@@ -40,7 +40,9 @@ def manager(monkeypatch):
         loads.append(version)
         if version in broken:
             raise RuntimeError(f"cannot load v{version}")
-        return LoadedModel(spec.model_name, version, object(), [], [0, 1], 1, None, tags=reg.version_tags.get(version, {}))
+        return LoadedModel(
+            spec.model_name, version, object(), [], [0, 1], 1, None, tags=reg.version_tags.get(version, {})
+        )
 
     monkeypatch.setattr(m, "load", fake_load)
     return SimpleNamespace(m=m, reg=reg, loads=loads, broken=broken)
@@ -77,8 +79,13 @@ def test_no_champion_means_not_ready(manager):
 
 @pytest.mark.parametrize(
     ("strategy", "gate", "challenger"),
-    [("direct", "passed", None), ("canary", "passed", "2"), ("canary", "failed", None),
-     ("shadow", "failed", "2"), ("blue_green", "passed", None)],
+    [
+        ("direct", "passed", None),
+        ("canary", "passed", "2"),
+        ("canary", "failed", None),
+        ("shadow", "failed", "2"),
+        ("blue_green", "passed", None),
+    ],
 )
 def test_what_each_strategy_serves(manager, strategy, gate, challenger):
     m, reg = manager.m, manager.reg
@@ -119,10 +126,13 @@ def test_a_real_pipeline_scores_and_logs_through_the_service_path(name, tmp_path
     spec = load_spec(name)
     events, labels = generate_day(spec, date(2026, 10, 1), rows=300)
     X = build_features(events, spec)[model_features(spec)]
-    model = build_pipeline(spec, {"max_iter": 20} if name == "churn" else {"n_estimators": 10}).fit(X, labels[spec.label])
+    model = build_pipeline(spec, {"max_iter": 20} if name == "churn" else {"n_estimators": 10}).fit(
+        X, labels[spec.label]
+    )
     classes = [int(c) for c in model.classes_] if spec.is_classification else None
-    lm = LoadedModel(spec.model_name, "7", model, model_features(spec), classes, 1 if classes else None,
-                     RecordValidator(spec))
+    lm = LoadedModel(
+        spec.model_name, "7", model, model_features(spec), classes, 1 if classes else None, RecordValidator(spec)
+    )
     builder = FrameBuilder(spec)
     rows = [[r[f] for f in spec.feature_names] for r in events.head(20).to_dict("records")]
     frame = builder.frame([[float(v) if isinstance(v, (int, np.integer, float)) else v for v in row] for row in rows])
@@ -135,6 +145,20 @@ def test_a_real_pipeline_scores_and_logs_through_the_service_path(name, tmp_path
     else:
         np.testing.assert_allclose(score, model.predict(X.head(20)))
         assert proba is None
-    table = to_frame([LogBatch(frame, [f"r{i}" for i in range(20)], [0.0] * 20, [None] * 20, pred.tolist(),
-                               score.tolist(), ["7"] * 20, ["champion"] * 20)], spec, spec.model_name)
+    table = to_frame(
+        [
+            LogBatch(
+                frame,
+                [f"r{i}" for i in range(20)],
+                [0.0] * 20,
+                [None] * 20,
+                pred.tolist(),
+                score.tolist(),
+                ["7"] * 20,
+                ["champion"] * 20,
+            )
+        ],
+        spec,
+        spec.model_name,
+    )
     assert list(table.columns) == log_columns(spec) and len(table) == 20

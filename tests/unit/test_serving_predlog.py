@@ -22,10 +22,16 @@ def spec():
 
 def batch(spec, start: int, n: int, variant: str = "champion") -> LogBatch:
     b = FrameBuilder(spec)
-    return LogBatch(features=b.frame(b.probe_rows(n)), request_id=[f"r{start + i}" for i in range(n)],
-                    ts=[time.time()] * n, entity=[start + i if i % 2 else None for i in range(n)],
-                    prediction=[i % 2 for i in range(n)], score=[0.25] * n, model_version=["3"] * n,
-                    variant=[variant] * n)
+    return LogBatch(
+        features=b.frame(b.probe_rows(n)),
+        request_id=[f"r{start + i}" for i in range(n)],
+        ts=[time.time()] * n,
+        entity=[start + i if i % 2 else None for i in range(n)],
+        prediction=[i % 2 for i in range(n)],
+        score=[0.25] * n,
+        model_version=["3"] * n,
+        variant=[variant] * n,
+    )
 
 
 def read_all(store: ObjectStore, spec) -> pd.DataFrame:

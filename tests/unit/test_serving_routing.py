@@ -32,8 +32,20 @@ def test_only_canary_with_a_challenger_splits():
 
 
 def test_config_from_env():
-    cfg = ServeConfig.from_env({"MLOPS_SERVE_PORT": "9001", "MLOPS_SERVE_POLL_SECONDS": "0.5",
-                                "MLOPS_ADMIN_TOKEN": "t", "MLOPS_SERVE_STRATEGY": "canary",
-                                "MLOPS_SERVE_PREDICTION_LOG": "false"})
-    assert (cfg.port, cfg.poll_seconds, cfg.admin_token, cfg.strategy, cfg.prediction_log) == (9001, 0.5, "t", "canary", False)
+    cfg = ServeConfig.from_env(
+        {
+            "MLOPS_SERVE_PORT": "9001",
+            "MLOPS_SERVE_POLL_SECONDS": "0.5",
+            "MLOPS_ADMIN_TOKEN": "t",
+            "MLOPS_SERVE_STRATEGY": "canary",
+            "MLOPS_SERVE_PREDICTION_LOG": "false",
+        }
+    )
+    assert (cfg.port, cfg.poll_seconds, cfg.admin_token, cfg.strategy, cfg.prediction_log) == (
+        9001,
+        0.5,
+        "t",
+        "canary",
+        False,
+    )
     assert ServeConfig.from_env({}).port == 8000 and ServeConfig.from_env({}).host == "127.0.0.1"

@@ -118,8 +118,9 @@ def test_predict_bodies():
 
 def test_mlflow_scoring_formats():
     rows = [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
-    assert invocation_records({"dataframe_split": {"columns": ["a", "b"], "data": [[1, "x"], [2, "y"]],
-                                                   "index": [0, 1]}}) == (rows, "dataframe_split")
+    assert invocation_records(
+        {"dataframe_split": {"columns": ["a", "b"], "data": [[1, "x"], [2, "y"]], "index": [0, 1]}}
+    ) == (rows, "dataframe_split")
     assert invocation_records({"dataframe_records": rows}) == (rows, "dataframe_records")
     assert invocation_records({"inputs": rows, "params": {}}) == (rows, "inputs")
     assert invocation_records({"inputs": {"a": [1, 2], "b": ["x", "y"]}}) == (rows, "inputs")

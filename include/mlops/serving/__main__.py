@@ -23,10 +23,17 @@ def main() -> None:
     from include.mlops.serving.config import ServeConfig
 
     cfg = ServeConfig.from_env()
-    logging.basicConfig(level=os.environ.get("MLOPS_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, access_log=cfg.access_log,
-                log_level=os.environ.get("MLOPS_LOG_LEVEL", "info").lower(), timeout_graceful_shutdown=30)
+    logging.basicConfig(
+        level=os.environ.get("MLOPS_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(cfg),
+        host=cfg.host,
+        port=cfg.port,
+        access_log=cfg.access_log,
+        log_level=os.environ.get("MLOPS_LOG_LEVEL", "info").lower(),
+        timeout_graceful_shutdown=30,
+    )
 
 
 if __name__ == "__main__":

@@ -120,18 +120,36 @@ class Service:
         self.predlog = None
         if cfg.prediction_log:
             store = ObjectStore(self.settings.store_uri, self.settings.s3_endpoint_url)
-            self.predlog = PredictionLog(store, self.spec, self.name, flush_seconds=cfg.log_flush_seconds,
-                                         max_rows=cfg.log_max_rows, metrics=self.metrics)
+            self.predlog = PredictionLog(
+                store,
+                self.spec,
+                self.name,
+                flush_seconds=cfg.log_flush_seconds,
+                max_rows=cfg.log_max_rows,
+                metrics=self.metrics,
+            )
             self.predlog.start()
         self.lookup = FeatureLookup(self.settings, self.spec)
-        self.batcher = Batcher(self.spec, self.builder, self.lookup, self.predlog, self.metrics,
-                               max_rows=cfg.batch_max_rows, wait_ms=cfg.batch_wait_ms, inline=cfg.inline)
+        self.batcher = Batcher(
+            self.spec,
+            self.builder,
+            self.lookup,
+            self.predlog,
+            self.metrics,
+            max_rows=cfg.batch_max_rows,
+            wait_ms=cfg.batch_wait_ms,
+            inline=cfg.inline,
+        )
         await self.batcher.start()
         self.manager = ModelManager(self.spec, self.settings.tracking_uri, cfg, self.builder, self.metrics)
         self.manager.start()
         self._warm = self.batcher.run_on_scorer(self._warm_lookup)
-        log.info("scoring service for %s (spec %s) starting; prediction log %s", self.name, self.spec.path,
-                 "on" if self.predlog else "off")
+        log.info(
+            "scoring service for %s (spec %s) starting; prediction log %s",
+            self.name,
+            self.spec.path,
+            "on" if self.predlog else "off",
+        )
 
     def _warm_lookup(self) -> None:
         try:
@@ -187,7 +205,9 @@ class Service:
         tasks = []
         for it in items:
             rid_i = f"{rid}-{it.index}" if multi else rid
-            variant = choose(state.strategy, state.canary_share, has_challenger, it.entity, rid_i) if canary else "champion"
+            variant = (
+                choose(state.strategy, state.canary_share, has_challenger, it.entity, rid_i) if canary else "champion"
+            )
             model = state.challenger if variant == CHALLENGER else state.champion
             tasks.append(Task(it.entity, it.row, (*loc, it.index), rid_i, variant, model, shadow))
         return tasks
@@ -218,7 +238,9 @@ class Service:
                     else:
                         raise UnsupportedMediaType(f"content type {ctype!r}: use application/json or text/csv")
                 if len(records) > self.cfg.max_records:
-                    raise RequestTooLarge(f"{len(records)} records exceed the limit of {self.cfg.max_records} per request")
+                    raise RequestTooLarge(
+                        f"{len(records)} records exceed the limit of {self.cfg.max_records} per request"
+                    )
                 state = self.manager.state
                 if state is None:
                     raise NotReady("no model loaded yet")
@@ -245,10 +267,18 @@ class Service:
             return self._error(status, exc.errors, str(exc), headers, endpoint)
         except RequestTooLarge as exc:
             status, kind = 413, "too_large"
-            return self._error(status, [error(("body",), str(exc), "value_error.too_large")], str(exc), headers, endpoint)
+            return self._error(
+                status, [error(("body",), str(exc), "value_error.too_large")], str(exc), headers, endpoint
+            )
         except UnsupportedMediaType as exc:
             status, kind = 415, "media_type"
-            return self._error(status, [error(("header", "content-type"), str(exc), "value_error.media_type")], str(exc), headers, endpoint)
+            return self._error(
+                status,
+                [error(("header", "content-type"), str(exc), "value_error.media_type")],
+                str(exc),
+                headers,
+                endpoint,
+            )
         except NotReady as exc:
             status, kind = 503, "not_ready"
             return self._error(status, [], str(exc), headers, endpoint)
@@ -284,9 +314,18 @@ class Service:
             probs = None
             if pr is not None and model.classes is not None:
                 probs = {str(c): v for c, v in zip(model.classes, pr, strict=True)}
-            preds.append({"request_id": t.request_id, key: t.entity, "prediction": p, "score": s,
-                          "probabilities": probs, "model_name": self.name, "model_version": model.version,
-                          "variant": variant})
+            preds.append(
+                {
+                    "request_id": t.request_id,
+                    key: t.entity,
+                    "prediction": p,
+                    "score": s,
+                    "probabilities": probs,
+                    "model_name": self.name,
+                    "model_version": model.version,
+                    "variant": variant,
+                }
+            )
         return _dumps({"request_id": rid, "model_name": self.name, "predictions": preds})
 
     @staticmethod
@@ -295,8 +334,9 @@ class Service:
         # (pyfunc_predict_fn="predict_proba") or the regression values
         return _dumps({"predictions": [r[2] if r[2] is not None else r[0] for r in results]})
 
-    def _error(self, status: int, errors: list[dict[str, Any]], message: str, headers: dict[str, str],
-               endpoint: str) -> Response:
+    def _error(
+        self, status: int, errors: list[dict[str, Any]], message: str, headers: dict[str, str], endpoint: str
+    ) -> Response:
         body: dict[str, Any] = {"detail": errors or message, "message": message}
         if endpoint == "invocations":  # what MLflow clients look for
             body["error_code"] = "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"

@@ -117,9 +117,18 @@ class FeatureLookup:
 
 
 class Batcher:
-    def __init__(self, spec: DatasetSpec, builder: FrameBuilder, lookup: FeatureLookup,
-                 predlog: PredictionLog | None, metrics: Metrics, *, max_rows: int = 64, wait_ms: float = 2.0,
-                 inline: bool = True) -> None:
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        builder: FrameBuilder,
+        lookup: FeatureLookup,
+        predlog: PredictionLog | None,
+        metrics: Metrics,
+        *,
+        max_rows: int = 64,
+        wait_ms: float = 2.0,
+        inline: bool = True,
+    ) -> None:
         self.spec, self.builder, self.lookup, self.predlog, self.metrics = spec, builder, lookup, predlog, metrics
         self.max_rows, self.wait_s, self.inline = max_rows, wait_ms / 1000.0, inline
         self.arriving = 0  # requests being read and validated: a batch may wait for them
@@ -186,8 +195,13 @@ class Batcher:
             # right here. Handing it to the scorer thread and back costs two thread wake-ups,
             # which on a busy machine are the tail of single-request latency. Lookups stay on the
             # scorer thread (the online store's connection lives there).
-            inline = (self.inline and rows <= 8 and self.arriving == 0 and not self._pending
-                      and all(t.row is not None for j in jobs for t in j.tasks))
+            inline = (
+                self.inline
+                and rows <= 8
+                and self.arriving == 0
+                and not self._pending
+                and all(t.row is not None for j in jobs for t in j.tasks)
+            )
             try:
                 if inline:
                     results, shadow = self._score(jobs)
@@ -227,8 +241,15 @@ class Batcher:
             if need and lookup_error is not None:
                 results[ji] = lookup_error
                 continue
-            errs = [error((*t.loc, key), f"unknown {key} {t.entity}: no features in the online store",
-                          "value_error.unknown_entity") for t in need if found.get(t.entity) is None]
+            errs = [
+                error(
+                    (*t.loc, key),
+                    f"unknown {key} {t.entity}: no features in the online store",
+                    "value_error.unknown_entity",
+                )
+                for t in need
+                if found.get(t.entity) is None
+            ]
             if errs:
                 results[ji] = ValidationFailed(errs)
                 continue
@@ -280,21 +301,31 @@ class Batcher:
         shadowed = [i for i in answered if owners[i][1].shadow is not None]  # synthetic traffic too: checks watch it
         return results, ((frame, shadowed, owners, jobs) if shadowed else None)
 
-    def _log(self, frame: Any, idx: list[int], owners: list[tuple[int, Task]], jobs: list[Job], pred: list[Any],
-             score: list[Any], shadow: bool | None) -> None:
+    def _log(
+        self,
+        frame: Any,
+        idx: list[int],
+        owners: list[tuple[int, Task]],
+        jobs: list[Job],
+        pred: list[Any],
+        score: list[Any],
+        shadow: bool | None,
+    ) -> None:
         assert self.predlog is not None
         ts = [owners[i][1] for i in idx]
         feats = frame if len(idx) == len(frame) else frame.iloc[idx]
-        self.predlog.submit(LogBatch(
-            features=feats,
-            request_id=[t.request_id for t in ts],
-            ts=[jobs[owners[i][0]].ts for i in idx],
-            entity=[t.entity for t in ts],
-            prediction=[pred[i] for i in idx],
-            score=[score[i] for i in idx],
-            model_version=[(t.shadow.version if shadow else t.model.version) for t in ts],  # type: ignore[union-attr]
-            variant=[SHADOW if shadow else t.variant for t in ts],
-        ))
+        self.predlog.submit(
+            LogBatch(
+                features=feats,
+                request_id=[t.request_id for t in ts],
+                ts=[jobs[owners[i][0]].ts for i in idx],
+                entity=[t.entity for t in ts],
+                prediction=[pred[i] for i in idx],
+                score=[score[i] for i in idx],
+                model_version=[(t.shadow.version if shadow else t.model.version) for t in ts],  # type: ignore[union-attr]
+                variant=[SHADOW if shadow else t.variant for t in ts],
+            )
+        )
 
     def _score_shadow(self, work: tuple[Any, list[int], list[tuple[int, Task]], list[Job]]) -> None:
         frame, idx, owners, jobs = work

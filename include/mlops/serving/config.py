@@ -40,6 +40,7 @@ class ServeConfig:
     | MLOPS_SERVE_STRATEGY | (registry tag, then spec) | pins the deployment strategy |
     | MLOPS_SERVE_CANARY_SHARE | (registry tag, then spec) | pins the canary share |
     | MLOPS_SERVE_ACCESS_LOG | false | uvicorn access log |
+    | MLOPS_SERVE_SPEC | (MLOPS_DATASET) | dataset spec name or path |
     """
 
     host: str = "127.0.0.1"

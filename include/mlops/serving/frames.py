@@ -91,7 +91,15 @@ class FrameBuilder:
                 elif f.is_numeric:
                     lo, hi = f.range if f.range else (0.0, 100.0)
                     choice = i % 4
-                    v = lo if choice == 0 else hi if choice == 1 else 0.0 if lo <= 0 <= hi and choice == 2 else rnd.uniform(lo, hi)
+                    v = (
+                        lo
+                        if choice == 0
+                        else hi
+                        if choice == 1
+                        else 0.0
+                        if lo <= 0 <= hi and choice == 2
+                        else rnd.uniform(lo, hi)
+                    )
                     row.append(float(round(v)) if f.type == "int" else float(v))
                 else:
                     values = f.values or ("x",)

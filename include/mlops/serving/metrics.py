@@ -17,27 +17,47 @@ class Metrics:
         values.ValueClass = values.MutexValue
         r = self.registry = CollectorRegistry()
         p = "mlops_serving_"
-        self.requests = Counter(f"{p}requests", "HTTP requests answered, by outcome, model version and variant",
-                                ["endpoint", "status", "model_version", "variant"], registry=r)
-        self.latency = Histogram(f"{p}request_latency_seconds", "Request latency in the service",
-                                 ["endpoint", "model_version", "variant"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            f"{p}requests",
+            "HTTP requests answered, by outcome, model version and variant",
+            ["endpoint", "status", "model_version", "variant"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            f"{p}request_latency_seconds",
+            "Request latency in the service",
+            ["endpoint", "model_version", "variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.errors = Counter(f"{p}errors", "Requests that failed, by kind", ["endpoint", "kind"], registry=r)
-        self.predictions = Counter(f"{p}predictions", "Records scored, by model version and variant",
-                                   ["model_version", "variant"], registry=r)
+        self.predictions = Counter(
+            f"{p}predictions", "Records scored, by model version and variant", ["model_version", "variant"], registry=r
+        )
         self.shadow_errors = Counter(f"{p}shadow_errors", "Rows the shadow model failed to score", registry=r)
-        self.batch_rows = Histogram(f"{p}batch_rows", "Rows scored together in one micro-batch",
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=r)
-        self.model_load = Gauge(f"{p}model_load_seconds", "Seconds the last load (download, load, warm-up, "
-                                "smoke test) of a model version took", ["model_version"], registry=r)
+        self.batch_rows = Histogram(
+            f"{p}batch_rows",
+            "Rows scored together in one micro-batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024),
+            registry=r,
+        )
+        self.model_load = Gauge(
+            f"{p}model_load_seconds",
+            "Seconds the last load (download, load, warm-up, smoke test) of a model version took",
+            ["model_version"],
+            registry=r,
+        )
         self.model_loads = Counter(f"{p}model_loads", "Model loads by outcome", ["outcome"], registry=r)
-        self.model_info = Gauge(f"{p}model_info", "1 for each model version serving, by role",
-                                ["model_version", "variant"], registry=r)
+        self.model_info = Gauge(
+            f"{p}model_info", "1 for each model version serving, by role", ["model_version", "variant"], registry=r
+        )
         self._serving: list[tuple[str, str]] = []
         self.swaps = Counter(f"{p}model_swaps", "Atomic switches of the serving models", registry=r)
         self.log_rows = Counter(f"{p}prediction_log_rows", "Rows written to the prediction log", registry=r)
         self.log_errors = Counter(f"{p}prediction_log_errors", "Failed prediction-log writes (retried)", registry=r)
-        self.log_dropped = Counter(f"{p}prediction_log_dropped_rows", "Rows dropped because the log buffer was full",
-                                   registry=r)
+        self.log_dropped = Counter(
+            f"{p}prediction_log_dropped_rows", "Rows dropped because the log buffer was full", registry=r
+        )
         self.log_pending = Gauge(f"{p}prediction_log_pending_rows", "Rows waiting to be written", registry=r)
 
     def render(self) -> tuple[bytes, str]:

@@ -82,8 +82,12 @@ class LoadedModel:
         return pred, score, proba
 
     def describe(self) -> dict[str, Any]:
-        return {"version": self.version, "run_id": self.run_id, "loaded_at": self.loaded_at,
-                "load_seconds": round(self.load_seconds, 3)}
+        return {
+            "version": self.version,
+            "run_id": self.run_id,
+            "loaded_at": self.loaded_at,
+            "load_seconds": round(self.load_seconds, 3),
+        }
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,13 @@ class ServingState:
         return {"champion": self.champion.version, role: self.challenger.version if self.challenger else None}
 
     def key(self) -> tuple[Any, ...]:
-        return (self.champion.version, self.challenger.version if self.challenger else None, self.strategy,
-                self.canary_share, self.standby)
+        return (
+            self.champion.version,
+            self.challenger.version if self.challenger else None,
+            self.strategy,
+            self.canary_share,
+            self.standby,
+        )
 
 
 def smoke_test(lm: LoadedModel, X: pd.DataFrame) -> None:
@@ -124,8 +133,9 @@ def smoke_test(lm: LoadedModel, X: pd.DataFrame) -> None:
 
 
 class ModelManager:
-    def __init__(self, spec: DatasetSpec, tracking_uri: str, cfg: ServeConfig, builder: FrameBuilder,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, spec: DatasetSpec, tracking_uri: str, cfg: ServeConfig, builder: FrameBuilder, metrics: Metrics
+    ) -> None:
         self.spec, self.tracking_uri, self.cfg, self.builder, self.metrics = spec, tracking_uri, cfg, builder, metrics
         self.name = spec.model_name
         self.state: ServingState | None = None
@@ -244,7 +254,9 @@ class ModelManager:
             self.metrics.set_serving(new.roles())
             log.info("serving %s (strategy %s, canary share %.2f, standby %s)", new.roles(), strategy, share, standby)
             if current is not None and current.champion.version != champion.version:
-                self._recent = [v for v in [current.champion.version, *self._recent] if v != champion.version][:KEEP_RECENT]
+                self._recent = [v for v in [current.champion.version, *self._recent] if v != champion.version][
+                    :KEEP_RECENT
+                ]
         else:
             self.state = new if current.aliases != aliases else current
         self._evict(new)
@@ -303,8 +315,12 @@ class ModelManager:
         t0 = time.perf_counter()
         mv = self.client().get_model_version(self.name, version)
         with tempfile.TemporaryDirectory(prefix=f"mlops-serve-{version}-") as tmp:
-            local = download_artifacts(artifact_uri=f"models:/{self.name}/{version}", dst_path=tmp,
-                                       tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            local = download_artifacts(
+                artifact_uri=f"models:/{self.name}/{version}",
+                dst_path=tmp,
+                tracking_uri=self.tracking_uri,
+                registry_uri=self.tracking_uri,
+            )
             meta = Model.load(local)
             model = mlflow.sklearn.load_model(local)
             try:
@@ -320,8 +336,17 @@ class ModelManager:
             classes = [c.item() if hasattr(c, "item") else c for c in model.classes_]
             wanted = self.spec.section("label").get("positive_class", 1)
             positive = classes.index(wanted) if wanted in classes else len(classes) - 1
-        lm = LoadedModel(self.name, str(version), model, columns, classes, positive, validator,
-                         run_id=mv.run_id or "", tags=dict(mv.tags or {}))
+        lm = LoadedModel(
+            self.name,
+            str(version),
+            model,
+            columns,
+            classes,
+            positive,
+            validator,
+            run_id=mv.run_id or "",
+            tags=dict(mv.tags or {}),
+        )
         self._warm(lm, example)
         lm.loaded_at = time.time()
         lm.load_seconds = time.perf_counter() - t0

@@ -54,8 +54,17 @@ def prediction_prefix(spec: DatasetSpec) -> str:
 def log_columns(spec: DatasetSpec) -> list[str]:
     from include.mlops.features import model_features
 
-    return ["request_id", "ts", spec.entity_key, *model_features(spec), "prediction", "score",
-            "model_name", "model_version", "variant"]
+    return [
+        "request_id",
+        "ts",
+        spec.entity_key,
+        *model_features(spec),
+        "prediction",
+        "score",
+        "model_name",
+        "model_version",
+        "variant",
+    ]
 
 
 def to_frame(batches: list[LogBatch], spec: DatasetSpec, model_name: str) -> pd.DataFrame:
@@ -66,13 +75,17 @@ def to_frame(batches: list[LogBatch], spec: DatasetSpec, model_name: str) -> pd.
     from include.mlops.features import model_features
 
     feats = pd.concat([b.features.reset_index(drop=True) for b in batches], ignore_index=True)
+
     def cat(attr: str) -> list[Any]:
         return [v for b in batches for v in getattr(b, attr)]
-    out = pd.DataFrame({
-        "request_id": pd.Series(cat("request_id"), dtype="object"),
-        "ts": pd.to_datetime(np.asarray(cat("ts"), dtype="float64") * 1e6, unit="us", utc=True),
-        spec.entity_key: pd.array(cat("entity"), dtype="Int64"),
-    })
+
+    out = pd.DataFrame(
+        {
+            "request_id": pd.Series(cat("request_id"), dtype="object"),
+            "ts": pd.to_datetime(np.asarray(cat("ts"), dtype="float64") * 1e6, unit="us", utc=True),
+            spec.entity_key: pd.array(cat("entity"), dtype="Int64"),
+        }
+    )
     for c in model_features(spec):
         out[c] = feats[c].to_numpy()
     prediction = cat("prediction")
@@ -89,8 +102,17 @@ _STOP = object()
 
 
 class PredictionLog:
-    def __init__(self, store: ObjectStore, spec: DatasetSpec, model_name: str, *, flush_seconds: float = 5.0,
-                 max_rows: int = 10_000, max_buffer_rows: int = 2_000_000, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        spec: DatasetSpec,
+        model_name: str,
+        *,
+        flush_seconds: float = 5.0,
+        max_rows: int = 10_000,
+        max_buffer_rows: int = 2_000_000,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.store, self.spec, self.model_name = store, spec, model_name
         self.flush_seconds, self.max_rows, self.max_buffer_rows = flush_seconds, max_rows, max_buffer_rows
         self.metrics = metrics

@@ -137,13 +137,19 @@ class RecordValidator:
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         if not isinstance(v, int) or isinstance(v, bool) or not INT64_MIN <= v <= INT64_MAX:
-            errors.append(error((*loc, self.entity_key), f"expected an integer {self.entity_key}, got {v!r}", "type_error.integer"))
+            errors.append(
+                error(
+                    (*loc, self.entity_key), f"expected an integer {self.entity_key}, got {v!r}", "type_error.integer"
+                )
+            )
             return None
         return v
 
     def _check_one(self, rec: Any, loc: tuple[Any, ...], index: int, errors: list[dict[str, Any]]) -> Item | None:
         if not isinstance(rec, dict):
-            errors.append(error(loc, f"expected an object of feature values, got {type(rec).__name__}", "type_error.dict"))
+            errors.append(
+                error(loc, f"expected an object of feature values, got {type(rec).__name__}", "type_error.dict")
+            )
             return None
         n_before = len(errors)
         entity = self._entity(rec, loc, errors)
@@ -151,7 +157,9 @@ class RecordValidator:
             if len(errors) > n_before:
                 return None
             if entity is None:
-                errors.append(error(loc, f"a record needs either the features or {self.entity_key!r}", "value_error.missing"))
+                errors.append(
+                    error(loc, f"a record needs either the features or {self.entity_key!r}", "value_error.missing")
+                )
                 return None
             return Item(index, entity, None)
         row: list[Any] = []
@@ -164,7 +172,13 @@ class RecordValidator:
                 continue
             if r.numeric:
                 if not _is_number(v):
-                    errors.append(error((*loc, r.name), f"expected a number, got {type(v).__name__} {v!r}"[:200], "type_error.number"))
+                    errors.append(
+                        error(
+                            (*loc, r.name),
+                            f"expected a number, got {type(v).__name__} {v!r}"[:200],
+                            "type_error.number",
+                        )
+                    )
                     row.append(None)
                     continue
                 fv = float(v)
@@ -173,13 +187,25 @@ class RecordValidator:
                 elif r.integer and not fv.is_integer():
                     errors.append(error((*loc, r.name), f"expected an integer, got {v!r}", "type_error.integer"))
                 elif (r.low is not None and fv < r.low) or (r.high is not None and fv > r.high):
-                    errors.append(error((*loc, r.name), f"{v!r} is outside the allowed range [{r.low}, {r.high}]", "value_error.range"))
+                    errors.append(
+                        error(
+                            (*loc, r.name),
+                            f"{v!r} is outside the allowed range [{r.low}, {r.high}]",
+                            "value_error.range",
+                        )
+                    )
                 row.append(fv)
             else:
                 if not isinstance(v, str):
-                    errors.append(error((*loc, r.name), f"expected a string, got {type(v).__name__} {v!r}"[:200], "type_error.str"))
+                    errors.append(
+                        error(
+                            (*loc, r.name), f"expected a string, got {type(v).__name__} {v!r}"[:200], "type_error.str"
+                        )
+                    )
                 elif r.values is not None and v not in r.values:
-                    errors.append(error((*loc, r.name), f"{v!r} is not one of {sorted(r.values)}"[:300], "value_error.category"))
+                    errors.append(
+                        error((*loc, r.name), f"{v!r} is not one of {sorted(r.values)}"[:300], "value_error.category")
+                    )
                 row.append(v)
         if len(errors) > n_before:
             return None
@@ -214,23 +240,41 @@ def invocation_records(payload: Any) -> tuple[list[Any], str]:
     """MLflow's scoring protocol: exactly one of dataframe_split, dataframe_records, instances,
     inputs (a `params` key is accepted and ignored). Returns the records and the format key."""
     if not isinstance(payload, dict):
-        raise ValidationFailed([error(("body",), f"expected a JSON object with one of {list(INVOCATION_FORMATS)}", "type_error.dict")])
+        raise ValidationFailed(
+            [error(("body",), f"expected a JSON object with one of {list(INVOCATION_FORMATS)}", "type_error.dict")]
+        )
     keys = [k for k in INVOCATION_FORMATS if k in payload]
     if len(keys) != 1:
-        raise ValidationFailed([error(("body",), f"expected exactly one of {list(INVOCATION_FORMATS)}, got {sorted(payload)}"[:300], "value_error.format")])
+        raise ValidationFailed(
+            [
+                error(
+                    ("body",),
+                    f"expected exactly one of {list(INVOCATION_FORMATS)}, got {sorted(payload)}"[:300],
+                    "value_error.format",
+                )
+            ]
+        )
     key = keys[0]
     data = payload[key]
     loc = ("body", key)
     if key == "dataframe_split":
-        if not isinstance(data, dict) or not isinstance(data.get("columns"), list) or not isinstance(data.get("data"), list):
-            raise ValidationFailed([error(loc, "expected {'columns': [...], 'data': [[...], ...]}", "type_error.split")])
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("columns"), list)
+            or not isinstance(data.get("data"), list)
+        ):
+            raise ValidationFailed(
+                [error(loc, "expected {'columns': [...], 'data': [[...], ...]}", "type_error.split")]
+            )
         cols = data["columns"]
         if not all(isinstance(c, str) for c in cols):
             raise ValidationFailed([error((*loc, "columns"), "column names must be strings", "type_error.str")])
         records = []
         for i, row in enumerate(data["data"]):
             if not isinstance(row, list) or len(row) != len(cols):
-                raise ValidationFailed([error((*loc, "data", i), f"expected a list of {len(cols)} values", "value_error.row")])
+                raise ValidationFailed(
+                    [error((*loc, "data", i), f"expected a list of {len(cols)} values", "value_error.row")]
+                )
             records.append(dict(zip(cols, row, strict=True)))
     elif isinstance(data, list):
         records = data
@@ -238,7 +282,9 @@ def invocation_records(payload: Any) -> tuple[list[Any], str]:
         cols = list(data)
         lengths = {len(v) if isinstance(v, list) else -1 for v in data.values()}
         if len(lengths) != 1 or -1 in lengths:
-            raise ValidationFailed([error(loc, "columnar input needs a list of equal length per column", "value_error.columns")])
+            raise ValidationFailed(
+                [error(loc, "columnar input needs a list of equal length per column", "value_error.columns")]
+            )
         n = lengths.pop()
         records = [{c: data[c][i] for c in cols} for i in range(n)]
     else:
