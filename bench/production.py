@@ -10,7 +10,7 @@ in PostgreSQL and its online store in Redis. Every run gets fresh databases
 ends every process it started (process groups), drops the databases and flushes the Redis
 databases. tests/integration/test_production.py drives it; so does this benchmark:
 
-    PYTHONPATH=. .venv/bin/python -m bench.production [--rows 300] [--keep]
+    PYTHONPATH=. .venv/bin/python -m bench.production [--rows 300] [--keep] [--note TEXT]
 
 It writes the same demo days (DEMO_START, --rows a day, the tests' small spec) to both stacks,
 ingests days 1-8 (production: one 8-day `ml_training` run with train=false through Celery;
@@ -22,7 +22,9 @@ embedded: the pipeline steps in-process, as bench.pipeline does), then measures 
   and the worker that ran it, from the REST API's task instances;
 - embedded: `dag.test()` on SQLite and local files (bench.pipeline's `dag` phase, own process).
 
-Figures go to stdout as a table and to bench/results_production.json.
+Figures go to stdout as a table and to bench/results_production.json, with the 1-minute load
+average around each phase (the machine may be shared: read the figures with it). `--note`
+stores a remark with them.
 """
 
 from __future__ import annotations
@@ -541,12 +543,14 @@ class ProductionStack:
                     os.killpg(p.popen.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        deadline = time.time() + 30
+        t0 = time.time()
+        deadline = t0 + 15  # graceful first (Celery warm shutdown, uvicorn), then KILL
+        killed = []
         for p in reversed(self.procs):
             try:
                 p.popen.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                pass
+                killed.append(p.name)
             try:  # stragglers of the group (task runners, log servers) go too
                 os.killpg(p.popen.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -555,6 +559,9 @@ class ProductionStack:
                 p.popen.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
+        if self.procs:
+            self.timings["stop_s"] = round(time.time() - t0, 1)
+            self.timings["stop_killed"] = killed  # did not end on SIGTERM within the grace time
         for name in self.databases:
             try:
                 pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -646,7 +653,7 @@ class ProductionStack:
             return len(done) == len(run_ids)
 
         try:
-            wait_until(check, timeout, f"runs {run_ids}", 2)
+            wait_until(check, timeout, f"runs {run_ids}", 1)
         except TimeoutError as exc:
             states = {rid: self.run(rid)["state"] for rid in run_ids if rid not in done}
             tis = {rid: {k: v["state"] for k, v in self.task_instances(rid).items()} for rid in states}
@@ -672,6 +679,27 @@ class ProductionStack:
                 if v["state"] in ("failed", "upstream_failed", "up_for_retry") and v["state"] != "upstream_failed":
                     parts.append(self.task_log(rid, k))
         return "\n".join(parts) + "\n" + self.log_tails()
+
+    # -- scoring service -----------------------------------------------------------------------------
+    def start_scoring(self, spec_path: str, poll_seconds: float = 2.0) -> str:
+        """`python -m include.mlops.serving` with the platform environment (compose's `scoring`
+        service); it follows the registry's aliases. Returns its URL; `stop()` ends it."""
+        port = free_port()
+        self.scoring_token = secrets.token_urlsafe(16)
+        env = {
+            **self._base_env(),
+            **self.platform_env(),
+            "MLOPS_SERVE_HOST": "127.0.0.1",
+            "MLOPS_SERVE_PORT": str(port),
+            "MLOPS_SERVE_SPEC": spec_path,
+            "MLOPS_DATASET": spec_path,
+            "MLOPS_SERVE_POLL_SECONDS": str(poll_seconds),
+            "MLOPS_ADMIN_TOKEN": self.scoring_token,
+            "OMP_NUM_THREADS": "1",
+        }
+        self._spawn("scoring", [sys.executable, "-m", "include.mlops.serving"], env)
+        self.scoring_url = f"http://127.0.0.1:{port}"
+        return self.scoring_url
 
     # -- data ----------------------------------------------------------------------------------------
     def write_days(self, spec_path: str, days: int, rows: int) -> None:
@@ -725,7 +753,7 @@ def bench_production(root: Path, spec_path: str, rows: int, keep: bool) -> dict[
         tasks = task_table(stack.task_instances(rid))
         busy = sum(v["duration_s"] for v in tasks.values())
         run_s = (_parse(r["end_date"]) - _parse(r["start_date"])).total_seconds()
-        return {
+        result = {
             "wall_s": round(wall, 2),
             "run_s": round(run_s, 2),
             "sum_task_s": round(busy, 2),
@@ -733,13 +761,14 @@ def bench_production(root: Path, spec_path: str, rows: int, keep: bool) -> dict[
             "tasks": tasks,
             "state": r["state"],
             "ingest_8_days_run_s": round(ingest_s, 1),
-            "stack": dict(stack.timings),
             "worker_concurrency": 2,
         }
     finally:
         stack.stop()
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+    result["stack"] = dict(stack.timings)
+    return result
 
 
 def bench_embedded(root: Path, spec_path: str) -> dict[str, Any]:
@@ -768,7 +797,7 @@ def bench_embedded(root: Path, spec_path: str) -> dict[str, Any]:
 
 
 def print_table(res: dict[str, Any]) -> None:
-    prod, emb = res["production"], res["embedded"]
+    prod, emb = res["celery_postgres"], res["embedded_sqlite"]
     order = ["extract", "validate", "prepare", "train", "evaluate", "register", "deploy"]
     print(f"\nml_training, full day run (day {INGEST_DAYS + 1}), {res['rows_per_day']} rows/day, small spec")
     print(f"{'task':<10} {'production s':>13} {'queue wait s':>13} {'worker':>10} {'embedded s':>11}")
@@ -789,12 +818,18 @@ def print_table(res: dict[str, Any]) -> None:
         f"embedded: between tasks {emb['between_tasks_s']} s; 8 days ingested in-process in "
         f"{emb['ingest_8_days_inprocess_s']} s"
     )
+    if "loadavg_1m_before_after" in prod:
+        print(
+            f"1-minute load average around the phases: embedded {emb['loadavg_1m_before_after']}, "
+            f"production {prod['loadavg_1m_before_after']} (2 cores)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=300, help="rows per daily batch")
     ap.add_argument("--keep", action="store_true", help="keep the working directories (logs)")
+    ap.add_argument("--note", default="", help="a remark stored with the figures")
     args = ap.parse_args(argv)
     reason = services_unavailable()
     if reason:
@@ -804,20 +839,29 @@ def main(argv: list[str] | None = None) -> int:
 
     base = Path(tempfile.mkdtemp(prefix="bench-production-"))
     spec_path = str(small_spec(base / "spec" / "churn.yaml", args.rows))
+    # The machine may be shared: the 1-minute load average around each phase says how much.
+    load0 = os.getloadavg()[0]
     embedded = bench_embedded(base / "embedded", spec_path)
+    load1 = os.getloadavg()[0]
     production = bench_production(base / "production", spec_path, args.rows, args.keep)
+    load2 = os.getloadavg()[0]
+    embedded["loadavg_1m_before_after"] = [round(load0, 2), round(load1, 2)]
+    production["loadavg_1m_before_after"] = [round(load1, 2), round(load2, 2)]
     res = {
         "command": "PYTHONPATH=. .venv/bin/python -m bench.production"
         + (f" --rows {args.rows}" if args.rows != 300 else ""),
         "rows_per_day": args.rows,
         "ingest_days": INGEST_DAYS,
-        "production": production,
-        "embedded": embedded,
+        "celery_postgres": production,
+        "embedded_sqlite": embedded,
         "ratio_wall": round(production["wall_s"] / embedded["wall_s"], 2),
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
     }
-    RESULTS.write_text(json.dumps(res, indent=2, sort_keys=True))
+    if args.note:
+        res["note"] = args.note
+    # One top-level key, so that `python -m bench` can merge the file into bench/results.json.
+    RESULTS.write_text(json.dumps({"production": res}, indent=2, sort_keys=True))
     print_table(res)
     print(f"\nwritten to {RESULTS}")
     if not args.keep:

@@ -363,11 +363,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, path in (("ours", "/ready"), ("mlflow", "/ping")):
             wait_http(f"http://127.0.0.1:{ports[name]}{path}", procs[name])
             startup[name] = round(time.monotonic() - launched, 1)
-        # Interleaved: at each level every target runs back to back, round after round, so a
-        # neighbour's load on this shared machine hits all of them alike.
+        # Interleaved: at each level every target runs back to back, round after round (in a
+        # rotated order), so a neighbour's load on this shared machine hits all of them alike.
         for rnd in range(args.rounds):
+            order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]  # nobody always goes first
             for c in CONCURRENCY:
-                for name, server, kind, path in targets:
+                for name, server, kind, path in order:
                     r = load(ports[server], path, bodies[kind], c, args.seconds)
                     runs[name][f"c{c}"].append(r)
                     print(f"round {rnd + 1} {name:17s} c={c:<3d} {r}", file=sys.stderr)

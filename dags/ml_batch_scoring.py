@@ -20,7 +20,7 @@ DEFAULT_ARGS = {"owner": "mlops", "retries": 2, "retry_delay": timedelta(seconds
 
 
 @dag(
-    schedule=CronDataIntervalTimetable("30 0 * * *", timezone="UTC"),
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=pendulum.datetime(2026, 10, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

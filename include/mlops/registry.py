@@ -70,7 +70,13 @@ def register(client: Any, model: str, model_uri: str, run_id: str, tags: dict[st
             client.create_registered_model(model, description="Managed by the MLOps platform; see the ledger.")
         except MlflowException:
             pass  # already there
-        mv = client.create_model_version(model, model_uri, run_id=run_id, tags=tags)
+        # A logged model's URI (models:/m-<id>) must name its model id, or a tracking server
+        # refuses it ("The model_id request parameter must identify the resource ...").
+        model_id = model_uri.split("models:/", 1)[1].split("/")[0] if model_uri.startswith("models:/m-") else None
+        source = model_uri
+        if model_id is not None:
+            source = client.get_logged_model(model_id).artifact_location
+        mv = client.create_model_version(model, source, run_id=run_id, tags=tags, model_id=model_id)
         for _ in range(60):
             mv = client.get_model_version(model, mv.version)
             if mv.status == "READY":

@@ -165,7 +165,8 @@ def test_batch_scoring_and_one_click_rollback(training_dag, file_home):
     assert key == f"predictions/batch/{spec.name}/dt={day.isoformat()}/predictions.parquet"
     assert [k for k in store.list(f"predictions/batch/{spec.name}/") if k.endswith(".parquet")] == [key]
     df = store.get_parquet(key)
-    assert len(df) == ROWS and df["request_id"].is_unique and (df["model_version"].astype(str) == "1").all()
+    assert len(df) == ROWS and not df.duplicated([spec.entity_key, spec.timestamp]).any()
+    assert (df["model_version"].astype(str) == "1").all() and df["score"].between(0, 1).all()
 
     rollback = bag.get_dag("ml_rollback")
     rollback.test(run_conf={"dataset": spec_path, "to_version": "2", "reason": "test"})

@@ -20,13 +20,9 @@ answer on 127.0.0.1; on the project's machines and CI they do, and then it must 
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime, timedelta
@@ -37,13 +33,12 @@ import pytest
 from bench.production import (
     DAG_ID,
     ProductionStack,
-    http_ok,
     pg,
     services_unavailable,
     tail,
     wait_until,
 )
-from tests.conftest import DEMO_START, free_port, small_spec
+from tests.conftest import DEMO_START, small_spec
 
 pytestmark = pytest.mark.production
 ROWS = 300
@@ -56,11 +51,12 @@ WORKER_TASKS = {"extract", "validate", "prepare", "train"}  # what an ingest-onl
 
 
 @pytest.fixture(scope="module")
-def stack(moto_server, request):
+def stack(request):
     reason = services_unavailable()
     if reason:
         print(f"\n[test_production] SKIPPED: {reason}")
         pytest.skip(reason)
+    moto_server = request.getfixturevalue("moto_server")
     # Not tmp_path: pytest keeps only the last 3 base temps, and the logs must outlive a failure.
     root = Path(tempfile.mkdtemp(prefix="mlops-production-"))
     failed_before = request.session.testsfailed
@@ -81,6 +77,7 @@ def stack(moto_server, request):
         yield st
     finally:
         st.stop()
+        print(f"\n[test_production] stopped in {st.timings.get('stop_s')}s (killed: {st.timings.get('stop_killed')})")
         if request.session.testsfailed == failed_before:
             shutil.rmtree(root, ignore_errors=True)
         else:
@@ -135,7 +132,9 @@ def ingested(stack):
 
 @pytest.fixture(scope="module")
 def trained(stack, ingested):
-    """The full run of day 9 (train, evaluate, register, deploy) through the scheduler."""
+    """The full run of day 9 (train, evaluate, register, deploy) through the scheduler, with the
+    scoring service already running (as in compose): it must pick up the champion by itself."""
+    stack.start_scoring(stack.spec_path)
     t0 = time.perf_counter()
     rid = stack.trigger(FULL_DAY, FULL_DAY + timedelta(days=1), _conf(stack, True))
     run = stack.wait_runs([rid], 600)[rid]
@@ -296,55 +295,33 @@ def test_feast_registry_in_postgres_and_online_features_from_redis(stack, traine
 
 # -- the scoring service loads the champion from the same registry -------------------------------
 def test_scoring_service_serves_champion_from_registry(stack, trained):
+    import requests
     from mlflow import MlflowClient
 
     spec = _spec(stack)
     champion = MlflowClient(stack.mlflow_url, stack.mlflow_url).get_model_version_by_alias(spec.model_name, "champion")
-    port = free_port()
-    env = {
-        **stack._base_env(),
-        **stack.platform_env(),
-        "MLOPS_SERVE_PORT": str(port),
-        "MLOPS_SERVE_HOST": "127.0.0.1",
-        "MLOPS_SERVE_SPEC": stack.spec_path,
-        "MLOPS_DATASET": stack.spec_path,
-        "MLOPS_ADMIN_TOKEN": secrets.token_urlsafe(16),
-        "OMP_NUM_THREADS": "1",
-    }
-    log = stack.logs / "scoring.log"
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "include.mlops.serving"],
-            env=env,
-            cwd=str(stack.root),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        import requests
+    base, proc = stack.scoring_url, stack._proc("scoring")
 
-        wait_until(lambda: http_ok(f"{base}/ready"), 180, "scoring service /ready", 1, proc, log)
-        ready = requests.get(f"{base}/ready", timeout=10).json()
-        assert ready["champion"]["version"] == champion.version, ready
-        events = _day_events(stack, FULL_DAY)
-        entity = int(events[spec.entity_key].iloc[0])
-        r = requests.post(f"{base}/predict", json={"records": [{spec.entity_key: entity}]}, timeout=30)
-        assert r.status_code == 200, (r.status_code, r.text, tail(log))
-        pred = r.json()["predictions"][0]
-        assert pred["model_version"] == champion.version and pred["model_name"] == spec.model_name, pred
-        assert pred[spec.entity_key] == entity and 0.0 <= pred["score"] <= 1.0, pred
-        # a full feature row (no online lookup) is scored by the same champion
-        row = json.loads(events[spec.feature_names].head(1).to_json(orient="records"))[0]
-        r = requests.post(f"{base}/predict", json={"records": [row]}, timeout=30)
-        assert r.status_code == 200, (r.status_code, r.text)
-        assert r.json()["predictions"][0]["model_version"] == champion.version
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+    def serves_champion() -> bool:
+        r = requests.get(f"{base}/ready", timeout=5)
+        return r.status_code == 200 and (r.json().get("champion") or {}).get("version") == champion.version
+
+    # started before the run, with no model in the registry: it loads the champion once promoted
+    wait_until(serves_champion, 180, "scoring service /ready with the champion", 1, proc.popen, proc.log)
+    ready = requests.get(f"{base}/ready", timeout=10).json()
+    assert ready["model_name"] == spec.model_name and ready["champion"]["run_id"] == champion.run_id, ready
+    events = _day_events(stack, FULL_DAY)
+    entity = int(events[spec.entity_key].iloc[0])
+    # by entity id: the features come from the Redis online store
+    r = requests.post(f"{base}/predict", json={"records": [{spec.entity_key: entity}]}, timeout=30)
+    assert r.status_code == 200, (r.status_code, r.text, tail(proc.log))
+    pred = r.json()["predictions"][0]
+    assert pred["model_version"] == champion.version and pred["model_name"] == spec.model_name, pred
+    assert pred[spec.entity_key] == entity and 0.0 <= pred["score"] <= 1.0, pred
+    r = requests.post(f"{base}/predict", json={"entity_ids": [entity]}, timeout=30)
+    assert r.status_code == 200 and r.json()["predictions"][0]["score"] == pytest.approx(pred["score"]), r.text
+    # a full feature row (no lookup) is scored by the same champion
+    row = json.loads(events[spec.feature_names].head(1).to_json(orient="records"))[0]
+    r = requests.post(f"{base}/predict", json={"records": [row]}, timeout=30)
+    assert r.status_code == 200, (r.status_code, r.text)
+    assert r.json()["predictions"][0]["model_version"] == champion.version

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import tempfile
 import threading
 import time
@@ -365,7 +364,3 @@ class ModelManager:
         smoke_test(lm, probe)
         for n in (1, 8, 32):  # the first calls of a fresh model are slow: pay for them here
             lm.score(probe.head(n))
-
-
-def finite_or_none(v: float) -> float | None:
-    return v if math.isfinite(v) else None
