@@ -9,9 +9,10 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.json"
@@ -48,8 +49,9 @@ def local_env(home: Path) -> dict[str, str]:
 def run_json(args: list[str], env: dict[str, str], log: Path) -> dict[str, Any]:
     """Run a bench phase in a fresh process (own imports, own peak RSS); its last stdout line is JSON."""
     with log.open("ab") as fh:
-        out = subprocess.run([sys.executable, *args], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=fh,
-                             cwd=ROOT, check=False)
+        out = subprocess.run(
+            [sys.executable, *args], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=fh, cwd=ROOT, check=False
+        )
     lines = out.stdout.decode().strip().splitlines()
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{args} failed ({out.returncode}); see {log}")

@@ -48,15 +48,18 @@ def champion(spec, rows: int):
     train, holdout = T.time_split(data, spec, int(spec.section("training").get("holdout_days", 2)))
     model, _ = T.fit(spec, train)
     primary = spec.section("model").get("primary_metric", "roc_auc")
-    holdout_metric = E.metrics(holdout[spec.label], E.predict_scores(model, holdout[model_features(spec)], spec), spec)[primary]
+    holdout_metric = E.metrics(holdout[spec.label], E.predict_scores(model, holdout[model_features(spec)], spec), spec)[
+        primary
+    ]
     ref = train.copy()
     ref["score"] = E.predict_scores(model, ref[model_features(spec)], spec)
     ref["prediction"] = (ref["score"] >= 0.5).astype(int)
     return model, ref, float(holdout_metric)
 
 
-def run_scenario(spec, model, ref, holdout_metric: float, scenario: str, drift_start: date | None, windows: int,
-                 rows: int) -> dict:
+def run_scenario(
+    spec, model, ref, holdout_metric: float, scenario: str, drift_start: date | None, windows: int, rows: int
+) -> dict:
     """Monitor `windows` daily windows from WATCH_START; the policy decides each with its history."""
     import pandas as pd
 
@@ -82,7 +85,11 @@ def run_scenario(spec, model, ref, holdout_metric: float, scenario: str, drift_s
         lab_days = [d - timedelta(days=k) for k in range(cfg.label_lookback_days, -1, -1)]
         arrived = [day_data(e)[1] for e in lab_days if e + timedelta(days=spec.label_delay_days) <= d]
         preds = pd.concat([day_data(e)[0] for e in lab_days], ignore_index=True)
-        lab = pd.concat(arrived, ignore_index=True) if arrived else pd.DataFrame(columns=[spec.entity_key, spec.timestamp, spec.label])
+        lab = (
+            pd.concat(arrived, ignore_index=True)
+            if arrived
+            else pd.DataFrame(columns=[spec.entity_key, spec.timestamp, spec.label])
+        )
         if not lab.empty:
             lab[spec.timestamp] = pd.to_datetime(lab[spec.timestamp], utc=True)
         labelled = M.join_labels(preds, lab, spec)
@@ -90,23 +97,43 @@ def run_scenario(spec, model, ref, holdout_metric: float, scenario: str, drift_s
         a = M.analyse(ref, cur, labelled, spec, cfg, day=d.isoformat())
         seconds = time.perf_counter() - t
         perf = a.performance.get(policy.primary_metric)
-        obs = P.Observation(day=d, rows=a.rows, drift_share=a.drift["share"], drifted_features=tuple(a.drifted_features),
-                            data_quality_passed=a.data_quality["passed"],
-                            data_quality_failures=tuple(f["check"] for f in a.data_quality["failures"]),
-                            labelled_rows=a.labelled_rows, window_metric=perf, champion_metric=holdout_metric)
+        obs = P.Observation(
+            day=d,
+            rows=a.rows,
+            drift_share=a.drift["share"],
+            drifted_features=tuple(a.drifted_features),
+            data_quality_passed=a.data_quality["passed"],
+            data_quality_failures=tuple(f["check"] for f in a.data_quality["failures"]),
+            labelled_rows=a.labelled_rows,
+            window_metric=perf,
+            champion_metric=holdout_metric,
+        )
         dec = P.decide(obs, policy, history)
         history.append(dec.to_dict())
         drifted = bool(drift_start and d >= drift_start)
-        out.append({"window": d.isoformat(), "drifted": drifted, "action": dec.action, "reason": dec.reason,
-                    "signal": dec.signal,
-                    "drift_share": round(a.drift["share"], 3), "perf": None if perf is None else round(perf, 4),
-                    "max_feature_score": max(((round(v["score"] / v["threshold"], 3), c) for c, v in a.drift["columns"].items()),
-                                             default=None),
-                    "perf_drop": None if dec.performance_drop is None else round(dec.performance_drop, 4),
-                    "prediction_drift": a.prediction_drift.get("drifted"),
-                    "target_drift": (a.target_drift or {}).get("drifted"), "seconds": round(seconds, 2)})
-        print(f"  {scenario:<16} {d} drifted={int(drifted)} share={a.drift['share']:.3f} "
-              f"{policy.primary_metric}={'-' if perf is None else f'{perf:.3f}'} -> {dec.action}", flush=True)
+        out.append(
+            {
+                "window": d.isoformat(),
+                "drifted": drifted,
+                "action": dec.action,
+                "reason": dec.reason,
+                "signal": dec.signal,
+                "drift_share": round(a.drift["share"], 3),
+                "perf": None if perf is None else round(perf, 4),
+                "max_feature_score": max(
+                    ((round(v["score"] / v["threshold"], 3), c) for c, v in a.drift["columns"].items()), default=None
+                ),
+                "perf_drop": None if dec.performance_drop is None else round(dec.performance_drop, 4),
+                "prediction_drift": a.prediction_drift.get("drifted"),
+                "target_drift": (a.target_drift or {}).get("drifted"),
+                "seconds": round(seconds, 2),
+            }
+        )
+        print(
+            f"  {scenario:<16} {d} drifted={int(drifted)} share={a.drift['share']:.3f} "
+            f"{policy.primary_metric}={'-' if perf is None else f'{perf:.3f}'} -> {dec.action}",
+            flush=True,
+        )
     return summarise(out, drift_start)
 
 
@@ -147,21 +174,36 @@ def main() -> None:
     rows = args.rows or int(spec.section("demo").get("rows_per_day", 2000))
     t0 = time.perf_counter()
     model, ref, holdout_metric = champion(spec, rows)
-    print(f"champion trained on {len(ref)} rows; holdout {spec.section('model').get('primary_metric')} "
-          f"{holdout_metric:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(
+        f"champion trained on {len(ref)} rows; holdout {spec.section('model').get('primary_metric')} "
+        f"{holdout_metric:.4f} ({time.perf_counter() - t0:.0f} s)",
+        flush=True,
+    )
     start = WATCH_START + timedelta(days=DRIFT_OFFSET)
-    results = {"rows_per_window": rows, "reference_rows": len(ref), "holdout_metric": holdout_metric,
-               "policy": spec.section("monitoring"), "scenarios": {}}
-    for name, drift_start, n in (("none", None, args.control_windows),
-                                 ("covariate_drift", start, DRIFT_OFFSET + args.after),
-                                 ("concept_drift", start, DRIFT_OFFSET + args.after)):
+    results = {
+        "rows_per_window": rows,
+        "reference_rows": len(ref),
+        "holdout_metric": holdout_metric,
+        "policy": spec.section("monitoring"),
+        "scenarios": {},
+    }
+    for name, drift_start, n in (
+        ("none", None, args.control_windows),
+        ("covariate_drift", start, DRIFT_OFFSET + args.after),
+        ("concept_drift", start, DRIFT_OFFSET + args.after),
+    ):
         results["scenarios"][name] = run_scenario(spec, model, ref, holdout_metric, name, drift_start, n, rows)
     print("\nscenario          windows  clean  false alarms  detection delay (windows)  first signal")
     for name, r in results["scenarios"].items():
-        delay = "-" if r["drift_start"] is None else ("not detected" if r["detection_delay_windows"] is None
-                                                       else r["detection_delay_windows"])
+        delay = (
+            "-"
+            if r["drift_start"] is None
+            else ("not detected" if r["detection_delay_windows"] is None else r["detection_delay_windows"])
+        )
         sig = "-" if r["drift_start"] is None else r["first_signal_delay_windows"]
-        print(f"{name:<17} {r['windows']:>7} {r['clean_windows']:>6} {r['false_alarms']:>13}  {delay!s:>25}  {sig!s:>12}")
+        print(
+            f"{name:<17} {r['windows']:>7} {r['clean_windows']:>6} {r['false_alarms']:>13}  {delay!s:>25}  {sig!s:>12}"
+        )
     Path(args.out).write_text(json.dumps(results, indent=1, default=str))
     print(f"wrote {args.out} ({time.perf_counter() - t0:.0f} s)")
 

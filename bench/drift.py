@@ -58,17 +58,27 @@ def analysis(ref, cur, spec, cfg):
     dq = M.quality_numbers(M.data_quality_report(cur_s, spec, cfg).dict())
     drift = M.drift_numbers(M.data_drift_report(ref_s, cur_s, spec, cfg).dict(), cfg)
     pred = M.drift_numbers(M.prediction_drift_report(ref_s, cur_s, spec, cfg).dict(), cfg)["columns"]["score"]
-    return {"rows_used": len(cur_s), "drift_share": drift["share"],
-            "drifted": sorted(c for c, v in drift["columns"].items() if v["drifted"]),
-            "prediction_drift": pred["drifted"], "dq_passed": dq["passed"],
-            "dq_failures": [f["check"] for f in dq["failures"]]}
+    return {
+        "rows_used": len(cur_s),
+        "drift_share": drift["share"],
+        "drifted": sorted(c for c, v in drift["columns"].items() if v["drifted"]),
+        "prediction_drift": pred["drifted"],
+        "dq_passed": dq["passed"],
+        "dq_failures": [f["check"] for f in dq["failures"]],
+    }
 
 
 def decision(spec, a) -> str:
     from include.mlops import drift_policy as P
 
-    obs = P.Observation(day=WINDOW_DAY, rows=a["rows"], drift_share=a["drift_share"], drifted_features=tuple(a["drifted"]),
-                        data_quality_passed=a["dq_passed"], data_quality_failures=tuple(a["dq_failures"]))
+    obs = P.Observation(
+        day=WINDOW_DAY,
+        rows=a["rows"],
+        drift_share=a["drift_share"],
+        drifted_features=tuple(a["drifted"]),
+        data_quality_passed=a["dq_passed"],
+        data_quality_failures=tuple(a["dq_failures"]),
+    )
     return P.decide(obs, P.DriftPolicy.from_spec(spec)).action
 
 
@@ -92,15 +102,21 @@ def main() -> None:
     t0 = time.perf_counter()
     model, _, _ = champion(spec, 2000)
     ref = scored_days(spec, model, date(2026, 9, 1), 10, args.reference // 10, "none")
-    print(f"reference {len(ref)} rows; sample_rows={cfg.sample_rows} seed={cfg.sample_seed} ({time.perf_counter() - t0:.0f} s)",
-          flush=True)
+    print(
+        f"reference {len(ref)} rows; sample_rows={cfg.sample_rows} seed={cfg.sample_seed} ({time.perf_counter() - t0:.0f} s)",
+        flush=True,
+    )
     analysis(ref.head(2000), ref.head(2000), spec, cfg)  # warm-up: imports and first-call costs stay out of the timings
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
     results.setdefault("drift", {})
-    results["setup"] = {"reference_rows": len(ref), "sample_rows": cfg.sample_rows, "sample_seed": cfg.sample_seed,
-                        "methods": {"num": [cfg.num_method, cfg.num_threshold], "cat": [cfg.cat_method, cfg.cat_threshold]},
-                        "policy_drift_share": cfg.drift_share}
+    results["setup"] = {
+        "reference_rows": len(ref),
+        "sample_rows": cfg.sample_rows,
+        "sample_seed": cfg.sample_seed,
+        "methods": {"num": [cfg.num_method, cfg.num_threshold], "cat": [cfg.cat_method, cfg.cat_threshold]},
+        "policy_drift_share": cfg.drift_share,
+    }
     for n in args.rows:
         per = {}
         for sc in args.scenarios:
@@ -115,14 +131,24 @@ def main() -> None:
             full_s = time.perf_counter() - t
             ours["rows"] = full["rows"] = len(cur)
             d_ours, d_full = decision(spec, ours), decision(spec, full)
-            per[sc] = {"ours_s": round(ours_s, 2), "evidently_full_s": round(full_s, 2),
-                       "ours_decision": d_ours, "full_decision": d_full, "same_decision": d_ours == d_full,
-                       "same_drifted_features": ours["drifted"] == full["drifted"],
-                       "ours_drift_share": round(ours["drift_share"], 4), "full_drift_share": round(full["drift_share"], 4),
-                       "ours_drifted": ours["drifted"], "full_drifted": full["drifted"], "rows_used": ours["rows_used"]}
-            print(f"{n:>9} {sc:<16} ours {ours_s:7.1f} s ({ours['rows_used']} rows) -> {d_ours:<10} "
-                  f"full {full_s:7.1f} s -> {d_full:<10} share {ours['drift_share']:.3f}/{full['drift_share']:.3f}",
-                  flush=True)
+            per[sc] = {
+                "ours_s": round(ours_s, 2),
+                "evidently_full_s": round(full_s, 2),
+                "ours_decision": d_ours,
+                "full_decision": d_full,
+                "same_decision": d_ours == d_full,
+                "same_drifted_features": ours["drifted"] == full["drifted"],
+                "ours_drift_share": round(ours["drift_share"], 4),
+                "full_drift_share": round(full["drift_share"], 4),
+                "ours_drifted": ours["drifted"],
+                "full_drifted": full["drifted"],
+                "rows_used": ours["rows_used"],
+            }
+            print(
+                f"{n:>9} {sc:<16} ours {ours_s:7.1f} s ({ours['rows_used']} rows) -> {d_ours:<10} "
+                f"full {full_s:7.1f} s -> {d_full:<10} share {ours['drift_share']:.3f}/{full['drift_share']:.3f}",
+                flush=True,
+            )
             del cur
         results["drift"][str(n)] = {
             "ours_s": round(sum(p["ours_s"] for p in per.values()) / len(per), 2),
@@ -132,8 +158,10 @@ def main() -> None:
         }
         out_path.write_text(json.dumps(results, indent=1))
         r = results["drift"][str(n)]
-        print(f"drift.{n}: ours_s={r['ours_s']} evidently_full_s={r['evidently_full_s']} same_decision={r['same_decision']}",
-              flush=True)
+        print(
+            f"drift.{n}: ours_s={r['ours_s']} evidently_full_s={r['evidently_full_s']} same_decision={r['same_decision']}",
+            flush=True,
+        )
     print(f"wrote {out_path} ({time.perf_counter() - t0:.0f} s)")
 
 

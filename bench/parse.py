@@ -13,8 +13,20 @@ import sys
 
 from bench.common import ROOT, merge_results
 
-HEAVY = ["pandas", "numpy", "sklearn", "mlflow", "feast", "great_expectations", "evidently", "boto3", "scipy",
-         "pyarrow", "matplotlib", "fastapi"]
+HEAVY = [
+    "pandas",
+    "numpy",
+    "sklearn",
+    "mlflow",
+    "feast",
+    "great_expectations",
+    "evidently",
+    "boto3",
+    "scipy",
+    "pyarrow",
+    "matplotlib",
+    "fastapi",
+]
 PROBE = r"""
 import importlib.util, json, sys, time
 sys.path[:0] = [{root!r}, {root!r} + "/plugins"]

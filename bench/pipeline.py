@@ -15,7 +15,7 @@ import json
 import sys
 import tempfile
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from bench.common import local_env, machine, merge_results, peak_rss_mb, run_json
@@ -50,7 +50,10 @@ def phase_ingest(spec_path: str) -> dict:
     write_days(store, spec, START, INGEST_DAYS + 1)
     for i in range(INGEST_DAYS):
         d = START + timedelta(days=i)
-        iv = P.Interval(datetime(d.year, d.month, d.day, tzinfo=timezone.utc), datetime(d.year, d.month, d.day, tzinfo=timezone.utc) + timedelta(days=1))
+        iv = P.Interval(
+            datetime(d.year, d.month, d.day, tzinfo=UTC),
+            datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(days=1),
+        )
         P.extract(iv, spec_path)
         P.validate(iv, spec_path)
         P.prepare(iv, spec_path)
@@ -70,15 +73,23 @@ def phase_dag(spec_path: str) -> dict:
     dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("ml_training")
     day = START + timedelta(days=INGEST_DAYS)
     t = time.perf_counter()
-    run = dag.test(logical_date=datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1),
-                   run_conf={"dataset": spec_path, "train": True})
+    run = dag.test(
+        logical_date=datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1),
+        run_conf={"dataset": spec_path, "train": True},
+    )
     wall = time.perf_counter() - t
     tis = {ti.task_id: ti for ti in run.get_task_instances()}
     train_out = tis["train"].xcom_pull(task_ids="train")
-    return {"state": str(run.state), "wall_s": round(wall, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
-            "task_s": {k: round(v.duration or 0, 2) for k, v in sorted(tis.items())},
-            "task_state": {k: str(v.state) for k, v in sorted(tis.items())},
-            "train_rows": train_out["rows"], "train_uri": train_out["train_uri"], "holdout_uri": train_out["holdout_uri"]}
+    return {
+        "state": str(run.state),
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "task_s": {k: round(v.duration or 0, 2) for k, v in sorted(tis.items())},
+        "task_state": {k: str(v.state) for k, v in sorted(tis.items())},
+        "train_rows": train_out["rows"],
+        "train_uri": train_out["train_uri"],
+        "holdout_uri": train_out["holdout_uri"],
+    }
 
 
 def phase_bare(spec_path: str, train_uri: str, holdout_uri: str) -> dict:
@@ -107,7 +118,9 @@ def run(rows: int) -> dict:
     run_json(["-m", "bench.pipeline", "--phase", "ingest", spec_path], env, log)
     ingest_s = time.perf_counter() - t
     dag = run_json(["-m", "bench.pipeline", "--phase", "dag", spec_path], env, log)
-    bare = run_json(["-m", "bench.pipeline", "--phase", "bare", spec_path, dag["train_uri"], dag["holdout_uri"]], env, log)
+    bare = run_json(
+        ["-m", "bench.pipeline", "--phase", "bare", spec_path, dag["train_uri"], dag["holdout_uri"]], env, log
+    )
     result = {
         "task_s": dag["task_s"],
         "wall_s": dag["wall_s"],
@@ -131,8 +144,13 @@ def main(argv: list[str]) -> None:
         return
     sizes = [int(a) for a in argv] or [10_000, 100_000, 1_000_000]
     results = {str(n): run(n) for n in sizes}
-    merge_results({"pipeline": results, "machine": machine(),
-                   "commands": {"pipeline": "python -m bench.pipeline " + " ".join(map(str, sizes))}})
+    merge_results(
+        {
+            "pipeline": results,
+            "machine": machine(),
+            "commands": {"pipeline": "python -m bench.pipeline " + " ".join(map(str, sizes))},
+        }
+    )
     print(json.dumps(results, indent=2))
 
 

@@ -36,8 +36,9 @@ def ml_batch_scoring():
         from include.mlops.batch import score_batch
         from include.mlops.pipeline import Interval
 
-        return score_batch(Interval(context["data_interval_start"], context["data_interval_end"]),
-                           context["params"]["dataset"])
+        return score_batch(
+            Interval(context["data_interval_start"], context["data_interval_end"]), context["params"]["dataset"]
+        )
 
     score()
 

@@ -34,8 +34,12 @@ from mlops_airflow.notifiers import DriftDecisionNotifier, TaskFailureNotifier
 from include.mlops.drift_policy import DRIFT_ALIAS
 
 DRIFT = AssetAlias(DRIFT_ALIAS)
-DEFAULT_ARGS = {"owner": "mlops", "retries": 2, "retry_delay": timedelta(seconds=30),
-                "on_failure_callback": [TaskFailureNotifier()]}
+DEFAULT_ARGS = {
+    "owner": "mlops",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "on_failure_callback": [TaskFailureNotifier()],
+}
 PARAMS = {
     "dataset": Param(None, type=["null", "string"], description="Dataset spec name; empty uses MLOPS_DATASET"),
 }

@@ -32,20 +32,43 @@ from mlops_airflow.operators import MlflowPromoteOperator, MlflowRegisterOperato
 
 from include.mlops.drift_policy import drift_asset_uri, known_datasets
 
-DEFAULT_ARGS = {"owner": "mlops", "retries": 2, "retry_delay": timedelta(seconds=30),
-                "on_failure_callback": [TaskFailureNotifier()]}
+DEFAULT_ARGS = {
+    "owner": "mlops",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "on_failure_callback": [TaskFailureNotifier()],
+}
 DRIFT_ASSETS = [Asset(drift_asset_uri(name)) for name in known_datasets()]
 PARAMS = {
-    "dataset": Param(None, type=["null", "string"],
-                     description="Dataset spec name or path; empty uses the drift event's, else MLOPS_DATASET"),
-    "window_end": Param(None, type=["null", "string"], format="date",
-                        description="Last day of training data (YYYY-MM-DD); empty: the drift window's day"),
-    "window_days": Param(None, type=["null", "integer"], minimum=1,
-                         description="N for the sliding window; empty: monitoring.retraining.window_days"),
-    "data_strategy": Param(None, type=["null", "string"], enum=[None, "sliding_window", "all_history", "new_data_only"],
-                           description="Which data to retrain on; empty: monitoring.retraining.data_strategy"),
-    "deploy_strategy": Param(None, type=["null", "string"], enum=[None, "direct", "canary", "shadow", "blue_green"],
-                             description="Overrides the spec's deployment strategy for this run"),
+    "dataset": Param(
+        None,
+        type=["null", "string"],
+        description="Dataset spec name or path; empty uses the drift event's, else MLOPS_DATASET",
+    ),
+    "window_end": Param(
+        None,
+        type=["null", "string"],
+        format="date",
+        description="Last day of training data (YYYY-MM-DD); empty: the drift window's day",
+    ),
+    "window_days": Param(
+        None,
+        type=["null", "integer"],
+        minimum=1,
+        description="N for the sliding window; empty: monitoring.retraining.window_days",
+    ),
+    "data_strategy": Param(
+        None,
+        type=["null", "string"],
+        enum=[None, "sliding_window", "all_history", "new_data_only"],
+        description="Which data to retrain on; empty: monitoring.retraining.data_strategy",
+    ),
+    "deploy_strategy": Param(
+        None,
+        type=["null", "string"],
+        enum=[None, "direct", "canary", "shadow", "blue_green"],
+        description="Overrides the spec's deployment strategy for this run",
+    ),
 }
 PLAN = "ti.xcom_pull(task_ids='plan')"
 
@@ -73,8 +96,13 @@ def ml_retraining():
         out = plan_retraining(dict(context["params"]), events, getattr(dag_run, "run_after", None))
         logging.getLogger("airflow.task").info(
             "retraining %s (%s): %s window of %s day(s) ending %s; deploy strategy %s",
-            out["dataset_name"], out["trigger"], out["data_strategy"], out["window_days"], out["interval_end"],
-            out["deploy_strategy"] or "from the spec")
+            out["dataset_name"],
+            out["trigger"],
+            out["data_strategy"],
+            out["window_days"],
+            out["interval_end"],
+            out["deploy_strategy"] or "from the spec",
+        )
         return out
 
     @task
@@ -88,9 +116,14 @@ def ml_retraining():
         from include.mlops.pipeline import Interval, NotEnoughData
         from include.mlops.pipeline import train as run
 
-        interval = Interval(datetime.fromisoformat(plan_out["interval_start"]), datetime.fromisoformat(plan_out["interval_end"]))
-        tags = {**lineage(context), "mlops.retrain_trigger": plan_out["trigger"],
-                "mlops.data_strategy": plan_out["data_strategy"]}
+        interval = Interval(
+            datetime.fromisoformat(plan_out["interval_start"]), datetime.fromisoformat(plan_out["interval_end"])
+        )
+        tags = {
+            **lineage(context),
+            "mlops.retrain_trigger": plan_out["trigger"],
+            "mlops.data_strategy": plan_out["data_strategy"],
+        }
         try:
             return run(interval, tags, plan_out["dataset"], plan_out["window_days"])
         except NotEnoughData as exc:
@@ -104,14 +137,18 @@ def ml_retraining():
         return run(train_out, plan_out["dataset"])
 
     register = MlflowRegisterOperator(
-        task_id="register", doc="Model version with lineage; alias challenger.",
-        dataset=f"{{{{ {PLAN}['dataset'] }}}}", validate_task_id="plan",
+        task_id="register",
+        doc="Model version with lineage; alias challenger.",
+        dataset=f"{{{{ {PLAN}['dataset'] }}}}",
+        validate_task_id="plan",
         data_interval_start=f"{{{{ {PLAN}['interval_start'] }}}}",
         data_interval_end=f"{{{{ {PLAN}['interval_end'] }}}}",
     )
     deploy = MlflowPromoteOperator(
-        task_id="deploy", doc="Promote through the gate, check, or roll back.",
-        dataset=f"{{{{ {PLAN}['dataset'] }}}}", strategy=f"{{{{ {PLAN}['deploy_strategy'] or '' }}}}",
+        task_id="deploy",
+        doc="Promote through the gate, check, or roll back.",
+        dataset=f"{{{{ {PLAN}['dataset'] }}}}",
+        strategy=f"{{{{ {PLAN}['deploy_strategy'] or '' }}}}",
         on_success_callback=[GateDecisionNotifier()],
     )
 

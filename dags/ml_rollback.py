@@ -16,8 +16,12 @@ import pendulum
 from airflow.sdk import Param, dag, task
 from mlops_airflow.notifiers import RollbackNotifier, TaskFailureNotifier
 
-DEFAULT_ARGS = {"owner": "mlops", "retries": 2, "retry_delay": timedelta(seconds=10),
-                "on_failure_callback": [TaskFailureNotifier()]}
+DEFAULT_ARGS = {
+    "owner": "mlops",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=10),
+    "on_failure_callback": [TaskFailureNotifier()],
+}
 
 
 @dag(
@@ -41,7 +45,7 @@ def ml_rollback():
 
         params = context["params"]
         dag_run = context["dag_run"]
-        out = run(params["to_version"], dag_run.run_id, dag_run.dag_id, params["dataset"])
+        out = run(params["to_version"], dag_run.run_id, dag_run.dag_id, params["dataset"], reason=params["reason"])
         print(f"{out.get('message', out)} (reason: {params['reason']})")
         return out
 

@@ -30,16 +30,29 @@ import pendulum
 from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 from mlops_airflow.notifiers import GateDecisionNotifier, TaskFailureNotifier
-from mlops_airflow.operators import FeastPrepareOperator, GXValidateOperator, MlflowPromoteOperator, MlflowRegisterOperator
+from mlops_airflow.operators import (
+    FeastPrepareOperator,
+    GXValidateOperator,
+    MlflowPromoteOperator,
+    MlflowRegisterOperator,
+)
 
-DEFAULT_ARGS = {"owner": "mlops", "retries": 2, "retry_delay": timedelta(seconds=30),
-                "on_failure_callback": [TaskFailureNotifier()]}
+DEFAULT_ARGS = {
+    "owner": "mlops",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "on_failure_callback": [TaskFailureNotifier()],
+}
 PARAMS = {
     "dataset": Param(None, type=["null", "string"], description="Dataset spec name; empty uses MLOPS_DATASET"),
     "train": Param(True, type="boolean", description="False ingests only (extract, validate, prepare)"),
     "window_days": Param(None, type=["null", "integer"], minimum=1, description="Training window override (days)"),
-    "deploy_strategy": Param(None, type=["null", "string"], enum=[None, "direct", "canary", "shadow", "blue_green"],
-                             description="Overrides the spec's deployment strategy for this run"),
+    "deploy_strategy": Param(
+        None,
+        type=["null", "string"],
+        enum=[None, "direct", "canary", "shadow", "blue_green"],
+        description="Overrides the spec's deployment strategy for this run",
+    ),
 }
 
 
@@ -74,10 +87,10 @@ def ml_training():
     def train(**context) -> dict:
         """Point-in-time training set from Feast, budgeted search, MLflow run."""
         from airflow.sdk.exceptions import AirflowSkipException
+        from mlops_airflow.operators import lineage
 
         from include.mlops.pipeline import NotEnoughData
         from include.mlops.pipeline import train as run
-        from mlops_airflow.operators import lineage
 
         params = context["params"]
         if not params["train"]:
@@ -95,8 +108,11 @@ def ml_training():
         return run(train_out, context["params"]["dataset"])
 
     register = MlflowRegisterOperator(task_id="register", doc="Model version with lineage; alias challenger.")
-    deploy = MlflowPromoteOperator(task_id="deploy", doc="Promote through the gate, check, or roll back.",
-                                   on_success_callback=[GateDecisionNotifier()])
+    deploy = MlflowPromoteOperator(
+        task_id="deploy",
+        doc="Promote through the gate, check, or roll back.",
+        on_success_callback=[GateDecisionNotifier()],
+    )
 
     trained = train()
     extract() >> validate >> prepare >> trained

@@ -1,7 +1,6 @@
 """Registers the platform's extra links with Airflow (so the UI shows them on task instances)."""
 
 from airflow.plugins_manager import AirflowPlugin
-
 from mlops_airflow.links import MlflowModelVersionLink, MlflowRunLink, ReportLink
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -51,7 +51,7 @@ def small_spec(tmp: Path, name: str = "churn", **model_search) -> Path:
 def day_interval(day: date):
     from include.mlops.pipeline import Interval
 
-    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     return Interval(start, start + timedelta(days=1))
 
 
@@ -104,8 +104,17 @@ def lifecycle(tmp_path_factory):
     env = {k: os.environ[k] for k in os.environ if k.startswith(("MLOPS_", "MLFLOW_", "FEAST_"))}
     os.environ.clear()
     os.environ.update(saved)
-    return {"home": home, "spec_path": spec_path, "spec": spec, "env": env, "interval": iv,
-            "train": tr, "evaluate": ev, "register": rg, "promote": pr}
+    return {
+        "home": home,
+        "spec_path": spec_path,
+        "spec": spec,
+        "env": env,
+        "interval": iv,
+        "train": tr,
+        "evaluate": ev,
+        "register": rg,
+        "promote": pr,
+    }
 
 
 @pytest.fixture
@@ -133,8 +142,9 @@ def moto_server():
 
     port = free_port()
     exe = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -183,7 +193,7 @@ def training_dag(airflow_db):
 
 def run_dag_day(dag, day: date, **conf):
     """`dag.test()` for the day-long interval starting at `day` (logical date = interval end)."""
-    logical = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
+    logical = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
     run = dag.test(logical_date=logical, run_conf=conf)
     assert run.data_interval_start.date() == day, (run.data_interval_start, day)
     return run, {ti.task_id: ti for ti in run.get_task_instances()}

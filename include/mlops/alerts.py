@@ -51,8 +51,9 @@ def _fmt(v: Any) -> str:
 
 
 # -- builders ----------------------------------------------------------------------------------------
-def drift_alert(decision: dict[str, Any], links: dict[str, str] | None = None,
-                source: dict[str, str] | None = None) -> Alert:
+def drift_alert(
+    decision: dict[str, Any], links: dict[str, str] | None = None, source: dict[str, str] | None = None
+) -> Alert:
     """From the drift policy's decision dict (`drift_policy.decide_window`)."""
     action = decision.get("action", "")
     quarantined = action == "quarantine"
@@ -65,40 +66,87 @@ def drift_alert(decision: dict[str, Any], links: dict[str, str] | None = None,
         "performance drop": decision.get("performance_drop"),
         "champion version": decision.get("champion_version"),
     }
-    title = (f"{decision.get('dataset')}: data-quality failure in window {numbers['window']}, quarantined"
-             if quarantined else f"{decision.get('dataset')}: drift decision {action.upper()} for window {numbers['window']}")
-    return Alert(event="quarantine" if quarantined else "drift", title=title,
-                 severity="critical" if quarantined else "warning", model=decision.get("model"),
-                 dataset=decision.get("dataset"), decision=f"{action}: {decision.get('reason', '')}",
-                 numbers=numbers, links=dict(links or {}), details=decision.get("table", ""), source=dict(source or {}))
+    title = (
+        f"{decision.get('dataset')}: data-quality failure in window {numbers['window']}, quarantined"
+        if quarantined
+        else f"{decision.get('dataset')}: drift decision {action.upper()} for window {numbers['window']}"
+    )
+    return Alert(
+        event="quarantine" if quarantined else "drift",
+        title=title,
+        severity="critical" if quarantined else "warning",
+        model=decision.get("model"),
+        dataset=decision.get("dataset"),
+        decision=f"{action}: {decision.get('reason', '')}",
+        numbers=numbers,
+        links=dict(links or {}),
+        details=decision.get("table", ""),
+        source=dict(source or {}),
+    )
 
 
-def gate_alert(deploy_out: dict[str, Any], eval_out: dict[str, Any] | None = None,
-               links: dict[str, str] | None = None, source: dict[str, str] | None = None) -> Alert:
+def gate_alert(
+    deploy_out: dict[str, Any],
+    eval_out: dict[str, Any] | None = None,
+    links: dict[str, str] | None = None,
+    source: dict[str, str] | None = None,
+) -> Alert:
     """A challenger the gate kept out (the deploy step's return value, the evaluate step's)."""
     ev = eval_out or {}
-    numbers: dict[str, Any] = {"challenger version": deploy_out.get("version"), "champion version": deploy_out.get("champion")}
-    numbers.update({f"challenger {k}": v for k, v in (ev.get("metrics") or {}).items() if k in ("roc_auc", "f1", "rmse", "r2")})
-    numbers.update({f"champion {k}": v for k, v in (ev.get("champion_metrics") or {}).items()
-                    if k in ("roc_auc", "f1", "rmse", "r2")})
-    return Alert(event="gate_rejected", title=f"{deploy_out.get('model')}: v{deploy_out.get('version')} rejected by the gate",
-                 severity="warning", model=deploy_out.get("model"), decision=str(deploy_out.get("message", "")),
-                 numbers=numbers, links=dict(links or {}), details="\n".join(ev.get("reasons") or []),
-                 source=dict(source or {}))
+    numbers: dict[str, Any] = {
+        "challenger version": deploy_out.get("version"),
+        "champion version": deploy_out.get("champion"),
+    }
+    numbers.update(
+        {f"challenger {k}": v for k, v in (ev.get("metrics") or {}).items() if k in ("roc_auc", "f1", "rmse", "r2")}
+    )
+    numbers.update(
+        {
+            f"champion {k}": v
+            for k, v in (ev.get("champion_metrics") or {}).items()
+            if k in ("roc_auc", "f1", "rmse", "r2")
+        }
+    )
+    return Alert(
+        event="gate_rejected",
+        title=f"{deploy_out.get('model')}: v{deploy_out.get('version')} rejected by the gate",
+        severity="warning",
+        model=deploy_out.get("model"),
+        decision=str(deploy_out.get("message", "")),
+        numbers=numbers,
+        links=dict(links or {}),
+        details="\n".join(ev.get("reasons") or []),
+        source=dict(source or {}),
+    )
 
 
-def failure_alert(dag_id: str, task_id: str, run_id: str, error: str, model: str | None = None,
-                  links: dict[str, str] | None = None, rollback: bool = False, try_number: int | None = None) -> Alert:
+def failure_alert(
+    dag_id: str,
+    task_id: str,
+    run_id: str,
+    error: str,
+    model: str | None = None,
+    links: dict[str, str] | None = None,
+    rollback: bool = False,
+    try_number: int | None = None,
+) -> Alert:
     """A task that failed for good (after its retries), or a deployment that was rolled back."""
     first = (error or "unknown error").strip().splitlines()[0][:300]
     if rollback:
         title = f"{model or dag_id}: deployment rolled back ({dag_id}.{task_id})"
     else:
         title = f"{dag_id}.{task_id} failed"
-    return Alert(event="rollback" if rollback else "task_failed", title=title, severity="critical", model=model,
-                 decision="rolled back to the previous champion" if rollback else "task failed",
-                 numbers={"try": try_number}, links=dict(links or {}), details=(error or "")[:4000],
-                 source={"dag_id": dag_id, "task_id": task_id, "run_id": run_id, "error": first})
+    return Alert(
+        event="rollback" if rollback else "task_failed",
+        title=title,
+        severity="critical",
+        model=model,
+        decision="rolled back to the previous champion" if rollback else "task failed",
+        numbers={"try": try_number},
+        links=dict(links or {}),
+        details=(error or "")[:4000],
+        source={"dag_id": dag_id, "task_id": task_id, "run_id": run_id, "error": first},
+    )
 
 
 # -- rendering ---------------------------------------------------------------------------------------
@@ -106,7 +154,9 @@ def slack_payload(alert: Alert) -> dict[str, Any]:
     """A Slack-compatible JSON body: `text` (fallback, notifications) and Block Kit `blocks`."""
     icon = SEVERITY_ICON.get(alert.severity, "")
     text = f"{icon} {alert.title}".strip()
-    fields = [{"type": "mrkdwn", "text": f"*{k}*\n{_fmt(v)}"} for k, v in alert.numbers.items() if v not in (None, "", [])]
+    fields = [
+        {"type": "mrkdwn", "text": f"*{k}*\n{_fmt(v)}"} for k, v in alert.numbers.items() if v not in (None, "", [])
+    ]
     if alert.model:
         fields.insert(0, {"type": "mrkdwn", "text": f"*model*\n{alert.model}"})
     blocks: list[dict[str, Any]] = [
@@ -114,10 +164,11 @@ def slack_payload(alert: Alert) -> dict[str, Any]:
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*decision:* {alert.decision}"[:MAX_BLOCK_TEXT]}},
     ]
     for i in range(0, len(fields), 10):  # at most 10 fields per section
-        blocks.append({"type": "section", "fields": fields[i:i + 10]})
+        blocks.append({"type": "section", "fields": fields[i : i + 10]})
     if alert.details:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn",
-                                                   "text": f"```{alert.details[:MAX_BLOCK_TEXT - 6]}```"}})
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"```{alert.details[: MAX_BLOCK_TEXT - 6]}```"}}
+        )
     if alert.links:
         links = " · ".join(f"<{url}|{name}>" for name, url in alert.links.items() if url)
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": links[:MAX_BLOCK_TEXT]}]})
@@ -145,12 +196,16 @@ def email_message(alert: Alert, sender: str, recipients: list[str]) -> Any:
     if alert.details:
         lines += ["", alert.details]
     msg.set_content("\n".join(lines))
-    rows = "".join(f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
-                   for k, v in ({"model": alert.model} | alert.numbers).items() if v not in (None, "", []))
+    rows = "".join(
+        f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in ({"model": alert.model} | alert.numbers).items()
+        if v not in (None, "", [])
+    )
     links = "".join(f"<li><a href='{html.escape(v)}'>{html.escape(k)}</a></li>" for k, v in alert.links.items() if v)
-    body = (f"<h3>{html.escape(alert.title)}</h3><p><b>decision:</b> {html.escape(alert.decision)}</p>"
-            f"<table>{rows}</table><ul>{links}</ul>"
-            + (f"<pre>{html.escape(alert.details)}</pre>" if alert.details else ""))
+    body = (
+        f"<h3>{html.escape(alert.title)}</h3><p><b>decision:</b> {html.escape(alert.decision)}</p>"
+        f"<table>{rows}</table><ul>{links}</ul>" + (f"<pre>{html.escape(alert.details)}</pre>" if alert.details else "")
+    )
     msg.add_alternative(f"<html><body>{body}</body></html>", subtype="html")
     return msg
 
@@ -161,8 +216,9 @@ def post_webhook(url: str, payload: dict[str, Any], timeout: float = 10.0) -> in
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return int(resp.status)
@@ -204,8 +260,14 @@ def _truthy(v: Any) -> bool:
     return str(v).strip().lower() in {"1", "true", "yes", "on"}
 
 
-def webhook_url(conn_type: str | None, host: str | None, port: int | None = None, schema: str | None = None,
-                password: str | None = None, extra: dict[str, Any] | None = None) -> str | None:
+def webhook_url(
+    conn_type: str | None,
+    host: str | None,
+    port: int | None = None,
+    schema: str | None = None,
+    password: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str | None:
     """The webhook URL from an Airflow connection's fields.
 
     Accepted forms: extra `webhook_url`; a full URL as password (Slack's `slackwebhook` style) or as
@@ -225,8 +287,13 @@ def webhook_url(conn_type: str | None, host: str | None, port: int | None = None
     return f"{scheme}://{netloc}/{(schema or '').lstrip('/')}"
 
 
-def smtp_settings(host: str | None, port: int | None = None, login: str | None = None, password: str | None = None,
-                  extra: dict[str, Any] | None = None) -> SmtpSettings | None:
+def smtp_settings(
+    host: str | None,
+    port: int | None = None,
+    login: str | None = None,
+    password: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> SmtpSettings | None:
     """SMTP settings from an Airflow connection's fields; recipients in extra `to` (comma-separated or a list)."""
     extra = extra or {}
     if not host:
@@ -236,10 +303,17 @@ def smtp_settings(host: str | None, port: int | None = None, login: str | None =
     if not recipients:
         log.warning("SMTP connection has no recipients (extra 'to'); no e-mail sent")
         return None
-    return SmtpSettings(host=host, port=int(port or (465 if _truthy(extra.get("ssl")) else 25)),
-                        sender=str(extra.get("from") or login or "mlops@localhost"), recipients=recipients,
-                        login=login or None, password=password or None, starttls=_truthy(extra.get("starttls")),
-                        ssl=_truthy(extra.get("ssl")), timeout=float(extra.get("timeout", 10)))
+    return SmtpSettings(
+        host=host,
+        port=int(port or (465 if _truthy(extra.get("ssl")) else 25)),
+        sender=str(extra.get("from") or login or "mlops@localhost"),
+        recipients=recipients,
+        login=login or None,
+        password=password or None,
+        starttls=_truthy(extra.get("starttls")),
+        ssl=_truthy(extra.get("ssl")),
+        timeout=float(extra.get("timeout", 10)),
+    )
 
 
 def dispatch(alert: Alert, webhook: str | None = None, smtp: SmtpSettings | None = None) -> dict[str, str]:

@@ -13,9 +13,10 @@ import json
 import os
 import sys
 import time
-from datetime import date, datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from include.mlops.airflow_env import apply_airflow_env, migrate_db
 from include.mlops.config import get_settings
@@ -56,7 +57,7 @@ def logs_to(path: Path) -> Iterator[None]:
 
 def run_day(dag: Any, day: date, conf: dict[str, Any], log_file: Path) -> dict[str, Any]:
     """One `dag.test()` run for the day-long interval starting at `day`; per-task states and times."""
-    logical = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
+    logical = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
     t = time.perf_counter()
     with logs_to(log_file):
         run = dag.test(logical_date=logical, run_conf=conf)
@@ -71,7 +72,9 @@ def run_day(dag: Any, day: date, conf: dict[str, Any], log_file: Path) -> dict[s
         "run_id": run.run_id,
         "state": str(run.state),
         "seconds": round(time.perf_counter() - t, 1),
-        "tasks": {tid: {"state": str(ti.state), "seconds": round(ti.duration or 0, 2)} for tid, ti in sorted(tis.items())},
+        "tasks": {
+            tid: {"state": str(ti.state), "seconds": round(ti.duration or 0, 2)} for tid, ti in sorted(tis.items())
+        },
     }
 
 
@@ -95,7 +98,9 @@ def main() -> int:
     days = int(os.environ.get("DEMO_DAYS") or demo.get("days", 20))
     rows = int(os.environ.get("DEMO_ROWS_PER_DAY") or demo.get("rows_per_day", 1000))
     write_days(store, spec, start, days, Scenario(), rows=rows)
-    timeline.add("demo data generated", days=days, rows_per_day=rows, landing=store.uri(spec.section("source")["landing_prefix"]))
+    timeline.add(
+        "demo data generated", days=days, rows_per_day=rows, landing=store.uri(spec.section("source")["landing_prefix"])
+    )
 
     from airflow.dag_processing.dagbag import DagBag
 
@@ -113,14 +118,23 @@ def main() -> int:
         runs.append(r)
         if r["state"] != "success":
             raise SystemExit(f"ingest of {day} ended {r['state']}: see {log_dir / f'ml_training-{day}.log'}")
-    timeline.add("ingested (train=false)", first=runs[0]["day"], last=runs[-1]["day"],
-                 seconds=round(sum(r["seconds"] for r in runs), 1))
+    timeline.add(
+        "ingested (train=false)",
+        first=runs[0]["day"],
+        last=runs[-1]["day"],
+        seconds=round(sum(r["seconds"] for r in runs), 1),
+    )
     for i in (days - 2, days - 1):
         day = start + timedelta(days=i)
         r = run_day(dag, day, {"dataset": spec.name, "train": True}, log_dir / f"ml_training-{day}.log")
         runs.append(r)
-        timeline.add("ml_training", day=r["day"], state=r["state"], seconds=r["seconds"],
-                     tasks=",".join(f"{t}:{v['state'].split('.')[-1].lower()}" for t, v in r["tasks"].items()))
+        timeline.add(
+            "ml_training",
+            day=r["day"],
+            state=r["state"],
+            seconds=r["seconds"],
+            tasks=",".join(f"{t}:{v['state'].split('.')[-1].lower()}" for t, v in r["tasks"].items()),
+        )
         if r["state"].split(".")[-1].lower() != "success":
             raise SystemExit(f"ml_training for {day} ended {r['state']}: see {log_dir / f'ml_training-{day}.log'}")
 
@@ -131,7 +145,9 @@ def main() -> int:
     return 0
 
 
-def build_summary(spec: Any, store: Any, settings: Any, timeline: Timeline, runs: list[dict[str, Any]]) -> dict[str, Any]:
+def build_summary(
+    spec: Any, store: Any, settings: Any, timeline: Timeline, runs: list[dict[str, Any]]
+) -> dict[str, Any]:
     from include.mlops.registry import CHAMPION, PREVIOUS, alias_version, read_ledger, setup_mlflow
 
     client = setup_mlflow(settings)
@@ -176,7 +192,9 @@ def print_summary(s: dict[str, Any], path: Path) -> None:
     print(f"tracking uri  : {s['tracking_uri']}  (make up: MLflow UI on http://127.0.0.1:5000)")
     print(f"validation    : {s['reports']['validation']}")
     for e in s["ledger"]:
-        print(f"ledger        : {e['at']} {e['action']} v{e['from_version']} -> v{e['to_version']} ({e['reason'][:60]})")
+        print(
+            f"ledger        : {e['at']} {e['action']} v{e['from_version']} -> v{e['to_version']} ({e['reason'][:60]})"
+        )
     print(f"total         : {s['total_seconds']} s; summary written to {path}")
 
 

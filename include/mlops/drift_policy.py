@@ -34,7 +34,13 @@ log = logging.getLogger(__name__)
 
 LOWER_IS_BETTER = {"rmse", "mae", "log_loss"}
 RETRAIN, WATCH, COOLDOWN, QUARANTINE, INSUFFICIENT, NO_DRIFT = (
-    "retrain", "watch", "cooldown", "quarantine", "insufficient_data", "no_drift")
+    "retrain",
+    "watch",
+    "cooldown",
+    "quarantine",
+    "insufficient_data",
+    "no_drift",
+)
 ALERTING_ACTIONS = {RETRAIN, QUARANTINE}
 DRIFT_ALIAS = "mlops-drift"
 
@@ -161,9 +167,17 @@ class DriftDecision:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "day": self.day, "reason": self.reason, "signal": self.signal,
-                "streak": self.streak, "fire": self.fire, "alert": self.alert,
-                "performance_drop": self.performance_drop, "checks": [asdict(c) for c in self.checks]}
+        return {
+            "action": self.action,
+            "day": self.day,
+            "reason": self.reason,
+            "signal": self.signal,
+            "streak": self.streak,
+            "fire": self.fire,
+            "alert": self.alert,
+            "performance_drop": self.performance_drop,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 def _drop(metric: str, champion: float, window: float) -> float:
@@ -176,8 +190,13 @@ def _as_utc(v: str | datetime) -> datetime:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-def decide(obs: Observation, policy: DriftPolicy, history: list[dict[str, Any]] | None = None,
-           ledger: list[dict[str, Any]] | None = None, window_end: datetime | None = None) -> DriftDecision:
+def decide(
+    obs: Observation,
+    policy: DriftPolicy,
+    history: list[dict[str, Any]] | None = None,
+    ledger: list[dict[str, Any]] | None = None,
+    window_end: datetime | None = None,
+) -> DriftDecision:
     """Apply the policy to one window.
 
     `history`: earlier decisions (`to_dict()` of earlier windows, with `day`); only windows before
@@ -195,8 +214,15 @@ def decide(obs: Observation, policy: DriftPolicy, history: list[dict[str, Any]] 
         checks.append(RuleCheck("data quality", "passed", f"<= {policy.max_bad_fraction:.3f} bad", "pass"))
     else:
         failed = ", ".join(obs.data_quality_failures[:4]) + ("…" if len(obs.data_quality_failures) > 4 else "")
-        checks.append(RuleCheck("data quality", f"{len(obs.data_quality_failures)} failed",
-                                f"<= {policy.max_bad_fraction:.3f} bad", "BLOCK", failed))
+        checks.append(
+            RuleCheck(
+                "data quality",
+                f"{len(obs.data_quality_failures)} failed",
+                f"<= {policy.max_bad_fraction:.3f} bad",
+                "BLOCK",
+                failed,
+            )
+        )
         blocked_by.append((QUARANTINE, f"data-quality check failed ({failed}): quarantined, not retraining"))
 
     # 2. minimum sample size
@@ -209,26 +235,48 @@ def decide(obs: Observation, policy: DriftPolicy, history: list[dict[str, Any]] 
     # 3. drift share
     drifted = obs.drift_share >= policy.drift_share
     top = ", ".join(obs.drifted_features[:5]) + ("…" if len(obs.drifted_features) > 5 else "")
-    checks.append(RuleCheck("drift share", f"{obs.drift_share:.3f}", f">= {policy.drift_share:.3f}",
-                            "SIGNAL" if drifted else "pass", top))
+    checks.append(
+        RuleCheck(
+            "drift share",
+            f"{obs.drift_share:.3f}",
+            f">= {policy.drift_share:.3f}",
+            "SIGNAL" if drifted else "pass",
+            top,
+        )
+    )
 
     # 4. performance drop against the champion's own evaluation
     drop = None
     perf_signal = False
     metric = policy.primary_metric
     if obs.champion_metric is None:
-        checks.append(RuleCheck(f"{metric} drop", "-", f">= {policy.performance_drop:.3f}", "skip",
-                                "champion has no holdout metric"))
+        checks.append(
+            RuleCheck(
+                f"{metric} drop", "-", f">= {policy.performance_drop:.3f}", "skip", "champion has no holdout metric"
+            )
+        )
     elif obs.labelled_rows < policy.min_labelled_rows or obs.window_metric is None:
-        checks.append(RuleCheck(f"{metric} drop", "-", f">= {policy.performance_drop:.3f}", "skip",
-                                f"{obs.labelled_rows} labelled rows < {policy.min_labelled_rows}"))
+        checks.append(
+            RuleCheck(
+                f"{metric} drop",
+                "-",
+                f">= {policy.performance_drop:.3f}",
+                "skip",
+                f"{obs.labelled_rows} labelled rows < {policy.min_labelled_rows}",
+            )
+        )
     else:
         drop = _drop(metric, obs.champion_metric, obs.window_metric)
         perf_signal = drop >= policy.performance_drop
-        checks.append(RuleCheck(f"{metric} drop", f"{drop:+.4f}", f">= {policy.performance_drop:.3f}",
-                                "SIGNAL" if perf_signal else "pass",
-                                f"champion {obs.champion_metric:.4f}, window {obs.window_metric:.4f} "
-                                f"on {obs.labelled_rows} labelled"))
+        checks.append(
+            RuleCheck(
+                f"{metric} drop",
+                f"{drop:+.4f}",
+                f">= {policy.performance_drop:.3f}",
+                "SIGNAL" if perf_signal else "pass",
+                f"champion {obs.champion_metric:.4f}, window {obs.window_metric:.4f} on {obs.labelled_rows} labelled",
+            )
+        )
     signal = (drifted or perf_signal) and not blocked_by
 
     # 5. consecutive windows (a gap in the history breaks the streak)
@@ -241,10 +289,19 @@ def decide(obs: Observation, policy: DriftPolicy, history: list[dict[str, Any]] 
             streak += 1
             d -= timedelta(days=1)
         ok = streak >= policy.consecutive_windows
-        checks.append(RuleCheck("consecutive windows", str(streak), f">= {policy.consecutive_windows}",
-                                "pass" if ok else "BLOCK", "" if ok else "waiting for the signal to persist"))
+        checks.append(
+            RuleCheck(
+                "consecutive windows",
+                str(streak),
+                f">= {policy.consecutive_windows}",
+                "pass" if ok else "BLOCK",
+                "" if ok else "waiting for the signal to persist",
+            )
+        )
         if not ok:
-            blocked_by.append((WATCH, f"signal in {streak} window(s) in a row, policy wants {policy.consecutive_windows}"))
+            blocked_by.append(
+                (WATCH, f"signal in {streak} window(s) in a row, policy wants {policy.consecutive_windows}")
+            )
 
     # 6. cooldown after a retrain decision or a promotion
     if signal:
@@ -262,10 +319,19 @@ def decide(obs: Observation, policy: DriftPolicy, history: list[dict[str, Any]] 
                 last = (age, f"v{e.get('to_version')} promoted at {e['at']}")
         if last is not None and last[0] < policy.cooldown_days:
             checks.append(RuleCheck("cooldown", f"{last[0]:.1f} d", f">= {policy.cooldown_days:g} d", "BLOCK", last[1]))
-            blocked_by.append((COOLDOWN, f"{last[1]}, {last[0]:.1f} d ago: within the {policy.cooldown_days:g}-day cooldown"))
+            blocked_by.append(
+                (COOLDOWN, f"{last[1]}, {last[0]:.1f} d ago: within the {policy.cooldown_days:g}-day cooldown")
+            )
         else:
-            checks.append(RuleCheck("cooldown", "-" if last is None else f"{last[0]:.1f} d",
-                                    f">= {policy.cooldown_days:g} d", "pass", "" if last is None else last[1]))
+            checks.append(
+                RuleCheck(
+                    "cooldown",
+                    "-" if last is None else f"{last[0]:.1f} d",
+                    f">= {policy.cooldown_days:g} d",
+                    "pass",
+                    "" if last is None else last[1],
+                )
+            )
 
     if blocked_by:
         action, reason = blocked_by[0]
@@ -278,8 +344,15 @@ def decide(obs: Observation, policy: DriftPolicy, history: list[dict[str, Any]] 
         action, reason = RETRAIN, " and ".join(parts)
     else:
         action, reason = NO_DRIFT, "no rule signalled"
-    return DriftDecision(action=action, day=obs.day.isoformat(), reason=reason, signal=signal, streak=streak,
-                         checks=checks, performance_drop=drop)
+    return DriftDecision(
+        action=action,
+        day=obs.day.isoformat(),
+        reason=reason,
+        signal=signal,
+        streak=streak,
+        checks=checks,
+        performance_drop=drop,
+    )
 
 
 # -- I/O: the decision history and the ledger ------------------------------------------------------
@@ -328,9 +401,14 @@ def quarantine_window(store: ObjectStore, spec: DatasetSpec, summary: dict[str, 
     store.delete_prefix(f"{prefix}/")
     for i, (source, key) in enumerate(prediction_keys(store, spec, iv.days)):
         store.copy(key, f"{prefix}/{source}-{i:03d}.parquet")
-    store.put_json(f"{prefix}/data_quality.json", {"data_quality": summary.get("data_quality"),
-                                                     "decision": decision.to_dict(),
-                                                     "report_uri": (summary.get("reports") or {}).get("data_quality")})
+    store.put_json(
+        f"{prefix}/data_quality.json",
+        {
+            "data_quality": summary.get("data_quality"),
+            "decision": decision.to_dict(),
+            "report_uri": (summary.get("reports") or {}).get("data_quality"),
+        },
+    )
     return store.uri(prefix)
 
 
@@ -353,19 +431,31 @@ def decide_window(summary: dict[str, Any], spec_name: str | None = None) -> dict
     history = read_history(store, spec.name, obs.day, lookback)
     ledger = read_ledger(store, spec.model_name)
     decision = decide(obs, policy, history, ledger, _as_utc(summary["window"]["end"]))
-    out: dict[str, Any] = {**decision.to_dict(), "dataset": spec.name, "spec": spec_name or spec.name,
-                           "policy": asdict(policy), "table": decision.table(),
-                           "report_html": summary.get("report_html"), "summary_uri": summary.get("summary_uri"),
-                           "run_id": summary.get("run_id"), "experiment_id": summary.get("experiment_id"),
-                           "model": spec.model_name, "champion_version": (summary.get("champion") or {}).get("version"),
-                           "drift_share": obs.drift_share, "drifted_features": list(obs.drifted_features),
-                           "rows": obs.rows, "labelled_rows": obs.labelled_rows, "window": summary["window"]}
+    out: dict[str, Any] = {
+        **decision.to_dict(),
+        "dataset": spec.name,
+        "spec": spec_name or spec.name,
+        "policy": asdict(policy),
+        "table": decision.table(),
+        "report_html": summary.get("report_html"),
+        "summary_uri": summary.get("summary_uri"),
+        "run_id": summary.get("run_id"),
+        "experiment_id": summary.get("experiment_id"),
+        "model": spec.model_name,
+        "champion_version": (summary.get("champion") or {}).get("version"),
+        "drift_share": obs.drift_share,
+        "drifted_features": list(obs.drifted_features),
+        "rows": obs.rows,
+        "labelled_rows": obs.labelled_rows,
+        "window": summary["window"],
+    }
     if decision.action == QUARANTINE:
         out["quarantine_uri"] = quarantine_window(store, spec, summary, decision)
     if decision.fire:
         out["event_extra"] = event_extra(summary, decision, spec_name or spec.name)
-    out["decision_uri"] = store.put_json(decision_key(spec.name, obs.day),
-                                         {k: v for k, v in out.items() if k != "table"})
+    out["decision_uri"] = store.put_json(
+        decision_key(spec.name, obs.day), {k: v for k, v in out.items() if k != "table"}
+    )
     return out
 
 
@@ -433,11 +523,17 @@ def plan_retraining(params: dict[str, Any], events: list[dict[str, Any]], run_af
     store = ObjectStore(settings.store_uri, settings.s3_endpoint_url)
     gx = f"reports/validation/{spec.name}/dt={last_day.isoformat()}/validation.json"
     return {
-        "dataset": spec_ref, "dataset_name": spec.name, "model": spec.model_name,
-        "interval_start": start.isoformat(), "interval_end": end.isoformat(),
-        "data_strategy": strategy, "window_days": window, "champion_interval_end": champion_end.isoformat() if champion_end else None,
+        "dataset": spec_ref,
+        "dataset_name": spec.name,
+        "model": spec.model_name,
+        "interval_start": start.isoformat(),
+        "interval_end": end.isoformat(),
+        "data_strategy": strategy,
+        "window_days": window,
+        "champion_interval_end": champion_end.isoformat() if champion_end else None,
         "deploy_strategy": params.get("deploy_strategy") or None,
-        "trigger": "drift" if event else "manual", "event": event,
+        "trigger": "drift" if event else "manual",
+        "event": event,
         "report_uri": store.uri(gx) if store.exists(gx) else "",
     }
 

@@ -59,7 +59,10 @@ def slice_metrics(df: pd.DataFrame, scores: Any, spec: DatasetSpec) -> dict[str,
         for value, idx in df.groupby(col, dropna=False).indices.items():
             if len(idx) < min_rows:
                 continue
-            out[f"{col}={value}"] = {**metrics(df[spec.label].to_numpy()[idx], scores[idx], spec), "rows": float(len(idx))}
+            out[f"{col}={value}"] = {
+                **metrics(df[spec.label].to_numpy()[idx], scores[idx], spec),
+                "rows": float(len(idx)),
+            }
     return out
 
 
@@ -112,25 +115,48 @@ def gate(
     """Absolute minimums, no NaN predictions, no regression against the champion overall or per slice."""
     cfg = spec.section("gate")
     primary = spec.section("model").get("primary_metric", "roc_auc" if spec.is_classification else "r2")
-    checks = [GateCheck("no NaN predictions", float(nan_predictions), 0.0, nan_predictions == 0,
-                        "" if nan_predictions == 0 else f"{nan_predictions} NaN predictions")]
+    checks = [
+        GateCheck(
+            "no NaN predictions",
+            float(nan_predictions),
+            0.0,
+            nan_predictions == 0,
+            "" if nan_predictions == 0 else f"{nan_predictions} NaN predictions",
+        )
+    ]
     for metric, minimum in (cfg.get("minimums") or {}).items():
         v = challenger.get(metric, float("nan"))
         ok = not math.isnan(v) and (v <= minimum if metric in LOWER_IS_BETTER else v >= minimum)
-        checks.append(GateCheck(f"minimum {metric}", v, float(minimum), ok, "" if ok else f"{v:.4f} vs minimum {minimum}"))
+        checks.append(
+            GateCheck(f"minimum {metric}", v, float(minimum), ok, "" if ok else f"{v:.4f} vs minimum {minimum}")
+        )
     if champion is None:
         checks.append(GateCheck("vs champion", None, None, True, "no champion yet"))
     else:
         tol = float(cfg.get("max_regression", 0.0))
         worse = _worse_by(primary, challenger[primary], champion[primary])
-        checks.append(GateCheck(f"regression of {primary} vs champion", worse, tol, worse <= tol,
-                                f"champion {champion[primary]:.4f}, challenger {challenger[primary]:.4f}"))
+        checks.append(
+            GateCheck(
+                f"regression of {primary} vs champion",
+                worse,
+                tol,
+                worse <= tol,
+                f"champion {champion[primary]:.4f}, challenger {challenger[primary]:.4f}",
+            )
+        )
         stol = float(cfg.get("slice_max_regression", tol))
         for name, m in sorted(challenger_slices.items()):
             ref = (champion_slices or {}).get(name)
             if ref is None or math.isnan(ref.get(primary, float("nan"))) or math.isnan(m.get(primary, float("nan"))):
                 continue
             worse = _worse_by(primary, m[primary], ref[primary])
-            checks.append(GateCheck(f"slice {name} {primary} regression", worse, stol, worse <= stol,
-                                    "" if worse <= stol else f"champion {ref[primary]:.4f}, challenger {m[primary]:.4f}"))
+            checks.append(
+                GateCheck(
+                    f"slice {name} {primary} regression",
+                    worse,
+                    stol,
+                    worse <= stol,
+                    "" if worse <= stol else f"champion {ref[primary]:.4f}, challenger {m[primary]:.4f}",
+                )
+            )
     return GateDecision(all(c.passed for c in checks), checks)

@@ -49,29 +49,76 @@ def _ready(url: str) -> bool:
 
 def services(ports: dict[str, int]) -> tuple[list[Service], dict[str, str]]:
     s = get_settings()
-    env = airflow_env(s.home, AIRFLOW__API__PORT=str(ports["airflow"]),
-                      AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{ports['airflow']}",
-                      MLOPS_MLFLOW_UI_URL=f"http://127.0.0.1:{ports['mlflow']}",
-                      MLOPS_SERVE_URL=f"http://127.0.0.1:{ports['serve']}",
-                      PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    env = airflow_env(
+        s.home,
+        AIRFLOW__API__PORT=str(ports["airflow"]),
+        AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{ports['airflow']}",
+        MLOPS_MLFLOW_UI_URL=f"http://127.0.0.1:{ports['mlflow']}",
+        MLOPS_SERVE_URL=f"http://127.0.0.1:{ports['serve']}",
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
     artifacts = s.mlflow_artifacts or f"file://{s.home / 'mlartifacts'}"
     out = [
-        Service("airflow", [_bin("airflow"), "standalone"], f"http://127.0.0.1:{ports['airflow']}/api/v2/monitor/health", env),
-        Service("mlflow", [_bin("mlflow"), "server", "--backend-store-uri", s.tracking_uri, "--default-artifact-root", artifacts,
-                           "--host", "127.0.0.1", "--port", str(ports["mlflow"]), "--workers", "1"],
-                f"http://127.0.0.1:{ports['mlflow']}/health", env),
-        Service("scoring", [sys.executable, "-m", "include.mlops.serving"], f"http://127.0.0.1:{ports['serve']}/health",
-                {**env, "MLOPS_SERVE_PORT": str(ports["serve"])}, optional=True),
-        Service("evidently", [_bin("evidently"), "ui", "--workspace", str(s.home / "evidently"), "--host", "127.0.0.1",
-                              "--port", str(ports["evidently"])], f"http://127.0.0.1:{ports['evidently']}/", env, optional=True),
+        Service(
+            "airflow",
+            [_bin("airflow"), "standalone"],
+            f"http://127.0.0.1:{ports['airflow']}/api/v2/monitor/health",
+            env,
+        ),
+        Service(
+            "mlflow",
+            [
+                _bin("mlflow"),
+                "server",
+                "--backend-store-uri",
+                s.tracking_uri,
+                "--default-artifact-root",
+                artifacts,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports["mlflow"]),
+                "--workers",
+                "1",
+            ],
+            f"http://127.0.0.1:{ports['mlflow']}/health",
+            env,
+        ),
+        Service(
+            "scoring",
+            [sys.executable, "-m", "include.mlops.serving"],
+            f"http://127.0.0.1:{ports['serve']}/health",
+            {**env, "MLOPS_SERVE_PORT": str(ports["serve"])},
+            optional=True,
+        ),
+        Service(
+            "evidently",
+            [
+                _bin("evidently"),
+                "ui",
+                "--workspace",
+                str(s.home / "evidently"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports["evidently"]),
+            ],
+            f"http://127.0.0.1:{ports['evidently']}/",
+            env,
+            optional=True,
+        ),
     ]
     return out, env
 
 
 def up(check: bool, timeout: float) -> int:
     s = get_settings()
-    ports = {"airflow": int(os.environ.get("AIRFLOW_PORT", 8080)), "mlflow": int(os.environ.get("MLFLOW_PORT", 5000)),
-             "serve": int(os.environ.get("MLOPS_SERVE_PORT", 8000)), "evidently": int(os.environ.get("EVIDENTLY_PORT", 8001))}
+    ports = {
+        "airflow": int(os.environ.get("AIRFLOW_PORT", 8080)),
+        "mlflow": int(os.environ.get("MLFLOW_PORT", 5000)),
+        "serve": int(os.environ.get("MLOPS_SERVE_PORT", 8000)),
+        "evidently": int(os.environ.get("EVIDENTLY_PORT", 8001)),
+    }
     svcs, env = services(ports)
     logs = s.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -80,15 +127,19 @@ def up(check: bool, timeout: float) -> int:
     t0 = time.perf_counter()
     for svc in svcs:
         fh = (logs / f"{svc.name}.log").open("ab")
-        svc.proc = subprocess.Popen(svc.cmd, env={**os.environ, **svc.env}, stdout=fh, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+        svc.proc = subprocess.Popen(
+            svc.cmd, env={**os.environ, **svc.env}, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
     pending = {svc.name for svc in svcs}
     failed: set[str] = set()
     while pending and time.perf_counter() - t0 < timeout:
         for svc in svcs:
             if svc.name in pending and _ready(svc.ready_url):
                 pending.discard(svc.name)
-                print(f"[up {time.perf_counter() - t0:5.1f}s] {svc.name:<9} ready: {svc.ready_url.rsplit('/', 1)[0]}", flush=True)
+                print(
+                    f"[up {time.perf_counter() - t0:5.1f}s] {svc.name:<9} ready: {svc.ready_url.rsplit('/', 1)[0]}",
+                    flush=True,
+                )
             elif svc.name in pending and svc.proc.poll() is not None:
                 pending.discard(svc.name)
                 failed.add(svc.name)
@@ -101,8 +152,11 @@ def up(check: bool, timeout: float) -> int:
     print(f"Evidently UI http://127.0.0.1:{ports['evidently']}")
     print(f"logs in {logs}")
     pending |= failed
-    result = {"ready": sorted({s.name for s in svcs} - pending), "not_ready": sorted(pending),
-              "seconds": round(time.perf_counter() - t0, 1)}
+    result = {
+        "ready": sorted({s.name for s in svcs} - pending),
+        "not_ready": sorted(pending),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     if not check and not [n for n in pending if not next(x for x in svcs if x.name == n).optional]:
         try:
             while all(svc.proc.poll() is None for svc in svcs if not svc.optional):
@@ -124,8 +178,11 @@ def _list_dags(port: int, pw_file: Path) -> list[dict]:
     while time.time() < deadline:
         try:
             password = json.loads(pw_file.read_text())["admin"]
-            req = urllib.request.Request(f"{base}/auth/token", data=json.dumps({"username": "admin", "password": password}).encode(),
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"{base}/auth/token",
+                data=json.dumps({"username": "admin", "password": password}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
             token = json.loads(urllib.request.urlopen(req, timeout=5).read())["access_token"]
             req = urllib.request.Request(f"{base}/api/v2/dags", headers={"Authorization": f"Bearer {token}"})
             dags = json.loads(urllib.request.urlopen(req, timeout=5).read())["dags"]

@@ -80,8 +80,9 @@ class MonitoringConfig:
             prediction_method=str(drift.get("prediction_method", num_m)),
             prediction_threshold=float(drift.get("prediction_threshold", num_t)),
             drift_share=float(pol.get("drift_share", cls.drift_share)),
-            max_bad_fraction=float(pol.get("max_bad_fraction",
-                                           spec.section("validation").get("max_bad_fraction", cls.max_bad_fraction))),
+            max_bad_fraction=float(
+                pol.get("max_bad_fraction", spec.section("validation").get("max_bad_fraction", cls.max_bad_fraction))
+            ),
             label_lookback_days=int(mon.get("label_lookback_days", spec.label_delay_days)),
         )
 
@@ -99,8 +100,11 @@ def prediction_keys(store: ObjectStore, spec: DatasetSpec, days: list[date]) -> 
     """(source, key) of every prediction-log object of the days: online requests, then batch scores."""
     out: list[tuple[str, str]] = []
     for day in days:
-        out += [("online", k) for k in store.list(online_prefix(spec, day))
-                if k.endswith(".parquet") and "/batch/" not in k[len(f"predictions/{spec.name}/"):]]
+        out += [
+            ("online", k)
+            for k in store.list(online_prefix(spec, day))
+            if k.endswith(".parquet") and "/batch/" not in k[len(f"predictions/{spec.name}/") :]
+        ]
         out += [("batch", k) for k in store.list(batch_prefix(spec, day)) if k.endswith(".parquet")]
     return out
 
@@ -138,7 +142,9 @@ def read_labels(store: ObjectStore, spec: DatasetSpec, first_arrival: date, last
         if store.exists(staged):
             frames.append(store.get_parquet(staged))
         elif feed:
-            frames += [store.get_parquet(k) for k in store.list(f"{feed}/dt={day.isoformat()}/") if k.endswith(".parquet")]
+            frames += [
+                store.get_parquet(k) for k in store.list(f"{feed}/dt={day.isoformat()}/") if k.endswith(".parquet")
+            ]
         day += timedelta(days=1)
     cols = [spec.entity_key, spec.timestamp, spec.label]
     if not frames:
@@ -203,8 +209,15 @@ def champion_info(client: Any, spec: DatasetSpec) -> Champion:
     train_uri = run.data.tags.get("mlops.train_uri")
     if not train_uri:
         raise NoChampion(f"champion v{version} (run {mv.run_id}) has no mlops.train_uri tag: no reference data")
-    return Champion(spec.model_name, str(version), mv.run_id, train_uri, primary,
-                    run.data.metrics.get(f"holdout_{primary}"), run.info.experiment_id)
+    return Champion(
+        spec.model_name,
+        str(version),
+        mv.run_id,
+        train_uri,
+        primary,
+        run.data.metrics.get(f"holdout_{primary}"),
+        run.info.experiment_id,
+    )
 
 
 def reference_frame(store: ObjectStore, spec: DatasetSpec, champ: Champion) -> tuple[pd.DataFrame, str]:
@@ -225,8 +238,13 @@ def reference_frame(store: ObjectStore, spec: DatasetSpec, champ: Champion) -> t
 
 
 # -- Evidently ----------------------------------------------------------------------------------------
-def _definition(spec: DatasetSpec, extra_num: tuple[str, ...] = (), extra_cat: tuple[str, ...] = (),
-                classification: bool = False, only: list[str] | None = None) -> Any:
+def _definition(
+    spec: DatasetSpec,
+    extra_num: tuple[str, ...] = (),
+    extra_cat: tuple[str, ...] = (),
+    classification: bool = False,
+    only: list[str] | None = None,
+) -> Any:
     from evidently import BinaryClassification, DataDefinition, Regression
 
     from include.mlops.features import derived_features
@@ -266,24 +284,44 @@ def drift_numbers(snapshot_dict: dict[str, Any], cfg: MonitoringConfig) -> dict[
             share, count = float(m["value"]["share"]), int(m["value"]["count"])
         elif _mtype(m) == "ValueDrift":
             c = m["config"]
-            columns[c["column"]] = {"score": float(m["value"]), "method": c.get("method"),
-                                    "threshold": c.get("threshold")}
+            columns[c["column"]] = {
+                "score": float(m["value"]),
+                "method": c.get("method"),
+                "threshold": c.get("threshold"),
+            }
     for t in snapshot_dict.get("tests") or []:
         params = (t.get("metric_config") or {}).get("params") or {}
         if params.get("type", "").endswith("ValueDrift") and params.get("column") in columns:
             columns[params["column"]]["drifted"] = t.get("status") == "FAIL"
     for c in columns.values():  # without a test result, decide as Evidently does for the method
         if "drifted" not in c:
-            lower_is_drift = str(c["method"]) in {"ks", "chisquare", "z", "fisher_exact", "mannw", "t_test",
-                                                  "anderson", "cramer_von_mises", "epps_singleton", "g_test",
-                                                  "empirical_mmd", "TVD"}
+            lower_is_drift = str(c["method"]) in {
+                "ks",
+                "chisquare",
+                "z",
+                "fisher_exact",
+                "mannw",
+                "t_test",
+                "anderson",
+                "cramer_von_mises",
+                "epps_singleton",
+                "g_test",
+                "empirical_mmd",
+                "TVD",
+            }
             c["drifted"] = c["score"] < c["threshold"] if lower_is_drift else c["score"] >= c["threshold"]
     return {"share": share, "count": count, "columns": columns}
 
 
-def data_drift_report(ref: pd.DataFrame, cur: pd.DataFrame, spec: DatasetSpec, cfg: MonitoringConfig,
-                      timestamp: datetime | None = None, name: str | None = None,
-                      columns: list[str] | None = None) -> Any:
+def data_drift_report(
+    ref: pd.DataFrame,
+    cur: pd.DataFrame,
+    spec: DatasetSpec,
+    cfg: MonitoringConfig,
+    timestamp: datetime | None = None,
+    name: str | None = None,
+    columns: list[str] | None = None,
+) -> Any:
     """Per-feature drift with the spec's methods and thresholds per column type."""
     from evidently import Report
     from evidently.presets import DataDriftPreset
@@ -292,27 +330,64 @@ def data_drift_report(ref: pd.DataFrame, cur: pd.DataFrame, spec: DatasetSpec, c
 
     feats = columns or model_features(spec)
     dd = _definition(spec, only=feats)
-    report = Report([DataDriftPreset(columns=feats, num_method=cfg.num_method, num_threshold=cfg.num_threshold,
-                                     cat_method=cfg.cat_method, cat_threshold=cfg.cat_threshold,
-                                     drift_share=cfg.drift_share)], include_tests=True)
-    return report.run(_dataset(cur[feats], dd), _dataset(ref[feats], dd), timestamp=timestamp, name=name,
-                      metadata={"report": "data_drift"})
+    report = Report(
+        [
+            DataDriftPreset(
+                columns=feats,
+                num_method=cfg.num_method,
+                num_threshold=cfg.num_threshold,
+                cat_method=cfg.cat_method,
+                cat_threshold=cfg.cat_threshold,
+                drift_share=cfg.drift_share,
+            )
+        ],
+        include_tests=True,
+    )
+    return report.run(
+        _dataset(cur[feats], dd),
+        _dataset(ref[feats], dd),
+        timestamp=timestamp,
+        name=name,
+        metadata={"report": "data_drift"},
+    )
 
 
-def prediction_drift_report(ref: pd.DataFrame, cur: pd.DataFrame, spec: DatasetSpec, cfg: MonitoringConfig,
-                            timestamp: datetime | None = None, name: str | None = None) -> Any:
+def prediction_drift_report(
+    ref: pd.DataFrame,
+    cur: pd.DataFrame,
+    spec: DatasetSpec,
+    cfg: MonitoringConfig,
+    timestamp: datetime | None = None,
+    name: str | None = None,
+) -> Any:
     from evidently import DataDefinition, Report
     from evidently.metrics import MeanValue, ValueDrift
 
     dd = DataDefinition(numerical_columns=[SCORE])
-    report = Report([ValueDrift(column=SCORE, method=cfg.prediction_method, threshold=cfg.prediction_threshold),
-                     MeanValue(column=SCORE)], include_tests=True)
-    return report.run(_dataset(cur[[SCORE]], dd), _dataset(ref[[SCORE]], dd), timestamp=timestamp, name=name,
-                      metadata={"report": "prediction_drift"})
+    report = Report(
+        [
+            ValueDrift(column=SCORE, method=cfg.prediction_method, threshold=cfg.prediction_threshold),
+            MeanValue(column=SCORE),
+        ],
+        include_tests=True,
+    )
+    return report.run(
+        _dataset(cur[[SCORE]], dd),
+        _dataset(ref[[SCORE]], dd),
+        timestamp=timestamp,
+        name=name,
+        metadata={"report": "prediction_drift"},
+    )
 
 
-def performance_report(ref: pd.DataFrame, labelled: pd.DataFrame, spec: DatasetSpec, cfg: MonitoringConfig,
-                       timestamp: datetime | None = None, name: str | None = None) -> Any:
+def performance_report(
+    ref: pd.DataFrame,
+    labelled: pd.DataFrame,
+    spec: DatasetSpec,
+    cfg: MonitoringConfig,
+    timestamp: datetime | None = None,
+    name: str | None = None,
+) -> Any:
     """Target drift and model quality on the labelled part of the window."""
     from evidently import DataDefinition, Report
     from evidently.metrics import ValueDrift
@@ -322,8 +397,9 @@ def performance_report(ref: pd.DataFrame, labelled: pd.DataFrame, spec: DatasetS
     if spec.is_classification:
         target_drift = ValueDrift(column=spec.label, method=cfg.cat_method, threshold=cfg.cat_threshold)
         dd = _definition(spec, classification=True)
-        dd = DataDefinition(categorical_columns=[spec.label], numerical_columns=[SCORE],
-                            classification=dd.classification)
+        dd = DataDefinition(
+            categorical_columns=[spec.label], numerical_columns=[SCORE], classification=dd.classification
+        )
         preset = ClassificationPreset()
         cur, ref = labelled[cols].copy(), ref[cols].copy()
         for f in (cur, ref):
@@ -334,12 +410,18 @@ def performance_report(ref: pd.DataFrame, labelled: pd.DataFrame, spec: DatasetS
         preset = RegressionPreset()
         cur, ref = labelled[cols], ref[cols]
     report = Report([target_drift, preset], include_tests=False)
-    return report.run(_dataset(cur, dd), _dataset(ref, dd), timestamp=timestamp, name=name,
-                      metadata={"report": "performance"})
+    return report.run(
+        _dataset(cur, dd), _dataset(ref, dd), timestamp=timestamp, name=name, metadata={"report": "performance"}
+    )
 
 
-def data_quality_report(cur: pd.DataFrame, spec: DatasetSpec, cfg: MonitoringConfig,
-                        timestamp: datetime | None = None, name: str | None = None) -> Any:
+def data_quality_report(
+    cur: pd.DataFrame,
+    spec: DatasetSpec,
+    cfg: MonitoringConfig,
+    timestamp: datetime | None = None,
+    name: str | None = None,
+) -> Any:
     """Nulls in required features, unknown categories and out-of-range values, each a test
     against `max_bad_fraction`; optional features are reported, not tested."""
     from evidently import Report
@@ -361,8 +443,9 @@ def data_quality_report(cur: pd.DataFrame, spec: DatasetSpec, cfg: MonitoringCon
             import pandas as pd
 
             frame[f.name] = pd.to_numeric(frame[f.name], errors="coerce")
-    return Report(metrics, include_tests=True).run(_dataset(frame, dd), None, timestamp=timestamp, name=name,
-                                                   metadata={"report": "data_quality"})
+    return Report(metrics, include_tests=True).run(
+        _dataset(frame, dd), None, timestamp=timestamp, name=name, metadata={"report": "data_quality"}
+    )
 
 
 def quality_numbers(snapshot_dict: dict[str, Any]) -> dict[str, Any]:
@@ -412,8 +495,15 @@ class WindowAnalysis:
         return sorted(c for c, v in self.drift["columns"].items() if v["drifted"])
 
 
-def analyse(ref: pd.DataFrame, cur: pd.DataFrame, labelled: pd.DataFrame, spec: DatasetSpec,
-            cfg: MonitoringConfig, timestamp: datetime | None = None, day: str = "") -> WindowAnalysis:
+def analyse(
+    ref: pd.DataFrame,
+    cur: pd.DataFrame,
+    labelled: pd.DataFrame,
+    spec: DatasetSpec,
+    cfg: MonitoringConfig,
+    timestamp: datetime | None = None,
+    day: str = "",
+) -> WindowAnalysis:
     """Every report and number for one window; `cur`/`ref` are sampled here with the recorded seed."""
     import numpy as np
 
@@ -437,27 +527,50 @@ def analyse(ref: pd.DataFrame, cur: pd.DataFrame, labelled: pd.DataFrame, spec: 
     drift["empty_columns"] = sorted(set(feats) - set(usable))
     pred = {"score": None, "drifted": False, "mean": None, "reference_mean": float(ref_s[SCORE].mean())}
     if SCORE in cur_s.columns and cur_s[SCORE].notna().any():
-        snaps["prediction_drift"] = prediction_drift_report(ref_s, cur_s.dropna(subset=[SCORE]), spec, cfg,
-                                                            timestamp, f"{day} prediction_drift")
+        snaps["prediction_drift"] = prediction_drift_report(
+            ref_s, cur_s.dropna(subset=[SCORE]), spec, cfg, timestamp, f"{day} prediction_drift"
+        )
         pd_d = drift_numbers(snaps["prediction_drift"].dict(), cfg)["columns"].get(SCORE, {})
-        pred = {"score": pd_d.get("score"), "drifted": bool(pd_d.get("drifted")), "method": pd_d.get("method"),
-                "threshold": pd_d.get("threshold"), "mean": float(cur_s[SCORE].mean()),
-                "reference_mean": float(ref_s[SCORE].mean())}
+        pred = {
+            "score": pd_d.get("score"),
+            "drifted": bool(pd_d.get("drifted")),
+            "method": pd_d.get("method"),
+            "threshold": pd_d.get("threshold"),
+            "mean": float(cur_s[SCORE].mean()),
+            "reference_mean": float(ref_s[SCORE].mean()),
+        }
     target, perf = None, {}
     lab_ok = lab_s.dropna(subset=[SCORE, spec.label]) if len(lab_s) else lab_s
     if len(lab_ok):
         y = lab_ok[spec.label].to_numpy()
-        perf = {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                for k, v in perf_metrics(y, np.asarray(lab_ok[SCORE], dtype=float), spec).items()}
+        perf = {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in perf_metrics(y, np.asarray(lab_ok[SCORE], dtype=float), spec).items()
+        }
         if len(lab_ok) >= 2:
             snaps["performance"] = performance_report(ref_s, lab_ok, spec, cfg, timestamp, f"{day} performance")
             td = drift_numbers(snaps["performance"].dict(), cfg)["columns"].get(spec.label, {})
-            target = {"score": td.get("score"), "drifted": bool(td.get("drifted")), "method": td.get("method"),
-                      "threshold": td.get("threshold"), "rate" if spec.is_classification else "mean": float(np.mean(y)),
-                      "reference": float(ref_s[spec.label].mean())}
-    return WindowAnalysis(rows=len(cur), rows_used=len(cur_s), reference_rows=len(ref), reference_rows_used=len(ref_s),
-                          drift=drift, prediction_drift=pred, labelled_rows=len(lab_ok), target_drift=target,
-                          performance=perf, data_quality=dq, snapshots=snaps)
+            target = {
+                "score": td.get("score"),
+                "drifted": bool(td.get("drifted")),
+                "method": td.get("method"),
+                "threshold": td.get("threshold"),
+                "rate" if spec.is_classification else "mean": float(np.mean(y)),
+                "reference": float(ref_s[spec.label].mean()),
+            }
+    return WindowAnalysis(
+        rows=len(cur),
+        rows_used=len(cur_s),
+        reference_rows=len(ref),
+        reference_rows_used=len(ref_s),
+        drift=drift,
+        prediction_drift=pred,
+        labelled_rows=len(lab_ok),
+        target_drift=target,
+        performance=perf,
+        data_quality=dq,
+        snapshots=snaps,
+    )
 
 
 # -- history: MLflow and the Evidently workspace --------------------------------------------------------
@@ -469,8 +582,14 @@ def _clean(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_./ " else "_" for ch in name)
 
 
-def log_history(settings: Settings, spec: DatasetSpec, interval: Interval, cfg: MonitoringConfig,
-                summary: dict[str, Any], analysis: WindowAnalysis) -> tuple[str, str]:
+def log_history(
+    settings: Settings,
+    spec: DatasetSpec,
+    interval: Interval,
+    cfg: MonitoringConfig,
+    summary: dict[str, Any],
+    analysis: WindowAnalysis,
+) -> tuple[str, str]:
     """One MLflow run per window (found again by its tag on a re-run); returns (run_id, experiment_id)."""
     from mlflow.entities import Metric, Param, RunTag
 
@@ -482,13 +601,17 @@ def log_history(settings: Settings, spec: DatasetSpec, interval: Interval, cfg: 
     # the same step and time would not be the one the UI shows.
     for old in client.search_runs([exp_id], f"tags.`mlops.window` = '{interval.key}'"):
         client.delete_run(old.info.run_id)
-    run_id = client.create_run(exp_id, run_name=f"{spec.name}-{summary['window']['day']}",
-                               start_time=int(interval.end.timestamp() * 1000)).info.run_id
+    run_id = client.create_run(
+        exp_id, run_name=f"{spec.name}-{summary['window']['day']}", start_time=int(interval.end.timestamp() * 1000)
+    ).info.run_id
     ts = int(interval.end.timestamp() * 1000)
     step = interval.end.toordinal()
     nums: dict[str, float | None] = {
-        "rows": analysis.rows, "rows_used": analysis.rows_used, "labelled_rows": analysis.labelled_rows,
-        "drift_share": analysis.drift["share"], "drifted_features": analysis.drift["count"],
+        "rows": analysis.rows,
+        "rows_used": analysis.rows_used,
+        "labelled_rows": analysis.labelled_rows,
+        "drift_share": analysis.drift["share"],
+        "drifted_features": analysis.drift["count"],
         "prediction_drift_score": analysis.prediction_drift.get("score"),
         "prediction_mean": analysis.prediction_drift.get("mean"),
         "target_drift_score": (analysis.target_drift or {}).get("score"),
@@ -498,18 +621,39 @@ def log_history(settings: Settings, spec: DatasetSpec, interval: Interval, cfg: 
     }
     nums.update({f"drift_{_clean(c)}": v["score"] for c, v in analysis.drift["columns"].items()})
     nums.update({f"perf_{k}": v for k, v in analysis.performance.items()})
-    metrics = [Metric(k, float(v), ts, step) for k, v in nums.items()
-               if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    params = [Param(k, str(v)) for k, v in {
-        "sample_rows": cfg.sample_rows, "sample_seed": cfg.sample_seed, "num_method": cfg.num_method,
-        "num_threshold": cfg.num_threshold, "cat_method": cfg.cat_method, "cat_threshold": cfg.cat_threshold,
-        "prediction_method": cfg.prediction_method, "label_lookback_days": cfg.label_lookback_days,
-        "champion_version": summary["champion"]["version"], "reference_rows": analysis.reference_rows}.items()]
-    tags = [RunTag(k, str(v)) for k, v in {
-        "mlops.window": interval.key, "mlops.window_day": summary["window"]["day"], "mlops.dataset": spec.name,
-        "mlops.champion_version": summary["champion"]["version"], "mlops.champion_run_id": summary["champion"]["run_id"],
-        "mlops.report_uri": summary["report_html"], "mlops.summary_uri": summary["summary_uri"],
-        "mlops.reference_uri": summary["reference_uri"]}.items()]
+    metrics = [
+        Metric(k, float(v), ts, step)
+        for k, v in nums.items()
+        if v is not None and not (isinstance(v, float) and math.isnan(v))
+    ]
+    params = [
+        Param(k, str(v))
+        for k, v in {
+            "sample_rows": cfg.sample_rows,
+            "sample_seed": cfg.sample_seed,
+            "num_method": cfg.num_method,
+            "num_threshold": cfg.num_threshold,
+            "cat_method": cfg.cat_method,
+            "cat_threshold": cfg.cat_threshold,
+            "prediction_method": cfg.prediction_method,
+            "label_lookback_days": cfg.label_lookback_days,
+            "champion_version": summary["champion"]["version"],
+            "reference_rows": analysis.reference_rows,
+        }.items()
+    ]
+    tags = [
+        RunTag(k, str(v))
+        for k, v in {
+            "mlops.window": interval.key,
+            "mlops.window_day": summary["window"]["day"],
+            "mlops.dataset": spec.name,
+            "mlops.champion_version": summary["champion"]["version"],
+            "mlops.champion_run_id": summary["champion"]["run_id"],
+            "mlops.report_uri": summary["report_html"],
+            "mlops.summary_uri": summary["summary_uri"],
+            "mlops.reference_uri": summary["reference_uri"],
+        }.items()
+    ]
     client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
     client.log_dict(run_id, summary, "monitoring/summary.json")
     client.set_terminated(run_id, "FINISHED", end_time=ts)
@@ -522,29 +666,60 @@ def _panels(spec: DatasetSpec) -> list[tuple[str, Any]]:
 
     from include.mlops.features import model_features
 
-    drift_share = line_plot_panel(title="Share of drifted features", values=[
-        PanelMetric(legend="share", metric="DriftedColumnsCount", metric_labels={"value_type": "share"})])
-    per_feature = line_plot_panel(title="Drift score per feature", values=[
-        PanelMetric(legend=c, metric="ValueDrift", metric_labels={"column": c}) for c in model_features(spec)])
-    prediction = line_plot_panel(title="Prediction drift (score)", values=[
-        PanelMetric(legend="drift score", metric="ValueDrift", metric_labels={"column": SCORE})], size="half")
-    pred_mean = line_plot_panel(title="Mean score", values=[
-        PanelMetric(legend="mean", metric="MeanValue", metric_labels={"column": SCORE})], size="half")
+    drift_share = line_plot_panel(
+        title="Share of drifted features",
+        values=[PanelMetric(legend="share", metric="DriftedColumnsCount", metric_labels={"value_type": "share"})],
+    )
+    per_feature = line_plot_panel(
+        title="Drift score per feature",
+        values=[PanelMetric(legend=c, metric="ValueDrift", metric_labels={"column": c}) for c in model_features(spec)],
+    )
+    prediction = line_plot_panel(
+        title="Prediction drift (score)",
+        values=[PanelMetric(legend="drift score", metric="ValueDrift", metric_labels={"column": SCORE})],
+        size="half",
+    )
+    pred_mean = line_plot_panel(
+        title="Mean score",
+        values=[PanelMetric(legend="mean", metric="MeanValue", metric_labels={"column": SCORE})],
+        size="half",
+    )
     if spec.is_classification:
         perf_metrics = [("ROC AUC", "RocAuc"), ("F1", "F1Score"), ("Accuracy", "Accuracy")]
     else:
         perf_metrics = [("RMSE", "RMSE"), ("MAE", "MAE"), ("R2", "R2Score")]
-    perf = line_plot_panel(title="Model quality on the labelled part", values=[
-        PanelMetric(legend=leg, metric=m) for leg, m in perf_metrics])
-    target = line_plot_panel(title="Target drift", values=[
-        PanelMetric(legend="drift score", metric="ValueDrift", metric_labels={"column": spec.label})], size="half")
-    rows = line_plot_panel(title="Rows in the window", values=[PanelMetric(legend="rows", metric="RowCount")],
-                           size="half")
-    missing = line_plot_panel(title="Missing share per required feature", values=[
-        PanelMetric(legend=f.name, metric="MissingValueCount", metric_labels={"column": f.name, "value_type": "share"})
-        for f in spec.features if f.required])
-    return [("Drift", drift_share), ("Drift", per_feature), ("Drift", prediction), ("Drift", pred_mean),
-            ("Performance", perf), ("Performance", target), ("Data quality", rows), ("Data quality", missing)]
+    perf = line_plot_panel(
+        title="Model quality on the labelled part",
+        values=[PanelMetric(legend=leg, metric=m) for leg, m in perf_metrics],
+    )
+    target = line_plot_panel(
+        title="Target drift",
+        values=[PanelMetric(legend="drift score", metric="ValueDrift", metric_labels={"column": spec.label})],
+        size="half",
+    )
+    rows = line_plot_panel(
+        title="Rows in the window", values=[PanelMetric(legend="rows", metric="RowCount")], size="half"
+    )
+    missing = line_plot_panel(
+        title="Missing share per required feature",
+        values=[
+            PanelMetric(
+                legend=f.name, metric="MissingValueCount", metric_labels={"column": f.name, "value_type": "share"}
+            )
+            for f in spec.features
+            if f.required
+        ],
+    )
+    return [
+        ("Drift", drift_share),
+        ("Drift", per_feature),
+        ("Drift", prediction),
+        ("Drift", pred_mean),
+        ("Performance", perf),
+        ("Performance", target),
+        ("Data quality", rows),
+        ("Data quality", missing),
+    ]
 
 
 def add_to_workspace(settings: Settings, spec: DatasetSpec, day: str, snapshots: dict[str, Any]) -> dict[str, str]:
@@ -563,7 +738,9 @@ def add_to_workspace(settings: Settings, spec: DatasetSpec, day: str, snapshots:
     if found:
         project = found[0]
     else:
-        project = ws.create_project(name, description=f"Monitoring of {spec.model_name}: one snapshot per report and window")
+        project = ws.create_project(
+            name, description=f"Monitoring of {spec.model_name}: one snapshot per report and window"
+        )
         for tab, panel in _panels(spec):
             project.dashboard.add_panel(panel, tab=tab)
         _dedupe_dashboard(ws, project)
@@ -601,8 +778,12 @@ def _dedupe_dashboard(ws: Any, project: Any) -> None:
 
 # -- the monitoring task ------------------------------------------------------------------------------
 def window_of(interval: Interval) -> dict[str, str]:
-    return {"start": interval.start.isoformat(), "end": interval.end.isoformat(), "day": interval.days[-1].isoformat(),
-            "key": interval.key}
+    return {
+        "start": interval.start.isoformat(),
+        "end": interval.end.isoformat(),
+        "day": interval.days[-1].isoformat(),
+        "key": interval.key,
+    }
 
 
 def report_prefix(spec: DatasetSpec, day: str) -> str:
@@ -611,8 +792,10 @@ def report_prefix(spec: DatasetSpec, day: str) -> str:
 
 def _save(store: ObjectStore, prefix: str, kind: str, snap: Any) -> dict[str, str]:
     html = snap.get_html_str(as_iframe=False)
-    return {"html": store.put_text(f"{prefix}/{kind}.html", html),
-            "json": store.put_text(f"{prefix}/{kind}.json", snap.json())}
+    return {
+        "html": store.put_text(f"{prefix}/{kind}.html", html),
+        "json": store.put_text(f"{prefix}/{kind}.json", snap.json()),
+    }
 
 
 def monitor(interval: Interval, spec_name: str | None = None, *, history: bool = True) -> dict[str, Any]:
@@ -643,16 +826,34 @@ def monitor(interval: Interval, spec_name: str | None = None, *, history: bool =
     lab_preds, _ = read_predictions(store, spec, lab_days)
     labels = read_labels(store, spec, first_event, interval.days[-1])
     labelled = join_labels(lab_preds, labels, spec)
-    base = {"dataset": spec.name, "spec": spec_name or spec.name, "window": window, "champion": asdict(champ),
-            "rows": len(cur), "labelled_rows": len(labelled), "prediction_objects": len(keys),
-            "sample": {"rows": cfg.sample_rows, "seed": cfg.sample_seed},
-            "labelled_event_days": [lab_days[0].isoformat(), lab_days[-1].isoformat()]}
+    base = {
+        "dataset": spec.name,
+        "spec": spec_name or spec.name,
+        "window": window,
+        "champion": asdict(champ),
+        "rows": len(cur),
+        "labelled_rows": len(labelled),
+        "prediction_objects": len(keys),
+        "sample": {"rows": cfg.sample_rows, "seed": cfg.sample_seed},
+        "labelled_event_days": [lab_days[0].isoformat(), lab_days[-1].isoformat()],
+    }
     store.delete_prefix(f"{prefix}/")
     if cur.empty:
         log.warning("no predictions logged for %s in window %s", spec.name, day)
-        summary = {**base, "rows_used": 0, "drift_share": 0.0, "drifted_features": [], "reports": {},
-                   "report_html": "", "data_quality": {"passed": True, "failures": []}, "performance": {},
-                   "reference_uri": "", "run_id": None, "experiment_id": None, "note": "no predictions in the window"}
+        summary = {
+            **base,
+            "rows_used": 0,
+            "drift_share": 0.0,
+            "drifted_features": [],
+            "reports": {},
+            "report_html": "",
+            "data_quality": {"passed": True, "failures": []},
+            "performance": {},
+            "reference_uri": "",
+            "run_id": None,
+            "experiment_id": None,
+            "note": "no predictions in the window",
+        }
         summary["summary_uri"] = store.put_json(f"{prefix}/summary.json", summary)
         return summary
 
@@ -667,8 +868,15 @@ def monitor(interval: Interval, spec_name: str | None = None, *, history: bool =
         "reference_rows_used": analysis.reference_rows_used,
         "drift_share": analysis.drift["share"],
         "drifted_features": analysis.drifted_features,
-        "feature_drift": {c: {"score": round(v["score"], 6), "drifted": v["drifted"], "method": v["method"],
-                              "threshold": v["threshold"]} for c, v in analysis.drift["columns"].items()},
+        "feature_drift": {
+            c: {
+                "score": round(v["score"], 6),
+                "drifted": v["drifted"],
+                "method": v["method"],
+                "threshold": v["threshold"],
+            }
+            for c, v in analysis.drift["columns"].items()
+        },
         "prediction_drift": analysis.prediction_drift,
         "target_drift": analysis.target_drift,
         "performance": analysis.performance,
@@ -685,17 +893,33 @@ def monitor(interval: Interval, spec_name: str | None = None, *, history: bool =
         except Exception as exc:  # the dashboard is a view; the reports and MLflow hold the record
             log.warning("could not add snapshots to the Evidently workspace: %s", exc)
     store.put_json(f"{prefix}/summary.json", summary)
-    log.info("window %s: %d rows (%d used, seed %d), drift share %.3f, drifted %s, labelled %d, perf %s, dq %s",
-             day, analysis.rows, analysis.rows_used, cfg.sample_seed, analysis.drift["share"],
-             analysis.drifted_features, analysis.labelled_rows, analysis.performance,
-             "passed" if analysis.data_quality["passed"] else analysis.data_quality["failures"])
+    log.info(
+        "window %s: %d rows (%d used, seed %d), drift share %.3f, drifted %s, labelled %d, perf %s, dq %s",
+        day,
+        analysis.rows,
+        analysis.rows_used,
+        cfg.sample_seed,
+        analysis.drift["share"],
+        analysis.drifted_features,
+        analysis.labelled_rows,
+        analysis.performance,
+        "passed" if analysis.data_quality["passed"] else analysis.data_quality["failures"],
+    )
     return summary
 
 
 # -- simulated prediction logs (tests, benchmarks, the demo) ---------------------------------------------
-def simulate_predictions(spec: DatasetSpec, model: Any, day: date, scenario: Any = None, rows: int | None = None,
-                         seed: int | None = None, version: str = "1", variant: str = "champion",
-                         with_event_time: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def simulate_predictions(
+    spec: DatasetSpec,
+    model: Any,
+    day: date,
+    scenario: Any = None,
+    rows: int | None = None,
+    seed: int | None = None,
+    version: str = "1",
+    variant: str = "champion",
+    with_event_time: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A day of the generator scored by `model`, in the prediction-log layout; (log, labels)."""
     import numpy as np
     import pandas as pd
@@ -723,8 +947,9 @@ def simulate_predictions(spec: DatasetSpec, model: Any, day: date, scenario: Any
     return out, labels
 
 
-def write_prediction_log(store: ObjectStore, spec: DatasetSpec, day: date, log_df: pd.DataFrame,
-                         source: str = "online", part: str = "part-0") -> str:
+def write_prediction_log(
+    store: ObjectStore, spec: DatasetSpec, day: date, log_df: pd.DataFrame, source: str = "online", part: str = "part-0"
+) -> str:
     """Write a frame where the scoring service (online) or batch scoring would."""
     if source == "batch":
         return store.put_parquet(f"{batch_prefix(spec, day)}predictions.parquet", log_df)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -99,20 +99,31 @@ def validate(interval: Interval, spec_name: str | None = None) -> dict[str, Any]
         df = store.get_parquet(staging_key(spec, day))
         outcome = validate_frame(df, spec)
         base = f"reports/validation/{spec.name}/dt={day.isoformat()}"
-        report_uri = store.put_json(f"{base}/validation.json", {**outcome.summary(), "failures": outcome.failures,
-                                                                "warnings_detail": outcome.warnings, "gx_result": outcome.result})
+        report_uri = store.put_json(
+            f"{base}/validation.json",
+            {
+                **outcome.summary(),
+                "failures": outcome.failures,
+                "warnings_detail": outcome.warnings,
+                "gx_result": outcome.result,
+            },
+        )
         store.put_text(f"{base}/validation.html", render_html(outcome, f"{spec.name} batch {day}"))
         reports.append(report_uri)
         rows += outcome.rows
         for w in outcome.warnings:
-            log.warning("value skew on %s (recorded, not blocking): %s unexpected=%s", day, w["label"], w["unexpected_count"])
+            log.warning(
+                "value skew on %s (recorded, not blocking): %s unexpected=%s", day, w["label"], w["unexpected_count"]
+            )
             warnings.append(f"{day}: {w['label']}")
         qprefix = f"quarantine/{spec.name}/dt={day.isoformat()}"
         if not outcome.success:
             store.delete_prefix(f"{qprefix}/")
             store.copy(events_key(spec, day), f"{qprefix}/events.parquet")
-            store.put_json(f"{qprefix}/validation.json", {**outcome.summary(), "failures": outcome.failures,
-                                                           "gx_result": outcome.result})
+            store.put_json(
+                f"{qprefix}/validation.json",
+                {**outcome.summary(), "failures": outcome.failures, "gx_result": outcome.result},
+            )
             # downstream steps must never see the bad batch
             store.delete_prefix(f"staging/{spec.name}/events/dt={day.isoformat()}/")
             store.delete_prefix(f"features/{spec.name}/part-{day.isoformat()}.parquet")
@@ -181,8 +192,9 @@ def _pinned_requirements() -> list[str]:
     return out
 
 
-def train(interval: Interval, lineage: dict[str, str], spec_name: str | None = None,
-          window_days: int | None = None) -> dict[str, Any]:
+def train(
+    interval: Interval, lineage: dict[str, str], spec_name: str | None = None, window_days: int | None = None
+) -> dict[str, Any]:
     """Point-in-time training set from Feast, time split, budgeted search, logged to MLflow.
 
     Idempotent: a FINISHED run with the same interval and training-data hash is reused.
@@ -219,31 +231,69 @@ def train(interval: Interval, lineage: dict[str, str], spec_name: str | None = N
     if prior:
         run = prior[0]
         log.info("reusing run %s: same interval %s and data hash %s", run.info.run_id, interval.key, digest)
-        return {"run_id": run.info.run_id, "model_uri": run.data.tags["mlops.model_uri"], "data_hash": digest,
-                "rows": rows, "train_uri": store.uri(f"{base}/train.parquet"),
-                "holdout_uri": store.uri(f"{base}/holdout.parquet"), "reused": True, "experiment_id": exp_id}
+        return {
+            "run_id": run.info.run_id,
+            "model_uri": run.data.tags["mlops.model_uri"],
+            "data_hash": digest,
+            "rows": rows,
+            "train_uri": store.uri(f"{base}/train.parquet"),
+            "holdout_uri": store.uri(f"{base}/holdout.parquet"),
+            "reused": True,
+            "experiment_id": exp_id,
+        }
 
     train_uri = store.put_parquet(f"{base}/train.parquet", train_df)
     holdout_uri = store.put_parquet(f"{base}/holdout.parquet", holdout)
     model, result = T.fit(spec, train_df)
     X = train_df[F.model_features(spec)]
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{spec.name}-{interval.key}") as run:
-        mlflow.set_tags({**lineage, "mlops.interval": interval.key, "mlops.data_hash": digest,
-                         "mlops.train_uri": train_uri, "mlops.holdout_uri": holdout_uri, "mlops.dataset": spec.name})
-        mlflow.log_params({"family": spec.section("model").get("family"), "window_days": window,
-                           **{f"best.{k}": v for k, v in result.best_params.items()},
-                           "search.candidates": len(result.candidates), "search.stopped_by_budget": result.stopped_by_budget})
-        mlflow.log_metrics({f"cv_{result.scoring}": result.best_score, "search_seconds": result.seconds,
-                            **{f"rows_{k}": v for k, v in rows.items()}})
+        mlflow.set_tags(
+            {
+                **lineage,
+                "mlops.interval": interval.key,
+                "mlops.data_hash": digest,
+                "mlops.train_uri": train_uri,
+                "mlops.holdout_uri": holdout_uri,
+                "mlops.dataset": spec.name,
+            }
+        )
+        mlflow.log_params(
+            {
+                "family": spec.section("model").get("family"),
+                "window_days": window,
+                **{f"best.{k}": v for k, v in result.best_params.items()},
+                "search.candidates": len(result.candidates),
+                "search.stopped_by_budget": result.stopped_by_budget,
+            }
+        )
+        mlflow.log_metrics(
+            {
+                f"cv_{result.scoring}": result.best_score,
+                "search_seconds": result.seconds,
+                **{f"rows_{k}": v for k, v in rows.items()},
+            }
+        )
         for i, c in enumerate(result.candidates):
             mlflow.log_metric(f"cv_candidate_{result.scoring}", c["mean"], step=i)
         mlflow.log_dict({"scoring": result.scoring, "candidates": result.candidates}, "search/cv_results.json")
-        mlflow.log_input(mlflow.data.from_pandas(train_df, source=train_uri, name=f"{spec.name}-train-{interval.key}",
-                                                 targets=spec.label, digest=digest), context="training")
+        mlflow.log_input(
+            mlflow.data.from_pandas(
+                train_df, source=train_uri, name=f"{spec.name}-train-{interval.key}", targets=spec.label, digest=digest
+            ),
+            context="training",
+        )
         info = log_model(model, spec, X)
         mlflow.set_tag("mlops.model_uri", info.model_uri)
-    return {"run_id": run.info.run_id, "model_uri": info.model_uri, "data_hash": digest, "rows": rows,
-            "train_uri": train_uri, "holdout_uri": holdout_uri, "reused": False, "experiment_id": exp_id}
+    return {
+        "run_id": run.info.run_id,
+        "model_uri": info.model_uri,
+        "data_hash": digest,
+        "rows": rows,
+        "train_uri": train_uri,
+        "holdout_uri": holdout_uri,
+        "reused": False,
+        "experiment_id": exp_id,
+    }
 
 
 def log_model(model: Any, spec: DatasetSpec, X: pd.DataFrame) -> Any:
@@ -318,18 +368,39 @@ def evaluate(train_out: dict[str, Any], spec_name: str | None = None) -> dict[st
     for k, v in (champ_metrics or {}).items():
         client.log_metric(run_id, f"champion_holdout_{k}", v)
     client.log_text(run_id, table + f"\n{champ_note}\n", "evaluation/gate.txt")
-    client.log_dict(run_id, {**decision.to_dict(), "challenger": ch_metrics, "champion": champ_metrics,
-                             "champion_version": champ_version, "slices": ch_slices,
-                             "champion_slices": champ_slices}, "evaluation/gate.json")
+    client.log_dict(
+        run_id,
+        {
+            **decision.to_dict(),
+            "challenger": ch_metrics,
+            "champion": champ_metrics,
+            "champion_version": champ_version,
+            "slices": ch_slices,
+            "champion_slices": champ_slices,
+        },
+        "evaluation/gate.json",
+    )
     client.set_tag(run_id, "mlops.gate", "passed" if decision.passed else "failed")
     plots.log_evaluation_plots(client, run_id, spec, challenger, holdout, scores)
-    return {"passed": decision.passed, "reasons": decision.reasons, "metrics": ch_metrics,
-            "champion_metrics": champ_metrics, "champion_version": champ_version, "nan_predictions": nan_preds}
+    return {
+        "passed": decision.passed,
+        "reasons": decision.reasons,
+        "metrics": ch_metrics,
+        "champion_metrics": champ_metrics,
+        "champion_version": champ_version,
+        "nan_predictions": nan_preds,
+    }
 
 
 # -- register -----------------------------------------------------------------------------------
-def register(train_out: dict[str, Any], eval_out: dict[str, Any], validate_out: dict[str, Any] | None,
-             lineage: dict[str, str], interval: Interval, spec_name: str | None = None) -> dict[str, Any]:
+def register(
+    train_out: dict[str, Any],
+    eval_out: dict[str, Any],
+    validate_out: dict[str, Any] | None,
+    lineage: dict[str, str],
+    interval: Interval,
+    spec_name: str | None = None,
+) -> dict[str, Any]:
     """A model version tagged with its lineage, alias `challenger`; one version per run."""
     from include.mlops.registry import register as reg
     from include.mlops.registry import setup_mlflow
@@ -348,13 +419,24 @@ def register(train_out: dict[str, Any], eval_out: dict[str, Any], validate_out: 
     }
     tags = {k: str(v) for k, v in tags.items()}
     version, created = reg(client, spec.model_name, train_out["model_uri"], train_out["run_id"], tags)
-    log.info("%s version %s %s (alias challenger)", spec.model_name, version, "registered" if created else "already registered")
+    log.info(
+        "%s version %s %s (alias challenger)",
+        spec.model_name,
+        version,
+        "registered" if created else "already registered",
+    )
     return {"model": spec.model_name, "version": version, "created": created, "run_id": train_out["run_id"]}
 
 
 # -- deploy (promotion) -------------------------------------------------------------------------
-def promote(reg_out: dict[str, Any], eval_out: dict[str, Any], run_id: str, dag_id: str,
-            strategy: str = "direct", spec_name: str | None = None) -> dict[str, Any]:
+def promote(
+    reg_out: dict[str, Any],
+    eval_out: dict[str, Any],
+    run_id: str,
+    dag_id: str,
+    strategy: str = "direct",
+    spec_name: str | None = None,
+) -> dict[str, Any]:
     """Move `champion` if the gate passed; otherwise keep it and say why (not a failure)."""
     from include.mlops.registry import CHAMPION, alias_version, move_champion, setup_mlflow
 
@@ -365,13 +447,25 @@ def promote(reg_out: dict[str, Any], eval_out: dict[str, Any], run_id: str, dag_
         msg = "not promoted: " + "; ".join(eval_out["reasons"])
         log.info("%s (champion stays v%s)", msg, alias_version(client, model, CHAMPION))
         return {"promoted": False, "message": msg, "champion": alias_version(client, model, CHAMPION)}
-    entry = move_champion(client, store, model, version, action="promote", strategy=strategy,
-                          reason="gate passed: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_out["metrics"].items()),
-                          run_id=run_id, dag_id=dag_id)
+    entry = move_champion(
+        client,
+        store,
+        model,
+        version,
+        action="promote",
+        strategy=strategy,
+        reason="gate passed: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_out["metrics"].items()),
+        run_id=run_id,
+        dag_id=dag_id,
+    )
     if entry is None:
         msg = f"v{version} already champion"
     else:
         msg = f"promoted v{version} to champion (previous: v{entry.from_version})"
     log.info(msg)
-    return {"promoted": entry is not None, "message": msg, "champion": version,
-            "previous": entry.from_version if entry else None}
+    return {
+        "promoted": entry is not None,
+        "message": msg,
+        "champion": version,
+        "previous": entry.from_version if entry else None,
+    }

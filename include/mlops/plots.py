@@ -10,8 +10,9 @@ if TYPE_CHECKING:
     from include.mlops.spec import DatasetSpec
 
 
-def log_evaluation_plots(client: Any, run_id: str, spec: DatasetSpec, model: Any, holdout: pd.DataFrame,
-                         scores: Any, max_rows: int = 1000) -> list[str]:
+def log_evaluation_plots(
+    client: Any, run_id: str, spec: DatasetSpec, model: Any, holdout: pd.DataFrame, scores: Any, max_rows: int = 1000
+) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,13 +55,18 @@ def log_evaluation_plots(client: Any, run_id: str, spec: DatasetSpec, model: Any
 
     sample = holdout.sample(n=min(max_rows, len(holdout)), random_state=0)
     feats = model_features(spec)
-    imp = permutation_importance(model, sample[feats], sample[spec.label], scoring=scoring, n_repeats=2,
-                                 random_state=0, n_jobs=1)
+    imp = permutation_importance(
+        model, sample[feats], sample[spec.label], scoring=scoring, n_repeats=2, random_state=0, n_jobs=1
+    )
     order = np.argsort(imp.importances_mean)
     fig, ax = plt.subplots(figsize=(6, max(3, 0.25 * len(feats))))
     ax.barh(np.array(feats)[order], imp.importances_mean[order], xerr=imp.importances_std[order])
     ax.set_xlabel(f"permutation importance ({scoring} drop)")
     fig.tight_layout()
     save(fig, "feature_importance.png")
-    client.log_dict(run_id, {f: float(v) for f, v in zip(feats, imp.importances_mean)}, "evaluation/feature_importance.json")
+    client.log_dict(
+        run_id,
+        {f: float(v) for f, v in zip(feats, imp.importances_mean, strict=False)},
+        "evaluation/feature_importance.json",
+    )
     return names

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -118,8 +118,18 @@ def read_ledger(store: ObjectStore, model: str) -> list[dict[str, Any]]:
     return [store.get_json(k) for k in store.list(ledger_prefix(model)) if k.endswith(".json")]
 
 
-def move_champion(client: Any, store: ObjectStore, model: str, to_version: str, *, action: str, reason: str,
-                  run_id: str, dag_id: str = "", strategy: str = "direct") -> LedgerEntry | None:
+def move_champion(
+    client: Any,
+    store: ObjectStore,
+    model: str,
+    to_version: str,
+    *,
+    action: str,
+    reason: str,
+    run_id: str,
+    dag_id: str = "",
+    strategy: str = "direct",
+) -> LedgerEntry | None:
     """Point `champion` at a version, keep the old one as `previous`, and record the move.
 
     Returns None (and records nothing) when `to_version` already is the champion, so re-runs
@@ -132,9 +142,15 @@ def move_champion(client: Any, store: ObjectStore, model: str, to_version: str, 
     if current is not None:
         client.set_registered_model_alias(model, PREVIOUS, current)
     entry = LedgerEntry(
-        at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        model=model, action=action, from_version=current, to_version=str(to_version),
-        reason=reason, run_id=run_id, dag_id=dag_id, strategy=strategy,
+        at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        model=model,
+        action=action,
+        from_version=current,
+        to_version=str(to_version),
+        reason=reason,
+        run_id=run_id,
+        dag_id=dag_id,
+        strategy=strategy,
     )
     write_ledger(store, entry)
     client.set_model_version_tag(model, str(to_version), "mlops.last_promoted_at", entry.at)

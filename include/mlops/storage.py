@@ -48,7 +48,7 @@ class ObjectStore:
         root = self.root.rstrip("/") + "/"
         if not uri.startswith(root):
             raise ValueError(f"{uri} is not under {self.root}")
-        return uri[len(root):]
+        return uri[len(root) :]
 
     def _s3(self) -> Any:
         import boto3
@@ -109,7 +109,7 @@ class ObjectStore:
             _, root_prefix = self._bucket_key("")
             keys: list[str] = []
             for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=k):
-                keys.extend(o["Key"][len(root_prefix):] for o in page.get("Contents", []))
+                keys.extend(o["Key"][len(root_prefix) :] for o in page.get("Contents", []))
             return sorted(keys)
         base = self._local(prefix)
         if base.is_file():
@@ -117,9 +117,7 @@ class ObjectStore:
         if not base.exists():
             return []
         root = self._local("")
-        return sorted(
-            str(p.relative_to(root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")
-        )
+        return sorted(str(p.relative_to(root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)

@@ -94,7 +94,13 @@ def build_pipeline(spec: DatasetSpec, params: dict[str, Any] | None = None) -> A
     pre = ColumnTransformer(
         [
             ("num", Pipeline(num_steps), numeric),
-            ("cat", Pipeline([("impute", SimpleImputer(strategy="constant", fill_value="__missing__")), ("encode", cat_enc)]), categorical),
+            (
+                "cat",
+                Pipeline(
+                    [("impute", SimpleImputer(strategy="constant", fill_value="__missing__")), ("encode", cat_enc)]
+                ),
+                categorical,
+            ),
         ],
         verbose_feature_names_out=False,
     )
@@ -132,7 +138,14 @@ def search(spec: DatasetSpec, X: pd.DataFrame, y: pd.Series, seed: int = 0) -> S
             stopped = True
             break
         scores = cross_val_score(build_pipeline(spec, params), X, y, cv=cv, scoring=scoring, n_jobs=1)
-        tried.append({"params": params, "mean": float(scores.mean()), "std": float(scores.std()), "folds": [float(s) for s in scores]})
+        tried.append(
+            {
+                "params": params,
+                "mean": float(scores.mean()),
+                "std": float(scores.std()),
+                "folds": [float(s) for s in scores],
+            }
+        )
     best = max(tried, key=lambda c: c["mean"])
     return SearchResult(best["params"], best["mean"], scoring, tried, stopped, time.perf_counter() - t0)
 

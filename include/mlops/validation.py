@@ -17,7 +17,20 @@ if TYPE_CHECKING:
 
     from include.mlops.spec import DatasetSpec
 
-INT_TYPES = ["int8", "int16", "int32", "int64", "Int8", "Int16", "Int32", "Int64", "uint8", "uint16", "uint32", "uint64"]
+INT_TYPES = [
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "Int8",
+    "Int16",
+    "Int32",
+    "Int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+]
 FLOAT_TYPES = ["float16", "float32", "float64", "Float32", "Float64"]
 TEXT_TYPES = ["object", "str", "string", "category"]
 
@@ -100,7 +113,9 @@ def validate_frame(df: pd.DataFrame, spec: DatasetSpec) -> ValidationOutcome:
     suite = ctx.suites.add(gx.ExpectationSuite(name=f"{spec.name}_contract"))
     for exp in build_expectations(spec):
         suite.add_expectation(exp)
-    vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{spec.name}_validation", data=batch_def, suite=suite))
+    vd = ctx.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{spec.name}_validation", data=batch_def, suite=suite)
+    )
     result = vd.run(batch_parameters={"dataframe": df}, result_format="SUMMARY")
 
     failures, warnings = [], []
@@ -136,12 +151,25 @@ def render_html(outcome: ValidationOutcome, title: str) -> str:
     color = "#1a7f37" if outcome.success else "#cf222e"
 
     def rows(items: list[dict[str, Any]]) -> str:
-        return "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in
-                             (i["severity"], i["label"], i.get("unexpected_count"), i.get("observed"), ", ".join(i["sample"]), i.get("error") or ""))
-            + "</tr>"
-            for i in items
-        ) or "<tr><td colspan=6>none</td></tr>"
+        return (
+            "".join(
+                "<tr>"
+                + "".join(
+                    f"<td>{html.escape(str(v))}</td>"
+                    for v in (
+                        i["severity"],
+                        i["label"],
+                        i.get("unexpected_count"),
+                        i.get("observed"),
+                        ", ".join(i["sample"]),
+                        i.get("error") or "",
+                    )
+                )
+                + "</tr>"
+                for i in items
+            )
+            or "<tr><td colspan=6>none</td></tr>"
+        )
 
     head = "<tr><th>severity</th><th>expectation</th><th>unexpected</th><th>observed</th><th>sample</th><th>error</th></tr>"
     all_rows = "".join(

@@ -29,9 +29,16 @@ class MonitoringOperator(_IntervalOperator):
             out = monitor(self.interval, self.dataset or None)
         except NoChampion as exc:
             raise AirflowSkipException(str(exc)) from exc
-        self.log.info("%d rows (%d used, seed %s); drift share %.3f; drifted %s; %d labelled; performance %s",
-                      out["rows"], out.get("rows_used", 0), out["sample"]["seed"], out["drift_share"],
-                      out["drifted_features"], out["labelled_rows"], out.get("performance"))
+        self.log.info(
+            "%d rows (%d used, seed %s); drift share %.3f; drifted %s; %d labelled; performance %s",
+            out["rows"],
+            out.get("rows_used", 0),
+            out["sample"]["seed"],
+            out["drift_share"],
+            out["drifted_features"],
+            out["labelled_rows"],
+            out.get("performance"),
+        )
         if not out["data_quality"]["passed"]:
             for f in out["data_quality"]["failures"]:
                 self.log.warning("data quality: %s share %.4f", f["check"], f["share"])

@@ -45,7 +45,9 @@ class MlopsNotifier(BaseNotifier):
 
     template_fields = ("webhook_conn_id", "smtp_conn_id")
 
-    def __init__(self, *, webhook_conn_id: str | None = WEBHOOK_CONN_ID, smtp_conn_id: str | None = SMTP_CONN_ID) -> None:
+    def __init__(
+        self, *, webhook_conn_id: str | None = WEBHOOK_CONN_ID, smtp_conn_id: str | None = SMTP_CONN_ID
+    ) -> None:
         super().__init__()
         self.webhook_conn_id = webhook_conn_id
         self.smtp_conn_id = smtp_conn_id
@@ -93,7 +95,9 @@ class MlopsNotifier(BaseNotifier):
             return
         url, smtp = self.channels()
         if not url and not smtp:
-            self.log.info("alert %r not sent: no %s or %s connection", alert.title, self.webhook_conn_id, self.smtp_conn_id)
+            self.log.info(
+                "alert %r not sent: no %s or %s connection", alert.title, self.webhook_conn_id, self.smtp_conn_id
+            )
             return
         result = dispatch(alert, url, smtp)
         self.log.info("alert %r: %s", alert.title, result)
@@ -113,9 +117,16 @@ class TaskFailureNotifier(MlopsNotifier):
         model = None
         if rollback or params.get("dataset"):
             model = f"{params.get('dataset') or ''}".rsplit("/", 1)[-1].removesuffix(".yaml") + "_model"
-        return failure_alert(ti.dag_id, ti.task_id, ti.run_id, error, model=model,
-                             links={"Airflow task log": self.log_url(context)}, rollback=rollback,
-                             try_number=getattr(ti, "try_number", None))
+        return failure_alert(
+            ti.dag_id,
+            ti.task_id,
+            ti.run_id,
+            error,
+            model=model,
+            links={"Airflow task log": self.log_url(context)},
+            rollback=rollback,
+            try_number=getattr(ti, "try_number", None),
+        )
 
 
 class DriftDecisionNotifier(MlopsNotifier):
@@ -127,8 +138,11 @@ class DriftDecisionNotifier(MlopsNotifier):
         value = self.task_value(context)
         if not value.get("alert"):
             return None
-        links = {"Airflow task log": self.log_url(context), "drift report": value.get("report_html") or "",
-                 "MLflow monitoring run": _mlflow_run_url(value)}
+        links = {
+            "Airflow task log": self.log_url(context),
+            "drift report": value.get("report_html") or "",
+            "MLflow monitoring run": _mlflow_run_url(value),
+        }
         if value.get("quarantine_uri"):
             links["quarantine"] = value["quarantine_uri"]
         return drift_alert(value, links, self.source(context))
@@ -161,8 +175,13 @@ class RollbackNotifier(MlopsNotifier):
         value = self.task_value(context)
         if not value.get("changed"):
             return None
-        return Alert(event="rollback", title=f"{value.get('model')}: rolled back from v{value.get('from_version')} "
-                                             f"to v{value.get('to_version')}",
-                     severity="critical", model=value.get("model"), decision=str(value.get("message", "")),
-                     numbers={"from version": value.get("from_version"), "to version": value.get("to_version")},
-                     links={"Airflow task log": self.log_url(context)}, source=self.source(context))
+        return Alert(
+            event="rollback",
+            title=f"{value.get('model')}: rolled back from v{value.get('from_version')} to v{value.get('to_version')}",
+            severity="critical",
+            model=value.get("model"),
+            decision=str(value.get("message", "")),
+            numbers={"from version": value.get("from_version"), "to version": value.get("to_version")},
+            links={"Airflow task log": self.log_url(context)},
+            source=self.source(context),
+        )

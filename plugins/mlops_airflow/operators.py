@@ -36,9 +36,14 @@ def _interval(start: Any, end: Any) -> Any:
 class _IntervalOperator(BaseOperator):
     template_fields = ("dataset", "data_interval_start", "data_interval_end")
 
-    def __init__(self, *, dataset: str | None = "{{ params.dataset or '' }}",
-                 data_interval_start: str = "{{ data_interval_start }}",
-                 data_interval_end: str = "{{ data_interval_end }}", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        dataset: str | None = "{{ params.dataset or '' }}",
+        data_interval_start: str = "{{ data_interval_start }}",
+        data_interval_end: str = "{{ data_interval_end }}",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.dataset = dataset
         self.data_interval_start = data_interval_start
@@ -91,8 +96,14 @@ class MlflowRegisterOperator(_IntervalOperator):
     ui_color = "#e8f5e9"
     operator_extra_links = (MlflowRunLink(), MlflowModelVersionLink())
 
-    def __init__(self, *, train_task_id: str = "train", evaluate_task_id: str = "evaluate",
-                 validate_task_id: str = "validate", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        train_task_id: str = "train",
+        evaluate_task_id: str = "evaluate",
+        validate_task_id: str = "validate",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.train_task_id = train_task_id
         self.evaluate_task_id = evaluate_task_id
@@ -121,9 +132,15 @@ class MlflowPromoteOperator(BaseOperator):
     ui_color = "#e8f5e9"
     operator_extra_links = (MlflowRunLink(), MlflowModelVersionLink())
 
-    def __init__(self, *, dataset: str | None = "{{ params.dataset or '' }}",
-                 strategy: str | None = "{{ params.deploy_strategy or '' }}",
-                 register_task_id: str = "register", evaluate_task_id: str = "evaluate", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        dataset: str | None = "{{ params.dataset or '' }}",
+        strategy: str | None = "{{ params.deploy_strategy or '' }}",
+        register_task_id: str = "register",
+        evaluate_task_id: str = "evaluate",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.dataset = dataset
         self.strategy = strategy
@@ -138,13 +155,24 @@ class MlflowPromoteOperator(BaseOperator):
         eval_out = ti.xcom_pull(task_ids=self.evaluate_task_id)
         dag_run = context["dag_run"]
         try:
-            out = deployment.rollout(reg_out, eval_out, dag_run.run_id, dag_run.dag_id,
-                                     strategy=self.strategy or None, spec_name=self.dataset or None)
+            out = deployment.rollout(
+                reg_out,
+                eval_out,
+                dag_run.run_id,
+                dag_run.dag_id,
+                strategy=self.strategy or None,
+                spec_name=self.dataset or None,
+            )
         except deployment.DeploymentCheckFailed as exc:
             raise PromotionError(str(exc)) from exc
         self.log.info("%s", out["message"])
-        return {**out, "model": reg_out["model"], "version": reg_out["version"], "run_id": reg_out["run_id"],
-                "experiment_id": reg_out.get("experiment_id")}
+        return {
+            **out,
+            "model": reg_out["model"],
+            "version": reg_out["version"],
+            "run_id": reg_out["run_id"],
+            "experiment_id": reg_out.get("experiment_id"),
+        }
 
 
 def lineage(context: Any) -> dict[str, str]:

@@ -11,8 +11,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted(p.name for p in (ROOT / "dags").glob("*.py") if not p.name.startswith("_"))
-HEAVY = ["pandas", "numpy", "sklearn", "mlflow", "feast", "great_expectations", "evidently", "boto3", "scipy",
-         "pyarrow", "matplotlib", "fastapi"]
+HEAVY = [
+    "pandas",
+    "numpy",
+    "sklearn",
+    "mlflow",
+    "feast",
+    "great_expectations",
+    "evidently",
+    "boto3",
+    "scipy",
+    "pyarrow",
+    "matplotlib",
+    "fastapi",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +44,9 @@ def test_every_dag_is_documented_tagged_and_retried(dagbag):
         assert dag.tags, f"{dag_id} has no tags"
         assert dag.doc_md and len(dag.doc_md) > 100, f"{dag_id} has no documentation"
         for task in dag.tasks:
-            assert task.retries >= 2 or task.task_id in getattr(dag, "no_retry_tasks", ()), f"{dag_id}.{task.task_id} retries < 2"
+            assert task.retries >= 2 or task.task_id in getattr(dag, "no_retry_tasks", ()), (
+                f"{dag_id}.{task.task_id} retries < 2"
+            )
             assert task.owner and task.owner != "airflow", f"{dag_id}.{task.task_id} has no owner"
 
 
@@ -40,7 +54,7 @@ def test_ml_training_shape(dagbag):
     dag = dagbag.get_dag("ml_training")
     chain = ["extract", "validate", "prepare", "train", "evaluate", "register", "deploy"]
     assert set(chain) <= set(dag.task_ids)
-    for up, down in zip(chain, chain[1:]):
+    for up, down in zip(chain, chain[1:], strict=False):
         assert down in dag.get_task(up).downstream_task_ids, f"{up} -> {down}"
 
 
@@ -86,6 +100,11 @@ def test_parsing_is_light_and_touches_no_connections_or_variables(airflow_db):
 
 def test_list_import_errors_cli_agrees(airflow_db):
     exe = Path(sys.executable).with_name("airflow")
-    out = subprocess.run([str(exe), "dags", "list-import-errors", "-l", "-o", "json"], capture_output=True, text=True,
-                         env={**airflow_db}, timeout=300)
+    out = subprocess.run(
+        [str(exe), "dags", "list-import-errors", "-l", "-o", "json"],
+        capture_output=True,
+        text=True,
+        env={**airflow_db},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]

@@ -76,8 +76,16 @@ def test_first_run_registers_and_promotes_with_lineage(training_dag, file_home):
     assert [str(v.version) for v in versions] == ["1"]
     assert _aliases(client, spec.model_name) == {"champion": "1", "challenger": "1", "previous": None}
     tags = versions[0].tags
-    for key in ("data_interval", "data_hash", "gx_result_uri", "feast_feature_service", "airflow.dag_id",
-                "airflow.run_id", "git_commit", "rows"):
+    for key in (
+        "data_interval",
+        "data_hash",
+        "gx_result_uri",
+        "feast_feature_service",
+        "airflow.dag_id",
+        "airflow.run_id",
+        "git_commit",
+        "rows",
+    ):
         assert tags.get(key), key
     assert tags["airflow.run_id"] == run.run_id and tags["feast_feature_service"] == spec.feature_service_name
     assert tags["gx_result_uri"].endswith("validation.json")
@@ -115,7 +123,9 @@ def test_rejected_challenger_is_not_promoted_and_run_succeeds(training_dag, file
     strict["gate"]["minimums"] = {"roc_auc": 0.999}
     strict_path = tmp_path / "churn.yaml"
     strict_path.write_text(yaml.safe_dump(strict))
-    run, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=INGEST_DAYS + 1), dataset=str(strict_path), train=True)
+    run, tis = run_dag_day(
+        training_dag, DEMO_START + timedelta(days=INGEST_DAYS + 1), dataset=str(strict_path), train=True
+    )
     assert _state(tis["deploy"]) == "success"
     out = tis["deploy"].xcom_pull(task_ids="deploy")
     assert out["message"].startswith("not promoted: minimum roc_auc")
@@ -198,7 +208,11 @@ def test_ml_training_on_s3(training_dag, moto_server, tmp_path_factory):
         assert {t: _state(ti) for t, ti in tis.items()} == {t: "success" for t in tis}
         assert _aliases(_client(), spec.model_name)["champion"] == "1"
         s3 = boto3.client("s3", endpoint_url=moto_server)
-        keys = [o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket="mlops-it") for o in p.get("Contents", [])]
+        keys = [
+            o["Key"]
+            for p in s3.get_paginator("list_objects_v2").paginate(Bucket="mlops-it")
+            for o in p.get("Contents", [])
+        ]
         assert any(k.startswith("store/staging/churn/") for k in keys)
         assert any(k.startswith("store/features/churn/part-") for k in keys)
         assert any(k.startswith("store/reports/validation/") and k.endswith(".html") for k in keys)

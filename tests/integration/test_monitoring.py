@@ -37,8 +37,10 @@ def clone_home(src: Path, dst: Path) -> None:
     for (table,) in con.execute("select name from sqlite_master where type='table'").fetchall():
         for col in con.execute(f"pragma table_info('{table}')").fetchall():
             if "CHAR" in col[2].upper() or "TEXT" in col[2].upper():
-                con.execute(f'update "{table}" set "{col[1]}" = replace("{col[1]}", ?, ?) where "{col[1]}" like ?',
-                            (old, new, f"%{old}%"))
+                con.execute(
+                    f'update "{table}" set "{col[1]}" = replace("{col[1]}", ?, ?) where "{col[1]}" like ?',
+                    (old, new, f"%{old}%"),
+                )
     con.commit()
     con.close()
 
@@ -113,11 +115,21 @@ def mon(lifecycle, airflow_db, channels, tmp_path_factory):
     hook, sink, smtp_port = channels
     mp = pytest.MonkeyPatch()
     use_home(mp, home)
-    mp.setenv("AIRFLOW_CONN_MLOPS_ALERTS_WEBHOOK", json.dumps(
-        {"conn_type": "http", "host": "127.0.0.1", "port": hook.port, "schema": "hooks/mlops"}))
-    mp.setenv("AIRFLOW_CONN_MLOPS_ALERTS_SMTP", json.dumps(
-        {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,
-         "extra": {"to": "oncall@example.org", "from": "mlops@example.org"}}))
+    mp.setenv(
+        "AIRFLOW_CONN_MLOPS_ALERTS_WEBHOOK",
+        json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": hook.port, "schema": "hooks/mlops"}),
+    )
+    mp.setenv(
+        "AIRFLOW_CONN_MLOPS_ALERTS_SMTP",
+        json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": smtp_port,
+                "extra": {"to": "oncall@example.org", "from": "mlops@example.org"},
+            }
+        ),
+    )
     raw = yaml.safe_load(Path(lifecycle["spec_path"]).read_text())
     raw["monitoring"].update({"sample_rows": 500, "sample_seed": 11})
     raw["monitoring"]["policy"].update({"min_rows": 300, "min_labelled_rows": 100})
@@ -137,7 +149,9 @@ def mon(lifecycle, airflow_db, channels, tmp_path_factory):
             write_prediction_log(store, spec, day, log_df.iloc[ROWS // 2 :].reset_index(drop=True), source="batch")
         else:
             write_prediction_log(store, spec, day, log_df)
-        store.put_parquet(f"{feed}/dt={(day + timedelta(days=spec.label_delay_days)).isoformat()}/part-0.parquet", labels)
+        store.put_parquet(
+            f"{feed}/dt={(day + timedelta(days=spec.label_delay_days)).isoformat()}/part-0.parquet", labels
+        )
     yield {"home": home, "spec_path": str(spec_path), "spec": spec, "hook": hook, "mail": sink}
     mp.undo()
 
@@ -156,8 +170,11 @@ def asset_events(run) -> list:
     from airflow.utils.session import create_session
 
     with create_session() as s:
-        rows = s.query(AssetEvent).filter(AssetEvent.source_dag_id == run.dag_id,
-                                          AssetEvent.source_run_id == run.run_id).all()
+        rows = (
+            s.query(AssetEvent)
+            .filter(AssetEvent.source_dag_id == run.dag_id, AssetEvent.source_run_id == run.run_id)
+            .all()
+        )
         return [(e.asset.uri, dict(e.extra or {})) for e in rows]
 
 
@@ -215,7 +232,11 @@ def test_data_quality_failure_alerts_quarantines_and_emits_nothing(dags, mon):
     run, summary, decision = monitor_day(dags, mon, BROKEN_DAY)
     assert not summary["data_quality"]["passed"]
     failed = {f["check"].split("(")[0] for f in summary["data_quality"]["failures"]}
-    assert failed == {"MissingValueCount", "OutListValueCount", "OutRangeValueCount"}  # nulls, unknown category, out of range
+    assert failed == {
+        "MissingValueCount",
+        "OutListValueCount",
+        "OutRangeValueCount",
+    }  # nulls, unknown category, out of range
     assert decision["action"] == "quarantine" and not decision["fire"]
     assert asset_events(run) == []
     store = get_store()
@@ -276,11 +297,18 @@ def test_retraining_with_params_registers_a_new_version_through_the_gate(dags, m
     before = {v.version for v in client.search_model_versions(f"name='{spec.model_name}'")}
     champion_before = alias_version(client, spec.model_name, "champion")
     hook_before = len(mon["hook"].bodies)
-    conf = {"dataset": str(strict_path), "window_end": str(DEMO_START + timedelta(days=9)), "window_days": 5,
-            "data_strategy": "sliding_window", "deploy_strategy": "direct"}
+    conf = {
+        "dataset": str(strict_path),
+        "window_end": str(DEMO_START + timedelta(days=9)),
+        "window_days": 5,
+        "data_strategy": "sliding_window",
+        "deploy_strategy": "direct",
+    }
     run = dags[1].test(logical_date=datetime(2026, 10, 16, tzinfo=UTC), run_conf=conf)
     tis = {ti.task_id: ti for ti in run.get_task_instances()}
-    assert {t: _state(ti) for t, ti in tis.items()} == {t: "success" for t in ("plan", "train", "evaluate", "register", "deploy")}
+    assert {t: _state(ti) for t, ti in tis.items()} == {
+        t: "success" for t in ("plan", "train", "evaluate", "register", "deploy")
+    }
     plan = tis["plan"].xcom_pull(task_ids="plan")
     assert (plan["window_days"], plan["data_strategy"], plan["trigger"]) == (5, "sliding_window", "manual")
     assert plan["interval_end"] == "2026-10-11T00:00:00+00:00" and plan["report_uri"].endswith("validation.json")
@@ -309,12 +337,26 @@ def test_labels_join_on_event_time_else_on_the_request_day():
 
     spec = load_spec("churn")
     t = pd.Timestamp("2026-10-12 08:00", tz="UTC")
-    labels = pd.DataFrame({"customer_id": [1, 2, 3], "event_timestamp": [t, t, t - pd.Timedelta(days=1)],
-                           "churned": [1, 0, 1]})
-    online = pd.DataFrame({"request_id": ["a", "b", "c"], "ts": [t + pd.Timedelta(minutes=5)] * 3,
-                           "customer_id": pd.array([1, 3, None], dtype="Int64"), "score": [0.9, 0.2, 0.5]})
-    batch = pd.DataFrame({"request_id": ["d", "e"], "ts": [t + pd.Timedelta(hours=30)] * 2, "customer_id": [2, 1],
-                          "event_timestamp": [t, t + pd.Timedelta(seconds=1)], "score": [0.1, 0.8]})
+    labels = pd.DataFrame(
+        {"customer_id": [1, 2, 3], "event_timestamp": [t, t, t - pd.Timedelta(days=1)], "churned": [1, 0, 1]}
+    )
+    online = pd.DataFrame(
+        {
+            "request_id": ["a", "b", "c"],
+            "ts": [t + pd.Timedelta(minutes=5)] * 3,
+            "customer_id": pd.array([1, 3, None], dtype="Int64"),
+            "score": [0.9, 0.2, 0.5],
+        }
+    )
+    batch = pd.DataFrame(
+        {
+            "request_id": ["d", "e"],
+            "ts": [t + pd.Timedelta(hours=30)] * 2,
+            "customer_id": [2, 1],
+            "event_timestamp": [t, t + pd.Timedelta(seconds=1)],
+            "score": [0.1, 0.8],
+        }
+    )
     joined = join_labels(pd.concat([online, batch], ignore_index=True), labels, spec)
     # a: same entity and request day; b: entity 3's label is for the day before; c: no entity;
     # d: exact event time (the request came a day later); e: event time differs by a second

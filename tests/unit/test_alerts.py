@@ -12,12 +12,24 @@ import pytest
 from include.mlops import alerts as A
 
 DECISION = {
-    "action": "retrain", "day": "2026-10-14", "reason": "drift share 0.389 >= 0.250", "dataset": "churn",
-    "model": "churn_model", "champion_version": "3", "drift_share": 0.3889, "rows": 600, "labelled_rows": 580,
-    "drifted_features": ["monthly_charges", "plan", "support_calls_30d"], "performance_drop": -0.01,
-    "window": {"day": "2026-10-14"}, "table": "rule  value\ndrift share 0.389  SIGNAL", "alert": True, "fire": True,
+    "action": "retrain",
+    "day": "2026-10-14",
+    "reason": "drift share 0.389 >= 0.250",
+    "dataset": "churn",
+    "model": "churn_model",
+    "champion_version": "3",
+    "drift_share": 0.3889,
+    "rows": 600,
+    "labelled_rows": 580,
+    "drifted_features": ["monthly_charges", "plan", "support_calls_30d"],
+    "performance_drop": -0.01,
+    "window": {"day": "2026-10-14"},
+    "table": "rule  value\ndrift share 0.389  SIGNAL",
+    "alert": True,
+    "fire": True,
     "report_html": "file:///store/reports/monitoring/churn/dt=2026-10-14/data_drift.html",
-    "run_id": "r1", "experiment_id": "7",
+    "run_id": "r1",
+    "experiment_id": "7",
 }
 
 
@@ -32,8 +44,9 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.bodies.append({"path": self.path, "json": json.loads(body),
-                                     "content_type": self.headers["Content-Type"]})
+                outer.bodies.append(
+                    {"path": self.path, "json": json.loads(body), "content_type": self.headers["Content-Type"]}
+                )
                 self.send_response(outer.status)
                 self.end_headers()
                 self.wfile.write(b"ok")
@@ -72,8 +85,9 @@ def smtp_server():
             self.messages = []
 
         async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's naming)
-            self.messages.append({"from": envelope.mail_from, "to": list(envelope.rcpt_tos),
-                                  "msg": message_from_bytes(envelope.content)})
+            self.messages.append(
+                {"from": envelope.mail_from, "to": list(envelope.rcpt_tos), "msg": message_from_bytes(envelope.content)}
+            )
             return "250 OK"
 
     sink = Sink()
@@ -89,15 +103,28 @@ def _text(payload: dict) -> str:
 
 # -- payloads ------------------------------------------------------------------------------------------
 def test_drift_payload_is_slack_compatible_and_carries_model_decision_numbers_links():
-    links = {"Airflow task log": "http://airflow/dags/ml_monitoring/runs/r/tasks/decide",
-             "drift report": DECISION["report_html"], "MLflow monitoring run": "http://mlflow/#/experiments/7/runs/r1"}
+    links = {
+        "Airflow task log": "http://airflow/dags/ml_monitoring/runs/r/tasks/decide",
+        "drift report": DECISION["report_html"],
+        "MLflow monitoring run": "http://mlflow/#/experiments/7/runs/r1",
+    }
     p = A.slack_payload(A.drift_alert(DECISION, links))
     assert set(p) == {"text", "blocks"} and "RETRAIN" in p["text"]
-    assert p["blocks"][0]["type"] == "header" and all(b["type"] in {"header", "section", "context"} for b in p["blocks"])
+    assert p["blocks"][0]["type"] == "header" and all(
+        b["type"] in {"header", "section", "context"} for b in p["blocks"]
+    )
     body = _text(p)
-    for needle in ("churn_model", "retrain: drift share 0.389", "0.3889", "monthly_charges, plan", "champion version",
-                   "<http://airflow/dags/ml_monitoring/runs/r/tasks/decide|Airflow task log>",
-                   f"<{DECISION['report_html']}|drift report>", "|MLflow monitoring run>", "```rule  value"):
+    for needle in (
+        "churn_model",
+        "retrain: drift share 0.389",
+        "0.3889",
+        "monthly_charges, plan",
+        "champion version",
+        "<http://airflow/dags/ml_monitoring/runs/r/tasks/decide|Airflow task log>",
+        f"<{DECISION['report_html']}|drift report>",
+        "|MLflow monitoring run>",
+        "```rule  value",
+    ):
         assert needle in body, needle
     for b in p["blocks"]:
         assert len(b.get("fields", [])) <= 10
@@ -111,23 +138,54 @@ def test_quarantine_payload_is_critical():
 
 
 def test_gate_payload_names_both_versions_and_the_reasons():
-    deploy = {"promoted": False, "message": "not promoted: regression of roc_auc vs champion: ...", "model": "churn_model",
-              "version": "4", "champion": "3", "run_id": "r4", "experiment_id": "1"}
-    evaluate = {"metrics": {"roc_auc": 0.71, "f1": 0.4}, "champion_metrics": {"roc_auc": 0.76, "f1": 0.41},
-                "reasons": ["regression of roc_auc vs champion: champion 0.7600, challenger 0.7100"]}
-    body = _text(A.slack_payload(A.gate_alert(deploy, evaluate, {"MLflow run": "http://mlflow/#/experiments/1/runs/r4"})))
-    for needle in ("v4 rejected by the gate", "challenger roc_auc", "0.7100", "champion roc_auc", "0.7600",
-                   "not promoted: regression", "|MLflow run>"):
+    deploy = {
+        "promoted": False,
+        "message": "not promoted: regression of roc_auc vs champion: ...",
+        "model": "churn_model",
+        "version": "4",
+        "champion": "3",
+        "run_id": "r4",
+        "experiment_id": "1",
+    }
+    evaluate = {
+        "metrics": {"roc_auc": 0.71, "f1": 0.4},
+        "champion_metrics": {"roc_auc": 0.76, "f1": 0.41},
+        "reasons": ["regression of roc_auc vs champion: champion 0.7600, challenger 0.7100"],
+    }
+    body = _text(
+        A.slack_payload(A.gate_alert(deploy, evaluate, {"MLflow run": "http://mlflow/#/experiments/1/runs/r4"}))
+    )
+    for needle in (
+        "v4 rejected by the gate",
+        "challenger roc_auc",
+        "0.7100",
+        "champion roc_auc",
+        "0.7600",
+        "not promoted: regression",
+        "|MLflow run>",
+    ):
         assert needle in body, needle
 
 
 def test_failure_and_rollback_payloads():
-    fail = A.failure_alert("ml_monitoring", "monitor", "scheduled__x", "ValueError: boom\ntraceback...",
-                           links={"Airflow task log": "http://airflow/log"}, try_number=3)
+    fail = A.failure_alert(
+        "ml_monitoring",
+        "monitor",
+        "scheduled__x",
+        "ValueError: boom\ntraceback...",
+        links={"Airflow task log": "http://airflow/log"},
+        try_number=3,
+    )
     assert fail.event == "task_failed" and fail.title == "ml_monitoring.monitor failed"
     assert fail.source["error"] == "ValueError: boom"
-    rb = A.failure_alert("ml_retraining", "deploy", "r", "PromotionError: smoke test failed; rolled back to v3",
-                         model="churn_model", rollback=True)
+    rb = A.failure_alert(
+        "ml_retraining",
+        "deploy",
+        "r",
+        "PromotionError: smoke test failed; rolled back to v3",
+        model="churn_model",
+        rollback=True,
+    )
     assert rb.event == "rollback" and "rolled back" in rb.title and rb.model == "churn_model"
 
 
@@ -141,22 +199,34 @@ def test_email_has_text_and_html_parts():
 
 
 # -- connection fields ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("fields", "url"), [
-    (("http", "127.0.0.1", 8080, "hooks/x", None, {}), "http://127.0.0.1:8080/hooks/x"),
-    (("slackwebhook", "hooks.slack.com", None, None, "https://hooks.slack.com/services/T/B/X", {}),
-     "https://hooks.slack.com/services/T/B/X"),
-    (("http", "chat.local", None, "hook", None, {"scheme": "https"}), "https://chat.local/hook"),
-    (("http", None, None, None, None, {"webhook_url": "http://h/w"}), "http://h/w"),
-    (("http", "https://chat.local", None, "api/hook", None, {}), "https://chat.local/api/hook"),
-    (("http", None, None, None, None, {}), None),
-])
+@pytest.mark.parametrize(
+    ("fields", "url"),
+    [
+        (("http", "127.0.0.1", 8080, "hooks/x", None, {}), "http://127.0.0.1:8080/hooks/x"),
+        (
+            ("slackwebhook", "hooks.slack.com", None, None, "https://hooks.slack.com/services/T/B/X", {}),
+            "https://hooks.slack.com/services/T/B/X",
+        ),
+        (("http", "chat.local", None, "hook", None, {"scheme": "https"}), "https://chat.local/hook"),
+        (("http", None, None, None, None, {"webhook_url": "http://h/w"}), "http://h/w"),
+        (("http", "https://chat.local", None, "api/hook", None, {}), "https://chat.local/api/hook"),
+        (("http", None, None, None, None, {}), None),
+    ],
+)
 def test_webhook_url_from_connection_fields(fields, url):
     assert A.webhook_url(*fields) == url
 
 
 def test_smtp_settings_from_connection_fields():
     s = A.smtp_settings("mail", 2525, "bot", "pw", {"to": "a@x, b@x", "from": "mlops@x", "starttls": "true"})
-    assert (s.host, s.port, s.sender, s.recipients, s.starttls, s.ssl) == ("mail", 2525, "mlops@x", ("a@x", "b@x"), True, False)
+    assert (s.host, s.port, s.sender, s.recipients, s.starttls, s.ssl) == (
+        "mail",
+        2525,
+        "mlops@x",
+        ("a@x", "b@x"),
+        True,
+        False,
+    )
     assert "pw" not in repr(s)
     assert A.smtp_settings("mail", 25, extra={}) is None  # nobody to send to
     assert A.smtp_settings(None) is None
@@ -172,7 +242,9 @@ def test_webhook_delivery_to_a_local_receiver(webhook):
 
 def test_email_delivery_to_a_local_smtp_server(smtp_server):
     ctl, sink = smtp_server
-    smtp = A.SmtpSettings(host="127.0.0.1", port=ctl.port, sender="mlops@example.org", recipients=("oncall@example.org",))
+    smtp = A.SmtpSettings(
+        host="127.0.0.1", port=ctl.port, sender="mlops@example.org", recipients=("oncall@example.org",)
+    )
     A.send_email(A.email_message(A.drift_alert(DECISION), smtp.sender, list(smtp.recipients)), smtp)
     [m] = sink.messages
     assert m["from"] == "mlops@example.org" and m["to"] == ["oncall@example.org"]
@@ -217,10 +289,14 @@ def test_drift_notifier_sends_to_webhook_and_smtp_connections(airflow_db, webhoo
     from mlops_airflow.notifiers import DriftDecisionNotifier
 
     ctl, sink = smtp_server
-    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_ALERTS_WEBHOOK", json.dumps(
-        {"conn_type": "http", "host": "127.0.0.1", "port": webhook.port, "schema": "hooks/mlops"}))
-    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_ALERTS_SMTP", json.dumps(
-        {"conn_type": "smtp", "host": "127.0.0.1", "port": ctl.port, "extra": {"to": "oncall@example.org"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLOPS_ALERTS_WEBHOOK",
+        json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": webhook.port, "schema": "hooks/mlops"}),
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLOPS_ALERTS_SMTP",
+        json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": ctl.port, "extra": {"to": "oncall@example.org"}}),
+    )
     DriftDecisionNotifier().notify({"ti": FakeTI({"decide": DECISION})})
     [got] = webhook.bodies
     body = json.dumps(got["json"])
@@ -244,20 +320,43 @@ def test_notifiers_without_connections_send_nothing_and_do_not_fail(airflow_db, 
 def test_gate_and_failure_notifiers(airflow_db, webhook, monkeypatch):
     from mlops_airflow.notifiers import GateDecisionNotifier, RollbackNotifier, TaskFailureNotifier
 
-    monkeypatch.setenv("AIRFLOW_CONN_MLOPS_ALERTS_WEBHOOK", json.dumps({"conn_type": "http", "extra": {"webhook_url": webhook.url}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLOPS_ALERTS_WEBHOOK", json.dumps({"conn_type": "http", "extra": {"webhook_url": webhook.url}})
+    )
     monkeypatch.delenv("AIRFLOW_CONN_MLOPS_ALERTS_SMTP", raising=False)
-    deploy = {"promoted": False, "message": "not promoted: minimum roc_auc", "model": "churn_model", "version": "2",
-              "champion": "1", "run_id": "r2", "experiment_id": "1"}
-    GateDecisionNotifier().notify({"ti": FakeTI({"deploy": deploy, "evaluate": {"reasons": ["minimum roc_auc"]}}, "deploy")})
-    GateDecisionNotifier().notify({"ti": FakeTI({"deploy": {**deploy, "promoted": True, "message": "promoted v2"}}, "deploy")})
+    deploy = {
+        "promoted": False,
+        "message": "not promoted: minimum roc_auc",
+        "model": "churn_model",
+        "version": "2",
+        "champion": "1",
+        "run_id": "r2",
+        "experiment_id": "1",
+    }
+    GateDecisionNotifier().notify(
+        {"ti": FakeTI({"deploy": deploy, "evaluate": {"reasons": ["minimum roc_auc"]}}, "deploy")}
+    )
+    GateDecisionNotifier().notify(
+        {"ti": FakeTI({"deploy": {**deploy, "promoted": True, "message": "promoted v2"}}, "deploy")}
+    )
 
     class PromotionError(Exception):
         pass
 
-    TaskFailureNotifier().notify({"ti": FakeTI({}, "deploy"), "exception": PromotionError("p99 over budget; rolled back to v1"),
-                                  "params": {"dataset": "churn"}})
-    manual = {"model": "churn_model", "from_version": "2", "to_version": "1", "changed": True,
-              "message": "rolled churn_model back from v2 to v1"}
+    TaskFailureNotifier().notify(
+        {
+            "ti": FakeTI({}, "deploy"),
+            "exception": PromotionError("p99 over budget; rolled back to v1"),
+            "params": {"dataset": "churn"},
+        }
+    )
+    manual = {
+        "model": "churn_model",
+        "from_version": "2",
+        "to_version": "1",
+        "changed": True,
+        "message": "rolled churn_model back from v2 to v1",
+    }
     RollbackNotifier().notify({"ti": FakeTI({"rollback": manual}, "rollback")})
     RollbackNotifier().notify({"ti": FakeTI({"rollback": {**manual, "changed": False}}, "rollback")})
     texts = [b["json"]["text"] for b in webhook.bodies]

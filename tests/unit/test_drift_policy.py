@@ -22,13 +22,27 @@ from include.mlops.drift_policy import (
 )
 
 DAY = date(2026, 10, 20)
-POLICY = DriftPolicy(min_rows=500, drift_share=0.25, performance_drop=0.05, min_labelled_rows=200,
-                     consecutive_windows=1, cooldown_days=2, max_bad_fraction=0.01, primary_metric="roc_auc")
+POLICY = DriftPolicy(
+    min_rows=500,
+    drift_share=0.25,
+    performance_drop=0.05,
+    min_labelled_rows=200,
+    consecutive_windows=1,
+    cooldown_days=2,
+    max_bad_fraction=0.01,
+    primary_metric="roc_auc",
+)
 
 
 def obs(**kw) -> Observation:
-    base = {"day": DAY, "rows": 1000, "drift_share": 0.0, "labelled_rows": 0, "window_metric": None,
-            "champion_metric": 0.80}
+    base = {
+        "day": DAY,
+        "rows": 1000,
+        "drift_share": 0.0,
+        "labelled_rows": 0,
+        "window_metric": None,
+        "champion_metric": 0.80,
+    }
     return Observation(**{**base, **kw})
 
 
@@ -91,8 +105,14 @@ def test_performance_drop_respects_metric_direction():
 
 # -- data quality -------------------------------------------------------------------------------------
 def test_data_quality_failure_quarantines_instead_of_retraining():
-    d = decide(obs(drift_share=0.9, data_quality_passed=False,
-                   data_quality_failures=("MissingValueCount(tenure_months)", "OutListValueCount(plan)")), POLICY)
+    d = decide(
+        obs(
+            drift_share=0.9,
+            data_quality_passed=False,
+            data_quality_failures=("MissingValueCount(tenure_months)", "OutListValueCount(plan)"),
+        ),
+        POLICY,
+    )
     assert d.action == QUARANTINE and not d.fire and d.alert and not d.signal
     assert result(d, "data quality") == "BLOCK" and "tenure_months" in d.reason
 
@@ -133,7 +153,9 @@ def test_cooldown_after_a_promotion_in_the_ledger():
     end = datetime(2026, 10, 21, tzinfo=UTC)
     recent = [{"action": "promote", "to_version": "3", "at": "2026-10-20T06:00:00.000000Z"}]
     old = [{"action": "promote", "to_version": "2", "at": "2026-10-17T06:00:00.000000Z"}]
-    later = [{"action": "promote", "to_version": "4", "at": "2026-11-30T06:00:00.000000Z"}]  # after the window: a backfill
+    later = [
+        {"action": "promote", "to_version": "4", "at": "2026-11-30T06:00:00.000000Z"}
+    ]  # after the window: a backfill
     rollback = [{"action": "rollback", "to_version": "1", "at": "2026-10-20T06:00:00.000000Z"}]
     assert decide(obs(drift_share=0.5), POLICY, ledger=recent, window_end=end).action == COOLDOWN
     assert decide(obs(drift_share=0.5), POLICY, ledger=old, window_end=end).action == RETRAIN
@@ -148,8 +170,11 @@ def test_no_cooldown_check_without_a_signal():
 
 # -- precedence and presentation ---------------------------------------------------------------------
 def test_quarantine_outranks_everything():
-    d = decide(obs(rows=10, drift_share=0.9, data_quality_passed=False, data_quality_failures=("x",)), POLICY,
-               history=[past(1, RETRAIN, True)])
+    d = decide(
+        obs(rows=10, drift_share=0.9, data_quality_passed=False, data_quality_failures=("x",)),
+        POLICY,
+        history=[past(1, RETRAIN, True)],
+    )
     assert d.action == QUARANTINE
 
 
@@ -169,7 +194,12 @@ def test_policy_from_the_shipped_spec():
     raw = spec.section("monitoring")["policy"]
     pol = DriftPolicy.from_spec(spec)
     assert (pol.min_rows, pol.drift_share, pol.performance_drop, pol.consecutive_windows, pol.cooldown_days) == (
-        raw["min_rows"], raw["drift_share"], raw["performance_drop"], raw["consecutive_windows"], raw["cooldown_days"])
+        raw["min_rows"],
+        raw["drift_share"],
+        raw["performance_drop"],
+        raw["consecutive_windows"],
+        raw["cooldown_days"],
+    )
     assert pol.primary_metric == spec.section("model")["primary_metric"]
     assert pol.max_bad_fraction == spec.section("validation")["max_bad_fraction"]
 
@@ -207,12 +237,21 @@ def policy_home(tmp_path, monkeypatch):
 
 def summary_for(day: date, share: float) -> dict:
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    return {"dataset": "churn", "window": {"start": start.isoformat(), "end": (start + timedelta(days=1)).isoformat(),
-                                          "day": day.isoformat()},
-            "rows": 800, "drift_share": share, "drifted_features": ["plan", "monthly_charges"], "labelled_rows": 0,
-            "performance": {}, "data_quality": {"passed": True, "failures": []},
-            "champion": {"version": "1", "holdout_metric": 0.8}, "report_html": "file:///r/data_drift.html",
-            "summary_uri": "file:///r/summary.json", "run_id": "abc", "experiment_id": "1"}
+    return {
+        "dataset": "churn",
+        "window": {"start": start.isoformat(), "end": (start + timedelta(days=1)).isoformat(), "day": day.isoformat()},
+        "rows": 800,
+        "drift_share": share,
+        "drifted_features": ["plan", "monthly_charges"],
+        "labelled_rows": 0,
+        "performance": {},
+        "data_quality": {"passed": True, "failures": []},
+        "champion": {"version": "1", "holdout_metric": 0.8},
+        "report_html": "file:///r/data_drift.html",
+        "summary_uri": "file:///r/summary.json",
+        "run_id": "abc",
+        "experiment_id": "1",
+    }
 
 
 def test_decide_window_keeps_a_history_and_fires_on_the_second_window(policy_home):
@@ -226,7 +265,10 @@ def test_decide_window_keeps_a_history_and_fires_on_the_second_window(policy_hom
     assert "event_extra" not in d1 and "event_extra" not in d3
     extra = d2["event_extra"]
     assert extra["drift_share"] == 0.4 and extra["drifted_features"] == ["plan", "monthly_charges"]
-    assert extra["report_uri"] == "file:///r/data_drift.html" and extra["window_day"] == (DAY + timedelta(days=1)).isoformat()
+    assert (
+        extra["report_uri"] == "file:///r/data_drift.html"
+        and extra["window_day"] == (DAY + timedelta(days=1)).isoformat()
+    )
     stored = get_store().get_json(decision_key("churn", DAY + timedelta(days=1)))
     assert stored["action"] == RETRAIN and stored["signal"] is True
     # re-running a window overwrites its decision; it does not see itself in its own history
@@ -237,13 +279,28 @@ def test_decide_window_keeps_a_history_and_fires_on_the_second_window(policy_hom
 def test_plan_retraining_from_params_and_from_an_event(policy_home):
     from include.mlops.drift_policy import plan_retraining
 
-    manual = plan_retraining({"dataset": policy_home, "window_end": "2026-10-12", "data_strategy": "sliding_window",
-                              "window_days": 5, "deploy_strategy": "canary"}, [], None)
-    assert manual["interval_start"] == "2026-10-12T00:00:00+00:00" and manual["interval_end"] == "2026-10-13T00:00:00+00:00"
+    manual = plan_retraining(
+        {
+            "dataset": policy_home,
+            "window_end": "2026-10-12",
+            "data_strategy": "sliding_window",
+            "window_days": 5,
+            "deploy_strategy": "canary",
+        },
+        [],
+        None,
+    )
+    assert (
+        manual["interval_start"] == "2026-10-12T00:00:00+00:00"
+        and manual["interval_end"] == "2026-10-13T00:00:00+00:00"
+    )
     assert (manual["window_days"], manual["deploy_strategy"], manual["trigger"]) == (5, "canary", "manual")
     event = {"spec": policy_home, "dataset": "churn", "window_end": "2026-10-15T00:00:00+00:00"}
     auto = plan_retraining({}, [event], None)
     assert auto["interval_end"] == "2026-10-15T00:00:00+00:00" and auto["trigger"] == "drift"
-    assert (auto["data_strategy"], auto["window_days"]) == ("sliding_window", 7)  # from the spec's monitoring.retraining
+    assert (auto["data_strategy"], auto["window_days"]) == (
+        "sliding_window",
+        7,
+    )  # from the spec's monitoring.retraining
     whenever = plan_retraining({"dataset": policy_home}, [], datetime(2026, 10, 30, 13, 5, tzinfo=UTC))
     assert whenever["interval_end"] == "2026-10-30T00:00:00+00:00"

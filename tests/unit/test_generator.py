@@ -54,16 +54,27 @@ def test_concept_drift_changes_labels_not_inputs_distribution(churn):
     m2m = ev["contract"] == "month_to_month"
     # contract stops mattering: churn rates of month-to-month and others converge
     gap_after = lab[churn.label][m2m].mean() - lab[churn.label][~m2m].mean()
-    gap_before = clean_lab[churn.label][clean_ev["contract"] == "month_to_month"].mean() - clean_lab[churn.label][clean_ev["contract"] != "month_to_month"].mean()
+    gap_before = (
+        clean_lab[churn.label][clean_ev["contract"] == "month_to_month"].mean()
+        - clean_lab[churn.label][clean_ev["contract"] != "month_to_month"].mean()
+    )
     assert gap_before > 0.1 and abs(gap_after) < 0.05
 
 
-@pytest.mark.parametrize("name, check", [
-    ("schema_missing", lambda df, s: s.categorical_features[0] not in df.columns),
-    ("schema_renamed", lambda df, s: f"{s.numeric_features[1]}_renamed" in df.columns),
-    ("schema_retyped", lambda df, s: df[s.numeric_features[1]].dtype == object),
-    ("corrupted", lambda df, s: df[s.numeric_features[0]].isna().sum() > 0 and (df[s.categorical_features[0]] == "??unknown??").any()),
-])
+@pytest.mark.parametrize(
+    "name, check",
+    [
+        ("schema_missing", lambda df, s: s.categorical_features[0] not in df.columns),
+        ("schema_renamed", lambda df, s: f"{s.numeric_features[1]}_renamed" in df.columns),
+        ("schema_retyped", lambda df, s: df[s.numeric_features[1]].dtype == object),
+        (
+            "corrupted",
+            lambda df, s: (
+                df[s.numeric_features[0]].isna().sum() > 0 and (df[s.categorical_features[0]] == "??unknown??").any()
+            ),
+        ),
+    ],
+)
 def test_scenarios(churn, name, check):
     ev, _ = generate_day(churn, DAY, Scenario(name, DAY), rows=1000)
     assert check(ev, churn)

@@ -39,5 +39,7 @@ def test_s3_store_against_a_real_s3_api(moto_server, monkeypatch):
     _exercise(store)
     import boto3
 
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=moto_server).list_objects_v2(Bucket="unit-bucket")["Contents"]]
+    keys = [
+        o["Key"] for o in boto3.client("s3", endpoint_url=moto_server).list_objects_v2(Bucket="unit-bucket")["Contents"]
+    ]
     assert "prefix/reports/r.json" in keys

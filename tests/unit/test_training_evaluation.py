@@ -1,4 +1,4 @@
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
@@ -56,8 +56,15 @@ def test_data_hash_is_stable_and_sensitive(frame):
 def test_every_family_fits_and_beats_chance(spec, frame, family):
     import dataclasses
 
-    raw = {**spec.raw, "model": {**spec.raw["model"], "family": family, "params": {},
-                                  "search": {"n_iter": 1, "cv_folds": 2, "space": {}}}}
+    raw = {
+        **spec.raw,
+        "model": {
+            **spec.raw["model"],
+            "family": family,
+            "params": {},
+            "search": {"n_iter": 1, "cv_folds": 2, "space": {}},
+        },
+    }
     s = dataclasses.replace(spec, raw=raw)
     train, hold = T.time_split(frame, s, 1)
     model, result = T.fit(s, train)
@@ -74,7 +81,10 @@ def test_every_family_fits_and_beats_chance(spec, frame, family):
 def test_search_stops_at_budget(spec, frame):
     import dataclasses
 
-    raw = {**spec.raw, "model": {**spec.raw["model"], "search": {**spec.raw["model"]["search"], "n_iter": 6, "budget_seconds": 0}}}
+    raw = {
+        **spec.raw,
+        "model": {**spec.raw["model"], "search": {**spec.raw["model"]["search"], "n_iter": 6, "budget_seconds": 0}},
+    }
     s = dataclasses.replace(spec, raw=raw)
     res = T.search(s, frame[model_features(s)], frame[s.label])
     assert len(res.candidates) == 1 and res.stopped_by_budget
@@ -97,8 +107,13 @@ def test_gate_regression_overall_and_by_slice(spec):
     assert _gate(spec, ch, champ={"roc_auc": 0.81, "f1": 0.5}).passed  # within 0.02 tolerance
     worse = _gate(spec, ch, champ={"roc_auc": 0.85, "f1": 0.5})
     assert not worse.passed and "regression of roc_auc" in worse.reasons[0]
-    sl = _gate(spec, ch, champ={"roc_auc": 0.80, "f1": 0.5},
-               slices={"plan=basic": {"roc_auc": 0.70}}, champ_slices={"plan=basic": {"roc_auc": 0.80}})
+    sl = _gate(
+        spec,
+        ch,
+        champ={"roc_auc": 0.80, "f1": 0.5},
+        slices={"plan=basic": {"roc_auc": 0.70}},
+        champ_slices={"plan=basic": {"roc_auc": 0.80}},
+    )
     assert not sl.passed and "slice plan=basic" in sl.reasons[0]
     table = sl.table()
     assert "KEEP CHAMPION" in table and "FAIL" in table
@@ -108,7 +123,11 @@ def test_gate_lower_is_better_metrics():
     spec = load_spec("housing")
     import dataclasses
 
-    raw = {**spec.raw, "model": {**spec.raw["model"], "primary_metric": "rmse"}, "gate": {"minimums": {"rmse": 50}, "max_regression": 1}}
+    raw = {
+        **spec.raw,
+        "model": {**spec.raw["model"], "primary_metric": "rmse"},
+        "gate": {"minimums": {"rmse": 50}, "max_regression": 1},
+    }
     s = dataclasses.replace(spec, raw=raw)
     assert E.gate(s, {"rmse": 40}, {}, 0, {"rmse": 39.5}).passed
     assert not E.gate(s, {"rmse": 45}, {}, 0, {"rmse": 40}).passed

@@ -35,11 +35,14 @@ def test_corrupted_batch_fails_on_nulls_ranges_and_categories(spec):
     assert any(k == "expect_column_values_to_be_between" for k, _ in t)
 
 
-@pytest.mark.parametrize("scenario, expected", [
-    ("schema_missing", "expect_table_columns_to_match_set"),
-    ("schema_renamed", "expect_table_columns_to_match_set"),
-    ("schema_retyped", "expect_column_values_to_be_in_type_list"),
-])
+@pytest.mark.parametrize(
+    "scenario, expected",
+    [
+        ("schema_missing", "expect_table_columns_to_match_set"),
+        ("schema_renamed", "expect_table_columns_to_match_set"),
+        ("schema_retyped", "expect_column_values_to_be_in_type_list"),
+    ],
+)
 def test_schema_breaks_fail(spec, scenario, expected):
     ev, _ = generate_day(spec, DAY, Scenario(scenario, DAY), rows=300)
     out = validate_frame(ev, spec)

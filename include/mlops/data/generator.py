@@ -13,7 +13,7 @@ injected from a chosen day so the platform's reactions can be seen and tested:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -86,7 +86,9 @@ def _churn(rng: np.random.Generator, n: int, drift: bool, concept: bool) -> pd.D
             "satisfaction_score": satisfaction.round(1),
             "plan": plan,
             "contract": contract,
-            "payment_method": rng.choice(["card", "bank_transfer", "e_check", "mailed_check"], n, p=[0.35, 0.3, 0.25, 0.1]),
+            "payment_method": rng.choice(
+                ["card", "bank_transfer", "e_check", "mailed_check"], n, p=[0.35, 0.3, 0.25, 0.1]
+            ),
             "region": rng.choice(["north", "south", "east", "west", "central"], n),
             "internet_service": internet,
             "paperless_billing": rng.choice(["yes", "no"], n, p=[0.6, 0.4]),
@@ -190,8 +192,9 @@ def _break_schema(df: pd.DataFrame, spec: DatasetSpec, kind: str) -> pd.DataFram
     return df
 
 
-def generate_day(spec: DatasetSpec, day: date, scenario: Scenario = Scenario(), rows: int | None = None,
-                 seed: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def generate_day(
+    spec: DatasetSpec, day: date, scenario: Scenario = Scenario(), rows: int | None = None, seed: int | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One day's raw events and their labels (entity, event time, label), reproducibly."""
     import numpy as np
     import pandas as pd
@@ -204,12 +207,13 @@ def generate_day(spec: DatasetSpec, day: date, scenario: Scenario = Scenario(), 
     gen = GENERATORS.get(spec.name)
     if gen is None:
         raise KeyError(f"no demo generator for dataset {spec.name!r} (known: {sorted(GENERATORS)})")
-    df = gen(rng, n, drift=active and scenario.name == "covariate_drift",
-             concept=active and scenario.name == "concept_drift")
+    df = gen(
+        rng, n, drift=active and scenario.name == "covariate_drift", concept=active and scenario.name == "concept_drift"
+    )
     # A stable customer pool: ids repeat across days, never within one day.
     pool = np.arange(100_000, 100_000 + max(n * 10, 1000))
     ids = rng.choice(pool, n, replace=False)
-    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     seconds = np.sort(rng.integers(0, 86_400, n))
     ts = pd.to_datetime(start) + pd.to_timedelta(seconds, unit="s")
     df.insert(0, spec.timestamp, ts)
@@ -224,8 +228,15 @@ def generate_day(spec: DatasetSpec, day: date, scenario: Scenario = Scenario(), 
     return df, labels
 
 
-def write_days(store: ObjectStore, spec: DatasetSpec, start: date, days: int, scenario: Scenario = Scenario(),
-               rows: int | None = None, seed: int | None = None) -> list[str]:
+def write_days(
+    store: ObjectStore,
+    spec: DatasetSpec,
+    start: date,
+    days: int,
+    scenario: Scenario = Scenario(),
+    rows: int | None = None,
+    seed: int | None = None,
+) -> list[str]:
     """Write `days` daily batches to the landing zone (events now, labels delay_days later)."""
     written = []
     for i in range(days):
