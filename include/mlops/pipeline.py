@@ -9,6 +9,7 @@ nothing new.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -307,7 +308,9 @@ def log_model(model: Any, spec: DatasetSpec, X: pd.DataFrame) -> Any:
     example = X.head(5)
     out = model.predict_proba(example) if spec.is_classification else model.predict(example)
     signature = infer_signature(example, out)
-    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    with warnings.catch_warnings():  # skops' module scan trips ~1,000 Airflow deprecation warnings
+        warnings.simplefilter("ignore")
+        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
     return mlflow.sklearn.log_model(
         model,
         name="model",
