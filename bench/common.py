@@ -31,19 +31,9 @@ def timer(out: dict[str, float], key: str) -> Iterator[None]:
 
 
 def local_env(home: Path) -> dict[str, str]:
-    return {
-        "MLOPS_HOME": str(home),
-        "MLOPS_STORE_URI": f"file://{home / 'store'}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "FEAST_REGISTRY_PATH": f"sqlite:///{home / 'feast_registry.db'}",
-        "FEAST_ONLINE_PATH": str(home / "feast_online.db"),
-        "FEAST_ONLINE_STORE": "sqlite",
-        "AIRFLOW_HOME": str(home / "airflow"),
-        "PYTHONPATH": str(ROOT),
-        "DO_NOT_TRACK": "true",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "GX_ANALYTICS_ENABLED": "false",
-    }
+    from include.mlops.config import embedded_env
+
+    return {**embedded_env(home), "AIRFLOW_HOME": str(home / "airflow"), "PYTHONPATH": str(ROOT)}
 
 
 def run_json(args: list[str], env: dict[str, str], log: Path) -> dict[str, Any]:

@@ -50,19 +50,9 @@ START = date(2026, 10, 1)
 
 # -- a home with a champion -----------------------------------------------------------------------
 def home_env(home: Path) -> dict[str, str]:
-    return {
-        "MLOPS_HOME": str(home),
-        "MLOPS_STORE_URI": f"file://{home / 'store'}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "MLOPS_MLFLOW_ARTIFACTS": f"file://{home / 'mlartifacts'}",
-        "FEAST_REGISTRY_PATH": f"sqlite:///{home / 'feast_registry.db'}",
-        "FEAST_ONLINE_PATH": str(home / "feast_online.db"),
-        "FEAST_ONLINE_STORE": "sqlite",
-        "MLOPS_DATASET": str(home / "churn.yaml"),
-        "DO_NOT_TRACK": "true",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "GX_ANALYTICS_ENABLED": "false",
-    }
+    from include.mlops.config import embedded_env
+
+    return {**embedded_env(home), "MLOPS_DATASET": str(home / "churn.yaml")}
 
 
 def build_home(home: Path, days: int = 10, rows: int = 400) -> dict[str, Any]:

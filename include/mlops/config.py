@@ -84,6 +84,23 @@ def get_settings() -> Settings:
     )
 
 
+def embedded_env(home: Path) -> dict[str, str]:
+    """The embedded default's variables for a given home, spelled out so they override whatever
+    the surrounding environment says (benchmarks and subprocesses use this)."""
+    return {
+        "MLOPS_HOME": str(home),
+        "MLOPS_STORE_URI": f"file://{home / 'store'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "MLOPS_MLFLOW_ARTIFACTS": f"file://{home / 'mlartifacts'}",
+        "FEAST_REGISTRY_PATH": f"sqlite:///{home / 'feast_registry.db'}",
+        "FEAST_ONLINE_PATH": str(home / "feast_online.db"),
+        "FEAST_ONLINE_STORE": "sqlite",
+        "DO_NOT_TRACK": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GX_ANALYTICS_ENABLED": "false",
+    }
+
+
 def quiet_telemetry() -> None:
     """MLflow, Evidently and GX phone home by default; the platform never does."""
     os.environ.setdefault("DO_NOT_TRACK", "true")
