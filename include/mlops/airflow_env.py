@@ -60,3 +60,37 @@ def migrate_db(env: dict[str, str]) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def reserialize_dags(env: dict[str, str]) -> None:
+    """`airflow dags reserialize`: every DAG in the metadata DB now, so an Asset event emitted by a
+    `dag.test()` run finds its consumers (`ml_retraining`) and queues them for the scheduler."""
+    airflow = Path(sys.executable).with_name("airflow")
+    subprocess.run(
+        [str(airflow), "dags", "reserialize"],
+        env={**os.environ, **env},
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def pause_all_but(keep: set[str]) -> list[str]:
+    """Pause every DAG in the metadata DB except `keep` (and unpause those); returns the paused ids.
+
+    For a scheduler started on simulated days: the daily DAGs would otherwise start runs for
+    today's interval, which has no data. Call after Airflow is configured (`apply_airflow_env`).
+    """
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        ids = [d for (d,) in session.query(DagModel.dag_id).all()]
+        paused = sorted(set(ids) - keep)
+        session.query(DagModel).filter(DagModel.dag_id.in_(paused)).update(
+            {DagModel.is_paused: True}, synchronize_session=False
+        )
+        session.query(DagModel).filter(DagModel.dag_id.in_(keep)).update(
+            {DagModel.is_paused: False}, synchronize_session=False
+        )
+    return paused

@@ -194,6 +194,123 @@ def _list_dags(port: int, pw_file: Path) -> list[dict]:
     return []
 
 
+class AirflowStandalone:
+    """`airflow standalone` (scheduler, dag-processor, api-server, triggerer) in the background,
+    for scripts and tests that need a real scheduler: start, REST calls, wait for runs, stop.
+
+    `env` is the whole environment of the process (the embedded default's from `airflow_env`);
+    ports are chosen here unless given, so two of these never collide.
+    """
+
+    def __init__(self, env: dict[str, str], log: Path, port: int | None = None) -> None:
+        self.port = port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **env,
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
+            # standalone starts its parts as `airflow ...` from PATH
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        }
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+        self._token: str | None = None
+
+    def start(self, timeout: float = 240) -> float:
+        """Start and wait until the API answers and a token is issued; returns the seconds taken."""
+        t0 = time.perf_counter()
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [_bin("airflow"), "standalone"], env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        while time.perf_counter() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"airflow standalone exited ({self.proc.returncode}); see {self.log}")
+            if _ready(f"{self.url}/api/v2/monitor/health"):
+                try:
+                    self.token()
+                    return round(time.perf_counter() - t0, 1)
+                except Exception:
+                    pass
+            time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"airflow standalone not ready after {timeout}s; see {self.log}")
+
+    def token(self) -> str:
+        if self._token is None:
+            pw_file = Path(self.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+            password = json.loads(pw_file.read_text())["admin"]
+            self._token = self._call("POST", "/auth/token", {"username": "admin", "password": password}, auth=False)[
+                "access_token"
+            ]
+        return self._token
+
+    def _call(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token()}"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.url}{path}", data=data, headers=headers, method=method)
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read() or b"{}")
+
+    def api(self, path: str) -> dict:
+        """GET a REST path (`/api/v2/...`) with the admin's token."""
+        return self._call("GET", path)
+
+    def runs(self, dag_id: str, run_type: str | None = None) -> list[dict]:
+        out = self.api(f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=50")["dag_runs"]
+        return [r for r in out if run_type is None or r["run_type"] == run_type]
+
+    def wait_for_run(self, dag_id: str, run_type: str | None = None, timeout: float = 900) -> dict:
+        """The newest run of `dag_id` (of `run_type`) once it has finished, with its task instances."""
+        deadline = time.monotonic() + timeout
+        seen = None
+        while time.monotonic() < deadline:
+            runs = self.runs(dag_id, run_type)
+            if runs:
+                run = runs[0]
+                if seen != (run["dag_run_id"], run["state"]):
+                    seen = (run["dag_run_id"], run["state"])
+                    print(f"[scheduler] {dag_id} {run['dag_run_id']} ({run['run_type']}): {run['state']}", flush=True)
+                if run["state"] in ("success", "failed"):
+                    tis = self.api(f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances")
+                    run["task_instances"] = [
+                        {k: ti.get(k) for k in ("task_id", "state", "duration", "start_date", "end_date", "try_number")}
+                        for ti in tis["task_instances"]
+                    ]
+                    return run
+            time.sleep(3)
+        raise TimeoutError(f"no finished {run_type or ''} run of {dag_id} within {timeout}s (last: {seen})")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+    def __enter__(self) -> AirflowStandalone:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def stop(svcs: list[Service]) -> None:
     for svc in svcs:
         if svc.proc and svc.proc.poll() is None:

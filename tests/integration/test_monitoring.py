@@ -328,6 +328,54 @@ def test_retraining_with_params_registers_a_new_version_through_the_gate(dags, m
     assert f"v{reg['version']}" in body["text"] and "/dags/ml_retraining/runs/" in json.dumps(body)
 
 
+def test_drift_event_runs_ml_retraining_on_a_real_scheduler_and_the_champion_moves_up(dags, mon, tmp_path):
+    """End to end, no dag.test for the consumer: the drift window's Asset event is queued in the
+    metadata DB, `airflow standalone` (a real scheduler and LocalExecutor) starts `ml_retraining` for
+    it, and the new version is promoted through the gate. The gate is lenient here (a new version on
+    a short window may lose by a little); the gate's own decisions have their tests above."""
+    import os
+
+    import yaml
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+
+    from include.mlops.airflow_env import pause_all_but, reserialize_dags
+    from include.mlops.config import get_settings
+    from include.mlops.local_stack import AirflowStandalone
+    from include.mlops.registry import alias_version, setup_mlflow
+
+    spec = mon["spec"]
+    raw = yaml.safe_load(Path(mon["spec_path"]).read_text())
+    raw["gate"].update({"max_regression": 1.0, "slice_max_regression": 1.0, "minimums": {"roc_auc": 0.5}})
+    raw["monitoring"]["retraining"] = {"data_strategy": "all_history", "window_days": 14}
+    e2e_spec = tmp_path / "churn.yaml"
+    e2e_spec.write_text(yaml.safe_dump(raw))
+    client = setup_mlflow(get_settings())
+    champion_before = int(alias_version(client, spec.model_name, "champion"))
+
+    env = dict(os.environ)
+    reserialize_dags(env)  # ml_retraining must be in the DB, unpaused, when the event is emitted
+    paused = pause_all_but({"ml_retraining"})
+    assert {"ml_training", "ml_monitoring"} <= set(paused)
+    run, tis = run_dag_day(dags[0], DRIFT_DAY, dataset=str(e2e_spec))
+    decision = tis["decide"].xcom_pull(task_ids="decide")
+    assert decision["action"] == "retrain", decision["table"]
+    with create_session() as s:
+        assert [q.target_dag_id for q in s.query(AssetDagRunQueue).all()] == ["ml_retraining"]
+
+    with AirflowStandalone(env, tmp_path / "standalone.log") as airflow:
+        done = airflow.wait_for_run("ml_retraining", run_type="asset_triggered", timeout=900)
+    states = {ti["task_id"]: ti["state"] for ti in done["task_instances"]}
+    assert done["state"] == "success", (states, (tmp_path / "standalone.log").read_text()[-3000:])
+    assert states == {t: "success" for t in ("plan", "train", "evaluate", "register", "deploy")}
+    champion_after = int(alias_version(client, spec.model_name, "champion"))
+    assert champion_after > champion_before
+    mv = client.get_model_version(spec.model_name, str(champion_after))
+    assert mv.tags["airflow.dag_id"] == "ml_retraining" and mv.tags["airflow.run_id"] == done["dag_run_id"]
+    tags = client.get_run(mv.run_id).data.tags
+    assert tags["mlops.retrain_trigger"] == "drift" and tags["mlops.data_strategy"] == "all_history"
+
+
 # -- pure pieces of the monitoring task (no fixtures) ------------------------------------------------------
 def test_labels_join_on_event_time_else_on_the_request_day():
     import pandas as pd

@@ -93,3 +93,22 @@ def test_a_failed_write_is_retried_not_lost(tmp_path, spec):
     df = read_all(store, spec)
     assert sorted(df["request_id"]) == sorted(f"r{i}" for i in range(10))
     assert df["variant"].value_counts().to_dict() == {"champion": 7, "shadow": 3}
+
+
+def test_records_are_filed_under_their_event_day_else_the_request_day(tmp_path, spec):
+    """A record sent with its event time lands in that day's partition with the time logged, so
+    monitoring can join the late ground truth on (entity, event time)."""
+    store = ObjectStore(f"file://{tmp_path}")
+    plog = PredictionLog(store, spec, "churn_model", flush_seconds=60)
+    plog.start()
+    b = batch(spec, 0, 4)
+    event = pd.Timestamp("2026-10-05T13:30:00Z").timestamp()
+    b.event_ts = [event, event, None, event - 86_400]
+    plog.submit(b)
+    plog.close()
+    days = sorted({k.split("dt=")[1].split("/")[0] for k in store.list("predictions/")})
+    today = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d")
+    assert days == sorted({"2026-10-04", "2026-10-05", today})
+    df = read_all(store, spec).set_index("request_id")
+    assert df.loc["r0", spec.timestamp] == pd.Timestamp("2026-10-05T13:30:00Z")
+    assert pd.isna(df.loc["r2", spec.timestamp]) and list(df.columns[:2]) == ["ts", spec.timestamp]

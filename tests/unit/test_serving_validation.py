@@ -78,6 +78,8 @@ def test_optional_features_may_be_missing_or_null(spec, validator):
         (lambda r: r.update(plan="platinum"), "plan", "value_error.category"),
         (lambda r: r.update(plan=3), "plan", "type_error.str"),
         (lambda r: r.update(customer_id="abc"), "customer_id", "type_error.integer"),
+        (lambda r: r.update(event_timestamp="yesterday"), "event_timestamp", "type_error.datetime"),
+        (lambda r: r.update(event_timestamp=True), "event_timestamp", "type_error.datetime"),
     ],
 )
 def test_each_bad_field_is_named(spec, validator, change, field, kind):
@@ -85,6 +87,26 @@ def test_each_bad_field_is_named(spec, validator, change, field, kind):
     change(rec)
     errs = errors_of(validator, [good(spec), rec])
     assert errs == [{"loc": ["body", "records", 1, field], "msg": errs[0]["msg"], "type": kind}]
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "2026-10-05T13:30:00Z",
+        "2026-10-05T13:30:00+00:00",
+        "2026-10-05T15:30:00+02:00",
+        "2026-10-05 13:30:00",
+        1791207000,
+    ],
+)
+def test_an_event_time_is_read_as_utc_epoch_seconds(spec, validator, sent):
+    expected = 1791207000.0  # 2026-10-05T13:30:00Z
+    [full, lookup] = validator.check(
+        [{**good(spec), "event_timestamp": sent}, {"customer_id": 5, "event_timestamp": sent}], ("body", "records")
+    )
+    assert full.event_ts == expected and lookup.event_ts == expected
+    [plain] = validator.check([good(spec)], ("body", "records"))
+    assert plain.event_ts is None
 
 
 def test_all_errors_are_reported_at_once(spec, validator):

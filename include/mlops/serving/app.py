@@ -209,7 +209,7 @@ class Service:
                 choose(state.strategy, state.canary_share, has_challenger, it.entity, rid_i) if canary else "champion"
             )
             model = state.challenger if variant == CHALLENGER else state.champion
-            tasks.append(Task(it.entity, it.row, (*loc, it.index), rid_i, variant, model, shadow))
+            tasks.append(Task(it.entity, it.row, (*loc, it.index), rid_i, variant, model, shadow, it.event_ts))
         return tasks
 
     async def handle(self, request: Request, endpoint: str) -> Response:

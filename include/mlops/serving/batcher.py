@@ -55,6 +55,7 @@ class Task:
     variant: str
     model: LoadedModel
     shadow: LoadedModel | None = None
+    event_ts: float | None = None  # the record's event time, when the caller sent it
 
 
 @dataclass(slots=True)
@@ -320,6 +321,7 @@ class Batcher:
                 request_id=[t.request_id for t in ts],
                 ts=[jobs[owners[i][0]].ts for i in idx],
                 entity=[t.entity for t in ts],
+                event_ts=[t.event_ts for t in ts],
                 prediction=[pred[i] for i in idx],
                 score=[score[i] for i in idx],
                 model_version=[(t.shadow.version if shadow else t.model.version) for t in ts],  # type: ignore[union-attr]

@@ -2,7 +2,8 @@
 
 The request path only appends a micro-batch (its feature frame and outputs) to a queue. The
 writer thread turns what has accumulated into one parquet object per day partition,
-`predictions/<dataset>/dt=YYYY-MM-DD/<batch id>.parquet`, every few seconds or every N rows,
+`predictions/<dataset>/dt=YYYY-MM-DD/<batch id>.parquet` (the day of the record's event time
+when the caller sent one, else of the request), every few seconds or every N rows,
 and once more on shutdown, so nothing that was answered is lost. A failed write is retried
 on the next cycle; the buffer is bounded so that a dead object store cannot exhaust memory
 (rows dropped past the bound are counted in a metric and logged).
@@ -42,6 +43,7 @@ class LogBatch:
     score: list[float]
     model_version: list[str]
     variant: list[str]
+    event_ts: list[float | None] | None = None  # epoch seconds, UTC; None where not sent
 
     def __len__(self) -> int:
         return len(self.request_id)
@@ -57,6 +59,7 @@ def log_columns(spec: DatasetSpec) -> list[str]:
     return [
         "request_id",
         "ts",
+        spec.timestamp,
         spec.entity_key,
         *model_features(spec),
         "prediction",
@@ -79,10 +82,16 @@ def to_frame(batches: list[LogBatch], spec: DatasetSpec, model_name: str) -> pd.
     def cat(attr: str) -> list[Any]:
         return [v for b in batches for v in getattr(b, attr)]
 
+    def seconds(values: list[Any]) -> pd.DatetimeIndex:
+        micros = np.asarray([np.nan if v is None else v for v in values], dtype="float64") * 1e6
+        return pd.to_datetime(micros, unit="us", utc=True)
+
+    event = [v for b in batches for v in (b.event_ts or [None] * len(b))]
     out = pd.DataFrame(
         {
             "request_id": pd.Series(cat("request_id"), dtype="object"),
-            "ts": pd.to_datetime(np.asarray(cat("ts"), dtype="float64") * 1e6, unit="us", utc=True),
+            "ts": seconds(cat("ts")),
+            spec.timestamp: seconds(event),
             spec.entity_key: pd.array(cat("entity"), dtype="Int64"),
         }
     )
@@ -221,7 +230,7 @@ class PredictionLog:
         self._buf, self._pending = [], df
         rows = len(df)
         try:
-            days = df["ts"].dt.strftime("%Y-%m-%d")
+            days = df[self.spec.timestamp].fillna(df["ts"]).dt.strftime("%Y-%m-%d")
             for day in sorted(days.unique()):
                 part = df[days == day].reset_index(drop=True)
                 self._seq += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -60,11 +61,13 @@ class Rule:
 
 @dataclass(frozen=True)
 class Item:
-    """One validated record: `row` holds the raw features in spec order, or None for a lookup."""
+    """One validated record: `row` holds the raw features in spec order, or None for a lookup;
+    `event_ts` the record's own event time (epoch seconds, UTC) when the caller sent one."""
 
     index: int
     entity: int | None
     row: list[Any] | None
+    event_ts: float | None = None
 
 
 def _is_number(v: Any) -> bool:
@@ -79,6 +82,7 @@ class RecordValidator:
         from include.mlops.features import derived_features
 
         self.entity_key = spec.entity_key
+        self.timestamp = spec.timestamp
         self.derived = set(derived_features(spec))
         self.feature_names = list(spec.feature_names)
         self._names = set(self.feature_names)
@@ -145,6 +149,30 @@ class RecordValidator:
             return None
         return v
 
+    def _event_time(self, rec: dict[str, Any], loc: tuple[Any, ...], errors: list[dict[str, Any]]) -> float | None:
+        """The optional event time: ISO 8601 (no zone means UTC) or epoch seconds. Monitoring joins
+        the ground truth on (entity, event time) and files the prediction under the event's day."""
+        v = rec.get(self.timestamp) if self.timestamp else None
+        if v is None:
+            return None
+        if _is_number(v) and math.isfinite(v):
+            return float(v)
+        if isinstance(v, str):
+            try:
+                t = datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
+            except ValueError:
+                pass
+            else:
+                return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+        errors.append(
+            error(
+                (*loc, self.timestamp),
+                f"expected an ISO 8601 time or epoch seconds, got {v!r}"[:200],
+                "type_error.datetime",
+            )
+        )
+        return None
+
     def _check_one(self, rec: Any, loc: tuple[Any, ...], index: int, errors: list[dict[str, Any]]) -> Item | None:
         if not isinstance(rec, dict):
             errors.append(
@@ -153,6 +181,7 @@ class RecordValidator:
             return None
         n_before = len(errors)
         entity = self._entity(rec, loc, errors)
+        event_ts = self._event_time(rec, loc, errors)
         if not any(k in self._names for k in rec):
             if len(errors) > n_before:
                 return None
@@ -161,7 +190,7 @@ class RecordValidator:
                     error(loc, f"a record needs either the features or {self.entity_key!r}", "value_error.missing")
                 )
                 return None
-            return Item(index, entity, None)
+            return Item(index, entity, None, event_ts)
         row: list[Any] = []
         for r in self.rules:
             v = rec.get(r.name)
@@ -209,7 +238,7 @@ class RecordValidator:
                 row.append(v)
         if len(errors) > n_before:
             return None
-        return Item(index, entity, row)
+        return Item(index, entity, row, event_ts)
 
 
 # -- request bodies -----------------------------------------------------------------------------
