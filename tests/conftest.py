@@ -56,15 +56,10 @@ def day_interval(day: date):
 
 
 def use_home(monkeypatch_or_env, home: Path, **extra: str) -> None:
-    env = {
-        "MLOPS_HOME": str(home),
-        "MLOPS_STORE_URI": f"file://{home / 'store'}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "FEAST_REGISTRY_PATH": f"sqlite:///{home / 'feast_registry.db'}",
-        "FEAST_ONLINE_PATH": str(home / "feast_online.db"),
-        "FEAST_ONLINE_STORE": "sqlite",
-        **extra,
-    }
+    """The embedded default's variables for `home` (plus `extra`), on a monkeypatch or a mapping."""
+    from include.mlops.config import embedded_env
+
+    env = {**embedded_env(home), **extra}
     for k, v in env.items():
         monkeypatch_or_env.setenv(k, v) if hasattr(monkeypatch_or_env, "setenv") else os.environ.__setitem__(k, v)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from include.mlops.config import PROJECT_ROOT, get_settings
@@ -86,11 +87,18 @@ def pause_all_but(keep: set[str]) -> list[str]:
 
     with create_session() as session:
         ids = [d for (d,) in session.query(DagModel.dag_id).all()]
-        paused = sorted(set(ids) - keep)
-        session.query(DagModel).filter(DagModel.dag_id.in_(paused)).update(
-            {DagModel.is_paused: True}, synchronize_session=False
-        )
-        session.query(DagModel).filter(DagModel.dag_id.in_(keep)).update(
-            {DagModel.is_paused: False}, synchronize_session=False
-        )
+    paused = sorted(set(ids) - keep)
+    set_paused(paused, True)
+    set_paused(keep, False)
     return paused
+
+
+def set_paused(dag_ids: Iterable[str], paused: bool) -> None:
+    """Pause or unpause DAGs in the metadata DB (this process's Airflow configuration)."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.query(DagModel).filter(DagModel.dag_id.in_(list(dag_ids))).update(
+            {DagModel.is_paused: paused}, synchronize_session=False
+        )

@@ -1,9 +1,23 @@
 """`make demo`: the lifecycle on the embedded default, headless, with progress lines.
 
-Generates the demo dataset, ingests the early days through `ml_training` (train=false, as a
-backfill would), then runs two full days: the first produces the champion, the second a
-challenger that must beat it through the gate. Prints a summary and writes it as JSON to
-`$MLOPS_HOME/demo-summary.json`. Airflow's own task logs go to `$MLOPS_HOME/logs/`.
+The story, on simulated days (the spec's `demo` section; `DEMO_SCENARIO` overrides its scenario):
+
+1. history: the dataset's first days are generated and ingested through `ml_training`
+   (`train=false`, as a backfill would);
+2. first champion: a full `ml_training` day trains, evaluates, registers and promotes v1;
+3. production: the scoring service starts; each following day is ingested, its events are scored
+   through the service's `/predict` (with their event time, so late labels join), and
+   `ml_monitoring` judges the day's prediction log;
+4. drift: from `monitor_days` on, the days come from the drift scenario. When the policy fires,
+   the drift Asset event is queued, `airflow standalone` (a real scheduler) starts and runs
+   `ml_retraining` for it, the new version goes through the gate, and the demo waits until the
+   running service answers with the new champion.
+
+`DEMO_SCENARIO=none make demo` is the control: the same days without drift, so nothing fires and
+nothing is retrained. `ml_training` and `ml_monitoring` run with `dag.test()`; only `ml_retraining`
+is left unpaused, so the scheduler does not start runs for today's (empty) interval. Prints a
+timeline and a summary, and writes both to `$MLOPS_HOME/demo-summary.json`; Airflow's task logs
+go to `$MLOPS_HOME/logs/`.
 """
 
 from __future__ import annotations
@@ -18,8 +32,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from include.mlops.airflow_env import apply_airflow_env, migrate_db
+from include.mlops.airflow_env import apply_airflow_env, migrate_db, pause_all_but, reserialize_dags
 from include.mlops.config import get_settings
+
+SCORE_CHUNK = 500  # records per /predict request
 
 
 class Timeline:
@@ -27,11 +43,12 @@ class Timeline:
         self.t0 = time.perf_counter()
         self.events: list[dict[str, Any]] = []
 
-    def add(self, step: str, **info: Any) -> None:
+    def add(self, step: str, **info: Any) -> float:
         elapsed = round(time.perf_counter() - self.t0, 1)
         self.events.append({"t_s": elapsed, "step": step, **info})
         detail = " ".join(f"{k}={v}" for k, v in info.items())
         print(f"[demo {elapsed:7.1f}s] {step} {detail}".rstrip(), flush=True)
+        return elapsed
 
 
 @contextlib.contextmanager
@@ -55,27 +72,83 @@ def logs_to(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
+def _state(s: Any) -> str:
+    return str(s).split(".")[-1].lower()
+
+
 def run_day(dag: Any, day: date, conf: dict[str, Any], log_file: Path) -> dict[str, Any]:
-    """One `dag.test()` run for the day-long interval starting at `day`; per-task states and times."""
+    """One `dag.test()` run for the day-long interval starting at `day`; per-task states, times, outputs."""
     logical = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
     t = time.perf_counter()
     with logs_to(log_file):
         run = dag.test(logical_date=logical, run_conf=conf)
     tis = {ti.task_id: ti for ti in run.get_task_instances()}
-    xcom = {}
-    for tid in ("deploy", "evaluate", "register", "validate"):
-        ti = tis.get(tid)
-        if ti is not None and ti.state == "success":
-            xcom[tid] = ti.xcom_pull(task_ids=tid) if hasattr(ti, "xcom_pull") else None
+    out = {
+        tid: ti.xcom_pull(task_ids=tid)
+        for tid, ti in tis.items()
+        if tid in ("decide", "monitor", "deploy") and _state(ti.state) == "success"
+    }
     return {
+        "dag_id": dag.dag_id,
         "day": day.isoformat(),
         "run_id": run.run_id,
-        "state": str(run.state),
+        "state": _state(run.state),
         "seconds": round(time.perf_counter() - t, 1),
         "tasks": {
-            tid: {"state": str(ti.state), "seconds": round(ti.duration or 0, 2)} for tid, ti in sorted(tis.items())
+            tid: {"state": _state(ti.state), "seconds": round(ti.duration or 0, 2)} for tid, ti in sorted(tis.items())
         },
+        "outputs": out,
+        "log": str(log_file),
     }
+
+
+def demo_plan(spec: Any) -> dict[str, Any]:
+    """Days and scenario of the story, from the spec's `demo` section and the environment."""
+    demo = spec.section("demo")
+    window = int(spec.section("training").get("window_days", 14))
+    scenario = os.environ.get("DEMO_SCENARIO") or demo.get("scenario", "covariate_drift")
+    history = int(os.environ.get("DEMO_HISTORY_DAYS") or demo.get("history_days", window + spec.label_delay_days))
+    monitor = int(os.environ.get("DEMO_MONITOR_DAYS") or demo.get("monitor_days", 3))
+    drift = int(os.environ.get("DEMO_DRIFT_DAYS") or demo.get("drift_days", 2))
+    start = date.fromisoformat(str(demo["start"]))
+    train_day = start + timedelta(days=history)
+    return {
+        "start": start,
+        "train_day": train_day,
+        "scenario": scenario,
+        "drift_start": train_day + timedelta(days=monitor + 1),
+        "last_day": train_day + timedelta(days=monitor + drift),
+        "rows": int(os.environ.get("DEMO_ROWS_PER_DAY") or demo.get("rows_per_day", 1000)),
+        "history_days": history,
+        "monitor_days": monitor,
+        "drift_days": drift,
+    }
+
+
+def score_day(service: Any, store: Any, spec: Any, day: date) -> dict[str, Any]:
+    """The day's landed events through `/predict`, with their event time; flushes the prediction log."""
+    import httpx
+    import pandas as pd
+
+    from include.mlops.data.generator import events_key
+
+    raw = store.get_parquet(events_key(spec, day))
+    cols = [spec.entity_key, spec.timestamp, *spec.feature_names]
+    frame = raw[cols].astype(object).where(raw[cols].notna(), None)
+    frame[spec.timestamp] = pd.to_datetime(raw[spec.timestamp], utc=True).map(lambda t: t.isoformat())
+    records = frame.to_dict(orient="records")
+    versions: dict[str, int] = {}
+    t = time.perf_counter()
+    with httpx.Client(base_url=service.url, timeout=60) as client:
+        for i in range(0, len(records), SCORE_CHUNK):
+            r = client.post("/predict", json={"records": records[i : i + SCORE_CHUNK]})
+            if r.status_code != 200:
+                raise RuntimeError(f"/predict answered {r.status_code} for {day}: {r.text[:500]}")
+            for p in r.json()["predictions"]:
+                versions[p["model_version"]] = versions.get(p["model_version"], 0) + 1
+        flushed = client.post("/admin/flush", headers=service.headers()).json()
+    took = round(time.perf_counter() - t, 1)
+    return {"rows": len(records), "versions": versions, "seconds": took, "probe": records[0], **flushed}
 
 
 def main() -> int:
@@ -84,7 +157,9 @@ def main() -> int:
     timeline = Timeline()
     timeline.add("start", home=str(settings.home), dataset=settings.dataset, store=settings.store_uri)
     migrate_db(env)
-    timeline.add("airflow metadata db ready", airflow_home=env["AIRFLOW_HOME"])
+    reserialize_dags(env)  # ml_retraining in the DB before any drift event, so the event queues it
+    paused = pause_all_but({"ml_retraining"})
+    timeline.add("airflow metadata db ready", airflow_home=env["AIRFLOW_HOME"], paused=",".join(paused))
 
     from include.mlops.data.generator import Scenario, write_days
     from include.mlops.spec import load_spec
@@ -93,13 +168,18 @@ def main() -> int:
     spec = load_spec(settings.dataset)
     store = ObjectStore(settings.store_uri, settings.s3_endpoint_url)
     ensure_bucket(store)
-    demo = spec.section("demo")
-    start = date.fromisoformat(str(demo["start"]))
-    days = int(os.environ.get("DEMO_DAYS") or demo.get("days", 20))
-    rows = int(os.environ.get("DEMO_ROWS_PER_DAY") or demo.get("rows_per_day", 1000))
-    write_days(store, spec, start, days, Scenario(), rows=rows)
+    plan = demo_plan(spec)
+    days_total = (plan["last_day"] - plan["start"]).days + 1
+    write_days(
+        store, spec, plan["start"], days_total, Scenario(plan["scenario"], plan["drift_start"]), rows=plan["rows"]
+    )
     timeline.add(
-        "demo data generated", days=days, rows_per_day=rows, landing=store.uri(spec.section("source")["landing_prefix"])
+        "demo data generated",
+        days=days_total,
+        rows_per_day=plan["rows"],
+        scenario=plan["scenario"],
+        drift_from=plan["drift_start"] if plan["scenario"] != "none" else "-",
+        landing=store.uri(spec.section("source")["landing_prefix"]),
     )
 
     from airflow.dag_processing.dagbag import DagBag
@@ -109,44 +189,190 @@ def main() -> int:
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
     if bag.import_errors:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
-    dag = bag.get_dag("ml_training")
-    log_dir = settings.home / "logs"
-    runs = []
-    for i in range(days - 2):
-        day = start + timedelta(days=i)
-        r = run_day(dag, day, {"dataset": spec.name, "train": False}, log_dir / f"ml_training-{day}.log")
+    training, monitoring = bag.get_dag("ml_training"), bag.get_dag("ml_monitoring")
+    logs = settings.home / "logs"
+    runs: list[dict[str, Any]] = []
+
+    def run(dag: Any, day: date, **conf: Any) -> dict[str, Any]:
+        r = run_day(dag, day, {"dataset": spec.name, **conf}, logs / f"{dag.dag_id}-{day}.log")
         runs.append(r)
         if r["state"] != "success":
-            raise SystemExit(f"ingest of {day} ended {r['state']}: see {log_dir / f'ml_training-{day}.log'}")
+            raise SystemExit(f"{dag.dag_id} for {day} ended {r['state']}: see {r['log']}")
+        return r
+
+    # 1. history
+    for i in range(plan["history_days"]):
+        r = run(training, plan["start"] + timedelta(days=i), train=False)
+        print(f"  ingested {r['day']} in {r['seconds']} s", flush=True)
     timeline.add(
-        "ingested (train=false)",
-        first=runs[0]["day"],
-        last=runs[-1]["day"],
+        "history ingested (ml_training, train=false)",
+        days=plan["history_days"],
         seconds=round(sum(r["seconds"] for r in runs), 1),
     )
-    for i in (days - 2, days - 1):
-        day = start + timedelta(days=i)
-        r = run_day(dag, day, {"dataset": spec.name, "train": True}, log_dir / f"ml_training-{day}.log")
-        runs.append(r)
-        timeline.add(
-            "ml_training",
-            day=r["day"],
-            state=r["state"],
-            seconds=r["seconds"],
-            tasks=",".join(f"{t}:{v['state'].split('.')[-1].lower()}" for t, v in r["tasks"].items()),
-        )
-        if r["state"].split(".")[-1].lower() != "success":
-            raise SystemExit(f"ml_training for {day} ended {r['state']}: see {log_dir / f'ml_training-{day}.log'}")
+    # 2. the first champion
+    r = run(training, plan["train_day"], train=True)
+    timeline.add(
+        "ml_training",
+        day=r["day"],
+        seconds=r["seconds"],
+        tasks=",".join(f"{t}:{v['state']}" for t, v in r["tasks"].items()),
+        deployed=(r["outputs"].get("deploy") or {}).get("message", ""),
+    )
 
-    summary = build_summary(spec, store, settings, timeline, runs)
+    # 3. production: the service answers; each day is ingested, scored and monitored
+    from include.mlops.deployment import start_service
+
+    service = start_service({"MLOPS_SERVE_SPEC": spec.name})
+    os.environ["MLOPS_SERVE_URL"], os.environ["MLOPS_ADMIN_TOKEN"] = service.url, service.token or ""
+    timeline.add("scoring service ready", url=service.url)
+    windows: list[dict[str, Any]] = []
+    retraining: dict[str, Any] = {}
+    first_drift_t: float | None = None
+    try:
+        day = plan["train_day"]
+        while day < plan["last_day"]:
+            day += timedelta(days=1)
+            drifted = plan["scenario"] != "none" and day >= plan["drift_start"]
+            t_day = timeline.add("day", day=day, data=plan["scenario"] if drifted else "normal")
+            if drifted and first_drift_t is None:
+                first_drift_t = t_day
+            run(training, day, train=False)
+            scored = score_day(service, store, spec, day)
+            timeline.add("scored through the service", day=day, rows=scored["rows"], versions=scored["versions"])
+            m = run(monitoring, day)
+            decision = m["outputs"].get("decide") or {}
+            summary = m["outputs"].get("monitor") or {}
+            window = {
+                "day": day.isoformat(),
+                "data": plan["scenario"] if drifted else "normal",
+                "scored": {k: v for k, v in scored.items() if k != "probe"},
+                "action": decision.get("action", "skipped"),
+                "reason": decision.get("reason"),
+                "drift_share": decision.get("drift_share"),
+                "drifted_features": decision.get("drifted_features"),
+                "performance": summary.get("performance"),
+                "reports": summary.get("reports") or {"data_drift": summary.get("report_html")},
+                "decision_uri": decision.get("decision_uri"),
+            }
+            windows.append(window)
+            timeline.add(
+                "ml_monitoring",
+                day=day,
+                action=window["action"],
+                drift_share=window["drift_share"],
+                report=summary.get("report_html"),
+            )
+            if decision.get("fire"):
+                retraining = retrain_on_the_scheduler(env, settings, spec, service, scored["probe"], timeline, logs)
+                break
+        if plan["scenario"] == "none":
+            timeline.add("control: no drift event, no ml_retraining run", **no_retraining_evidence())
+    finally:
+        service.close()
+
+    summary = build_summary(spec, store, settings, timeline, runs, windows, retraining, plan, first_drift_t)
     out = settings.home / "demo-summary.json"
     out.write_text(json.dumps(summary, indent=2, default=str))
     print_summary(summary, out)
+    if plan["scenario"] != "none" and not retraining.get("new_champion_answering"):
+        print("the drift story did not complete: see the timeline above", file=sys.stderr)
+        return 1
     return 0
 
 
+def retrain_on_the_scheduler(
+    env: dict[str, str], settings: Any, spec: Any, service: Any, probe: dict[str, Any], timeline: Timeline, logs: Path
+) -> dict[str, Any]:
+    """Start a real scheduler, let it run `ml_retraining` for the queued drift event, and wait until
+    the service answers with the champion it promoted."""
+    import httpx
+
+    from include.mlops.local_stack import AirflowStandalone
+    from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
+
+    client = setup_mlflow(settings)
+    before = alias_version(client, spec.model_name, CHAMPION)
+    queued = queued_retraining()
+    timeline.add("drift Asset event queued", consumers=",".join(queued) or "none")
+    airflow = AirflowStandalone(
+        {**os.environ, **env, "MLOPS_SERVE_URL": service.url, "MLOPS_ADMIN_TOKEN": service.token or ""},
+        logs / "airflow-standalone.log",
+    )
+    try:
+        took = airflow.start(hold=("ml_retraining",))
+        timeline.add("airflow standalone ready (scheduler, LocalExecutor)", url=airflow.url, seconds=took)
+        done = airflow.wait_for_run("ml_retraining", run_type="asset_triggered", timeout=1800)
+    finally:
+        airflow.stop()
+    tasks = {t["task_id"]: t for t in done["task_instances"]}
+    timeline.add(
+        "ml_retraining (asset_triggered)",
+        run_id=done["dag_run_id"],
+        state=done["state"],
+        tasks=",".join(f"{t}:{v['state']}" for t, v in sorted(tasks.items())),
+    )
+    after = alias_version(client, spec.model_name, CHAMPION)
+    answering = None
+    deadline = time.monotonic() + 180
+    while after and after != before and time.monotonic() < deadline:
+        r = httpx.post(f"{service.url}/predict", json={"records": [probe]}, timeout=30)
+        if r.status_code == 200:
+            answering = r.json()["predictions"][0]["model_version"]
+            if str(answering) == str(after):
+                break
+        httpx.post(f"{service.url}/admin/reload", headers=service.headers(), timeout=130)
+        time.sleep(1)
+    ok = answering is not None and str(answering) == str(after) and after != before
+    t = timeline.add(
+        "new champion answering" if ok else "champion unchanged",
+        champion=f"v{before} -> v{after}",
+        service_answers=f"v{answering}",
+    )
+    return {
+        "run_id": done["dag_run_id"],
+        "state": done["state"],
+        "tasks": tasks,
+        "champion_before": before,
+        "champion_after": after,
+        "service_answers": answering,
+        "new_champion_answering": ok,
+        "answering_at_s": t,
+        "log": str(airflow.log),
+    }
+
+
+def queued_retraining() -> list[str]:
+    """DAGs queued by Asset events, waiting for a scheduler."""
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+
+    with create_session() as s:
+        return sorted({q.target_dag_id for q in s.query(AssetDagRunQueue).all()})
+
+
+def no_retraining_evidence() -> dict[str, Any]:
+    from airflow.models.asset import AssetEvent
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as s:
+        return {
+            "drift_events": s.query(AssetEvent).filter(AssetEvent.source_dag_id == "ml_monitoring").count(),
+            "queued": ",".join(queued_retraining()) or "none",
+            "ml_retraining_runs": s.query(DagRun).filter(DagRun.dag_id == "ml_retraining").count(),
+        }
+
+
 def build_summary(
-    spec: Any, store: Any, settings: Any, timeline: Timeline, runs: list[dict[str, Any]]
+    spec: Any,
+    store: Any,
+    settings: Any,
+    timeline: Timeline,
+    runs: list[dict[str, Any]],
+    windows: list[dict[str, Any]],
+    retraining: dict[str, Any],
+    plan: dict[str, Any],
+    first_drift_t: float | None,
 ) -> dict[str, Any]:
     from include.mlops.registry import CHAMPION, PREVIOUS, alias_version, read_ledger, setup_mlflow
 
@@ -161,19 +387,27 @@ def build_summary(
             metrics={k: round(v, 4) for k, v in run.data.metrics.items() if k.startswith("holdout_")},
             model_uri=run.data.tags.get("mlops.model_uri"),
             artifact_uri=run.info.artifact_uri,
-            lineage={k: v for k, v in mv.tags.items()},
+            lineage=dict(mv.tags.items()),
             previous=alias_version(client, spec.model_name, PREVIOUS),
         )
-    last_day = runs[-1]["day"]
+    train_day = plan["train_day"].isoformat()
+    drift_to_answer = None
+    if retraining.get("new_champion_answering") and first_drift_t is not None:
+        drift_to_answer = round(retraining["answering_at_s"] - first_drift_t, 1)
     return {
         "dataset": spec.name,
+        "scenario": plan["scenario"],
+        "plan": {k: str(v) for k, v in plan.items()},
         "champion": champ,
         "tracking_uri": settings.tracking_uri,
         "store_uri": settings.store_uri,
         "reports": {
-            "validation": store.uri(f"reports/validation/{spec.name}/dt={last_day}/validation.html"),
-            "validation_json": store.uri(f"reports/validation/{spec.name}/dt={last_day}/validation.json"),
+            "validation": store.uri(f"reports/validation/{spec.name}/dt={train_day}/validation.html"),
+            "validation_json": store.uri(f"reports/validation/{spec.name}/dt={train_day}/validation.json"),
         },
+        "monitoring": windows,
+        "retraining": retraining,
+        "drift_to_new_champion_answering_s": drift_to_answer,
         "ledger": read_ledger(store, spec.model_name),
         "runs": runs,
         "timeline": timeline.events,
@@ -191,6 +425,20 @@ def print_summary(s: dict[str, Any], path: Path) -> None:
     print(f"artifacts     : {c.get('artifact_uri')}")
     print(f"tracking uri  : {s['tracking_uri']}  (make up: MLflow UI on http://127.0.0.1:5000)")
     print(f"validation    : {s['reports']['validation']}")
+    print(f"scenario      : {s['scenario']}")
+    for w in s["monitoring"]:
+        share = "-" if w["drift_share"] is None else f"{w['drift_share']:.2f}"
+        print(f"monitoring    : {w['day']} {w['data']:<16} drift share {share:<5} -> {w['action']}")
+        for kind, uri in (w.get("reports") or {}).items():
+            if uri and kind in ("data_drift", "performance"):
+                print(f"                {kind}: {uri}")
+    r = s["retraining"]
+    if r:
+        print(f"retraining    : {r['run_id']} {r['state']}; champion v{r['champion_before']} -> v{r['champion_after']}")
+        print(f"service       : answers with v{r['service_answers']}")
+        print(f"drift -> new champion answering: {s['drift_to_new_champion_answering_s']} s")
+    else:
+        print("retraining    : none (no drift event)")
     for e in s["ledger"]:
         print(
             f"ledger        : {e['at']} {e['action']} v{e['from_version']} -> v{e['to_version']} ({e['reason'][:60]})"

@@ -218,8 +218,17 @@ class AirflowStandalone:
         self.proc: subprocess.Popen | None = None
         self._token: str | None = None
 
-    def start(self, timeout: float = 240) -> float:
-        """Start and wait until the API answers and a token is issued; returns the seconds taken."""
+    def start(self, timeout: float = 240, hold: tuple[str, ...] = ()) -> float:
+        """Start and wait until the API answers and a token is issued; returns the seconds taken.
+
+        `hold`: DAGs paused until the API is up, then unpaused through it. The scheduler starts
+        before the api-server, and a task it starts meanwhile fails to reach the execution API
+        (a wasted try and a retry delay); runs queued for these DAGs wait instead.
+        """
+        if hold:
+            from include.mlops.airflow_env import set_paused
+
+            set_paused(hold, True)
         t0 = time.perf_counter()
         self.log.parent.mkdir(parents=True, exist_ok=True)
         fh = self.log.open("ab")
@@ -232,9 +241,12 @@ class AirflowStandalone:
             if _ready(f"{self.url}/api/v2/monitor/health"):
                 try:
                     self.token()
-                    return round(time.perf_counter() - t0, 1)
                 except Exception:
-                    pass
+                    time.sleep(1)
+                    continue
+                for dag_id in hold:
+                    self._call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+                return round(time.perf_counter() - t0, 1)
             time.sleep(1)
         self.stop()
         raise RuntimeError(f"airflow standalone not ready after {timeout}s; see {self.log}")
@@ -294,13 +306,6 @@ class AirflowStandalone:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
-
-    def __enter__(self) -> AirflowStandalone:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _free_port() -> int:

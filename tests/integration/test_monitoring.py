@@ -363,11 +363,16 @@ def test_drift_event_runs_ml_retraining_on_a_real_scheduler_and_the_champion_mov
     with create_session() as s:
         assert [q.target_dag_id for q in s.query(AssetDagRunQueue).all()] == ["ml_retraining"]
 
-    with AirflowStandalone(env, tmp_path / "standalone.log") as airflow:
+    airflow = AirflowStandalone(env, tmp_path / "standalone.log")
+    try:
+        airflow.start(hold=("ml_retraining",))
         done = airflow.wait_for_run("ml_retraining", run_type="asset_triggered", timeout=900)
+    finally:
+        airflow.stop()
     states = {ti["task_id"]: ti["state"] for ti in done["task_instances"]}
     assert done["state"] == "success", (states, (tmp_path / "standalone.log").read_text()[-3000:])
     assert states == {t: "success" for t in ("plan", "train", "evaluate", "register", "deploy")}
+    assert {ti["try_number"] for ti in done["task_instances"]} == {1}, done["task_instances"]
     champion_after = int(alias_version(client, spec.model_name, "champion"))
     assert champion_after > champion_before
     mv = client.get_model_version(spec.model_name, str(champion_after))
