@@ -50,30 +50,31 @@ def apply_airflow_env(home: Path | None = None, **overrides: str) -> dict[str, s
     return env
 
 
-def migrate_db(env: dict[str, str]) -> None:
-    """`airflow db migrate` in a subprocess (idempotent; ~10 s the first time)."""
-    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+def airflow_cli(env: dict[str, str], *args: str) -> None:
+    """`airflow <args>` in a subprocess with `env`; its stderr is in the error if it fails."""
     airflow = Path(sys.executable).with_name("airflow")
-    subprocess.run(
-        [str(airflow), "db", "migrate"],
-        env={**os.environ, **env},
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    try:
+        subprocess.run(
+            [str(airflow), *args],
+            env={**os.environ, **env},
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"airflow {' '.join(args)} failed: {exc.stderr.decode(errors='replace')[-2000:]}") from exc
+
+
+def migrate_db(env: dict[str, str]) -> None:
+    """`airflow db migrate` (idempotent; ~10 s the first time)."""
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    airflow_cli(env, "db", "migrate")
 
 
 def reserialize_dags(env: dict[str, str]) -> None:
     """`airflow dags reserialize`: every DAG in the metadata DB now, so an Asset event emitted by a
     `dag.test()` run finds its consumers (`ml_retraining`) and queues them for the scheduler."""
-    airflow = Path(sys.executable).with_name("airflow")
-    subprocess.run(
-        [str(airflow), "dags", "reserialize"],
-        env={**os.environ, **env},
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    airflow_cli(env, "dags", "reserialize")
 
 
 def pause_all_but(keep: set[str]) -> list[str]:
