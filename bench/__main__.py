@@ -1,9 +1,13 @@
-"""`make bench`: every benchmark in turn, merged into bench/results.json.
+"""`make bench`: every benchmark in turn, merged into bench/results.json, then BENCHMARKS.md.
 
-BENCH_SCALE=small keeps each one small (10k/100k rows); the default runs the full sizes.
-Each benchmark also writes its own results_<name>.json, with the command that produced it.
-Not yet measured here (see the notes of issue 6): `materialize.*`, `validate.1000000.s`,
-`batch_scoring.1000000.ratio`.
+BENCH_SCALE=small runs each at a small size (100,000 rows where the full run uses 1,000,000;
+the pipeline at 10,000 and 100,000; fewer detection windows, one parse run per file) and leaves
+out the production stack (see `plan`); the keys name the size actually run (`validate.100000.s`)
+and the report says the scale. Each benchmark runs in its own process and writes its own
+bench/results_<name>.json (or merges into results.json itself); the command run for it is
+recorded under `commands`. A run starts afresh: results.json and the results_<name>.json files
+of the benchmarks it runs are removed first, so every figure comes from this run. A benchmark
+that fails is recorded in `bench_status` and the others still run; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -17,31 +21,80 @@ import time
 from bench.common import RESULTS, ROOT, machine, merge_results
 
 
-def run(args: list[str]) -> float:
-    t = time.perf_counter()
-    print(f"[bench] {' '.join(args)}", flush=True)
-    subprocess.run([sys.executable, *args], cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return round(time.perf_counter() - t, 1)
-
-
-def main() -> None:
-    small = os.environ.get("BENCH_SCALE") == "small"
-    plan = {
-        "parse": ["-m", "bench.parse"],
+def plan(small: bool) -> dict[str, list[str] | None]:
+    """The command of each benchmark, in order; None: not run at this scale."""
+    rows = "100000" if small else "1000000"
+    return {
+        "parse": ["-m", "bench.parse", "--runs", "1" if small else "3"],
+        "validate": ["-m", "bench.validate", "--rows", rows],
+        "batch_scoring": ["-m", "bench.batch_scoring", "--rows", rows],
+        "materialize": ["-m", "bench.materialize", "--rows", rows],
         "pipeline": ["-m", "bench.pipeline", *(["10000", "100000"] if small else ["10000", "100000", "1000000"])],
         "serving": ["bench/serving.py", "--seconds", "3" if small else "6", "--rounds", "1" if small else "3"],
         "drift": ["-m", "bench.drift", "--rows", *(["100000"] if small else ["100000", "1000000"])],
-        "detection": ["-m", "bench.detection"],
-        "production": ["-m", "bench.production"],
+        "detection": ["-m", "bench.detection", *(["--control-windows", "10", "--after", "5"] if small else [])],
+        # a whole CeleryExecutor stack (PostgreSQL, Redis, S3) started, run and stopped: ~6 min
+        # whatever the rows, more than the quick pass's budget on its own
+        "production": None if small else ["-m", "bench.production"],
     }
-    took = {name: run(args) for name, args in plan.items()}
-    for part in ("serving", "drift", "detection", "production"):
-        path = ROOT / "bench" / f"results_{part}.json"
-        if path.exists():
-            merge_results(json.loads(path.read_text()))
-    merge_results({"machine": machine(), "bench_seconds": took, "scale": "small" if small else "full"})
-    print(RESULTS.read_text())
+
+
+def run(args: list[str]) -> tuple[float, str]:
+    t = time.perf_counter()
+    print(f"[bench] python {' '.join(args)}", flush=True)
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    took = round(time.perf_counter() - t, 1)
+    state = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+    print(f"[bench] {state} in {took} s", flush=True)
+    return took, state
+
+
+def file_section(name: str) -> dict:
+    """A results_<name>.json as a results.json section: keys other than the benchmark's own (a
+    `setup`, or a file with no top-level key for itself) go under the benchmark's key, so two
+    files' `setup`s never mix."""
+    path = ROOT / "bench" / f"results_{name}.json"
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    own = dict(data.get(name, {}))
+    own.update({k: v for k, v in data.items() if k not in (name, "commands", "machine")})
+    return {name: own, "commands": data.get("commands", {})}
+
+
+def main() -> int:
+    from bench import report
+
+    small = os.environ.get("BENCH_SCALE") == "small"
+    parts = plan(small)
+    RESULTS.unlink(missing_ok=True)
+    for name, args in parts.items():
+        if args is not None:
+            (ROOT / "bench" / f"results_{name}.json").unlink(missing_ok=True)
+    took, state = {}, {}
+    for name, args in parts.items():
+        if args is None:
+            state[name] = "skipped at this scale"
+            continue
+        took[name], state[name] = run(args)
+    for name, args in parts.items():
+        section = file_section(name) if args is not None else {}
+        if section:
+            merge_results(section)
+    merge_results(
+        {
+            "machine": machine(),
+            "scale": "small" if small else "full",
+            "bench_seconds": took,
+            "bench_status": state,
+            # what `make bench` ran: a benchmark's own record, where it has one, says the same
+            "commands": {name: "python " + " ".join(args) for name, args in parts.items() if args is not None},
+        }
+    )
+    report.main([])
+    print(f"[bench] total {sum(took.values()):.0f} s; results in {RESULTS}")
+    return 0 if all(s == "ok" or s.startswith("skipped") for s in state.values()) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

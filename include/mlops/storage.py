@@ -149,10 +149,11 @@ class ObjectStore:
         df.to_parquet(buf, index=False)
         return self.put_bytes(key, buf.getvalue())
 
-    def get_parquet(self, key: str) -> pd.DataFrame:
+    def get_parquet(self, key: str, **options: Any) -> pd.DataFrame:
+        """A parquet object as a DataFrame; `options` go to `pandas.read_parquet` (and pyarrow)."""
         import pandas as pd
 
-        return pd.read_parquet(io.BytesIO(self.get_bytes(key)))
+        return pd.read_parquet(io.BytesIO(self.get_bytes(key)), **options)
 
     def read_parquet_prefix(self, prefix: str) -> pd.DataFrame:
         """All parquet objects under a prefix, concatenated (empty frame if none)."""
