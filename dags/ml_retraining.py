@@ -91,7 +91,11 @@ def ml_retraining():
 
         from include.mlops.drift_policy import plan_retraining
 
-        events = [dict(e.extra or {}) for evs in (context.get("triggering_asset_events") or {}).values() for e in evs]
+        events = [
+            {**dict(e.extra or {}), "emitted_at": e.timestamp.isoformat() if e.timestamp else ""}
+            for evs in (context.get("triggering_asset_events") or {}).values()
+            for e in evs
+        ]
         dag_run = context["dag_run"]
         out = plan_retraining(dict(context["params"]), events, getattr(dag_run, "run_after", None))
         logging.getLogger("airflow.task").info(

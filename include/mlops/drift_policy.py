@@ -492,15 +492,18 @@ def _interval_end_day(interval_key: str | None) -> date | None:
 def plan_retraining(params: dict[str, Any], events: list[dict[str, Any]], run_after: datetime | None) -> dict[str, Any]:
     """What `ml_retraining` trains on: dataset, interval, window and strategies, and why.
 
-    `events`: the `extra` of the triggering drift events (empty for a manual run). Precedence: the
-    run's params, then the newest event, then the spec (`monitoring.retraining`), then the run date.
+    `events`: the `extra` of the triggering drift events (empty for a manual run), each with the
+    time it was emitted as `emitted_at`. Precedence: the run's params, then the newest event (the
+    latest window; of a window monitored twice, the later decision), then the spec
+    (`monitoring.retraining`), then the run date.
     """
     from include.mlops.config import get_settings
     from include.mlops.spec import load_spec
     from include.mlops.storage import ObjectStore
 
     settings = get_settings()
-    event = sorted(events, key=lambda e: str(e.get("window_end", "")))[-1] if events else {}
+    newest = max(events, key=lambda e: (str(e.get("window_end", "")), str(e.get("emitted_at", ""))), default=None)
+    event = {k: v for k, v in (newest or {}).items() if k != "emitted_at"}
     spec_ref = params.get("dataset") or event.get("spec") or event.get("dataset") or settings.dataset
     spec = load_spec(spec_ref)
     if params.get("window_end"):

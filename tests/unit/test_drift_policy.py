@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -302,5 +303,13 @@ def test_plan_retraining_from_params_and_from_an_event(policy_home):
         "sliding_window",
         7,
     )  # from the spec's monitoring.retraining
+    # one window monitored twice (a re-run with another spec): the later decision is the one acted on
+    other = Path(policy_home).with_name("other.yaml")
+    other.write_text(Path(policy_home).read_text())
+    rerun = {**event, "spec": str(other), "emitted_at": "2026-11-02T10:00:00+00:00"}
+    first = {**event, "emitted_at": "2026-11-01T10:00:00+00:00"}
+    assert plan_retraining({}, [rerun, first], None)["dataset"] == str(other)
+    older_window = {**event, "window_end": "2026-10-14T00:00:00+00:00", "emitted_at": "2026-11-03T00:00:00+00:00"}
+    assert plan_retraining({}, [first, older_window], None)["interval_end"] == "2026-10-15T00:00:00+00:00"
     whenever = plan_retraining({"dataset": policy_home}, [], datetime(2026, 10, 30, 13, 5, tzinfo=UTC))
     assert whenever["interval_end"] == "2026-10-30T00:00:00+00:00"
