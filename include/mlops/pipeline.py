@@ -66,7 +66,10 @@ def staging_key(spec: DatasetSpec, day: date, what: str = "events") -> str:
 
 # -- extract ------------------------------------------------------------------------------------
 def extract(interval: Interval, spec_name: str | None = None) -> dict[str, Any]:
-    """Copy the interval's raw batches (and the labels that arrived in it) to staging/, overwriting."""
+    """Copy the interval's raw batches (and the labels that arrived in it) to staging/, overwriting.
+
+    The bytes are copied as they are: no decoding and re-encoding of the table (a second per
+    200k rows); the parquet footer gives the row counts and proves each object is a table."""
     from include.mlops.data.generator import events_key, labels_key
 
     spec, store, _ = _ctx(spec_name)
@@ -76,16 +79,28 @@ def extract(interval: Interval, spec_name: str | None = None) -> dict[str, Any]:
         if not store.exists(src):
             raise FileNotFoundError(f"no raw batch for {spec.name} on {day}: expected {store.uri(src)}")
         store.delete_prefix(f"staging/{spec.name}/events/dt={day.isoformat()}/")
-        df = store.get_parquet(src)
-        staged.append(store.put_parquet(staging_key(spec, day), df))
-        rows += len(df)
+        n, uri = _copy_parquet(store, src, staging_key(spec, day))
+        staged.append(uri)
+        rows += n
         lsrc = labels_key(spec, day)
         if store.exists(lsrc):
-            ldf = store.get_parquet(lsrc)
-            store.put_parquet(staging_key(spec, day, "labels"), ldf)
-            labels += len(ldf)
+            labels += _copy_parquet(store, lsrc, staging_key(spec, day, "labels"))[0]
     log.info("staged %d rows from %d batch(es) and %d late labels for %s", rows, len(staged), labels, interval.label)
     return {"staged": staged, "rows": rows, "labels": labels, "days": [d.isoformat() for d in interval.days]}
+
+
+def _copy_parquet(store: ObjectStore, src: str, dst: str) -> tuple[int, str]:
+    """Copy one parquet object; (rows, destination URI). Fails on an object that is not parquet."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    data = store.get_bytes(src)
+    try:
+        rows = pq.read_metadata(io.BytesIO(data)).num_rows
+    except Exception as exc:
+        raise ValueError(f"{store.uri(src)} is not a readable parquet table: {exc}") from exc
+    return rows, store.put_bytes(dst, data)
 
 
 # -- validate -----------------------------------------------------------------------------------
@@ -159,7 +174,10 @@ def prepare(interval: Interval, spec_name: str | None = None) -> dict[str, Any]:
 # -- train --------------------------------------------------------------------------------------
 def labelled_events(store: ObjectStore, spec: DatasetSpec, interval: Interval, window_days: int) -> pd.DataFrame:
     """Labels that have arrived by the interval's end for events in the window, restricted to
-    days whose features exist (quarantined days have none and would be dropped by the join)."""
+    days whose features exist (quarantined days have none and would be dropped by the join).
+
+    Only label files that arrived within the window are read (a label never arrives before its
+    event), so the cost follows the window, not the length of the history."""
     import pandas as pd
 
     end_day = interval.days[-1]
@@ -167,19 +185,24 @@ def labelled_events(store: ObjectStore, spec: DatasetSpec, interval: Interval, w
     frames = []
     for key in store.list(f"staging/{spec.name}/labels/"):
         arrival = date.fromisoformat(key.split("dt=")[1].split("/")[0])
-        if arrival <= end_day:
+        if first_event_day <= arrival <= end_day:
             frames.append(store.get_parquet(key))
     if not frames:
         return pd.DataFrame(columns=[spec.entity_key, spec.timestamp, spec.label])
     labels = pd.concat(frames, ignore_index=True)
     labels[spec.timestamp] = pd.to_datetime(labels[spec.timestamp], utc=True)
-    ev_day = labels[spec.timestamp].dt.date
-    have = {k.split("part-")[1][:10] for k in store.list(f"features/{spec.name}/") if "part-" in k}
-    keep = (ev_day >= first_event_day) & (ev_day <= end_day) & ev_day.map(lambda d: d.isoformat() in have)
-    dropped = int(((ev_day >= first_event_day) & ~ev_day.map(lambda d: d.isoformat() in have)).sum())
+    # event days as UTC midnights, compared in bulk (per-row date objects cost seconds at 1M rows)
+    ev_day = labels[spec.timestamp].dt.floor("D")
+    have = [
+        pd.Timestamp(k.split("part-")[1][:10], tz="UTC") for k in store.list(f"features/{spec.name}/") if "part-" in k
+    ]
+    featured = ev_day.isin(have)
+    after_first = ev_day >= pd.Timestamp(first_event_day, tz="UTC")
+    keep = after_first & (ev_day <= pd.Timestamp(end_day, tz="UTC")) & featured
+    dropped = int((after_first & ~featured).sum())
     if dropped:
         log.warning("%d labelled events fall on days without features (quarantined or not ingested); excluded", dropped)
-    return labels[keep].sort_values([spec.timestamp, spec.entity_key]).reset_index(drop=True)
+    return labels[keep].sort_values([spec.timestamp, spec.entity_key], ignore_index=True)
 
 
 def _pinned_requirements() -> list[str]:
@@ -218,7 +241,7 @@ def train(
     fs = F.get_feature_store(settings)
     joined = F.historical_features(fs, spec, entity_df)
     cols = [spec.entity_key, spec.timestamp, *F.model_features(spec), spec.label]
-    joined = joined[cols].sort_values([spec.timestamp, spec.entity_key]).reset_index(drop=True)
+    joined = joined[cols].sort_values([spec.timestamp, spec.entity_key], ignore_index=True)
     digest = T.data_hash(joined)
     train_df, holdout = T.time_split(joined, spec, int(tcfg.get("holdout_days", 2)))
 
@@ -248,7 +271,6 @@ def train(
     train_uri = store.put_parquet(f"{base}/train.parquet", train_df)
     holdout_uri = store.put_parquet(f"{base}/holdout.parquet", holdout)
     model, result = T.fit(spec, train_df)
-    X = train_df[F.model_features(spec)]
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{spec.name}-{interval.key}") as run:
         mlflow.set_tags(
             {
@@ -280,12 +302,10 @@ def train(
             mlflow.log_metric(f"cv_candidate_{result.scoring}", c["mean"], step=i)
         mlflow.log_dict({"scoring": result.scoring, "candidates": result.candidates}, "search/cv_results.json")
         mlflow.log_input(
-            mlflow.data.from_pandas(
-                train_df, source=train_uri, name=f"{spec.name}-train-{interval.key}", targets=spec.label, digest=digest
-            ),
+            training_dataset(train_df, train_uri, f"{spec.name}-train-{interval.key}", spec.label, digest),
             context="training",
         )
-        info = log_model(model, spec, X)
+        info = log_model(model, spec, train_df.head(5)[F.model_features(spec)])
         mlflow.set_tag("mlops.model_uri", info.model_uri)
     return {
         "run_id": run.info.run_id,
@@ -296,11 +316,46 @@ def train(
         "holdout_uri": holdout_uri,
         "reused": False,
         "experiment_id": exp_id,
+        "candidates": len(result.candidates),
     }
 
 
+def schema_probe(df: pd.DataFrame) -> pd.DataFrame:
+    """A few rows of `df` from which MLflow infers the same schema as from all of it: the first
+    row, the first occurrence of every distinct value of each object (text) column, and each
+    column's first missing value. MLflow reads types from the dtype, except for object columns,
+    whose distinct values decide; `required` means "no missing value"."""
+    import numpy as np
+
+    rows = {0} if len(df) else set()
+    for col in df.columns:
+        values = df[col]
+        if values.dtype.kind == "O":
+            rows.update(np.flatnonzero(~values.duplicated().to_numpy()).tolist())
+        missing = values.isna().to_numpy()
+        if missing.any():
+            rows.add(int(missing.argmax()))
+    return df.iloc[sorted(rows)]
+
+
+def training_dataset(df: pd.DataFrame, source: str, name: str, targets: str, digest: str) -> Any:
+    """The training split as an MLflow dataset (source, digest, schema, row count).
+
+    MLflow would infer the schema by walking every value of every column in Python (22-35 s
+    for 800k rows x 21 columns); the schema is inferred on `schema_probe(df)` instead, which
+    gives the same result in well under a second.
+    """
+    import mlflow
+
+    dataset = mlflow.data.from_pandas(df, source=source, name=name, targets=targets, digest=digest)
+    probe = mlflow.data.from_pandas(schema_probe(df), source=dataset.source, targets=targets, digest=digest)
+    dataset.schema = probe.schema  # a cached property: set here, it is never inferred from `df`
+    return dataset
+
+
 def log_model(model: Any, spec: DatasetSpec, X: pd.DataFrame) -> Any:
-    """Log the Pipeline with signature, input example and pinned requirements (skops format)."""
+    """Log the Pipeline with signature, input example (the first rows of `X`) and pinned
+    requirements (skops format)."""
     import mlflow
     import skops.io
     from mlflow.models import infer_signature
