@@ -555,6 +555,7 @@ def test_shadow_rollout_watches_the_challenger_before_promoting(env, server, cli
         out = D.rollout(reg, ev, "rollout-shadow", "test", strategy="shadow", spec_name=str(env["spec_path"]))
         staged = out["staged_check"]
         assert staged["passed"] and staged["load"]["shadow_scored"] >= staged["load"]["requests"]
+        assert staged["load"]["warmup_requests"] == 2 * staged["load"]["concurrency"]  # uncounted, first
         assert staged["load"]["shadow_errors"] == 0 and staged["load"]["variants"] == {
             "champion": staged["load"]["requests"]
         }
