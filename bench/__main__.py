@@ -7,7 +7,9 @@ production stack (see `plan`). The keys name the size actually run (`validate.10
 report says the scale. Each benchmark runs in its own process and writes its own
 bench/results_<name>.json (or merges into results.json itself); the command run for it is
 recorded under `commands`. A run starts afresh: results.json and the results_<name>.json files
-of the benchmarks it runs are removed first, so every figure comes from this run. A benchmark
+of the benchmarks it runs are removed first, so every figure comes from this run. The full run
+writes bench/ and BENCHMARKS.md (both committed); the small one writes bench/small/ (results and
+its own BENCHMARKS.md, ignored by git), or wherever BENCH_OUT points. A benchmark
 that fails is recorded in `bench_status` and the others still run; the exit status is then 1.
 """
 
@@ -18,8 +20,12 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from bench.common import RESULTS, ROOT, machine, merge_results
+if os.environ.get("BENCH_SCALE") == "small":  # before bench.common reads it: small figures apart
+    os.environ.setdefault("BENCH_OUT", str(Path(__file__).with_name("small")))
+
+from bench.common import OUT_DIR, RESULTS, ROOT, machine, merge_results  # noqa: E402
 
 
 def plan(small: bool) -> dict[str, list[str] | None]:
@@ -54,7 +60,7 @@ def file_section(name: str) -> dict:
     """A results_<name>.json as a results.json section: keys other than the benchmark's own (a
     `setup`, or a file with no top-level key for itself) go under the benchmark's key, so two
     files' `setup`s never mix."""
-    path = ROOT / "bench" / f"results_{name}.json"
+    path = OUT_DIR / f"results_{name}.json"
     if not path.exists():
         return {}
     data = json.loads(path.read_text())
@@ -71,7 +77,7 @@ def main() -> int:
     RESULTS.unlink(missing_ok=True)
     for name, args in parts.items():
         if args is not None:
-            (ROOT / "bench" / f"results_{name}.json").unlink(missing_ok=True)
+            (OUT_DIR / f"results_{name}.json").unlink(missing_ok=True)
     took, state = {}, {}
     for name, args in parts.items():
         if args is None:

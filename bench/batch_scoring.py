@@ -34,12 +34,12 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from bench.common import ROOT, machine, merge_results, peak_rss_mb
+from bench.common import ROOT, machine, merge_results, out_path, peak_rss_mb
 from bench.validate import Probe
 
 DAY, WARM_DAY, TRAIN_START = date(2026, 10, 20), date(2026, 10, 19), date(2026, 10, 1)
 TRAIN_DAYS, TRAIN_ROWS_PER_DAY = 5, 4000
-OUT = ROOT / "bench" / "results_batch_scoring.json"
+OUT = out_path("batch_scoring")
 
 
 def bench_spec(home: Path) -> Path:

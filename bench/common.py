@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results.json"
+# where figures go: bench/ for the full run (committed); `make bench` points BENCH_OUT at
+# bench/small/ (ignored by git) for BENCH_SCALE=small, so a quick pass never overwrites them
+OUT_DIR = Path(os.environ.get("BENCH_OUT") or ROOT / "bench")
+RESULTS = OUT_DIR / "results.json"
+
+
+def out_path(name: str) -> Path:
+    """The results file of one benchmark: results_<name>.json in OUT_DIR."""
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    return OUT_DIR / f"results_{name}.json"
 
 
 def peak_rss_mb() -> float:
@@ -62,6 +71,7 @@ def machine() -> dict[str, Any]:
 
 
 def merge_results(section: dict[str, Any], path: Path = RESULTS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(path.read_text()) if path.exists() else {}
 
     def deep(a: dict, b: dict) -> dict:

@@ -23,6 +23,8 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
+from bench.common import out_path
+
 TRAIN_START = date(2026, 9, 1)
 TRAIN_DAYS = 12
 WATCH_START = date(2026, 9, 20)  # first monitored window
@@ -163,7 +165,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=None, help="requests per day (default: the spec's demo.rows_per_day)")
     ap.add_argument("--control-windows", type=int, default=30)
     ap.add_argument("--after", type=int, default=10, help="windows to watch after the drift starts")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("results_detection.json")))
+    ap.add_argument("--out", default=str(out_path("detection")))
     args = ap.parse_args()
 
     from include.mlops.config import quiet_telemetry

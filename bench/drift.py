@@ -30,6 +30,8 @@ from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
+from bench.common import out_path
+
 SCENARIOS = ("none", "covariate_drift", "concept_drift", "corrupted")
 WINDOW_DAY = date(2026, 10, 20)
 
@@ -87,7 +89,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--reference", type=int, default=100_000)
     ap.add_argument("--scenarios", nargs="+", default=list(SCENARIOS))
-    ap.add_argument("--out", default=str(Path(__file__).with_name("results_drift.json")))
+    ap.add_argument("--out", default=str(out_path("drift")))
     args = ap.parse_args()
 
     from bench.detection import champion
@@ -107,8 +109,8 @@ def main() -> None:
         flush=True,
     )
     analysis(ref.head(2000), ref.head(2000), spec, cfg)  # warm-up: imports and first-call costs stay out of the timings
-    out_path = Path(args.out)
-    results = json.loads(out_path.read_text()) if out_path.exists() else {}
+    out_file = Path(args.out)
+    results = json.loads(out_file.read_text()) if out_file.exists() else {}
     results.setdefault("drift", {})
     results["setup"] = {
         "reference_rows": len(ref),
@@ -156,13 +158,13 @@ def main() -> None:
             "same_decision": all(p["same_decision"] for p in per.values()),
             "scenarios": per,
         }
-        out_path.write_text(json.dumps(results, indent=1))
+        out_file.write_text(json.dumps(results, indent=1))
         r = results["drift"][str(n)]
         print(
             f"drift.{n}: ours_s={r['ours_s']} evidently_full_s={r['evidently_full_s']} same_decision={r['same_decision']}",
             flush=True,
         )
-    print(f"wrote {out_path} ({time.perf_counter() - t0:.0f} s)")
+    print(f"wrote {out_file} ({time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

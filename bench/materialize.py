@@ -31,10 +31,10 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from bench.common import ROOT, local_env, machine, merge_results, peak_rss_mb
+from bench.common import ROOT, local_env, machine, merge_results, out_path, peak_rss_mb
 
 DAY = date(2026, 10, 1)
-OUT = ROOT / "bench" / "results_materialize.json"
+OUT = out_path("materialize")
 
 
 def _context():

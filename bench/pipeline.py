@@ -12,6 +12,7 @@ For N rows: daily batches of N/5 rows; the final day's run trains on a 5-day lab
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -33,6 +34,8 @@ def bench_spec(home: Path, rows: int) -> Path:
     raw["training"].update({"window_days": WINDOW, "holdout_days": 1, "min_rows": 100})
     raw["demo"]["rows_per_day"] = rows // WINDOW
     raw["deployment"]["load_test"] = {"requests": 100, "concurrency": 4}
+    if os.environ.get("BENCH_SCALE") == "small":  # the quick pass: two candidates, a 15 s budget
+        raw["model"]["search"].update({"n_iter": 2, "budget_seconds": 15})
     p = home / "churn.yaml"
     p.write_text(yaml.safe_dump(raw))
     return p
@@ -87,6 +90,7 @@ def phase_dag(spec_path: str) -> dict:
         "task_s": {k: round(v.duration or 0, 2) for k, v in sorted(tis.items())},
         "task_state": {k: str(v.state) for k, v in sorted(tis.items())},
         "train_rows": train_out["rows"],
+        "candidates": train_out.get("candidates"),
         "train_uri": train_out["train_uri"],
         "holdout_uri": train_out["holdout_uri"],
     }
@@ -104,15 +108,22 @@ def phase_bare(spec_path: str, train_uri: str, holdout_uri: str) -> dict:
     spec = load_spec(spec_path)
     train = pd.read_parquet(train_uri.removeprefix("file://"))
     hold = pd.read_parquet(holdout_uri.removeprefix("file://"))
-    model, _ = T.fit(spec, train)
+    model, result = T.fit(spec, train)
     model.predict_proba(hold[model_features(spec)])
-    return {"bare_s": round(time.perf_counter() - t, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
+    return {
+        "bare_s": round(time.perf_counter() - t, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "candidates": len(result.candidates),
+    }
 
 
 def run(rows: int) -> dict:
+    import yaml
+
     home = Path(tempfile.mkdtemp(prefix=f"bench-pipeline-{rows}-"))
     env = local_env(home)
     spec_path = str(bench_spec(home, rows))
+    search = yaml.safe_load(Path(spec_path).read_text())["model"]["search"]
     log = home / "bench.log"
     t = time.perf_counter()
     run_json(["-m", "bench.pipeline", "--phase", "ingest", spec_path], env, log)
@@ -128,7 +139,10 @@ def run(rows: int) -> dict:
         "bare_s": bare["bare_s"],
         "overhead_ratio": round(dag["wall_s"] / bare["bare_s"], 2),
         "train_rows": dag["train_rows"],
+        # the budget stops both searches the same way unless load differs a lot between them
+        "candidates": {"dag": dag["candidates"], "bare": bare["candidates"]},
         "daily_batch_rows": rows // WINDOW,
+        "search": {k: v for k, v in search.items() if k != "space"},
         "ingest_8_days_s": round(ingest_s, 1),
         "state": dag["state"],
         "home": str(home),

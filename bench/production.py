@@ -50,6 +50,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from bench.common import out_path  # noqa: E402
+
 BIN = Path(sys.executable).parent
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -58,7 +60,7 @@ REDIS_CLAIM_KEY = "mlops-test:claimed-by"
 DEMO_START = date(2026, 10, 1)
 INGEST_DAYS = 8  # day 9 is the first full run: labels (3 days late) cover days 1-6
 DAG_ID = "ml_training"
-RESULTS = ROOT / "bench" / "results_production.json"
+RESULTS = out_path("production")
 
 # A module the workers import as [core] hostname_callable: each worker reports its own name in
 # the task instances, as separate machines (compose replicas) would; on one host they all

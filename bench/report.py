@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, ROOT
+from bench.common import OUT_DIR, RESULTS, ROOT
 
 ORDER = ["parse", "validate", "batch_scoring", "materialize", "pipeline", "serving", "drift", "detection", "production"]
 NOT_BENCHMARKS = {"machine", "commands", "bench_seconds", "bench_status", "scale", "setup"}
@@ -296,7 +296,9 @@ def render(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default=str(RESULTS))
-    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    # the full run's page is the committed BENCHMARKS.md; another BENCH_OUT gets its own
+    page = ROOT / "BENCHMARKS.md" if OUT_DIR == ROOT / "bench" else OUT_DIR / "BENCHMARKS.md"
+    ap.add_argument("--out", default=str(page))
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.write_text(render(json.loads(Path(args.results).read_text())))

@@ -43,6 +43,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from bench.common import out_path  # noqa: E402
+
 PY = sys.executable
 CONCURRENCY = (1, 8, 32)
 START = date(2026, 10, 1)
@@ -309,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per concurrency level")
     ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds; figures are per-key medians")
     ap.add_argument("--keep-home", help="build (or reuse) the home in this directory instead of a temp one")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results_serving.json"))
+    ap.add_argument("--out", default=str(out_path("serving")))
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -33,10 +33,10 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from bench.common import ROOT, machine, merge_results, peak_rss_mb
+from bench.common import machine, merge_results, out_path, peak_rss_mb
 
 DAY, BAD_DAY, WARM_DAY = date(2026, 10, 3), date(2026, 10, 4), date(2026, 10, 2)
-OUT = ROOT / "bench" / "results_validate.json"
+OUT = out_path("validate")
 
 
 def interval(day: date):
