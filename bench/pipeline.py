@@ -66,6 +66,7 @@ def phase_ingest(spec_path: str) -> dict:
 def phase_dag(spec_path: str) -> dict:
     from include.mlops.airflow_env import apply_airflow_env, migrate_db
     from include.mlops.config import get_settings
+    from include.mlops.spec import load_spec
 
     env = apply_airflow_env(get_settings().home)
     migrate_db(env)
@@ -91,6 +92,7 @@ def phase_dag(spec_path: str) -> dict:
         "task_state": {k: str(v.state) for k, v in sorted(tis.items())},
         "train_rows": train_out["rows"],
         "candidates": train_out.get("candidates"),
+        "search": {k: v for k, v in load_spec(spec_path).section("model")["search"].items() if k != "space"},
         "train_uri": train_out["train_uri"],
         "holdout_uri": train_out["holdout_uri"],
     }
@@ -118,12 +120,9 @@ def phase_bare(spec_path: str, train_uri: str, holdout_uri: str) -> dict:
 
 
 def run(rows: int) -> dict:
-    import yaml
-
     home = Path(tempfile.mkdtemp(prefix=f"bench-pipeline-{rows}-"))
     env = local_env(home)
     spec_path = str(bench_spec(home, rows))
-    search = yaml.safe_load(Path(spec_path).read_text())["model"]["search"]
     log = home / "bench.log"
     t = time.perf_counter()
     run_json(["-m", "bench.pipeline", "--phase", "ingest", spec_path], env, log)
@@ -142,7 +141,7 @@ def run(rows: int) -> dict:
         # the budget stops both searches the same way unless load differs a lot between them
         "candidates": {"dag": dag["candidates"], "bare": bare["candidates"]},
         "daily_batch_rows": rows // WINDOW,
-        "search": {k: v for k, v in search.items() if k != "space"},
+        "search": dag["search"],
         "ingest_8_days_s": round(ingest_s, 1),
         "state": dag["state"],
         "home": str(home),
