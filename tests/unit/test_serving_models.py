@@ -115,6 +115,7 @@ def test_a_real_pipeline_scores_and_logs_through_the_service_path(name, tmp_path
     from datetime import date
 
     import numpy as np
+    import pandas as pd
 
     from include.mlops.data.generator import generate_day
     from include.mlops.features import build_features, model_features
@@ -135,7 +136,8 @@ def test_a_real_pipeline_scores_and_logs_through_the_service_path(name, tmp_path
     )
     builder = FrameBuilder(spec)
     rows = [[r[f] for f in spec.feature_names] for r in events.head(20).to_dict("records")]
-    frame = builder.frame([[float(v) if isinstance(v, (int, np.integer, float)) else v for v in row] for row in rows])
+    rows = [[float(v) if isinstance(v, (int, np.integer, float)) else v for v in row] for row in rows]
+    frame = builder.frame(rows)
     pred, score, proba = lm.score(frame)
     smoke_test(lm, frame)
     if spec.is_classification:
@@ -148,7 +150,7 @@ def test_a_real_pipeline_scores_and_logs_through_the_service_path(name, tmp_path
     table = to_frame(
         [
             LogBatch(
-                frame,
+                rows,
                 [f"r{i}" for i in range(20)],
                 [0.0] * 20,
                 [None] * 20,
@@ -160,5 +162,8 @@ def test_a_real_pipeline_scores_and_logs_through_the_service_path(name, tmp_path
         ],
         spec,
         spec.model_name,
+        builder,
     )
     assert list(table.columns) == log_columns(spec) and len(table) == 20
+    # the log's feature columns are the frame the model scored, rebuilt from the raw rows
+    pd.testing.assert_frame_equal(table[model_features(spec)], frame, check_dtype=True)

@@ -23,7 +23,7 @@ def spec():
 def batch(spec, start: int, n: int, variant: str = "champion") -> LogBatch:
     b = FrameBuilder(spec)
     return LogBatch(
-        features=b.frame(b.probe_rows(n)),
+        rows=b.probe_rows(n),
         request_id=[f"r{start + i}" for i in range(n)],
         ts=[time.time()] * n,
         entity=[start + i if i % 2 else None for i in range(n)],

@@ -127,6 +127,7 @@ class Service:
                 flush_seconds=cfg.log_flush_seconds,
                 max_rows=cfg.log_max_rows,
                 metrics=self.metrics,
+                builder=self.builder,
             )
             self.predlog.start()
         self.lookup = FeatureLookup(self.settings, self.spec)

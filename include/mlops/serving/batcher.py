@@ -298,13 +298,13 @@ class Batcher:
             answered.append(i)
         logged = [i for i in answered if jobs[owners[i][0]].log]
         if self.predlog is not None and logged:
-            self._log(frame, logged, owners, jobs, pred, score, None)
+            self._log(rows, logged, owners, jobs, pred, score, None)
         shadowed = [i for i in answered if owners[i][1].shadow is not None]  # synthetic traffic too: checks watch it
-        return results, ((frame, shadowed, owners, jobs) if shadowed else None)
+        return results, ((frame, rows, shadowed, owners, jobs) if shadowed else None)
 
     def _log(
         self,
-        frame: Any,
+        rows: list[list[Any]],
         idx: list[int],
         owners: list[tuple[int, Task]],
         jobs: list[Job],
@@ -314,10 +314,9 @@ class Batcher:
     ) -> None:
         assert self.predlog is not None
         ts = [owners[i][1] for i in idx]
-        feats = frame if len(idx) == len(frame) else frame.iloc[idx]
         self.predlog.submit(
             LogBatch(
-                features=feats,
+                rows=[rows[i] for i in idx],
                 request_id=[t.request_id for t in ts],
                 ts=[jobs[owners[i][0]].ts for i in idx],
                 entity=[t.entity for t in ts],
@@ -329,8 +328,8 @@ class Batcher:
             )
         )
 
-    def _score_shadow(self, work: tuple[Any, list[int], list[tuple[int, Task]], list[Job]]) -> None:
-        frame, idx, owners, jobs = work
+    def _score_shadow(self, work: tuple[Any, list[list[Any]], list[int], list[tuple[int, Task]], list[Job]]) -> None:
+        frame, rows, idx, owners, jobs = work
         groups: dict[int, tuple[LoadedModel, list[int]]] = {}
         for i in idx:
             m = owners[i][1].shadow
@@ -351,4 +350,4 @@ class Batcher:
                 pred[i], score[i] = p[k].item(), s[k].item()
             keep = [i for i in gidx if jobs[owners[i][0]].log]
             if self.predlog is not None and keep:
-                self._log(frame, keep, owners, jobs, pred, score, True)
+                self._log(rows, keep, owners, jobs, pred, score, True)
