@@ -3,7 +3,11 @@
 For N rows: daily batches of N/5 rows; the final day's run trains on a 5-day labelled window
 (N rows). Phases run in fresh processes so each has its own imports and peak RSS:
   ingest  - days 1..8 through the pipeline steps (not measured)
-  dag     - `ml_training` for day 9 with dag.test(): wall time, per-task times, peak RSS
+  dag     - `ml_training` for day 9 with dag.test(): wall time, per-task times, peak RSS. The
+            scoring service runs beside it, started before the timed run and still waiting for
+            its first champion, as `make up` and the compose stack run it: deploy checks that
+            service (MLOPS_SERVE_URL) instead of starting one of its own. Its peak RSS is
+            reported apart (`service_peak_rss_mb`)
   bare    - the same work without the platform: read the parquet, the same search with the
             same budget and folds, fit, predict the holdout
     python -m bench.pipeline 10000 100000 1000000
@@ -23,6 +27,18 @@ from bench.common import local_env, machine, merge_results, peak_rss_mb, run_jso
 
 START = date(2026, 10, 1)
 WINDOW, INGEST_DAYS = 5, 8
+DEPLOY_KEYS = ("promoted", "checked", "service_url", "deploy_rps", "deploy_p99_ms", "deploy_errors")
+
+
+def process_peak_rss_mb(pid: int) -> float | None:
+    """Peak RSS of another process so far (VmHWM), None where /proc does not say."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def bench_spec(home: Path, rows: int) -> Path:
@@ -73,21 +89,31 @@ def phase_dag(spec_path: str) -> dict:
     from airflow.dag_processing.dagbag import DagBag
 
     from bench.common import ROOT
+    from include.mlops.deployment import start_service
 
     dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("ml_training")
     day = START + timedelta(days=INGEST_DAYS)
-    t = time.perf_counter()
-    run = dag.test(
-        logical_date=datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1),
-        run_conf={"dataset": spec_path, "train": True},
-    )
-    wall = time.perf_counter() - t
+    service = start_service({"MLOPS_DATASET": spec_path}, until_ready=False)
+    os.environ["MLOPS_SERVE_URL"], os.environ["MLOPS_ADMIN_TOKEN"] = service.url, service.token or ""
+    try:
+        t = time.perf_counter()
+        run = dag.test(
+            logical_date=datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1),
+            run_conf={"dataset": spec_path, "train": True},
+        )
+        wall = time.perf_counter() - t
+        service_rss = process_peak_rss_mb(service.proc.pid)
+    finally:
+        service.close()
+        service.cleanup()
     tis = {ti.task_id: ti for ti in run.get_task_instances()}
     train_out = tis["train"].xcom_pull(task_ids="train")
     return {
         "state": str(run.state),
         "wall_s": round(wall, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "service_peak_rss_mb": service_rss,
+        "deploy": {k: v for k, v in (tis["deploy"].xcom_pull(task_ids="deploy") or {}).items() if k in DEPLOY_KEYS},
         "task_s": {k: round(v.duration or 0, 2) for k, v in sorted(tis.items())},
         "task_state": {k: str(v.state) for k, v in sorted(tis.items())},
         "train_rows": train_out["rows"],
@@ -135,6 +161,8 @@ def run(rows: int) -> dict:
         "task_s": dag["task_s"],
         "wall_s": dag["wall_s"],
         "peak_rss_mb": dag["peak_rss_mb"],
+        "service_peak_rss_mb": dag["service_peak_rss_mb"],
+        "deploy": dag["deploy"],
         "bare_s": bare["bare_s"],
         "overhead_ratio": round(dag["wall_s"] / bare["bare_s"], 2),
         "train_rows": dag["train_rows"],

@@ -94,8 +94,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(env: dict[str, str] | None = None, timeout: float = 180.0, port: int | None = None) -> ServiceHandle:
-    """`python -m include.mlops.serving` on a free loopback port; returns once it is ready."""
+def start_service(
+    env: dict[str, str] | None = None, timeout: float = 180.0, port: int | None = None, until_ready: bool = True
+) -> ServiceHandle:
+    """`python -m include.mlops.serving` on a free loopback port; returns once it is ready (serves
+    a champion), or with `until_ready=False` once it answers at all (a service started before the
+    first champion exists, as `make up` and the compose stack have it)."""
     import httpx
 
     from include.mlops.config import PROJECT_ROOT
@@ -133,7 +137,7 @@ def start_service(env: dict[str, str] | None = None, timeout: float = 180.0, por
                 )
             try:
                 r = http.get(f"{h.url}/ready")
-                if r.status_code == 200:
+                if r.status_code == 200 or not until_ready:
                     log.info(
                         "started a scoring service at %s (pid %s) in %.1fs", h.url, proc.pid, time.monotonic() - t0
                     )
@@ -149,8 +153,20 @@ def start_service(env: dict[str, str] | None = None, timeout: float = 180.0, por
     raise RuntimeError(f"scoring service at {h.url} not ready after {timeout}s:\n{h.log_tail()}")
 
 
+def usable_service(status_code: int, body: dict[str, Any], model_name: str) -> bool:
+    """Whether a running service can take this model's check: it serves the model, or it is
+    that model's service waiting for its first champion (the deploy step then makes it load the
+    new one). A champion that failed to load, or another model, needs a service of its own."""
+    if body.get("model_name") != model_name:
+        return False
+    if status_code == 200:
+        return True
+    pending = str((body.get("pending") or {}).get("champion") or "")
+    return body.get("champion") is None and "no champion" in pending
+
+
 def service_for_check(model_name: str, env: dict[str, str] | None = None) -> ServiceHandle:
-    """The running service (MLOPS_SERVE_URL) if it answers for this model, else a fresh one."""
+    """The running service (MLOPS_SERVE_URL) if it can take this model's check, else a fresh one."""
     import httpx
 
     url = (os.environ.get("MLOPS_SERVE_URL") or "").rstrip("/")
@@ -158,13 +174,16 @@ def service_for_check(model_name: str, env: dict[str, str] | None = None) -> Ser
         try:
             r = httpx.get(f"{url}/ready", timeout=5)
             body = r.json()
-            if r.status_code == 200 and body.get("model_name") == model_name:
+            if usable_service(r.status_code, body, model_name):
+                if r.status_code != 200:
+                    log.info("MLOPS_SERVE_URL=%s has no champion yet: the check loads the first one there", url)
                 return ServiceHandle(url, os.environ.get("MLOPS_ADMIN_TOKEN") or None)
             log.warning(
-                "MLOPS_SERVE_URL=%s is not ready for %s (%s): starting a service for the check",
+                "MLOPS_SERVE_URL=%s is not ready for %s (%s: %s): starting a service for the check",
                 url,
                 model_name,
                 r.status_code,
+                body.get("pending"),
             )
         except Exception as exc:
             log.warning("MLOPS_SERVE_URL=%s does not answer (%s): starting a service for the check", url, exc)

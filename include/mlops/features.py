@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from include.mlops.feast_import import without_typeguard
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -76,6 +78,7 @@ def source_path(store: ObjectStore, spec: DatasetSpec) -> str:
 
 def feast_objects(spec: DatasetSpec, path: str, s3_endpoint: str | None = None) -> dict[str, Any]:
     """Entity, source, feature view and feature service for a spec; names say their kind."""
+    without_typeguard()
     from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
     from feast.types import Float64, String
 
@@ -106,6 +109,7 @@ def feast_objects(spec: DatasetSpec, path: str, s3_endpoint: str | None = None) 
 
 def repo_config(settings: Settings) -> Any:
     """Feast's RepoConfig from the environment: SQLite locally, PostgreSQL + Redis in production."""
+    without_typeguard()
     from feast.infra.registry.sql import SqlRegistryConfig
     from feast.repo_config import RepoConfig
 
@@ -128,6 +132,7 @@ def repo_config(settings: Settings) -> Any:
 
 
 def get_feature_store(settings: Settings) -> Any:
+    without_typeguard()
     from feast import FeatureStore
 
     settings.home.mkdir(parents=True, exist_ok=True)

@@ -82,9 +82,11 @@ class FeatureLookup:
 
     def _store(self) -> tuple[Any, Any]:
         if self._fs is None:
-            from feast import FeatureStore
-
+            from include.mlops.feast_import import without_typeguard
             from include.mlops.features import repo_config
+
+            without_typeguard()
+            from feast import FeatureStore
 
             cfg = repo_config(self.settings)
             # Feast's default ("sync") refreshes an expired registry cache inside the lookup that
