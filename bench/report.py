@@ -27,7 +27,10 @@ ABOUT = {
     "validate": "The `validate` task on one day of N rows: GX suite, reports, quarantine; `gx_s` is GX alone.",
     "batch_scoring": "`score_batch` against the bare read + `predict_proba` + write on the same rows and model.",
     "materialize": "Our chunked materialisation into the SQLite online store against Feast's `materialize`.",
-    "pipeline": "`ml_training` with `dag.test()`: per-task times, peak RSS, overhead over the bare compute.",
+    "pipeline": (
+        "`ml_training` with `dag.test()` beside a running scoring service, which deploy checks as under "
+        "`make up` and compose: per-task times, peak RSS (the service's apart), overhead over the bare compute."
+    ),
     "serving": "Our scoring service against `mlflow models serve`, same model, same client, interleaved.",
     "drift": "Our sampled monitoring analysis against Evidently on every row, and whether they decide alike.",
     "detection": "The drift policy on simulated daily windows: false alarms and detection delay per scenario.",
