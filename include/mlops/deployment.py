@@ -155,14 +155,15 @@ def start_service(
 
 def usable_service(status_code: int, body: dict[str, Any], model_name: str) -> bool:
     """Whether a running service can take this model's check: it serves the model, or it is
-    that model's service waiting for its first champion (the deploy step then makes it load the
-    new one). A champion that failed to load, or another model, needs a service of its own."""
+    that model's service waiting for its first champion (no alias yet, or no registry read yet:
+    the deploy step makes it read the registry and load the new one). Another model, or a
+    champion that failed to load, needs a service of its own."""
     if body.get("model_name") != model_name:
         return False
     if status_code == 200:
         return True
     pending = str((body.get("pending") or {}).get("champion") or "")
-    return body.get("champion") is None and "no champion" in pending
+    return body.get("champion") is None and (not pending or "no champion" in pending)
 
 
 def service_for_check(model_name: str, env: dict[str, str] | None = None) -> ServiceHandle:

@@ -566,6 +566,45 @@ def test_shadow_rollout_watches_the_challenger_before_promoting(env, server, cli
         admin(server, "/admin/reload")
 
 
+def test_the_first_champion_is_checked_on_the_running_service(lifecycle, tmp_path, monkeypatch):
+    """`make up` and compose start the service before any champion exists: the first deploy
+    loads its champion there and checks it, instead of starting a service of its own."""
+    from mlflow import MlflowClient
+
+    from include.mlops import deployment as D
+    from include.mlops.registry import CHAMPION, alias_version
+
+    src = Path(lifecycle["home"])
+    dst = tmp_path / "home"
+    shutil.copytree(src, dst)
+    env = {k: v.replace(str(src), str(dst)) for k, v in lifecycle["env"].items()}
+    spec_path = dst / Path(lifecycle["spec_path"]).name
+    env["MLOPS_DATASET"] = str(spec_path)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    name, v1 = lifecycle["spec"].model_name, lifecycle["register"]["version"]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
+    client.delete_registered_model_alias(name, CHAMPION)  # as before the first ml_training run
+
+    service = D.start_service(env, timeout=240, until_ready=False)
+    try:
+        waiting = httpx.get(f"{service.url}/ready", timeout=10)
+        assert waiting.status_code == 503 and waiting.json()["champion"] is None, waiting.json()
+        assert D.usable_service(503, waiting.json(), name), waiting.json()
+        monkeypatch.setenv("MLOPS_SERVE_URL", service.url)
+        monkeypatch.setenv("MLOPS_ADMIN_TOKEN", service.token)
+        reg = {"model": name, "version": v1, "run_id": lifecycle["register"]["run_id"]}
+        ev = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
+        out = D.rollout(reg, ev, "first-deploy", "test", strategy="direct", spec_name=str(spec_path))
+        assert out["promoted"] and out["checked"] and out["service_url"] == service.url
+        assert out["deploy_errors"] == 0 and alias_version(client, name, CHAMPION) == v1
+        assert httpx.get(f"{service.url}/ready", timeout=10).json()["champion"]["version"] == v1
+        assert service.proc.poll() is None  # the check used it and left it running
+    finally:
+        service.close()
+        service.cleanup()
+
+
 def test_canary_rollout_starts_its_own_service_when_none_runs(env, client, store, v2, monkeypatch):
     from include.mlops import deployment as D
     from include.mlops.registry import CHALLENGER, CHAMPION, alias_version

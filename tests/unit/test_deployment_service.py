@@ -21,7 +21,8 @@ NO_CHAMPION = {"champion": "the registered model has no champion alias"}
         (503, {"model_name": "other", "champion": None, "pending": NO_CHAMPION}, False),
         (200, {"model_name": "other", "champion": {"version": "1"}}, False),
         (503, {"model_name": "m", "champion": None, "pending": {"champion": "v4: MlflowException: gone"}}, False),
-        (503, {"model_name": "m", "champion": None, "pending": {}}, False),
+        (503, {"model_name": "m", "champion": None, "pending": {}}, True),  # not read the registry yet
+        (503, {"model_name": "m", "champion": {"version": "2"}, "pending": {}}, False),  # serves, not ready
     ],
 )
 def test_usable_service(code, body, usable):
