@@ -113,6 +113,7 @@ def phase_dag(spec_path: str) -> dict:
         "wall_s": round(wall, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "service_peak_rss_mb": service_rss,
+        "service_url": service.url,
         "deploy": {k: v for k, v in (tis["deploy"].xcom_pull(task_ids="deploy") or {}).items() if k in DEPLOY_KEYS},
         "task_s": {k: round(v.duration or 0, 2) for k, v in sorted(tis.items())},
         "task_state": {k: str(v.state) for k, v in sorted(tis.items())},
@@ -163,6 +164,8 @@ def run(rows: int) -> dict:
         "peak_rss_mb": dag["peak_rss_mb"],
         "service_peak_rss_mb": dag["service_peak_rss_mb"],
         "deploy": dag["deploy"],
+        # deploy checked the service running beside the DAG, not one it started for itself
+        "deploy_on_running_service": dag["deploy"].get("service_url") == dag["service_url"],
         "bare_s": bare["bare_s"],
         "overhead_ratio": round(dag["wall_s"] / bare["bare_s"], 2),
         "train_rows": dag["train_rows"],
