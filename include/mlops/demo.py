@@ -4,8 +4,10 @@ The story, on simulated days (the spec's `demo` section; `DEMO_SCENARIO` overrid
 
 1. history: the dataset's first days are generated and ingested through `ml_training`
    (`train=false`, as a backfill would);
-2. first champion: a full `ml_training` day trains, evaluates, registers and promotes v1;
-3. production: the scoring service starts; each following day is ingested, its events are scored
+2. first champion: the scoring service starts with no champion yet (as `make up` and compose
+   start it), then a full `ml_training` day trains, evaluates, registers and promotes v1, which
+   its deploy step loads into that service and checks there;
+3. production: each following day is ingested, its events are scored
    through the service's `/predict` (with their event time, so late labels join), and
    `ml_monitoring` judges the day's prediction log;
 4. drift: from `monitor_days` on, the days come from the drift scenario. When the policy fires,
@@ -209,26 +211,31 @@ def main() -> int:
         days=plan["history_days"],
         seconds=round(sum(r["seconds"] for r in runs), 1),
     )
-    # 2. the first champion
-    r = run(training, plan["train_day"], train=True)
-    timeline.add(
-        "ml_training",
-        day=r["day"],
-        seconds=r["seconds"],
-        tasks=",".join(f"{t}:{v['state']}" for t, v in r["tasks"].items()),
-        deployed=(r["outputs"].get("deploy") or {}).get("message", ""),
-    )
-
-    # 3. production: the service answers; each day is ingested, scored and monitored
+    # 2. the scoring service, up before any champion exists, as `make up` and compose run it
     from include.mlops.deployment import start_service
 
-    service = start_service({"MLOPS_SERVE_SPEC": spec.name})
+    service = start_service({"MLOPS_SERVE_SPEC": spec.name}, until_ready=False)
     os.environ["MLOPS_SERVE_URL"], os.environ["MLOPS_ADMIN_TOKEN"] = service.url, service.token or ""
-    timeline.add("scoring service ready", url=service.url)
+    timeline.add("scoring service up, no champion yet", url=service.url)
     windows: list[dict[str, Any]] = []
     retraining: dict[str, Any] = {}
     first_drift_t: float | None = None
     try:
+        # 3. the first champion: deploy loads it into that service and checks it there
+        r = run(training, plan["train_day"], train=True)
+        deploy = r["outputs"].get("deploy") or {}
+        timeline.add(
+            "ml_training",
+            day=r["day"],
+            seconds=r["seconds"],
+            tasks=",".join(f"{t}:{v['state']}" for t, v in r["tasks"].items()),
+            deployed=deploy.get("message", ""),
+        )
+        if deploy.get("service_url") != service.url:
+            raise SystemExit(f"the first champion was checked on {deploy.get('service_url')}, not on {service.url}")
+        timeline.add("scoring service ready", url=service.url)
+
+        # 4. production: each day is ingested, scored and monitored
         day = plan["train_day"]
         while day < plan["last_day"]:
             day += timedelta(days=1)

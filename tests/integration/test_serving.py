@@ -580,12 +580,18 @@ def test_the_first_champion_is_checked_on_the_running_service(lifecycle, tmp_pat
     env = {k: v.replace(str(src), str(dst)) for k, v in lifecycle["env"].items()}
     spec_path = dst / Path(lifecycle["spec_path"]).name
     env["MLOPS_DATASET"] = str(spec_path)
+    uri = env.pop("MLFLOW_TRACKING_URI")  # the embedded default derives it from MLOPS_HOME
+    assert uri == f"sqlite:///{dst / 'mlflow.db'}", uri
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     name, v1 = lifecycle["spec"].model_name, lifecycle["register"]["version"]
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient(uri, uri)
     client.delete_registered_model_alias(name, CHAMPION)  # as before the first ml_training run
 
+    # started as `make serve` and the demo start it: MLOPS_HOME set, no MLflow URI in the environment
     service = D.start_service(env, timeout=240, until_ready=False)
     try:
         waiting = httpx.get(f"{service.url}/ready", timeout=10)
