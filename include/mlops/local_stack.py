@@ -111,6 +111,18 @@ def services(ports: dict[str, int]) -> tuple[list[Service], dict[str, str]]:
     return out, env
 
 
+def init_mlflow_db(tracking_uri: str, artifacts: str) -> None:
+    """Create or upgrade MLflow's SQLite schema before anything opens the file. On a new home the
+    MLflow server and the scoring service would otherwise both run MLflow's migrations at once;
+    the one that loses the race meets a half-migrated schema (seen: the server exiting with
+    alembic's `CircularDependencyError` while the service was creating the tables)."""
+    if not tracking_uri.startswith("sqlite:"):
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    SqlAlchemyStore(tracking_uri, artifacts).engine.dispose()
+
+
 def up(check: bool, timeout: float) -> int:
     s = get_settings()
     ports = {
@@ -124,6 +136,7 @@ def up(check: bool, timeout: float) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     (s.home / "evidently").mkdir(parents=True, exist_ok=True)
     migrate_db(env)
+    init_mlflow_db(s.tracking_uri, s.mlflow_artifacts or f"file://{s.home / 'mlartifacts'}")
     t0 = time.perf_counter()
     for svc in svcs:
         fh = (logs / f"{svc.name}.log").open("ab")
