@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops.feast_import import without_typeguard
 
+without_typeguard()  # every function here imports Feast; this module is imported only to write
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -53,7 +55,6 @@ def db_path(config: Any) -> Path:
 
 
 def table_name(config: Any, view: Any) -> str:
-    without_typeguard()
     from feast.infra.online_stores.helpers import compute_table_id
 
     return compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
@@ -107,8 +108,6 @@ def _double_column(values: np.ndarray) -> tuple[list[bytes], list[str | None]]:
     found on the bit patterns, so -0.0 and 0.0 stay apart as they do in Feast's bytes."""
     import numpy as np
     import pandas as pd
-
-    without_typeguard()
     from feast.protos.feast.types.Value_pb2 import Value
 
     tag = Value(double_val=1.0).SerializeToString()[:-8]
@@ -127,8 +126,6 @@ def _double_column(values: np.ndarray) -> tuple[list[bytes], list[str | None]]:
 def _string_column(column: pa.ChunkedArray) -> tuple[list[bytes], list[str | None]]:
     """One ValueProto per distinct string (categoricals have a handful); null is the empty proto."""
     import numpy as np
-
-    without_typeguard()
     from feast.protos.feast.types.Value_pb2 import Value
 
     encoded = column.combine_chunks().dictionary_encode()
@@ -140,7 +137,6 @@ def _string_column(column: pa.ChunkedArray) -> tuple[list[bytes], list[str | Non
 
 def _generic_column(column: pa.ChunkedArray, value_type: Any) -> tuple[list[bytes], list[str | None]]:
     """Feast's own per-value conversion, for types without a fast encoding."""
-    without_typeguard()
     from feast.infra.online_stores.helpers import extract_text_and_num
     from feast.type_map import python_values_to_proto_values
 
@@ -150,8 +146,6 @@ def _generic_column(column: pa.ChunkedArray, value_type: Any) -> tuple[list[byte
 
 def _feature_column(column: pa.ChunkedArray, value_type: Any) -> tuple[list[bytes], list[str | None]]:
     import pyarrow as pa
-
-    without_typeguard()
     from feast.value_type import ValueType
 
     if value_type == ValueType.DOUBLE and column.type == pa.float64():
@@ -166,8 +160,6 @@ def _entity_keys(table: pa.Table, join_keys: dict[str, Any], version: int) -> li
     name followed by the little-endian int64 (checked against Feast on the first and last rows)."""
     import numpy as np
     import pyarrow as pa
-
-    without_typeguard()
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.type_map import python_values_to_proto_values
@@ -247,8 +239,6 @@ def key_order(df: pd.DataFrame, view: Any, positions: np.ndarray) -> np.ndarray:
     """`positions` reordered by serialised entity key (for one int64 join key: the order of its
     little-endian bytes), so inserts walk the primary-key index in order instead of at random."""
     import numpy as np
-
-    without_typeguard()
     from feast.value_type import ValueType
 
     cols = view.entity_columns

@@ -18,18 +18,24 @@ if TYPE_CHECKING:
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 
 
-def setup_mlflow(settings: Settings) -> Any:
-    """Point MLflow at the configured tracking server; returns a client."""
+def mlflow_client(tracking_uri: str) -> Any:
+    """MLflow's process-wide tracking and registry URIs set to `tracking_uri`, and a client on it.
+    The globals matter: `models:/` downloads resolve through them whatever URI they are given."""
     import mlflow
     from mlflow import MlflowClient
 
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return MlflowClient(tracking_uri, tracking_uri)
+
+
+def setup_mlflow(settings: Settings) -> Any:
+    """Point MLflow at the configured tracking server; returns a client."""
     from include.mlops.config import quiet_telemetry
 
     quiet_telemetry()
     settings.home.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    return MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    return mlflow_client(settings.tracking_uri)
 
 
 def ensure_experiment(client: Any, name: str, settings: Settings) -> str:

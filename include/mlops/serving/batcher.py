@@ -82,13 +82,11 @@ class FeatureLookup:
 
     def _store(self) -> tuple[Any, Any]:
         if self._fs is None:
-            from include.mlops.feast_import import without_typeguard
             from include.mlops.features import repo_config
 
-            without_typeguard()
+            cfg = repo_config(self.settings)  # first, so Feast is imported without typeguard
             from feast import FeatureStore
 
-            cfg = repo_config(self.settings)
             # Feast's default ("sync") refreshes an expired registry cache inside the lookup that
             # finds it expired, stalling every request queued behind it; "thread" refreshes it on
             # a timer thread of its own, so a lookup never waits on the registry.

@@ -193,16 +193,11 @@ class ModelManager:
     # -- the registry -----------------------------------------------------------------------------
     def client(self) -> Any:
         if self._client is None:
-            import mlflow
-            from mlflow import MlflowClient
+            from include.mlops.registry import mlflow_client
 
-            # `models:/` downloads resolve through MLflow's process-wide registry URI whatever
-            # `download_artifacts` is given; without this, a service started with only
-            # MLOPS_HOME set (`make serve`) would read aliases from the platform's registry and
-            # look for the versions in MLflow's default one
-            mlflow.set_tracking_uri(self.tracking_uri)
-            mlflow.set_registry_uri(self.tracking_uri)
-            self._client = MlflowClient(self.tracking_uri, self.tracking_uri)
+            # with the process-wide URIs too: a service started with only MLOPS_HOME set (`make
+            # serve`) would otherwise look for the versions in MLflow's default registry
+            self._client = mlflow_client(self.tracking_uri)
         return self._client
 
     def _deployment(self, tags: dict[str, str]) -> tuple[str, float]:
