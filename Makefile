@@ -15,10 +15,12 @@ export GX_ANALYTICS_ENABLED := false
 .PHONY: install lock demo up serve test lint bench clean
 
 # The stamp is newer than requirements.txt once the venv matches it, so a second run is a no-op.
+# Bytecode is compiled at install (pip does this, uv does not by default): where
+# PYTHONDONTWRITEBYTECODE is set, every task would otherwise recompile each module it imports.
 $(VENV)/.installed: requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/pip install -q uv==$(UV_VERSION)
-	$(BIN)/uv pip sync --python $(BIN)/python requirements.txt
+	$(BIN)/uv pip sync --compile-bytecode --python $(BIN)/python requirements.txt
 	@touch $@
 
 install: $(VENV)/.installed
