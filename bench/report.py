@@ -26,7 +26,7 @@ ABOUT = {
     "parse": "DAG parse cost in a fresh interpreter per file (best of `runs`), beyond the bare `airflow.sdk` import.",
     "validate": "The `validate` task on one day of N rows: GX suite, reports, quarantine; `gx_s` is GX alone.",
     "batch_scoring": "`score_batch` against the bare read + `predict_proba` + write on the same rows and model.",
-    "materialize": "Our chunked materialisation into the SQLite online store against Feast's `materialize`.",
+    "materialize": "Our materialisation into our SQLite online store (a row per entity) against Feast's `materialize` into its own.",
     "pipeline": (
         "`ml_training` with `dag.test()` beside a running scoring service, which deploy checks as under "
         "`make up` and compose: per-task times, peak RSS (the service's apart), overhead over the bare compute."

@@ -10,7 +10,7 @@ Only the environment differs between the embedded default and the production sta
 | MLFLOW_TRACKING_URI | sqlite:///$MLOPS_HOME/mlflow.db | http://mlflow:5000 |
 | MLOPS_MLFLOW_ARTIFACTS | file://$MLOPS_HOME/mlartifacts | (server side) |
 | FEAST_REGISTRY_PATH | sqlite:///$MLOPS_HOME/feast_registry.db | postgresql+psycopg2://... |
-| FEAST_ONLINE_STORE | sqlite | redis |
+| FEAST_ONLINE_STORE | sqlite (ours; feast-sqlite: Feast's layout) | redis |
 | FEAST_ONLINE_PATH | $MLOPS_HOME/feast_online.db | redis:6379 |
 | MLOPS_DATASET | churn | churn |
 """

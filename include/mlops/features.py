@@ -113,10 +113,17 @@ def repo_config(settings: Settings) -> Any:
     from feast.infra.registry.sql import SqlRegistryConfig
     from feast.repo_config import RepoConfig
 
-    if settings.feast_online_store == "redis":
+    from include.mlops import online_store
+
+    kind = settings.feast_online_store
+    if kind == "redis":
         online: dict[str, Any] = {"type": "redis", "connection_string": settings.feast_online_path}
-    else:
+    elif kind == "sqlite":  # ours: one row per entity (include/mlops/online_store.py)
+        online = {"type": online_store.TYPE, "path": settings.feast_online_path}
+    elif kind == "feast-sqlite":  # Feast's own SQLite layout, one row per feature
         online = {"type": "sqlite", "path": settings.feast_online_path}
+    else:
+        raise ValueError(f"FEAST_ONLINE_STORE={kind!r}: expected sqlite, feast-sqlite or redis")
     return RepoConfig(
         project="mlops",
         provider="local",
@@ -183,9 +190,9 @@ def materialize_frame(fs: Any, spec: DatasetSpec, features: pd.DataFrame, chunk_
     """Write the newest row per entity to the online store, in bounded chunks.
 
     Faster and leaner than `materialize`, which rereads the whole source for the range: we
-    already hold exactly the interval's rows. On the SQLite store the rows are encoded per column
-    and written with `executemany` (`online_store.write_frame`, byte-identical to Feast's writer);
-    other stores (Redis in production) get Feast's `write_to_online_store` per chunk.
+    already hold exactly the interval's rows. Our SQLite store gets its own vectorised writer
+    (`online_store.write_frame`, the same bytes as its `online_write_batch`); other stores (Redis
+    in production) get Feast's `write_to_online_store` per chunk.
     """
     from include.mlops import online_store
 
@@ -204,7 +211,14 @@ def historical_features(fs: Any, spec: DatasetSpec, entity_df: pd.DataFrame) -> 
     with `pytz.UTC` and otherwise rebuilds each timestamp in Python, one row at a time (~5 s for
     1M entity rows here), while its own tz coercion (`coerce_tz_aware`, off in `repo_config`)
     produces `datetime.timezone.utc`, which fails that comparison.
+
+    Strings travel through the join as Arrow strings, not Python objects: Feast's file store turns
+    dask's `convert-string` off for the process (when `fs` is built), and dask then hashes every
+    object column at each of the join's dozen `persist` calls by joining all its values into one
+    Python string (3 of the 9 s at 1M rows). The option is on for this call only, and the output's
+    string columns are turned back into the object columns (None for null) Feast gives otherwise.
     """
+    import dask
     import pandas as pd
     import pytz
 
@@ -214,7 +228,11 @@ def historical_features(fs: Any, spec: DatasetSpec, entity_df: pd.DataFrame) -> 
         if pd.api.types.is_datetime64_any_dtype(entity_df[col])
     }
     service = fs.get_feature_service(spec.feature_service_name)
-    out = fs.get_historical_features(entity_df=entity_df.assign(**utc), features=service).to_df()
+    with dask.config.set({"dataframe.convert-string": True}):
+        out = fs.get_historical_features(entity_df=entity_df.assign(**utc), features=service).to_df()
+    for col in out.columns:
+        if isinstance(out[col].dtype, pd.StringDtype):
+            out[col] = out[col].astype(object).where(out[col].notna(), None)
     if len(out) != len(entity_df):
         raise FeatureJoinError(
             f"point-in-time join returned {len(out)} rows for {len(entity_df)} entity rows "

@@ -1,53 +1,72 @@
-"""A vectorised writer for Feast's SQLite online store.
+"""The embedded default's Feast online store: SQLite, one row per entity.
 
-Feast's `write_to_online_store` builds one protobuf and runs one `execute` per value (18 million
-of each for 1M entities x 18 features). This writer produces the same rows, byte for byte, into
-the same table with the same upsert, but per column: entity keys are Feast's own
-`serialize_entity_key` prefix plus the packed int64, doubles are the ValueProto tag plus the
-packed float, strings and timestamps are converted once per distinct value. Rows go to SQLite in
-multi-row upserts, one transaction per chunk of entities, in primary-key order. Types without a
-fast encoding go through Feast's own converters. `tests/integration/test_online_store.py` compares
-the raw rows and `get_online_features` with Feast's `write_to_online_store` and `materialize`.
+Feast's own SQLite store keeps one row per (entity, feature), indexed twice: on the primary key
+and on `entity_key`. A day of 200k new customers x 18 features is 3.6M rows spread over both
+B-trees of a table that already holds 20M, and writing it took 17.7 s of `ml_training`'s
+`prepare` at 1M rows a day (BENCHMARKS.md). Here each feature view is one `WITHOUT ROWID` table
+keyed by Feast's serialised entity key, with one column per feature holding the feature's
+serialised `ValueProto`:
 
-Not reproduced: `write_to_online_store` silently skips a frame whose feature columns are all
-null; this writer (like `materialize`) stores those rows as empty values.
+    entity_key BLOB PRIMARY KEY | event_ts | created_ts | "tenure_months" BLOB | "plan" BLOB | ...
+
+18 times fewer rows and one B-tree. It is a Feast `OnlineStore` (selected in `repo_config` by its
+class path), so `get_online_features`, `write_to_online_store`, `materialize` and the scoring
+service's lookups go through it unchanged. `write_frame` is the same writer, vectorised per
+column for a whole frame (`features.materialize_frame`); `online_write_batch` is Feast's per-row
+interface to it, and both write the same bytes (`tests/integration/test_online_store.py`).
+
+Values are the bytes Feast's SQLite store writes (an empty `ValueProto` for a null); a NULL
+column is a feature never written for that entity, left out of the answer as Feast's store
+leaves out a missing row. Times are microseconds since the Unix epoch, UTC. Upserts keep Feast's
+semantics: the last write of a feature wins, features not written keep their values.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from contextlib import closing
-from datetime import datetime, timedelta
-from itertools import chain, islice, repeat
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from include.mlops.feast_import import without_typeguard
 
-without_typeguard()  # every function here imports Feast; this module is imported only to write
+without_typeguard()  # this module is imported only to use Feast
+
+from feast.infra.key_encoding_utils import serialize_entity_key  # noqa: E402
+from feast.infra.online_stores.helpers import compute_table_id  # noqa: E402
+from feast.infra.online_stores.online_store import OnlineStore  # noqa: E402
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto  # noqa: E402
+from feast.repo_config import FeastConfigBaseModel  # noqa: E402
+from pydantic import StrictStr  # noqa: E402
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
     import numpy as np
     import pandas as pd
     import pyarrow as pa
 
-_EPOCH = datetime(1970, 1, 1)
-_COLUMNS = ("entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts")
+TYPE = "include.mlops.online_store.EntityRowSqliteOnlineStore"
+_META = ("entity_key", "event_ts", "created_ts")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_READ_CHUNK = 10_000  # entity keys per SELECT, well under SQLite's limit on bound parameters
+
+
+class EntityRowSqliteOnlineStoreConfig(FeastConfigBaseModel):
+    """`online_store: {type: include.mlops.online_store.EntityRowSqliteOnlineStore, path: ...}`"""
+
+    type: Literal["include.mlops.online_store.EntityRowSqliteOnlineStore"] = TYPE
+    path: StrictStr = "data/online.db"
 
 
 def supports(config: Any) -> bool:
-    """True when the online store is Feast's SQLite store writing the plain column set (no vector
-    or OpenAI-compatible columns, which add per-value work this writer does not reproduce)."""
-    store = config.online_store
-    return (
-        str(getattr(store, "type", "")) in ("sqlite", "feast.infra.online_stores.sqlite.SqliteOnlineStore")
-        and not getattr(store, "vector_enabled", False)
-        and not getattr(store, "enable_openai_compatible_store", False)
-    )
+    """True when the repo's online store is this one (the others get Feast's writers)."""
+    return getattr(config.online_store, "type", None) == TYPE
 
 
 def db_path(config: Any) -> Path:
-    """Where Feast's SqliteOnlineStore keeps its file (relative paths are under the repo)."""
+    """The SQLite file (a relative path is under the Feast repo, as for Feast's SQLite store)."""
     path = Path(config.online_store.path)
     if config.repo_path and not path.is_absolute():
         path = Path(config.repo_path) / path
@@ -55,33 +74,31 @@ def db_path(config: Any) -> Path:
 
 
 def table_name(config: Any, view: Any) -> str:
-    from feast.infra.online_stores.helpers import compute_table_id
-
     return compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
 
 
-def upsert_sql(table: str, rows: int = 1) -> str:
-    """The statement Feast's `online_write_batch` runs per value (last write wins), for `rows`
-    rows at once: one statement per row costs SQLite more than the B-tree work itself."""
-    quoted = '"' + table.replace('"', '""') + '"'
-    update = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[2:])
-    values = ", ".join([f"({', '.join('?' * len(_COLUMNS))})"] * rows)
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def upsert_sql(table: str, features: Sequence[str]) -> str:
+    """Insert an entity's row, or overwrite the given columns of the row it already has."""
+    columns = [*_META, *features]
+    update = ", ".join(f"{_quote(c)} = excluded.{_quote(c)}" for c in columns[1:])
     return (
-        f"INSERT INTO {quoted} ({', '.join(_COLUMNS)}) VALUES {values} "
-        f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET {update};"
+        f"INSERT INTO {_quote(table)} ({', '.join(map(_quote, columns))}) VALUES ({', '.join('?' * len(columns))}) "
+        f"ON CONFLICT(entity_key) DO UPDATE SET {update}"
     )
 
 
 def tune(conn: sqlite3.Connection, cache_mb: int = 256) -> None:
-    """Settings for a bulk upsert into a large table (measured: 200k entities into a store of
-    1.1M, 55 s with SQLite's defaults, 39 s with these):
+    """Settings for a writer:
     - WAL journal: pages are appended to the log instead of copied to a rollback journal and
-      then written in place; readers (the scoring service) keep reading while the writer writes.
-      The mode stays with the file; Feast's readers need nothing for it.
+      written in place, and readers (the scoring service) keep reading while the writer writes.
+      The mode stays with the file.
     - synchronous=NORMAL, safe with WAL: a crash cannot corrupt the file; a power cut may lose
       the last transactions, which re-running the idempotent `prepare` writes again.
-    - a page cache of `cache_mb` (SQLite's default is 2 MB), this connection only: the two
-      B-tree indexes Feast keeps on the table are each touched once per row.
+    - a page cache of `cache_mb` for this connection (SQLite's default is 2 MB).
     """
     try:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -91,7 +108,133 @@ def tune(conn: sqlite3.Connection, cache_mb: int = 256) -> None:
     conn.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")
 
 
-# -- per-column encoders: each returns (value bytes per row, value_text per row) ------------------
+def _micros(ts: datetime | None) -> int | None:
+    """Microseconds since the epoch; a naive time is UTC (Feast's convention)."""
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return (ts - _EPOCH) // timedelta(microseconds=1)
+
+
+class EntityRowSqliteOnlineStore(OnlineStore):
+    """Feast's online-store interface over one `WITHOUT ROWID` row per entity (module docstring)."""
+
+    _conn: sqlite3.Connection | None = None
+
+    def _connection(self, config: Any) -> sqlite3.Connection:
+        if self._conn is None:
+            path = db_path(config)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # like Feast's SQLite store: one connection per store object, usable from any thread
+            self._conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        return self._conn
+
+    def online_write_batch(
+        self,
+        config: Any,
+        table: Any,
+        data: list[tuple[Any, dict[str, Any], datetime, datetime | None]],
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        conn = self._connection(config)
+        name = table_name(config, table)
+        version = config.entity_key_serialization_version
+        by_features: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}  # one statement per feature set
+        for entity_key, values, event_ts, created_ts in data:
+            features = tuple(sorted(values))
+            row = (serialize_entity_key(entity_key, version), _micros(event_ts), _micros(created_ts))
+            by_features.setdefault(features, []).append(row + tuple(values[f].SerializeToString() for f in features))
+        with conn:
+            for features, rows in by_features.items():
+                conn.executemany(upsert_sql(name, features), rows)
+        if progress:
+            progress(len(data))
+
+    def online_read(
+        self,
+        config: Any,
+        table: Any,
+        entity_keys: list[Any],
+        requested_features: list[str] | None = None,
+    ) -> list[tuple[datetime | None, dict[str, Any] | None]]:
+        conn = self._connection(config)
+        features = list(requested_features or [f.name for f in table.features])
+        version = config.entity_key_serialization_version
+        keys = [serialize_entity_key(k, version) for k in entity_keys]
+        select = (
+            f"SELECT entity_key, event_ts, {', '.join(map(_quote, features))} FROM {_quote(table_name(config, table))}"
+        )
+        found: dict[bytes, tuple[Any, ...]] = {}
+        for i in range(0, len(keys), _READ_CHUNK):
+            chunk = keys[i : i + _READ_CHUNK]
+            found.update(
+                (r[0], r) for r in conn.execute(f"{select} WHERE entity_key IN ({','.join('?' * len(chunk))})", chunk)
+            )
+        result: list[tuple[datetime | None, dict[str, Any] | None]] = []
+        for key in keys:
+            row = found.get(key)
+            if row is None:
+                result.append((None, None))
+                continue
+            values = {f: ValueProto.FromString(v) for f, v in zip(features, row[2:], strict=True) if v is not None}
+            if not values:
+                result.append((None, None))
+            else:
+                result.append((None if row[1] is None else _EPOCH + timedelta(microseconds=row[1]), values))
+        return result
+
+    def update(
+        self,
+        config: Any,
+        tables_to_delete: Sequence[Any],
+        tables_to_keep: Sequence[Any],
+        entities_to_delete: Sequence[Any],
+        entities_to_keep: Sequence[Any],
+        partial: bool,
+    ) -> None:
+        """Create each kept view's table, add a column for each feature it gained, drop deleted views."""
+        conn = self._connection(config)
+        with conn:
+            for view in tables_to_keep:
+                _ensure_table(conn, table_name(config, view), [f.name for f in view.features], db_path(config))
+            for view in tables_to_delete:
+                conn.execute(f"DROP TABLE IF EXISTS {_quote(table_name(config, view))}")
+
+    def teardown(self, config: Any, tables: Sequence[Any], entities: Sequence[Any]) -> None:
+        """As Feast's SQLite store does: close, then delete the file."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        db_path(config).unlink(missing_ok=True)
+
+
+def _ensure_table(conn: sqlite3.Connection, table: str, features: list[str], path: Path) -> None:
+    clash = sorted({f for f in features if f.lower() in _META})
+    folded = [f.lower() for f in features]
+    same = sorted({f for f in features if folded.count(f.lower()) > 1})
+    if clash or same:
+        raise ValueError(
+            f"feature names {clash or same} cannot be columns of {table}: SQLite column names ignore case "
+            f"and {', '.join(_META)} are the store's own"
+        )
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {_quote(table)} "
+        "(entity_key BLOB PRIMARY KEY NOT NULL, event_ts INTEGER, created_ts INTEGER) WITHOUT ROWID"
+    )
+    have = {r[1].lower() for r in conn.execute(f"PRAGMA table_info({_quote(table)})")}
+    if "feature_name" in have:
+        raise RuntimeError(
+            f"{path} holds {table} in Feast's own SQLite layout (one row per feature), from an earlier "
+            "version of this platform. The online store is rebuilt from the offline features: delete the "
+            "file and re-run `ml_training` (its prepare task writes the online store)."
+        )
+    for f in features:
+        if f.lower() not in have:
+            conn.execute(f"ALTER TABLE {_quote(table)} ADD COLUMN {_quote(f)} BLOB")
+
+
+# -- the vectorised writer -------------------------------------------------------------------------
 def _take(codes: np.ndarray, per_unique: list[Any], null: Any) -> list[Any]:
     """Expand per-distinct-value results to rows; code -1 (null) picks the appended `null`."""
     import numpy as np
@@ -102,15 +245,14 @@ def _take(codes: np.ndarray, per_unique: list[Any], null: Any) -> list[Any]:
     return table[codes].tolist()
 
 
-def _double_column(values: np.ndarray) -> tuple[list[bytes], list[str | None]]:
+def _double_column(values: np.ndarray) -> list[bytes]:
     """Same bytes as `ValueProto(double_val=x).SerializeToString()`; NaN (Arrow null) is the empty
-    ValueProto with no text, as in Feast's `_convert_scalar_values_to_proto`. Distinct values are
-    found on the bit patterns, so -0.0 and 0.0 stay apart as they do in Feast's bytes."""
+    ValueProto, as in Feast's `_convert_scalar_values_to_proto`. Distinct values are found on the
+    bit patterns, so -0.0 and 0.0 stay apart as they do in Feast's bytes."""
     import numpy as np
     import pandas as pd
-    from feast.protos.feast.types.Value_pb2 import Value
 
-    tag = Value(double_val=1.0).SerializeToString()[:-8]
+    tag = ValueProto(double_val=1.0).SerializeToString()[:-8]
     values = np.ascontiguousarray(values, dtype="float64")
     codes, uniques = pd.factorize(values.view("int64"))
     codes[np.isnan(values)] = -1
@@ -118,33 +260,30 @@ def _double_column(values: np.ndarray) -> tuple[list[bytes], list[str | None]]:
     packed = np.empty(len(uniques), dtype=[("tag", f"V{len(tag)}"), ("value", "<f8")])
     packed["tag"] = np.frombuffer(tag, dtype=f"V{len(tag)}")[0]
     packed["value"] = uniques
-    blobs = packed.view(f"V{packed.dtype.itemsize}").tolist()
-    texts = list(map(float.__repr__, uniques.tolist()))
-    return _take(codes, blobs, b""), _take(codes, texts, None)
+    return _take(codes, packed.view(f"V{packed.dtype.itemsize}").tolist(), b"")
 
 
-def _string_column(column: pa.ChunkedArray) -> tuple[list[bytes], list[str | None]]:
+def _string_column(column: pa.ChunkedArray) -> list[bytes]:
     """One ValueProto per distinct string (categoricals have a handful); null is the empty proto."""
     import numpy as np
-    from feast.protos.feast.types.Value_pb2 import Value
 
     encoded = column.combine_chunks().dictionary_encode()
-    uniques = encoded.dictionary.to_pylist()
     codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    blobs = [Value(string_val=str(u)).SerializeToString() for u in uniques]
-    return _take(codes, blobs, b""), _take(codes, [str(u) for u in uniques], None)
+    return _take(
+        codes, [ValueProto(string_val=str(u)).SerializeToString() for u in encoded.dictionary.to_pylist()], b""
+    )
 
 
-def _generic_column(column: pa.ChunkedArray, value_type: Any) -> tuple[list[bytes], list[str | None]]:
+def _generic_column(column: pa.ChunkedArray, value_type: Any) -> list[bytes]:
     """Feast's own per-value conversion, for types without a fast encoding."""
-    from feast.infra.online_stores.helpers import extract_text_and_num
     from feast.type_map import python_values_to_proto_values
 
-    protos = python_values_to_proto_values(column.to_numpy(zero_copy_only=False), value_type)
-    return [p.SerializeToString() for p in protos], [extract_text_and_num(p, False)[0] for p in protos]
+    return [
+        p.SerializeToString() for p in python_values_to_proto_values(column.to_numpy(zero_copy_only=False), value_type)
+    ]
 
 
-def _feature_column(column: pa.ChunkedArray, value_type: Any) -> tuple[list[bytes], list[str | None]]:
+def _feature_column(column: pa.ChunkedArray, value_type: Any) -> list[bytes]:
     import pyarrow as pa
     from feast.value_type import ValueType
 
@@ -160,7 +299,6 @@ def _entity_keys(table: pa.Table, join_keys: dict[str, Any], version: int) -> li
     name followed by the little-endian int64 (checked against Feast on the first and last rows)."""
     import numpy as np
     import pyarrow as pa
-    from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.type_map import python_values_to_proto_values
     from feast.value_type import ValueType
@@ -192,52 +330,40 @@ def _entity_keys(table: pa.Table, join_keys: dict[str, Any], version: int) -> li
     return keys
 
 
-def _epoch_seconds(column: pa.ChunkedArray, cache: dict[int, int]) -> list[int]:
-    """What SQLite receives from Feast for a timestamp: the column as naive UTC datetimes
-    (`pd.to_datetime(...).to_pydatetime()`), stored by Feast's registered adapter as
-    `int(dt.timestamp())`. Computed once per distinct timestamp, with Python's own arithmetic."""
+def _micros_column(column: pa.ChunkedArray) -> list[int]:
+    """A timestamp column as microseconds since the epoch (naive times are UTC)."""
     import pandas as pd
 
     if column.null_count:
-        raise ValueError(f"null timestamps in {column.type} column: Feast cannot store them either")
+        raise ValueError(f"null timestamps in a {column.type} column: every row needs its time")
     stamps = pd.to_datetime(column.to_numpy(zero_copy_only=False))
     if stamps.tz is not None:
         stamps = stamps.tz_convert(None)
-    codes, uniques = pd.factorize(stamps.as_unit("ns").asi8)
-    out = []
-    for u in uniques.tolist():
-        if u not in cache:
-            cache[u] = int((_EPOCH + timedelta(microseconds=u // 1000)).timestamp())
-        out.append(cache[u])
-    return _take(codes, out, None)
+    return (stamps.as_unit("ns").asi8 // 1000).tolist()
 
 
-def encode_rows(table: pa.Table, view: Any, version: int, ts_cache: dict[int, int] | None = None) -> Any:
-    """The rows `online_write_batch` would write for `table`, as a lazy iterator of 6-tuples in
-    `_COLUMNS` order: entity by entity in the table's order, and within an entity by feature name
-    (the primary key's order; Feast writes the view's order, which only changes rowids)."""
-    cache = {} if ts_cache is None else ts_cache
-    join_keys = {e.name: e.dtype.to_value_type() for e in view.entity_columns}
-    keys = _entity_keys(table, join_keys, version)
+def encode_rows(table: pa.Table, view: Any, version: int) -> tuple[list[str], Iterable[tuple[Any, ...]]]:
+    """The feature names (sorted, as `online_write_batch` orders them) and the rows it would
+    write for `table`: entity key, event and created time, then one value per feature."""
+    keys = _entity_keys(table, {e.name: e.dtype.to_value_type() for e in view.entity_columns}, version)
     source = view.batch_source
-    event = _epoch_seconds(table.column(source.timestamp_field), cache)
+    event = _micros_column(table.column(source.timestamp_field))
     created = (
-        _epoch_seconds(table.column(source.created_timestamp_column), cache)
+        _micros_column(table.column(source.created_timestamp_column))
         if source.created_timestamp_column
         else [None] * table.num_rows
     )
-    per_feature = []
-    for f in sorted(view.features, key=lambda f: f.name):
-        if f.name not in table.column_names:
-            raise ValueError(f"Column {f.name} not found in table")
-        blobs, texts = _feature_column(table.column(f.name), f.dtype.to_value_type())
-        per_feature.append(zip(keys, repeat(f.name, table.num_rows), blobs, texts, event, created, strict=True))
-    return chain.from_iterable(zip(*per_feature, strict=True))
+    features = sorted(view.features, key=lambda f: f.name)
+    missing = [f.name for f in features if f.name not in table.column_names]
+    if missing:
+        raise ValueError(f"columns {missing} of feature view {view.name} are not in the frame")
+    values = [_feature_column(table.column(f.name), f.dtype.to_value_type()) for f in features]
+    return [f.name for f in features], zip(keys, event, created, *values, strict=True)
 
 
 def key_order(df: pd.DataFrame, view: Any, positions: np.ndarray) -> np.ndarray:
     """`positions` reordered by serialised entity key (for one int64 join key: the order of its
-    little-endian bytes), so inserts walk the primary-key index in order instead of at random."""
+    little-endian bytes), so inserts walk the primary key in order instead of at random."""
     import numpy as np
     from feast.value_type import ValueType
 
@@ -249,37 +375,25 @@ def key_order(df: pd.DataFrame, view: Any, positions: np.ndarray) -> np.ndarray:
 
 
 def write_frame(
-    fs: Any,
-    view_name: str,
-    df: pd.DataFrame,
-    positions: np.ndarray | None = None,
-    chunk_rows: int = 50_000,
-    rows_per_statement: int = 64,
+    fs: Any, view_name: str, df: pd.DataFrame, positions: np.ndarray | None = None, chunk_rows: int = 50_000
 ) -> int:
-    """Upsert rows of a frame (one per entity; `positions` picks them, default all) into the SQLite
-    online store, as `write_to_online_store` would: one transaction per chunk of entities (readers
-    get in between, as with Feast's writer), so memory stays at one chunk's worth whatever the
-    frame's size. Returns the entities written."""
+    """Upsert rows of a frame (one per entity; `positions` picks them, default all), encoded per
+    column, in key order, one transaction per chunk of entities (readers get in between), so
+    memory stays at one chunk's worth whatever the frame's size. Returns the entities written."""
     import numpy as np
     import pyarrow as pa
 
     config = fs.config
     if not supports(config):
-        raise ValueError(f"online store {config.online_store.type!r} is not the plain SQLite store")
+        raise ValueError(f"online store {config.online_store.type!r} is not {TYPE}")
     view = fs.get_feature_view(view_name)
     table_id = table_name(config, view)
-    many, one = upsert_sql(table_id, rows_per_statement), upsert_sql(table_id)
     rows = key_order(df, view, np.arange(len(df)) if positions is None else np.asarray(positions))
-    width = len(_COLUMNS) * rows_per_statement
-    cache: dict[int, int] = {}
-    with closing(sqlite3.connect(db_path(config))) as conn:
+    with closing(sqlite3.connect(db_path(config), timeout=60)) as conn:
         tune(conn)
         for i in range(0, len(rows), chunk_rows):
             table = pa.Table.from_pandas(df.iloc[rows[i : i + chunk_rows]], preserve_index=False)
-            n = table.num_rows * len(view.features)
-            flat = chain.from_iterable(encode_rows(table, view, config.entity_key_serialization_version, cache))
+            features, encoded = encode_rows(table, view, config.entity_key_serialization_version)
             with conn:
-                # whole statements' worth of parameters straight from the iterator, then the rest row by row
-                conn.executemany(many, islice(zip(*[flat] * width, strict=True), n // rows_per_statement))
-                conn.executemany(one, zip(*[flat] * len(_COLUMNS), strict=True))
+                conn.executemany(upsert_sql(table_id, features), encoded)
     return len(rows)

@@ -1,9 +1,10 @@
-"""Our vectorised SQLite online writer against Feast's own writers, on a real Feast SQLite store.
+"""Our SQLite online store (one row per entity) against Feast's own SQLite store.
 
-Three homes get the same frame: Feast's `write_to_online_store`, Feast's `materialize` from the
-parquet source, and our `materialize_frame` (in small chunks: several transactions, multi-row
-statements and their remainders). The raw SQLite rows must be byte-identical and
-`get_online_features` must answer the same.
+The same frame goes into four homes: Feast's SQLite store through Feast's `write_to_online_store`;
+ours through Feast's `write_to_online_store` and through Feast's `materialize` (both call our
+`online_write_batch`); and ours through `materialize_frame`, the vectorised writer the `prepare`
+task uses (in small chunks: several transactions). `get_online_features` must answer the same in
+all four, and our two writers must store the same bytes.
 """
 
 from __future__ import annotations
@@ -49,12 +50,12 @@ def _frame(spec) -> pd.DataFrame:
     return pd.concat([stale, offline], ignore_index=True).sample(frac=1.0, random_state=2, ignore_index=True)
 
 
-def _home(monkeypatch, home: Path, store_dir: Path, spec):
+def _home(monkeypatch, home: Path, store_dir: Path, spec, online: str = "sqlite"):
     from include.mlops import features as F
     from include.mlops.config import get_settings
     from include.mlops.storage import ObjectStore, ensure_bucket
 
-    use_home(monkeypatch, home, MLOPS_STORE_URI=f"file://{store_dir}")
+    use_home(monkeypatch, home, MLOPS_STORE_URI=f"file://{store_dir}", FEAST_ONLINE_STORE=online)
     settings = get_settings()
     store = ObjectStore(settings.store_uri)
     ensure_bucket(store)
@@ -63,12 +64,12 @@ def _home(monkeypatch, home: Path, store_dir: Path, spec):
     return fs, store, Path(settings.feast_online_path)
 
 
-def _rows(db: Path, table: str, order: str) -> list[tuple]:
-    with sqlite3.connect(db) as con:
-        return con.execute(
-            f'SELECT entity_key, feature_name, value, value_text, vector_value, event_ts, created_ts FROM "{table}" '
-            f"ORDER BY {order}"
-        ).fetchall()
+def _rows(fs, spec) -> list[tuple]:
+    from include.mlops import online_store
+
+    table = online_store.table_name(fs.config, fs.get_feature_view(spec.feature_view_name))
+    with sqlite3.connect(online_store.db_path(fs.config)) as con:
+        return con.execute(f'SELECT * FROM "{table}" ORDER BY entity_key').fetchall()
 
 
 def _online(fs, spec, ids: list[int]) -> pd.DataFrame:
@@ -77,7 +78,7 @@ def _online(fs, spec, ids: list[int]) -> pd.DataFrame:
     return online_features(fs, spec, ids).sort_index(axis=1)
 
 
-def test_sqlite_writer_matches_feast(tmp_path, monkeypatch):
+def test_our_store_answers_as_feasts_sqlite_store(tmp_path, monkeypatch):
     from include.mlops import features as F
     from include.mlops import online_store
     from include.mlops.spec import load_spec
@@ -89,37 +90,97 @@ def test_sqlite_writer_matches_feast(tmp_path, monkeypatch):
     store_dir = tmp_path / "store"
     older = latest.assign(monthly_charges=latest["monthly_charges"] + 1, plan="basic")
 
-    fs_feast, store, db_feast = _home(monkeypatch, tmp_path / "feast", store_dir, spec)
+    fs_feast, store, _ = _home(monkeypatch, tmp_path / "feast", store_dir, spec, online="feast-sqlite")
+    assert not online_store.supports(fs_feast.config)
     F.write_offline(store, spec, DAY.isoformat(), frame)
     fs_feast.write_to_online_store(spec.feature_view_name, older)  # then upserted over
     fs_feast.write_to_online_store(spec.feature_view_name, latest)
 
-    fs_mat, _, db_mat = _home(monkeypatch, tmp_path / "materialize", store_dir, spec)
+    fs_batch, _, _ = _home(monkeypatch, tmp_path / "batch", store_dir, spec)
+    fs_batch.write_to_online_store(spec.feature_view_name, older)
+    fs_batch.write_to_online_store(spec.feature_view_name, latest)
+
+    fs_mat, _, _ = _home(monkeypatch, tmp_path / "materialize", store_dir, spec)
     start = datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC)
     fs_mat.materialize(start - timedelta(hours=1), start + timedelta(days=1))
 
-    fs_ours, _, db_ours = _home(monkeypatch, tmp_path / "ours", store_dir, spec)
-    assert online_store.supports(fs_ours.config)
+    fs_ours, _, db = _home(monkeypatch, tmp_path / "ours", store_dir, spec)
+    assert online_store.supports(fs_ours.config) and db.parent == tmp_path / "ours"
     online_store.write_frame(fs_ours, spec.feature_view_name, older, chunk_rows=128)
     assert F.materialize_frame(fs_ours, spec, frame, chunk_rows=97) == ENTITIES  # 6 chunks
 
-    table = online_store.table_name(fs_ours.config, fs_ours.get_feature_view(spec.feature_view_name))
-    by_key = "entity_key, feature_name"  # the primary key; rowids follow each writer's insert order
-    ours = _rows(db_ours, table, by_key)
-    assert len(ours) == ENTITIES * len(F.model_features(spec))
-    # the same bytes in every column as both of Feast's writers
-    assert ours == _rows(db_feast, table, by_key)
-    assert ours == _rows(db_mat, table, by_key)
-    # the awkward values really are in there
-    values = {r[2] for r in ours}
-    assert b"" in values and any(r[3] == "-0.0" for r in ours) and any(r[3] == "inf" for r in ours)
-    assert any(r[1] == "region" and r[3] == "" for r in ours)
+    # one row per entity, the same bytes from the vectorised writer and from Feast's interface
+    ours = _rows(fs_ours, spec)
+    assert len(ours) == ENTITIES and len(ours[0]) == 3 + len(F.model_features(spec))
+    assert ours == _rows(fs_batch, spec) == _rows(fs_mat, spec)
+    # the awkward values really are in there: nulls (empty ValueProto), -0.0 apart from 0.0
+    values = {v for r in ours for v in r[3:]}
+    assert b"" in values
+    assert online_store._double_column(np.array([-0.0]))[0] in values
 
     ids = [*latest[spec.entity_key].tolist(), 1]  # and one entity no writer has seen
     got = _online(fs_ours, spec, ids)
+    assert got[spec.entity_key].tolist() == ids
     pd.testing.assert_frame_equal(got, _online(fs_feast, spec, ids))
+    pd.testing.assert_frame_equal(got, _online(fs_batch, spec, ids))
     pd.testing.assert_frame_equal(got, _online(fs_mat, spec, ids))
     assert got["plan"].isna().any() and got["avg_session_min"].isna().any()
+    assert got.iloc[-1].drop(spec.entity_key).isna().all()  # the unknown entity: no features
+    assert (got["region"] == "").any() and np.isinf(got["total_charges"]).any()
+
+
+def test_a_partial_write_keeps_the_other_features(tmp_path, monkeypatch):
+    """Feast's upsert is per feature: writing some features of an entity keeps the others."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from include.mlops import features as F
+    from include.mlops.spec import load_spec
+
+    spec = load_spec("churn")
+    latest = _frame(spec).pipe(lambda f: f.iloc[F.latest_rows(spec, f)])
+    fs, _, _ = _home(monkeypatch, tmp_path / "home", tmp_path / "store", spec)
+    F.materialize_frame(fs, spec, latest)
+    entity = int(latest[spec.entity_key].iloc[7])
+    before = _online(fs, spec, [entity])
+
+    view = fs.get_feature_view(spec.feature_view_name)
+    key = EntityKey(join_keys=[spec.entity_key], entity_values=[Value(int64_val=entity)])
+    later = datetime(2026, 10, 3, tzinfo=UTC)
+    fs._get_provider().online_write_batch(
+        fs.config, view, [(key, {"plan": Value(string_val="gold")}, later, None)], None
+    )
+
+    after = _online(fs, spec, [entity])
+    assert after["plan"].tolist() == ["gold"]
+    pd.testing.assert_frame_equal(after.drop(columns="plan"), before.drop(columns="plan"))
+    ((ts, _),) = fs._get_provider().online_store.online_read(fs.config, view, [key], ["plan"])
+    assert ts == later
+
+
+def test_the_store_refuses_feasts_layout_and_ambiguous_columns(tmp_path):
+    from include.mlops.online_store import _ensure_table
+
+    path = tmp_path / "online.db"
+    with sqlite3.connect(path) as con:
+        con.execute(
+            "CREATE TABLE old (entity_key BLOB, feature_name TEXT, value BLOB, PRIMARY KEY(entity_key, feature_name))"
+        )
+        with pytest.raises(RuntimeError, match="Feast's own SQLite layout.*delete the file"):
+            _ensure_table(con, "old", ["tenure"], path)
+        with pytest.raises(ValueError, match="ignore case"):
+            _ensure_table(con, "new", ["Plan", "plan"], path)
+        with pytest.raises(ValueError, match="event_ts"):
+            _ensure_table(con, "new", ["event_ts"], path)
+        _ensure_table(con, "new", ["a"], path)
+        _ensure_table(con, "new", ["a", "b"], path)  # a feature added later: a new column
+        assert [r[1] for r in con.execute('PRAGMA table_info("new")')] == [
+            "entity_key",
+            "event_ts",
+            "created_ts",
+            "a",
+            "b",
+        ]
 
 
 def test_latest_rows_prefers_newer_event_then_newer_created():
@@ -151,4 +212,40 @@ def test_fast_encoders_match_feast_converters():
     assert O._double_column(doubles.to_numpy(zero_copy_only=False)) == O._generic_column(doubles, ValueType.DOUBLE)
     assert O._string_column(strings) == O._generic_column(strings, ValueType.STRING)
     nulls = pa.chunked_array([pa.nulls(3, pa.string())])
-    assert O._string_column(nulls) == O._generic_column(nulls, ValueType.STRING) == ([b""] * 3, [None] * 3)
+    assert O._string_column(nulls) == O._generic_column(nulls, ValueType.STRING) == [b""] * 3
+
+
+def test_point_in_time_join_keeps_object_strings_and_dask_setting(tmp_path, monkeypatch):
+    """`historical_features` runs Feast's join with dask's Arrow strings on (faster hashing), but
+    answers exactly what Feast answers with them off: object columns, None for a missing category;
+    and Feast's process-wide setting is left as Feast set it."""
+    import dask
+    import pytz
+
+    from include.mlops import features as F
+    from include.mlops.spec import load_spec
+
+    spec = load_spec("churn")
+    frame = _frame(spec)
+    fs, store, _ = _home(monkeypatch, tmp_path / "home", tmp_path / "store", spec)
+    F.write_offline(store, spec, DAY.isoformat(), frame)
+    latest = frame.iloc[F.latest_rows(spec, frame)]
+    entity_df = pd.DataFrame(
+        {
+            spec.entity_key: latest[spec.entity_key].to_numpy(),
+            spec.timestamp: latest[spec.timestamp] + pd.Timedelta(minutes=1),
+            spec.label: np.arange(len(latest)) % 2,
+        }
+    )
+    assert dask.config.get("dataframe.convert-string") is False  # what Feast's file store sets
+    got = F.historical_features(fs, spec, entity_df)
+    assert dask.config.get("dataframe.convert-string") is False
+
+    plain = entity_df.assign(**{spec.timestamp: entity_df[spec.timestamp].dt.tz_convert(pytz.UTC)})
+    feast = fs.get_historical_features(
+        entity_df=plain, features=fs.get_feature_service(spec.feature_service_name)
+    ).to_df()
+    pd.testing.assert_frame_equal(got, feast)
+    assert got["region"].dtype == object and got["region"].isna().any()
+    assert got["region"][got["region"].isna()].map(type).eq(type(None)).all()
+    assert got["region"].eq("").any()
