@@ -167,9 +167,9 @@ def run(rows: int, timeout: float, command: str) -> dict:
     print(f"[bench.materialize] {rows}: data {made}", file=sys.stderr, flush=True)
     res = {}
     stores = {"ours": "sqlite", "default": "feast-sqlite"}
-    for name, kind in stores.items():
-        env = {**local_env(root / name), **shared, "FEAST_ONLINE_STORE": kind}
-        res[name] = run_phase([name], env, log, timeout)
+    envs = {name: {**local_env(root / name), **shared, "FEAST_ONLINE_STORE": kind} for name, kind in stores.items()}
+    for name in stores:
+        res[name] = run_phase([name], envs[name], log, timeout)
         print(f"[bench.materialize] {rows}: {name} {res[name]}", file=sys.stderr, flush=True)
     ours, default = res["ours"], res["default"]
     result = {
@@ -194,10 +194,7 @@ def run(rows: int, timeout: float, command: str) -> dict:
         result["delta_ratio"] = round(
             (ours["rss_mb"] - ours["base_rss_mb"]) / max(default["rss_mb"] - default["base_rss_mb"], 1e-9), 3
         )
-        a, b = (
-            run_phase(["answers", "5000"], {**local_env(root / n), **shared, "FEAST_ONLINE_STORE": k}, log, timeout)
-            for n, k in stores.items()
-        )
+        a, b = (run_phase(["answers", "5000"], envs[name], log, timeout) for name in stores)
         result["same_online_answers"] = a["status"] == b["status"] == "ok" and a["sha256"] == b["sha256"]
         result["online_answers_compared"] = a.get("entities")
         result["ours_online_db_mb"], result["default_online_db_mb"] = a.get("db_mb"), b.get("db_mb")

@@ -24,6 +24,7 @@ semantics: the last write of a feature wins, features not written keep their val
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -210,9 +211,9 @@ class EntityRowSqliteOnlineStore(OnlineStore):
 
 
 def _ensure_table(conn: sqlite3.Connection, table: str, features: list[str], path: Path) -> None:
-    clash = sorted({f for f in features if f.lower() in _META})
-    folded = [f.lower() for f in features]
-    same = sorted({f for f in features if folded.count(f.lower()) > 1})
+    folded = Counter(f.lower() for f in features)
+    clash = sorted(f for f in features if f.lower() in _META)
+    same = sorted(f for f in features if folded[f.lower()] > 1)
     if clash or same:
         raise ValueError(
             f"feature names {clash or same} cannot be columns of {table}: SQLite column names ignore case "
