@@ -105,7 +105,7 @@ def bare(model, spec, src: str, dst: str, version: str, label: str):
     import pandas as pd
 
     raw = pd.read_parquet(src)
-    derived = dict(spec.section("derived_features"))
+    derived = dict(spec.derived_features)
     X = raw[spec.feature_names].assign(**{name: raw.eval(expr) for name, expr in derived.items()})
     score = model.predict_proba(X)[:, list(model.classes_).index(1)]
     out = pd.DataFrame(

@@ -47,9 +47,9 @@ def champion(spec, rows: int):
         feats[spec.label] = labels[spec.label].to_numpy()
         frames.append(feats)
     data = pd.concat(frames, ignore_index=True)
-    train, holdout = T.time_split(data, spec, int(spec.section("training").get("holdout_days", 2)))
+    train, holdout = T.time_split(data, spec, spec.training.holdout_days)
     model, _ = T.fit(spec, train)
-    primary = spec.section("model").get("primary_metric", "roc_auc")
+    primary = spec.primary_metric
     holdout_metric = E.metrics(holdout[spec.label], E.predict_scores(model, holdout[model_features(spec)], spec), spec)[
         primary
     ]
@@ -173,11 +173,11 @@ def main() -> None:
 
     quiet_telemetry()
     spec = load_spec("churn")
-    rows = args.rows or int(spec.section("demo").get("rows_per_day", 2000))
+    rows = args.rows or (spec.demo.rows_per_day if spec.demo else 2000)
     t0 = time.perf_counter()
     model, ref, holdout_metric = champion(spec, rows)
     print(
-        f"champion trained on {len(ref)} rows; holdout {spec.section('model').get('primary_metric')} "
+        f"champion trained on {len(ref)} rows; holdout {spec.primary_metric} "
         f"{holdout_metric:.4f} ({time.perf_counter() - t0:.0f} s)",
         flush=True,
     )
@@ -186,7 +186,7 @@ def main() -> None:
         "rows_per_window": rows,
         "reference_rows": len(ref),
         "holdout_metric": holdout_metric,
-        "policy": spec.section("monitoring"),
+        "policy": spec.monitoring.model_dump(),
         "scenarios": {},
     }
     for name, drift_start, n in (

@@ -119,7 +119,7 @@ def phase_dag(spec_path: str) -> dict:
         "task_state": {k: str(v.state) for k, v in sorted(tis.items())},
         "train_rows": train_out["rows"],
         "candidates": train_out.get("candidates"),
-        "search": {k: v for k, v in load_spec(spec_path).section("model")["search"].items() if k != "space"},
+        "search": {k: v for k, v in load_spec(spec_path).model.search.model_dump().items() if k != "space"},
         "train_uri": train_out["train_uri"],
         "holdout_uri": train_out["holdout_uri"],
     }

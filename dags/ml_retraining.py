@@ -30,7 +30,8 @@ from airflow.sdk import Asset, AssetAny, Param, dag, task
 from mlops_airflow.notifiers import GateDecisionNotifier, TaskFailureNotifier
 from mlops_airflow.operators import MlflowPromoteOperator, MlflowRegisterOperator
 
-from include.mlops.drift_policy import drift_asset_uri, known_datasets
+from include.mlops.constants import known_datasets
+from include.mlops.drift_policy import drift_asset_uri
 
 DEFAULT_ARGS = {
     "owner": "mlops",

@@ -55,7 +55,7 @@ def score_batch(interval: Interval, spec_name: str | None = None) -> dict[str, A
         X = build_features(raw, spec)[cols]
         if spec.is_classification:
             classes = list(model.classes_)
-            positive = spec.section("label").get("positive_class", 1)
+            positive = spec.label_spec.positive_class
             pos = classes.index(positive) if positive in classes else len(classes) - 1
             score = model.predict_proba(X)[:, pos] if len(X) else np.empty(0)
             prediction = (score >= 0.5).astype("int64")  # the threshold the gate's metrics use

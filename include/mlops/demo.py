@@ -106,13 +106,15 @@ def run_day(dag: Any, day: date, conf: dict[str, Any], log_file: Path) -> dict[s
 
 def demo_plan(spec: Any) -> dict[str, Any]:
     """Days and scenario of the story, from the spec's `demo` section and the environment."""
-    demo = spec.section("demo")
-    window = int(spec.section("training").get("window_days", 14))
-    scenario = os.environ.get("DEMO_SCENARIO") or demo.get("scenario", "covariate_drift")
-    history = int(os.environ.get("DEMO_HISTORY_DAYS") or demo.get("history_days", window + spec.label_delay_days))
-    monitor = int(os.environ.get("DEMO_MONITOR_DAYS") or demo.get("monitor_days", 3))
-    drift = int(os.environ.get("DEMO_DRIFT_DAYS") or demo.get("drift_days", 2))
-    start = date.fromisoformat(str(demo["start"]))
+    from include.mlops.spec import DemoSpec
+
+    demo = spec.demo or DemoSpec()
+    window = spec.training.window_days
+    scenario = os.environ.get("DEMO_SCENARIO") or demo.scenario
+    history = int(os.environ.get("DEMO_HISTORY_DAYS") or demo.history_days or window + spec.label_delay_days)
+    monitor = int(os.environ.get("DEMO_MONITOR_DAYS") or demo.monitor_days)
+    drift = int(os.environ.get("DEMO_DRIFT_DAYS") or demo.drift_days)
+    start = date.fromisoformat(str(demo.start))
     train_day = start + timedelta(days=history)
     return {
         "start": start,
@@ -120,7 +122,7 @@ def demo_plan(spec: Any) -> dict[str, Any]:
         "scenario": scenario,
         "drift_start": train_day + timedelta(days=monitor + 1),
         "last_day": train_day + timedelta(days=monitor + drift),
-        "rows": int(os.environ.get("DEMO_ROWS_PER_DAY") or demo.get("rows_per_day", 1000)),
+        "rows": int(os.environ.get("DEMO_ROWS_PER_DAY") or demo.rows_per_day),
         "history_days": history,
         "monitor_days": monitor,
         "drift_days": drift,
@@ -181,7 +183,7 @@ def main() -> int:
         rows_per_day=plan["rows"],
         scenario=plan["scenario"],
         drift_from=plan["drift_start"] if plan["scenario"] != "none" else "-",
-        landing=store.uri(spec.section("source")["landing_prefix"]),
+        landing=store.uri(spec.landing_prefix),
     )
 
     from airflow.dag_processing.dagbag import DagBag

@@ -44,9 +44,10 @@ if TYPE_CHECKING:
     from include.mlops.spec import DatasetSpec
     from include.mlops.storage import ObjectStore
 
+from include.mlops.constants import STRATEGIES
+
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("direct", "canary", "shadow", "blue_green")
 SYNTHETIC = {"X-MLOps-Traffic": "synthetic"}  # check traffic stays out of the prediction log
 
 
@@ -464,9 +465,9 @@ def run_check(
     canary_version: str | None = None,
 ) -> CheckResult:
     """Smoke test, then the load test; judged on errors and the spec's p99 budget."""
-    dep = spec.section("deployment")
-    budget = float((dep.get("latency_budget_ms") or {}).get("p99", 250))
-    lt = dep.get("load_test") or {}
+    dep = spec.deployment
+    budget = float(dep.latency_budget_ms.get("p99", float("inf")))
+    lt = dep.load_test
     records, ids = sample_inputs(spec, store)
     smoke = smoke_test(h, spec, records, ids, versions)
     shadow_before = (
@@ -480,9 +481,9 @@ def run_check(
         spec,
         records,
         ids,
-        requests=int(lt.get("requests", 200)),
-        concurrency=int(lt.get("concurrency", 4)),
-        warmup=None if lt.get("warmup") is None else int(lt["warmup"]),
+        requests=lt.requests,
+        concurrency=lt.concurrency,
+        warmup=lt.warmup,
     )
     reasons = [f"smoke test: {f}" for f in smoke["failures"]]
     if load["errors"]:
@@ -490,7 +491,7 @@ def run_check(
     if not load["p99_ms"] <= budget:
         reasons.append(f"load test: p99 {load['p99_ms']} ms over the budget of {budget:g} ms")
     if canary_version:
-        share = float(dep.get("canary_share", 0.1))
+        share = dep.canary_share
         if share > 0 and load["variants"].get("challenger", 0) == 0:
             reasons.append(f"canary: the challenger v{canary_version} answered none of {load['requests']} requests")
     if shadow_version:
@@ -522,11 +523,11 @@ def _log_check(client: Any, run_id: str | None, res: CheckResult, prefix: str) -
 
 # -- the deploy step ----------------------------------------------------------------------------------
 def _strategy(spec: DatasetSpec, strategy: str | None) -> tuple[str, float]:
-    dep = spec.section("deployment")
-    s = strategy or dep.get("strategy") or "direct"
+    dep = spec.deployment
+    s = strategy or dep.strategy
     if s not in STRATEGIES:
         raise ValueError(f"deployment strategy must be one of {STRATEGIES}, not {s!r}")
-    return s, float(dep.get("canary_share", 0.1))
+    return s, dep.canary_share
 
 
 def publish_strategy(client: Any, model: str, strategy: str, share: float) -> None:

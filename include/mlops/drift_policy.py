@@ -23,8 +23,9 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from include.mlops.constants import DATA_STRATEGIES, lower_is_better
 
 if TYPE_CHECKING:
     from include.mlops.spec import DatasetSpec
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOWER_IS_BETTER = {"rmse", "mae", "log_loss"}
 RETRAIN, WATCH, COOLDOWN, QUARANTINE, INSUFFICIENT, NO_DRIFT = (
     "retrain",
     "watch",
@@ -55,13 +55,6 @@ def drift_asset_uri(dataset: str) -> str:
     return f"x-mlops://drift/{dataset}"
 
 
-def known_datasets() -> list[str]:
-    """Dataset specs that ship with the project (cheap: file names only, nothing parsed)."""
-    from include.mlops.spec import SPEC_DIR
-
-    return sorted(p.stem for p in Path(SPEC_DIR).glob("*.yaml"))
-
-
 @dataclass(frozen=True)
 class DriftPolicy:
     min_rows: int = 500
@@ -75,18 +68,16 @@ class DriftPolicy:
 
     @classmethod
     def from_spec(cls, spec: DatasetSpec) -> DriftPolicy:
-        pol = dict(spec.section("monitoring").get("policy") or {})
-        primary = spec.section("model").get("primary_metric", "roc_auc" if spec.is_classification else "r2")
-        tol = spec.section("validation").get("max_bad_fraction", cls.max_bad_fraction)
+        pol = spec.monitoring.policy
         return cls(
-            min_rows=int(pol.get("min_rows", cls.min_rows)),
-            drift_share=float(pol.get("drift_share", cls.drift_share)),
-            performance_drop=float(pol.get("performance_drop", cls.performance_drop)),
-            min_labelled_rows=int(pol.get("min_labelled_rows", min(int(pol.get("min_rows", cls.min_rows)), 200))),
-            consecutive_windows=max(1, int(pol.get("consecutive_windows", cls.consecutive_windows))),
-            cooldown_days=float(pol.get("cooldown_days", cls.cooldown_days)),
-            max_bad_fraction=float(pol.get("max_bad_fraction", tol)),
-            primary_metric=str(primary),
+            min_rows=pol.min_rows,
+            drift_share=pol.drift_share,
+            performance_drop=pol.performance_drop,
+            min_labelled_rows=int(pol.min_labelled_rows or min(pol.min_rows, 200)),
+            consecutive_windows=pol.consecutive_windows,
+            cooldown_days=pol.cooldown_days,
+            max_bad_fraction=float(pol.max_bad_fraction if pol.max_bad_fraction is not None else cls.max_bad_fraction),
+            primary_metric=spec.primary_metric,
         )
 
 
@@ -182,7 +173,7 @@ class DriftDecision:
 
 def _drop(metric: str, champion: float, window: float) -> float:
     """How much worse the window is than the champion's holdout (positive = worse)."""
-    return window - champion if metric in LOWER_IS_BETTER else champion - window
+    return window - champion if lower_is_better(metric) else champion - window
 
 
 def _as_utc(v: str | datetime) -> datetime:
@@ -460,7 +451,6 @@ def decide_window(summary: dict[str, Any], spec_name: str | None = None) -> dict
 
 
 # -- retraining: which data the retrain uses -----------------------------------------------------------
-DATA_STRATEGIES = ("sliding_window", "all_history", "new_data_only")
 ALL_HISTORY_DAYS = 3650  # "everything": the label feed of ten years
 
 
@@ -515,9 +505,9 @@ def plan_retraining(params: dict[str, Any], events: list[dict[str, Any]], run_af
         ra = _as_utc(run_after or datetime.now(UTC))
         end = datetime(ra.year, ra.month, ra.day, tzinfo=UTC)
     start = end - timedelta(days=1)
-    rcfg = dict(spec.section("monitoring").get("retraining") or {})
-    strategy = params.get("data_strategy") or rcfg.get("data_strategy") or "sliding_window"
-    n = int(params.get("window_days") or rcfg.get("window_days") or spec.section("training").get("window_days", 14))
+    rcfg = spec.monitoring.retraining
+    strategy = params.get("data_strategy") or rcfg.data_strategy
+    n = int(params.get("window_days") or rcfg.window_days or spec.training.window_days)
     champion_end = None
     if strategy == "new_data_only":
         champion_end = champion_interval_end(settings, spec)

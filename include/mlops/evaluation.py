@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
     from include.mlops.spec import DatasetSpec
 
-LOWER_IS_BETTER = {"rmse", "mae", "log_loss"}
+from include.mlops.constants import LOWER_IS_BETTER
 
 
 def predict_scores(model: Any, X: pd.DataFrame, spec: DatasetSpec) -> Any:
@@ -51,11 +51,10 @@ def slice_metrics(df: pd.DataFrame, scores: Any, spec: DatasetSpec) -> dict[str,
     """Metrics for each value of each slice column the spec names ("plan=basic": {...})."""
     import numpy as np
 
-    gate = spec.section("gate")
-    min_rows = int(gate.get("slice_min_rows", 30))
+    min_rows = spec.gate.slice_min_rows
     scores = np.asarray(scores)
     out: dict[str, dict[str, float]] = {}
-    for col in gate.get("slices") or []:
+    for col in spec.gate.slices:
         for value, idx in df.groupby(col, dropna=False).indices.items():
             if len(idx) < min_rows:
                 continue
@@ -113,8 +112,7 @@ def gate(
     champion_slices: dict[str, dict[str, float]] | None = None,
 ) -> GateDecision:
     """Absolute minimums, no NaN predictions, no regression against the champion overall or per slice."""
-    cfg = spec.section("gate")
-    primary = spec.section("model").get("primary_metric", "roc_auc" if spec.is_classification else "r2")
+    primary = spec.primary_metric
     checks = [
         GateCheck(
             "no NaN predictions",
@@ -124,7 +122,7 @@ def gate(
             "" if nan_predictions == 0 else f"{nan_predictions} NaN predictions",
         )
     ]
-    for metric, minimum in (cfg.get("minimums") or {}).items():
+    for metric, minimum in (spec.gate.minimums).items():
         v = challenger.get(metric, float("nan"))
         ok = not math.isnan(v) and (v <= minimum if metric in LOWER_IS_BETTER else v >= minimum)
         checks.append(
@@ -133,7 +131,7 @@ def gate(
     if champion is None:
         checks.append(GateCheck("vs champion", None, None, True, "no champion yet"))
     else:
-        tol = float(cfg.get("max_regression", 0.0))
+        tol = spec.gate.max_regression
         worse = _worse_by(primary, challenger[primary], champion[primary])
         checks.append(
             GateCheck(
@@ -144,7 +142,7 @@ def gate(
                 f"champion {champion[primary]:.4f}, challenger {challenger[primary]:.4f}",
             )
         )
-        stol = float(cfg.get("slice_max_regression", tol))
+        stol = float(spec.gate.slice_max_regression or tol)
         for name, m in sorted(challenger_slices.items()):
             ref = (champion_slices or {}).get(name)
             if ref is None or math.isnan(ref.get(primary, float("nan"))) or math.isnan(m.get(primary, float("nan"))):

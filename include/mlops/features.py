@@ -28,7 +28,7 @@ class FeatureJoinError(Exception):
 
 def derived_features(spec: DatasetSpec) -> dict[str, str]:
     """Derived features declared in the spec as pandas expressions (name -> expression)."""
-    return dict(spec.section("derived_features"))
+    return dict(spec.derived_features)
 
 
 def model_features(spec: DatasetSpec) -> list[str]:
@@ -93,7 +93,7 @@ def feast_objects(spec: DatasetSpec, path: str, s3_endpoint: str | None = None) 
     schema = [Field(name=n, dtype=Float64) for n in spec.numeric_features]
     schema += [Field(name=n, dtype=String) for n in spec.categorical_features]
     schema += [Field(name=n, dtype=Float64) for n in derived_features(spec)]
-    ttl_days = int(spec.section("features_store").get("ttl_days", 2))
+    ttl_days = spec.features_store.ttl_days
     view = FeatureView(
         name=spec.feature_view_name,
         entities=[entity],

@@ -64,26 +64,20 @@ class MonitoringConfig:
 
     @classmethod
     def from_spec(cls, spec: DatasetSpec) -> MonitoringConfig:
-        mon = spec.section("monitoring")
-        drift = dict(mon.get("drift") or {})
-        pol = dict(mon.get("policy") or {})
-        num_m = str(drift.get("num_method", cls.num_method))
-        num_t = float(drift.get("num_threshold", cls.num_threshold))
+        mon, drift, pol = spec.monitoring, spec.monitoring.drift, spec.monitoring.policy
         return cls(
-            window_days=int(mon.get("window_days", 1)),
-            sample_rows=int(mon.get("sample_rows", cls.sample_rows)),
-            sample_seed=int(mon.get("sample_seed", cls.sample_seed)),
-            num_method=num_m,
-            num_threshold=num_t,
-            cat_method=str(drift.get("cat_method", cls.cat_method)),
-            cat_threshold=float(drift.get("cat_threshold", cls.cat_threshold)),
-            prediction_method=str(drift.get("prediction_method", num_m)),
-            prediction_threshold=float(drift.get("prediction_threshold", num_t)),
-            drift_share=float(pol.get("drift_share", cls.drift_share)),
-            max_bad_fraction=float(
-                pol.get("max_bad_fraction", spec.section("validation").get("max_bad_fraction", cls.max_bad_fraction))
-            ),
-            label_lookback_days=int(mon.get("label_lookback_days", spec.label_delay_days)),
+            window_days=mon.window_days,
+            sample_rows=mon.sample_rows,
+            sample_seed=mon.sample_seed,
+            num_method=drift.num_method,
+            num_threshold=drift.num_threshold,
+            cat_method=drift.cat_method,
+            cat_threshold=drift.cat_threshold,
+            prediction_method=str(drift.prediction_method),
+            prediction_threshold=float(drift.prediction_threshold or drift.num_threshold),
+            drift_share=pol.drift_share,
+            max_bad_fraction=float(pol.max_bad_fraction if pol.max_bad_fraction is not None else cls.max_bad_fraction),
+            label_lookback_days=int(mon.label_lookback_days or 0),
         )
 
 
@@ -134,7 +128,7 @@ def read_labels(store: ObjectStore, spec: DatasetSpec, first_arrival: date, last
     else straight from the raw label feed."""
     import pandas as pd
 
-    feed = spec.section("label").get("feed_prefix")
+    feed = spec.label_spec.feed_prefix
     frames = []
     day = first_arrival
     while day <= last_arrival:
@@ -205,7 +199,7 @@ def champion_info(client: Any, spec: DatasetSpec) -> Champion:
         raise NoChampion(f"{spec.model_name} has no champion yet: nothing to monitor")
     mv = client.get_model_version(spec.model_name, version)
     run = client.get_run(mv.run_id)
-    primary = spec.section("model").get("primary_metric", "roc_auc" if spec.is_classification else "r2")
+    primary = spec.primary_metric
     train_uri = run.data.tags.get("mlops.train_uri")
     if not train_uri:
         raise NoChampion(f"champion v{version} (run {mv.run_id}) has no mlops.train_uri tag: no reference data")
@@ -255,7 +249,7 @@ def _definition(
         num, cat = [c for c in num if c in only], [c for c in cat if c in only]
     kwargs: dict[str, Any] = {}
     if classification and spec.is_classification:
-        pos = spec.section("label").get("positive_class", 1)
+        pos = spec.label_spec.positive_class
         kwargs["classification"] = [BinaryClassification(target=spec.label, prediction_probas=SCORE, pos_label=pos)]
     elif classification:
         kwargs["regression"] = [Regression(target=spec.label, prediction=SCORE)]

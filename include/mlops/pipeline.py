@@ -232,10 +232,9 @@ def train(
     from include.mlops.registry import ensure_experiment, setup_mlflow
 
     spec, store, settings = _ctx(spec_name)
-    tcfg = spec.section("training")
-    window = int(window_days or tcfg.get("window_days", 14))
+    window = int(window_days or spec.training.window_days)
     entity_df = labelled_events(store, spec, interval, window)
-    min_rows = int(tcfg.get("min_rows", 500))
+    min_rows = spec.training.min_rows
     if len(entity_df) < min_rows:
         raise NotEnoughData(f"{len(entity_df)} labelled rows in the last {window} days, need {min_rows}")
     fs = F.get_feature_store(settings)
@@ -243,7 +242,7 @@ def train(
     cols = [spec.entity_key, spec.timestamp, *F.model_features(spec), spec.label]
     joined = joined[cols].sort_values([spec.timestamp, spec.entity_key], ignore_index=True)
     digest = T.data_hash(joined)
-    train_df, holdout = T.time_split(joined, spec, int(tcfg.get("holdout_days", 2)))
+    train_df, holdout = T.time_split(joined, spec, spec.training.holdout_days)
 
     client = setup_mlflow(settings)
     exp_id = ensure_experiment(client, spec.name, settings)
@@ -284,7 +283,7 @@ def train(
         )
         mlflow.log_params(
             {
-                "family": spec.section("model").get("family"),
+                "family": spec.model.family,
                 "window_days": window,
                 **{f"best.{k}": v for k, v in result.best_params.items()},
                 "search.candidates": len(result.candidates),

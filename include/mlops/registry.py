@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from include.mlops.config import Settings
     from include.mlops.storage import ObjectStore
 
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+from include.mlops.constants import CHALLENGER, CHAMPION, PREVIOUS
 
 
 def mlflow_client(tracking_uri: str) -> Any:

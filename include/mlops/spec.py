@@ -1,50 +1,299 @@
-"""The dataset spec: one YAML file that says what the data is and how to learn from it."""
+"""The dataset spec: one YAML file that says what the data is and how to learn from it.
+
+Parsed once into typed models (pydantic) whose defaults live here and nowhere else. Every
+mistake is a `SpecError` naming the field and what to change, raised before any work starts.
+The README's "Bring your own data" section documents each field; `mlops spec check` runs this.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-SPEC_DIR = Path(__file__).resolve().parent.parent / "specs"
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from include.mlops.constants import (
+    BINARY_METRICS,
+    CLASSIFIERS,
+    DEFAULT_PRIMARY_METRIC,
+    MULTICLASS_METRICS,
+    REGRESSION_METRICS,
+    REGRESSORS,
+    SPEC_DIR,
+)
+
 NUMERIC_TYPES = {"int", "float"}
 FEATURE_TYPES = NUMERIC_TYPES | {"category"}
+SLUG = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LabelValue = bool | int | str
 
 
 class SpecError(ValueError):
-    """The dataset spec is malformed; the message names the offending key."""
+    """The dataset spec is malformed; the message names the offending field and the fix."""
 
 
-@dataclass(frozen=True)
-class Feature:
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# -- sections -------------------------------------------------------------------------------------
+class SourceSpec(_Section):
+    format: Literal["parquet", "csv"] = "parquet"
+    landing_prefix: str | None = None  # default raw/<name>
+    csv_delimiter: str = Field(",", min_length=1, max_length=1)
+    rename: dict[str, str] = Field(default_factory=dict)  # file column -> spec name, applied at extract
+
+
+class EntitySpec(_Section):
     name: str
-    type: str  # int | float | category
+    key: str
+    dtype: Literal["int64", "string"] = "int64"
+
+
+class LabelSpec(_Section):
+    name: str
+    feed: Literal["separate", "inline"] = "separate"
+    feed_prefix: str | None = None  # default <landing_prefix>/labels
+    delay_days: int = Field(0, ge=0)
+    positive_class: LabelValue | None = None
+    classes: list[LabelValue] | None = None
+
+
+class Feature(_Section):
+    name: str = ""
+    type: Literal["int", "float", "category"]
     required: bool = True
     range: tuple[float, float] | None = None
     values: tuple[str, ...] | None = None
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _values_as_text(cls, v: Any) -> Any:
+        return tuple(str(x) for x in v) if isinstance(v, list | tuple) else v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Feature:
+        if self.range is not None:
+            if self.type == "category":
+                raise ValueError("range applies to int and float features; a category lists its `values`")
+            if self.range[0] > self.range[1]:
+                raise ValueError(f"range must be [low, high] with low <= high, not {list(self.range)}")
+        if self.values is not None and self.type != "category":
+            raise ValueError(f"values apply to category features; a {self.type} feature takes a `range`")
+        return self
 
     @property
     def is_numeric(self) -> bool:
         return self.type in NUMERIC_TYPES
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    task: str
-    entity_name: str
-    entity_key: str
-    timestamp: str
-    label: str
-    label_delay_days: int
-    features: tuple[Feature, ...]
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)
-    path: str = ""
+class ValidationSpec(_Section):
+    max_bad_fraction: float = Field(0.01, ge=0, le=1)
+    time_tolerance_hours: float = Field(0.0, ge=0)  # event times may stray this far outside their day
 
-    # -- convenience views ------------------------------------------------------------------
+
+class TrainingSpec(_Section):
+    window_days: int = Field(14, ge=1)
+    holdout_days: int = Field(2, ge=1)
+    min_rows: int = Field(500, ge=1)
+
+    @model_validator(mode="after")
+    def _holdout_inside_window(self) -> TrainingSpec:
+        if self.holdout_days >= self.window_days:
+            raise ValueError(
+                f"holdout_days ({self.holdout_days}) must be smaller than window_days ({self.window_days}): "
+                "the holdout is the newest days of the window"
+            )
+        return self
+
+
+class SearchSpec(_Section):
+    n_iter: int = Field(5, ge=1)
+    cv_folds: int = Field(3, ge=2)
+    budget_seconds: float = Field(300, ge=0)  # 0: one candidate only
+    space: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+class ModelSpec(_Section):
+    family: str = "hist_gradient_boosting"
+    params: dict[str, Any] = Field(default_factory=dict)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    primary_metric: str | None = None  # default by task: roc_auc, f1_macro or r2
+
+
+class GateSpec(_Section):
+    minimums: dict[str, float] = Field(default_factory=dict)
+    max_regression: float = Field(0.02, ge=0)
+    slice_max_regression: float | None = Field(None, ge=0)  # default: max_regression
+    slices: list[str] = Field(default_factory=list)
+    slice_min_rows: int = Field(30, ge=1)
+
+
+class LoadTestSpec(_Section):
+    requests: int = Field(200, ge=1)
+    concurrency: int = Field(4, ge=1)
+    warmup: int | None = Field(None, ge=0)
+
+
+class DeploymentSpec(_Section):
+    strategy: Literal["direct", "canary", "shadow", "blue_green"] = "direct"
+    canary_share: float = Field(0.1, ge=0, le=1)
+    latency_budget_ms: dict[str, float] = Field(default_factory=dict)  # an explicit SLO, e.g. {p99: 500}
+    max_latency_ratio: float = Field(3.0, gt=1)  # new version's p99 over the current one's, same check
+    max_error_rate: float = Field(0.0, ge=0, le=1)
+    load_test: LoadTestSpec = Field(default_factory=LoadTestSpec)
+
+
+class DriftSpec(_Section):
+    num_method: str = "wasserstein"
+    num_threshold: float = Field(0.1, gt=0)
+    cat_method: str = "jensenshannon"
+    cat_threshold: float = Field(0.1, gt=0)
+    prediction_method: str | None = None  # default: num_method
+    prediction_threshold: float | None = Field(None, gt=0)  # default: num_threshold
+
+
+class PolicySpec(_Section):
+    min_rows: int = Field(500, ge=1)
+    drift_share: float = Field(0.25, gt=0, le=1)
+    performance_drop: float = Field(0.05, ge=0)
+    min_labelled_rows: int | None = Field(None, ge=1)  # default: min(min_rows, 200)
+    consecutive_windows: int = Field(1, ge=1)
+    cooldown_days: float = Field(2.0, ge=0)
+    max_bad_fraction: float | None = Field(None, ge=0, le=1)  # default: validation.max_bad_fraction
+
+
+class RetrainingSpec(_Section):
+    data_strategy: Literal["sliding_window", "all_history", "new_data_only"] = "sliding_window"
+    window_days: int | None = Field(None, ge=1)  # default: training.window_days
+
+
+class MonitoringSpec(_Section):
+    window_days: int = Field(1, ge=1)
+    sample_rows: int = Field(100_000, ge=100)
+    sample_seed: int = 7
+    label_lookback_days: int | None = Field(None, ge=0)  # default: label.delay_days
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    retraining: RetrainingSpec = Field(default_factory=RetrainingSpec)
+
+
+class DemoSpec(_Section):
+    rows_per_day: int = Field(1000, ge=10)
+    start: str = "2026-10-01"
+    history_days: int | None = Field(None, ge=1)  # default: training window + label delay
+    monitor_days: int = Field(3, ge=0)
+    drift_days: int = Field(2, ge=0)
+    scenario: str = "covariate_drift"
+    seed: int = 0
+
+
+class FeatureStoreSpec(_Section):
+    ttl_days: int = Field(2, ge=1)
+
+
+# -- the whole spec -------------------------------------------------------------------------------
+class DatasetSpec(_Section):
+    name: str
+    description: str = ""
+    task: Literal["classification", "regression"]
+    source: SourceSpec = Field(default_factory=SourceSpec)
+    entity: EntitySpec
+    timestamp: str = "event_timestamp"
+    label_spec: LabelSpec = Field(alias="label")
+    feature_map: dict[str, Feature] = Field(alias="features", min_length=1)
+    derived_features: dict[str, str] = Field(default_factory=dict)
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
+    deployment: DeploymentSpec = Field(default_factory=DeploymentSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    demo: DemoSpec | None = None
+    features_store: FeatureStoreSpec = Field(default_factory=FeatureStoreSpec)
+    path: str = Field("", exclude=True)
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_features(cls, raw: Any) -> Any:
+        feats = raw.get("features") if isinstance(raw, dict) else None
+        if isinstance(feats, dict):
+            raw = {**raw, "features": {k: {**v, "name": k} if isinstance(v, dict) else v for k, v in feats.items()}}
+        return raw
+
+    @model_validator(mode="after")
+    def _check_and_fill(self) -> DatasetSpec:
+        problems = _problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        # defaults that follow from other fields, filled once here
+        self.source.landing_prefix = (self.source.landing_prefix or f"raw/{self.name}").strip("/")
+        self.label_spec.feed_prefix = (self.label_spec.feed_prefix or f"{self.source.landing_prefix}/labels").strip("/")
+        self.model.primary_metric = self.model.primary_metric or DEFAULT_PRIMARY_METRIC[self.task_kind]
+        if self.gate.slice_max_regression is None:
+            self.gate.slice_max_regression = self.gate.max_regression
+        drift = self.monitoring.drift
+        drift.prediction_method = drift.prediction_method or drift.num_method
+        drift.prediction_threshold = drift.prediction_threshold or drift.num_threshold
+        pol = self.monitoring.policy
+        pol.min_labelled_rows = pol.min_labelled_rows or min(pol.min_rows, 200)
+        if pol.max_bad_fraction is None:
+            pol.max_bad_fraction = self.validation.max_bad_fraction
+        if self.monitoring.label_lookback_days is None:
+            self.monitoring.label_lookback_days = self.label_spec.delay_days
+        if self.monitoring.retraining.window_days is None:
+            self.monitoring.retraining.window_days = self.training.window_days
+        if self.demo is not None and self.demo.history_days is None:
+            self.demo.history_days = self.training.window_days + self.label_spec.delay_days
+        return self
+
+    # -- views the rest of the code reads ------------------------------------------------------
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        return tuple(self.feature_map.values())
+
+    @property
+    def entity_name(self) -> str:
+        return self.entity.name
+
+    @property
+    def entity_key(self) -> str:
+        return self.entity.key
+
+    @property
+    def entity_is_string(self) -> bool:
+        return self.entity.dtype == "string"
+
+    @property
+    def label(self) -> str:
+        """The label column's name."""
+        return self.label_spec.name
+
+    @property
+    def label_delay_days(self) -> int:
+        return self.label_spec.delay_days
+
+    @property
+    def labels_inline(self) -> bool:
+        return self.label_spec.feed == "inline"
+
+    @property
+    def primary_metric(self) -> str:
+        return str(self.model.primary_metric)
+
+    @property
+    def landing_prefix(self) -> str:
+        return str(self.source.landing_prefix)
+
     @property
     def feature_names(self) -> list[str]:
-        return [f.name for f in self.features]
+        return list(self.feature_map)
 
     @property
     def numeric_features(self) -> list[str]:
@@ -56,11 +305,23 @@ class DatasetSpec:
 
     @property
     def raw_columns(self) -> list[str]:
-        return [self.entity_key, self.timestamp, *self.feature_names]
+        """The columns of a landed events file (the label too when it comes inline)."""
+        return [self.entity_key, self.timestamp, *self.feature_names, *([self.label] if self.labels_inline else [])]
 
     @property
     def is_classification(self) -> bool:
         return self.task == "classification"
+
+    @property
+    def is_multiclass(self) -> bool:
+        return self.is_classification and len(self.label_spec.classes or ()) > 2
+
+    @property
+    def task_kind(self) -> str:
+        """binary, multiclass or regression."""
+        if not self.is_classification:
+            return "regression"
+        return "multiclass" if self.is_multiclass else "binary"
 
     @property
     def model_name(self) -> str:
@@ -74,78 +335,221 @@ class DatasetSpec:
     def feature_service_name(self) -> str:
         return f"{self.name}_model_v1"
 
-    def section(self, key: str) -> dict[str, Any]:
-        return dict(self.raw.get(key) or {})
-
     def feature(self, name: str) -> Feature:
-        for f in self.features:
-            if f.name == name:
-                return f
-        raise KeyError(name)
+        return self.feature_map[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as a plain mapping (defaults filled in) that `parse_spec` reads back."""
+        out = self.model_dump(by_alias=True, exclude={"path"}, mode="json")
+        for feat in out["features"].values():
+            feat.pop("name", None)
+        return out
 
 
-def _require(raw: dict[str, Any], key: str, where: str) -> Any:
-    if key not in raw or raw[key] is None:
-        raise SpecError(f"{where}: missing required key {key!r}")
-    return raw[key]
+def metrics_for(kind: str) -> tuple[str, ...]:
+    return {"binary": BINARY_METRICS, "multiclass": MULTICLASS_METRICS, "regression": REGRESSION_METRICS}[kind]
 
 
-def parse_spec(raw: dict[str, Any], path: str = "<dict>") -> DatasetSpec:
-    """Check a spec dict and turn it into a DatasetSpec; errors name the key that is wrong."""
-    name = _require(raw, "name", path)
-    task = _require(raw, "task", path)
-    if task not in {"classification", "regression"}:
-        raise SpecError(f"{path}: task must be classification or regression, not {task!r}")
-    entity = _require(raw, "entity", path)
-    label = _require(raw, "label", path)
-    feats_raw = _require(raw, "features", path)
-    if not isinstance(feats_raw, dict) or not feats_raw:
-        raise SpecError(f"{path}: features must be a non-empty mapping of name -> definition")
-    features = []
-    for fname, fdef in feats_raw.items():
-        where = f"{path}: features.{fname}"
-        ftype = _require(fdef, "type", where)
-        if ftype not in FEATURE_TYPES:
-            raise SpecError(f"{where}.type must be one of {sorted(FEATURE_TYPES)}, not {ftype!r}")
-        rng = fdef.get("range")
-        if rng is not None and (len(rng) != 2 or rng[0] > rng[1]):
-            raise SpecError(f"{where}.range must be [low, high] with low <= high")
-        values = fdef.get("values")
-        if ftype == "category" and not values:
-            raise SpecError(f"{where}.values is required for a category feature")
-        features.append(
-            Feature(
-                name=fname,
-                type=ftype,
-                required=bool(fdef.get("required", True)),
-                range=tuple(rng) if rng is not None else None,
-                values=tuple(str(v) for v in values) if values else None,
-            )
+def _problems(spec: DatasetSpec) -> list[str]:
+    """Cross-field rules pydantic's types cannot say, each as 'field: problem; fix'."""
+    out: list[str] = []
+    if not SLUG.match(spec.name):
+        out.append(
+            f"name: {spec.name!r} is not a slug; use lowercase letters, digits and underscores, starting with a letter"
         )
-    return DatasetSpec(
-        name=name,
-        task=task,
-        entity_name=_require(entity, "name", f"{path}: entity"),
-        entity_key=_require(entity, "key", f"{path}: entity"),
-        timestamp=raw.get("timestamp", "event_timestamp"),
-        label=_require(label, "name", f"{path}: label"),
-        label_delay_days=int(label.get("delay_days", 0)),
-        features=tuple(features),
-        raw=raw,
-        path=path,
+    for fname in spec.feature_map:
+        if not COLUMN.match(fname):
+            out.append(
+                f"features.{fname}: a feature name must be letters, digits and underscores; rename the column "
+                f"(source.rename maps a file's column to a new name, e.g. {{{fname!r}: {_slug(fname)!r}}})"
+            )
+    special = {"entity.key": spec.entity.key, "timestamp": spec.timestamp, "label.name": spec.label_spec.name}
+    for where, col in special.items():
+        if col in spec.feature_map:
+            out.append(f"{where}: {col!r} is also listed under features; a column is a feature or the {where}")
+    if len(set(special.values())) < len(special):
+        out.append(f"entity.key, timestamp and label.name must be three different columns, not {special}")
+    for name in spec.derived_features:
+        if not COLUMN.match(name) or name in spec.feature_map:
+            out.append(f"derived_features.{name}: must be a new name of letters, digits and underscores")
+    kind = spec.task_kind
+    lab = spec.label_spec
+    if spec.is_classification:
+        if lab.classes is not None and len({str(c) for c in lab.classes}) != len(lab.classes or ()):
+            out.append(f"label.classes: {lab.classes} lists a class twice")
+        if lab.classes is not None and len(lab.classes) < 2:
+            out.append("label.classes: a classification needs at least two classes")
+        if kind == "multiclass" and lab.positive_class is not None:
+            out.append(
+                f"label.positive_class: a multiclass label ({len(lab.classes or [])} classes) has no positive class; "
+                "remove it"
+            )
+        if (
+            lab.positive_class is not None
+            and lab.classes is not None
+            and str(lab.positive_class) not in {str(c) for c in lab.classes}
+        ):
+            out.append(f"label.positive_class: {lab.positive_class!r} is not one of label.classes {lab.classes}")
+    else:
+        for key in ("positive_class", "classes"):
+            if getattr(lab, key) is not None:
+                out.append(f"label.{key}: a regression label has no classes; remove it")
+    families = CLASSIFIERS if spec.is_classification else REGRESSORS
+    if spec.model.family not in families:
+        out.append(
+            f"model.family: {spec.model.family!r} does not fit a {spec.task}; choose one of {sorted(families)}"
+        )
+    allowed = metrics_for(kind)
+    if spec.model.primary_metric is not None and spec.model.primary_metric not in allowed:
+        out.append(
+            f"model.primary_metric: {spec.model.primary_metric!r} does not fit a {kind} task; choose one of {list(allowed)}"
+        )
+    for metric in spec.gate.minimums:
+        if metric not in allowed:
+            out.append(f"gate.minimums.{metric}: not a metric of a {kind} task; choose from {list(allowed)}")
+    for col in spec.gate.slices:
+        if col not in spec.feature_map:
+            out.append(f"gate.slices: {col!r} is not a feature; slice by one of {spec.categorical_features}")
+        elif spec.feature_map[col].type != "category":
+            out.append(
+                f"gate.slices: {col!r} is a {spec.feature_map[col].type} feature; slices must be category features "
+                f"({spec.categorical_features})"
+            )
+    if spec.training.min_rows < spec.model.search.cv_folds * 2:
+        out.append(
+            f"training.min_rows ({spec.training.min_rows}) must be at least twice model.search.cv_folds "
+            f"({spec.model.search.cv_folds})"
+        )
+    return out
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_").lower()
+    return s if s and not s[0].isdigit() else f"c_{s}"
+
+
+# -- parsing and error messages -------------------------------------------------------------------
+def _fmt_loc(loc: tuple[Any, ...]) -> str:
+    names = {"label_spec": "label", "feature_map": "features"}
+    return ".".join(names.get(str(p), str(p)) for p in loc if not str(p).startswith("function-after"))
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the section at `loc` accepts, for an 'unknown key' message."""
+    model: Any = DatasetSpec
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
+        if model is DatasetSpec and part in ("features", "feature_map"):
+            model = Feature
+            parts = parts[1:]  # skip the feature's name
+            continue
+        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
+        if field is None:
+            break
+        args = getattr(field.annotation, "__args__", (field.annotation,))
+        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), model)
+    hidden = {"path", "name"} if model is Feature else {"path"}
+    return [f.alias or n for n, f in model.model_fields.items() if n not in hidden]
+
+
+def _explain(exc: ValidationError, where: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        field = _fmt_loc(loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            key = str(loc[-1])
+            allowed = _allowed_keys(loc)
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            lines.append(f"{field}: unknown key; {hint}allowed here: {', '.join(sorted(allowed))}")
+        elif kind == "missing":
+            lines.append(f"{field}: required key is missing")
+        elif kind == "value_error":
+            msg = str(err.get("ctx", {}).get("error", err["msg"]))
+            for part in msg.split("\n"):
+                lines.append(part if field == "" else f"{field}: {part}")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{field}: {err['msg']}{shown}")
+    return f"{where}: the dataset spec is invalid:\n" + "\n".join(f"  - {line}" for line in lines)
+
+
+def parse_spec(raw: Any, path: str = "<dict>") -> DatasetSpec:
+    """Check a spec mapping and turn it into a DatasetSpec; errors name the field and the fix."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a dataset spec is a YAML mapping of sections, not {type(raw).__name__}")
+    try:
+        spec = DatasetSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(_explain(exc, path)) from None
+    spec.path = path
+    return spec
+
+
+class _Yaml12Loader:
+    """yaml.SafeLoader that reads only true/false as booleans (YAML 1.2): `positive_class: yes`
+    stays the text "yes", as it is in a CSV of yes/no labels."""
+
+    _cls: Any = None
+
+    @classmethod
+    def get(cls) -> Any:
+        if cls._cls is None:
+            import yaml
+
+            class Loader(yaml.SafeLoader):
+                pass
+
+            Loader.yaml_implicit_resolvers = {
+                k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+                for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+            }
+            Loader.add_implicit_resolver(
+                "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+            )
+            cls._cls = Loader
+        return cls._cls
+
+
+def read_yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.load(path.read_text(), Loader=_Yaml12Loader.get())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+
+
+def spec_dirs() -> list[Path]:
+    """Where specs are looked up by name: MLOPS_SPEC_DIRS, then $MLOPS_HOME/specs, then the shipped ones."""
+    from include.mlops.config import get_settings
+
+    extra = [Path(p) for p in (os.environ.get("MLOPS_SPEC_DIRS") or "").split(os.pathsep) if p]
+    return [*extra, get_settings().home / "specs", SPEC_DIR]
+
+
+def find_spec(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise SpecError(f"dataset spec file {name_or_path!r} not found")
+        return p
+    for d in spec_dirs():
+        cand = d / f"{name_or_path}.yaml"
+        if cand.exists():
+            return cand
+    known = sorted({x.stem for d in spec_dirs() if d.is_dir() for x in d.glob("*.yaml")})
+    raise SpecError(
+        f"dataset spec {name_or_path!r} not found in {[str(d) for d in spec_dirs()]} (known: {known}); "
+        "`mlops spec check FILE` validates a new one and `mlops ingest` installs it"
     )
 
 
 def load_spec(name_or_path: str) -> DatasetSpec:
-    """Load a spec by name (a file in include/specs) or by path."""
-    import yaml
-
-    p = Path(name_or_path)
-    if not p.suffix:
-        p = SPEC_DIR / f"{name_or_path}.yaml"
-    if not p.exists():
-        known = sorted(x.stem for x in SPEC_DIR.glob("*.yaml"))
-        raise SpecError(f"dataset spec {name_or_path!r} not found (known: {known})")
-    with p.open() as fh:
-        raw = yaml.safe_load(fh)
-    return parse_spec(raw, str(p))
+    """Load a spec by name (a file in the spec directories) or by the path of a YAML file."""
+    p = find_spec(name_or_path)
+    return parse_spec(read_yaml(p), str(p))

@@ -12,16 +12,7 @@ if TYPE_CHECKING:
 
     from include.mlops.spec import DatasetSpec
 
-CLASSIFIERS = {
-    "logistic_regression": ("sklearn.linear_model", "LogisticRegression", {"max_iter": 1000}),
-    "random_forest": ("sklearn.ensemble", "RandomForestClassifier", {"n_jobs": 1, "random_state": 0}),
-    "hist_gradient_boosting": ("sklearn.ensemble", "HistGradientBoostingClassifier", {"random_state": 0}),
-}
-REGRESSORS = {
-    "ridge": ("sklearn.linear_model", "Ridge", {}),
-    "random_forest": ("sklearn.ensemble", "RandomForestRegressor", {"n_jobs": 1, "random_state": 0}),
-    "hist_gradient_boosting": ("sklearn.ensemble", "HistGradientBoostingRegressor", {"random_state": 0}),
-}
+from include.mlops.constants import CLASSIFIERS, REGRESSORS
 
 
 class TrainingDataError(Exception):
@@ -74,13 +65,12 @@ def build_pipeline(spec: DatasetSpec, params: dict[str, Any] | None = None) -> A
 
     from include.mlops.features import derived_features
 
-    model = spec.section("model")
-    family = model.get("family", "hist_gradient_boosting")
+    family = spec.model.family
     table = CLASSIFIERS if spec.is_classification else REGRESSORS
     if family not in table:
         raise ValueError(f"model.family {family!r} is not available for {spec.task} (choose from {sorted(table)})")
     module, cls, defaults = table[family]
-    fixed = dict(model.get("params") or {})
+    fixed = dict(spec.model.params)
     estimator = getattr(importlib.import_module(module), cls)(**{**defaults, **fixed, **(params or {})})
 
     numeric = [*spec.numeric_features, *derived_features(spec)]
@@ -111,7 +101,7 @@ def build_pipeline(spec: DatasetSpec, params: dict[str, Any] | None = None) -> A
 
 
 def scoring_name(spec: DatasetSpec) -> str:
-    metric = spec.section("model").get("primary_metric", "roc_auc" if spec.is_classification else "r2")
+    metric = spec.primary_metric
     return {"rmse": "neg_root_mean_squared_error", "mae": "neg_mean_absolute_error"}.get(metric, metric)
 
 
@@ -123,11 +113,9 @@ def search(spec: DatasetSpec, X: pd.DataFrame, y: pd.Series, seed: int = 0) -> S
     """
     from sklearn.model_selection import ParameterSampler, TimeSeriesSplit, cross_val_score
 
-    cfg = spec.section("model").get("search") or {}
-    space = {k: list(v) for k, v in (cfg.get("space") or {}).items()}
-    n_iter = int(cfg.get("n_iter", 5))
-    folds = int(cfg.get("cv_folds", 3))
-    budget = float(cfg.get("budget_seconds", 300))
+    cfg = spec.model.search
+    space = {k: list(v) for k, v in cfg.space.items()}
+    n_iter, folds, budget = cfg.n_iter, cfg.cv_folds, cfg.budget_seconds
     scoring = scoring_name(spec)
     candidates = list(ParameterSampler(space, n_iter=n_iter, random_state=seed)) if space else [{}]
     cv = TimeSeriesSplit(n_splits=folds)  # rows are time-ordered: never validate on the past

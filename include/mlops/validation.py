@@ -63,7 +63,7 @@ def build_expectations(spec: DatasetSpec) -> list[Any]:
     import great_expectations as gx
 
     E = gx.expectations
-    tol = float(spec.section("validation").get("max_bad_fraction", 0.01))
+    tol = spec.validation.max_bad_fraction
     out: list[Any] = [
         E.ExpectTableColumnsToMatchSet(column_set=spec.raw_columns, exact_match=True),
         E.ExpectTableRowCountToBeBetween(min_value=1),

@@ -139,7 +139,7 @@ def mon(lifecycle, airflow_db, channels, tmp_path_factory):
     store = get_store()
     setup_mlflow(get_settings())
     model = mlflow.sklearn.load_model(f"models:/{spec.model_name}@champion")
-    feed = spec.section("label")["feed_prefix"]
+    feed = spec.label_spec.feed_prefix
     for i in range(7):  # 2026-10-09 .. 10-15: windows and their label lookback
         day = date(2026, 10, 9) + timedelta(days=i)
         name = SCENARIO.get(day, "none")

@@ -11,7 +11,7 @@ def test_the_story_covers_the_training_window_then_normal_then_drifted_days(monk
     spec = load_spec("churn")
     plan = demo_plan(spec)
     # the first champion needs the training window of labelled days, and labels come late
-    assert plan["history_days"] == spec.section("training")["window_days"] + spec.label_delay_days
+    assert plan["history_days"] == spec.training.window_days + spec.label_delay_days
     assert plan["train_day"] == date(2026, 10, 18)
     assert (plan["drift_start"], plan["last_day"]) == (date(2026, 10, 22), date(2026, 10, 23))
     assert plan["scenario"] == "covariate_drift"

@@ -192,17 +192,17 @@ def test_policy_from_the_shipped_spec():
     from include.mlops.spec import load_spec
 
     spec = load_spec("churn")
-    raw = spec.section("monitoring")["policy"]
+    raw = spec.monitoring.policy
     pol = DriftPolicy.from_spec(spec)
     assert (pol.min_rows, pol.drift_share, pol.performance_drop, pol.consecutive_windows, pol.cooldown_days) == (
-        raw["min_rows"],
-        raw["drift_share"],
-        raw["performance_drop"],
-        raw["consecutive_windows"],
-        raw["cooldown_days"],
+        raw.min_rows,
+        raw.drift_share,
+        raw.performance_drop,
+        raw.consecutive_windows,
+        raw.cooldown_days,
     )
-    assert pol.primary_metric == spec.section("model")["primary_metric"]
-    assert pol.max_bad_fraction == spec.section("validation")["max_bad_fraction"]
+    assert pol.primary_metric == spec.primary_metric
+    assert pol.max_bad_fraction == spec.validation.max_bad_fraction
 
 
 def test_drift_asset_uri_is_a_name_without_secrets():

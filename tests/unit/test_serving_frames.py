@@ -33,7 +33,7 @@ def test_division_by_zero_gives_nan_like_pandas():
 
 
 def test_an_expression_numpy_cannot_evaluate_falls_back_to_build_features():
-    raw = load_spec("churn").raw | {
+    raw = load_spec("churn").to_dict() | {
         "derived_features": {"tenure_years": "tenure_months / 12", "flag": "tenure_months > 3 and monthly_charges > 5"}
     }
     spec = parse_spec(raw)

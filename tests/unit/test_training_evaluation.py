@@ -8,7 +8,7 @@ from include.mlops import evaluation as E
 from include.mlops import training as T
 from include.mlops.data.generator import generate_day
 from include.mlops.features import build_features, model_features
-from include.mlops.spec import load_spec
+from include.mlops.spec import load_spec, parse_spec
 
 
 @pytest.fixture(scope="module")
@@ -54,18 +54,17 @@ def test_data_hash_is_stable_and_sensitive(frame):
 
 @pytest.mark.parametrize("family", ["logistic_regression", "random_forest", "hist_gradient_boosting"])
 def test_every_family_fits_and_beats_chance(spec, frame, family):
-    import dataclasses
 
     raw = {
-        **spec.raw,
+        **spec.to_dict(),
         "model": {
-            **spec.raw["model"],
+            **spec.to_dict()["model"],
             "family": family,
             "params": {},
             "search": {"n_iter": 1, "cv_folds": 2, "space": {}},
         },
     }
-    s = dataclasses.replace(spec, raw=raw)
+    s = parse_spec(raw)
     train, hold = T.time_split(frame, s, 1)
     model, result = T.fit(s, train)
     assert len(result.candidates) == 1
@@ -79,13 +78,12 @@ def test_every_family_fits_and_beats_chance(spec, frame, family):
 
 
 def test_search_stops_at_budget(spec, frame):
-    import dataclasses
 
     raw = {
-        **spec.raw,
-        "model": {**spec.raw["model"], "search": {**spec.raw["model"]["search"], "n_iter": 6, "budget_seconds": 0}},
+        **spec.to_dict(),
+        "model": {**spec.to_dict()["model"], "search": {**spec.to_dict()["model"]["search"], "n_iter": 6, "budget_seconds": 0}},
     }
-    s = dataclasses.replace(spec, raw=raw)
+    s = parse_spec(raw)
     res = T.search(s, frame[model_features(s)], frame[s.label])
     assert len(res.candidates) == 1 and res.stopped_by_budget
 
@@ -121,14 +119,13 @@ def test_gate_regression_overall_and_by_slice(spec):
 
 def test_gate_lower_is_better_metrics():
     spec = load_spec("housing")
-    import dataclasses
 
     raw = {
-        **spec.raw,
-        "model": {**spec.raw["model"], "primary_metric": "rmse"},
+        **spec.to_dict(),
+        "model": {**spec.to_dict()["model"], "primary_metric": "rmse"},
         "gate": {"minimums": {"rmse": 50}, "max_regression": 1},
     }
-    s = dataclasses.replace(spec, raw=raw)
+    s = parse_spec(raw)
     assert E.gate(s, {"rmse": 40}, {}, 0, {"rmse": 39.5}).passed
     assert not E.gate(s, {"rmse": 45}, {}, 0, {"rmse": 40}).passed
     assert not E.gate(s, {"rmse": 60}, {}, 0, None).passed

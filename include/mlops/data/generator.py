@@ -44,11 +44,11 @@ class Scenario:
 
 
 def events_key(spec: DatasetSpec, day: date) -> str:
-    return f"{spec.section('source')['landing_prefix']}/events/dt={day.isoformat()}/part-0.parquet"
+    return f"{spec.landing_prefix}/events/dt={day.isoformat()}/part-0.parquet"
 
 
 def labels_key(spec: DatasetSpec, arrival: date) -> str:
-    return f"{spec.section('label')['feed_prefix']}/dt={arrival.isoformat()}/part-0.parquet"
+    return f"{spec.label_spec.feed_prefix}/dt={arrival.isoformat()}/part-0.parquet"
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -199,9 +199,11 @@ def generate_day(
     import numpy as np
     import pandas as pd
 
-    demo = spec.section("demo")
-    n = rows or int(demo.get("rows_per_day", 1000))
-    base_seed = int(seed if seed is not None else demo.get("seed", 0))
+    from include.mlops.spec import DemoSpec
+
+    demo = spec.demo or DemoSpec()
+    n = rows or demo.rows_per_day
+    base_seed = int(seed if seed is not None else demo.seed)
     rng = np.random.default_rng([base_seed, day.toordinal()])
     active = scenario.active(day)
     gen = GENERATORS.get(spec.name)

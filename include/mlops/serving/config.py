@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-STRATEGIES = ("direct", "canary", "shadow", "blue_green")
+from include.mlops.constants import STRATEGIES
+
 STRATEGY_TAG = "mlops.deployment.strategy"
 CANARY_SHARE_TAG = "mlops.deployment.canary_share"
 SYNTHETIC_HEADER = "x-mlops-traffic"  # value "synthetic": deploy checks, never written to the prediction log

@@ -201,17 +201,17 @@ class ModelManager:
         return self._client
 
     def _deployment(self, tags: dict[str, str]) -> tuple[str, float]:
-        dep = self.spec.section("deployment")
-        strategy = self.cfg.strategy or tags.get(STRATEGY_TAG) or dep.get("strategy") or "direct"
+        dep = self.spec.deployment
+        strategy = self.cfg.strategy or tags.get(STRATEGY_TAG) or dep.strategy
         if strategy not in STRATEGIES:
             log.warning("unknown deployment strategy %r: serving direct", strategy)
             strategy = "direct"
         share = self.cfg.canary_share
         if share is None:
             try:
-                share = float(tags.get(CANARY_SHARE_TAG) or dep.get("canary_share", 0.1))
+                share = float(tags.get(CANARY_SHARE_TAG) or dep.canary_share)
             except ValueError:
-                share = float(dep.get("canary_share", 0.1))
+                share = dep.canary_share
         return strategy, min(max(share, 0.0), 1.0)
 
     def refresh(self) -> ServingState | None:
@@ -335,7 +335,7 @@ class ModelManager:
         positive = None
         if hasattr(model, "predict_proba") and hasattr(model, "classes_") and self.spec.is_classification:
             classes = [c.item() if hasattr(c, "item") else c for c in model.classes_]
-            wanted = self.spec.section("label").get("positive_class", 1)
+            wanted = self.spec.label_spec.positive_class
             positive = classes.index(wanted) if wanted in classes else len(classes) - 1
         lm = LoadedModel(
             self.name,
