@@ -23,7 +23,12 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/uv pip sync --compile-bytecode --python $(BIN)/python requirements.txt
 	@touch $@
 
-install: $(VENV)/.installed
+# `mlops`, the command line (include/mlops/cli.py), on the venv's PATH.
+$(BIN)/mlops: Makefile $(VENV)/.installed
+	@printf '#!/bin/sh\nPYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" exec "$(CURDIR)/$(BIN)/python" -m include.mlops.cli "$$@"\n' > $@
+	@chmod +x $@
+
+install: $(VENV)/.installed $(BIN)/mlops
 
 lock:
 	@test -x $(BIN)/uv || (test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); $(BIN)/pip install -q uv==$(UV_VERSION))

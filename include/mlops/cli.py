@@ -1,0 +1,196 @@
+"""The `mlops` command: from a CSV or parquet file to a registered champion.
+
+    mlops spec init DATA_FILE        draft a spec from a sample
+    mlops spec check SPEC            validate a spec (and, with --data, a file against it)
+    mlops ingest FILE --spec SPEC    land a file as daily batches and a label feed
+    mlops run training --spec SPEC --date D
+                                     run ml_training for one day on the embedded default
+
+Every mistake is one line saying what to change, and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False)
+spec_app = typer.Typer(help="Draft and check dataset specs.", no_args_is_help=True)
+run_app = typer.Typer(help="Run the pipeline's DAGs locally.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+app.add_typer(run_app, name="run")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _home() -> Path:
+    from include.mlops.config import get_settings
+
+    return get_settings().home
+
+
+def _spec_path(spec: str) -> Path:
+    """A spec given as a file, or by the name it was installed under."""
+    from include.mlops.spec import SpecError, find_spec
+
+    try:
+        return find_spec(spec)
+    except SpecError as exc:
+        _fail(str(exc))
+        raise
+
+
+@spec_app.command("init")
+def spec_init(
+    data_file: Annotated[Path, typer.Argument(help="A sample of the table: .csv, .csv.gz or .parquet")],
+    name: Annotated[str | None, typer.Option(help="Dataset name (a slug); default: the file's name")] = None,
+    label: Annotated[str | None, typer.Option(help="The label column")] = None,
+    key: Annotated[str | None, typer.Option(help="The entity key column")] = None,
+    time: Annotated[str | None, typer.Option(help="The event time column")] = None,
+    task: Annotated[str | None, typer.Option(help="classification or regression; default: from the label")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the spec; default: <name>.yaml here")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing spec file")] = False,
+) -> None:
+    """Draft a spec from a sample: types, ranges, categories, key/time/label, training settings."""
+    from include.mlops.data.draft import DraftError, draft_spec, read_table, to_yaml
+    from include.mlops.spec import SpecError, _slug, parse_spec
+
+    if task not in (None, "classification", "regression"):
+        _fail(f"--task must be classification or regression, not {task!r}")
+    stem = data_file.name.split(".")[0]
+    spec_name = name or _slug(stem)
+    fmt = "csv" if ".csv" in data_file.name.lower() else "parquet"
+    try:
+        draft = draft_spec(
+            read_table(data_file), name=spec_name, source_format=fmt, label=label, key=key, time=time, task=task
+        )
+        parse_spec(draft.spec, f"draft of {data_file}")
+    except (DraftError, SpecError) as exc:
+        _fail(str(exc))
+    target = out or Path(f"{spec_name}.yaml")
+    if target.exists() and not force:
+        _fail(f"{target} exists; pass --force to overwrite it or --out to write elsewhere")
+    target.write_text(to_yaml(draft, str(data_file)))
+    s = draft.spec
+    typer.echo(f"wrote {target}: {s['task']}, {len(s['features'])} features, {draft.rows} rows over {draft.days} days")
+    typer.echo(
+        f"  key {s['entity']['key']} ({s['entity']['dtype']}), time {s['timestamp']}, label {s['label']['name']}"
+    )
+    for note in draft.notes:
+        typer.echo(f"  note: {note}")
+    typer.echo(f"next: mlops spec check {target} && mlops ingest {data_file} --spec {target}")
+
+
+@spec_app.command("check")
+def spec_check(
+    spec: Annotated[str, typer.Argument(help="A spec file, or the name of an installed spec")],
+    data: Annotated[Path | None, typer.Option(help="Also check that this file fits the spec")] = None,
+) -> None:
+    """Validate a spec; every problem names the field and the fix."""
+    from include.mlops.data.draft import DraftError, read_table
+    from include.mlops.data.ingest import IngestError, conform
+    from include.mlops.spec import SpecError, load_spec
+
+    try:
+        parsed = load_spec(str(_spec_path(spec)))
+    except SpecError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"{parsed.path}: ok: {parsed.name}, {parsed.task_kind}, {len(parsed.features)} features "
+        f"({len(parsed.categorical_features)} categorical), key {parsed.entity_key} ({parsed.entity.dtype}), "
+        f"primary metric {parsed.primary_metric}, model {parsed.model.family}"
+    )
+    typer.echo(f"  events land in {parsed.landing_prefix}/events/dt=YYYY-MM-DD/*.{parsed.source.format}")
+    if parsed.labels_inline:
+        typer.echo(f"  labels: inline, column {parsed.label} of the events files")
+    else:
+        typer.echo(
+            f"  labels land in {parsed.label_spec.feed_prefix}/dt=YYYY-MM-DD/*.{parsed.source.format} "
+            f"(by arrival day, {parsed.label_delay_days} day(s) after the event)"
+        )
+    if data is not None:
+        try:
+            frame = conform(read_table(data, parsed.source.csv_delimiter), parsed)
+        except (DraftError, IngestError) as exc:
+            _fail(f"{data}: {exc}")
+        typer.echo(f"{data}: fits the spec ({len(frame)} rows)")
+
+
+@app.command("ingest")
+def ingest(
+    file: Annotated[Path, typer.Argument(help="The table to land: .csv, .csv.gz or .parquet")],
+    spec: Annotated[str, typer.Option(help="The spec file (it is installed in $MLOPS_HOME/specs) or its name")],
+) -> None:
+    """Land a file as daily event batches and a label feed, where ml_training reads them."""
+    from include.mlops.config import get_settings
+    from include.mlops.data.draft import DraftError, read_table
+    from include.mlops.data.ingest import IngestError, install_spec, land
+    from include.mlops.spec import SpecError, load_spec
+    from include.mlops.storage import ObjectStore, ensure_bucket
+
+    try:
+        installed = install_spec(_spec_path(spec), _home())
+        parsed = load_spec(parsed_name := str(installed))
+        frame = read_table(file, parsed.source.csv_delimiter)
+        settings = get_settings()
+        store = ObjectStore(settings.store_uri, settings.s3_endpoint_url)
+        ensure_bucket(store)
+        landed = land(frame, parsed, store, file.name)
+    except (SpecError, DraftError, IngestError) as exc:
+        _fail(str(exc))
+    typer.echo(f"spec installed: {parsed_name} (use it by name: {parsed.name})")
+    typer.echo(f"{'day':<12}{'events':>8}{'labels':>8}  where")
+    for d in landed:
+        typer.echo(f"{d.day.isoformat():<12}{d.events:>8}{d.labels:>8}  {d.events_uri}")
+    if landed:
+        first, last = landed[0].day, landed[-1].day
+        typer.echo(f"landed {sum(d.events for d in landed)} events over {len(landed)} days, {first} to {last}")
+        typer.echo(f"next: mlops run training --spec {parsed.name} --date {last}")
+
+
+@run_app.command("training")
+def run_training(
+    spec: Annotated[str, typer.Option(help="The spec's name (as installed by `mlops ingest`) or file")],
+    date_: Annotated[str, typer.Option("--date", help="The day to train on (YYYY-MM-DD): its data interval")],
+    backfill: Annotated[bool, typer.Option(help="First ingest the window's earlier days that have no features")] = True,
+    train: Annotated[bool, typer.Option(help="--no-train ingests the day only")] = True,
+) -> None:
+    """Run ml_training for one day on the embedded default and say where its logs and results are."""
+    from include.mlops.run_local import describe
+    from include.mlops.run_local import run_training as run
+    from include.mlops.spec import SpecError, load_spec
+
+    try:
+        day = date.fromisoformat(date_)
+    except ValueError:
+        _fail(f"--date {date_!r} is not a date: write YYYY-MM-DD")
+    try:
+        parsed = load_spec(str(_spec_path(spec)))
+    except SpecError as exc:
+        _fail(str(exc))
+    if Path(parsed.path).parent != _home() / "specs" and Path(parsed.path).parent.name != "specs":
+        from include.mlops.data.ingest import install_spec
+
+        install_spec(Path(parsed.path), _home())
+    report = run(parsed.name, day, backfill=backfill, train=train, say=typer.echo)
+    for line in describe(report, _home()):
+        typer.echo(line)
+    if not report.succeeded:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    from include.mlops.config import quiet_telemetry
+
+    quiet_telemetry()
+    app(prog_name="mlops")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""`mlops ingest`: a user's table landed as the daily batches and label feed the pipeline reads.
+
+Events go to `<landing_prefix>/events/dt=<event day>/`, labels (unless they come inline) to
+`<label.feed_prefix>/dt=<event day + label.delay_days>/`, one file per source file and day, named
+after the source file: ingesting the same file again overwrites what it wrote, another file of
+the same days lands beside it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from include.mlops.spec import SpecError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from include.mlops.spec import DatasetSpec
+    from include.mlops.storage import ObjectStore
+
+
+class IngestError(ValueError):
+    """The file does not fit the spec; the message names the columns or values at fault."""
+
+
+@dataclass(frozen=True)
+class LandedDay:
+    day: date
+    events: int
+    labels: int
+    events_uri: str
+    labels_uri: str | None
+
+
+def install_spec(spec_path: Path, home: Path) -> Path:
+    """Copy a spec into `$MLOPS_HOME/specs/<name>.yaml`, where the DAGs and the service find it by name."""
+    from include.mlops.spec import load_spec
+
+    spec = load_spec(str(spec_path))
+    dst = home / "specs" / f"{spec.name}.yaml"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if spec_path.resolve() != dst.resolve():
+        shutil.copyfile(spec_path, dst)
+    return dst
+
+
+def conform(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """The spec's columns in the spec's types, or an IngestError naming what does not fit."""
+    import pandas as pd
+
+    df = df.rename(columns={str(k): v for k, v in spec.source.rename.items()})
+    wanted = [spec.entity_key, spec.timestamp, *spec.feature_names, spec.label]
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        extra = sorted(set(map(str, df.columns)) - set(wanted))
+        hint = f"; columns the spec does not name: {extra} (source.rename maps a file column to a spec name)"
+        raise IngestError(f"the file lacks the spec's column(s) {missing}{hint if extra else ''}")
+    out = df[wanted].copy()
+    ts = pd.to_datetime(out[spec.timestamp], utc=True, errors="coerce")
+    bad = int(ts.isna().sum())
+    if bad:
+        raise IngestError(
+            f"{bad} value(s) of {spec.timestamp!r} are not dates or times, e.g. {out[spec.timestamp][ts.isna()].iloc[0]!r}"
+        )
+    out[spec.timestamp] = ts
+    key = out[spec.entity_key]
+    if spec.entity_is_string:
+        out[spec.entity_key] = key.astype(str)
+    else:
+        as_int = pd.to_numeric(key, errors="coerce")
+        if as_int.isna().any() or not (as_int % 1 == 0).all():
+            raise IngestError(
+                f"entity key {spec.entity_key!r} holds values that are not integers (e.g. {key[as_int.isna()].iloc[0]!r}); "
+                "set entity.dtype: string"
+            )
+        out[spec.entity_key] = as_int.astype("int64")
+    for f in spec.features:
+        if not f.is_numeric:
+            col = out[f.name]
+            out[f.name] = col.where(col.isna(), col.astype(str)).astype(object)
+    if out[spec.label].isna().any():
+        raise IngestError(f"{int(out[spec.label].isna().sum())} row(s) have no label {spec.label!r}")
+    return out
+
+
+def _write(store: ObjectStore, key: str, df: pd.DataFrame, fmt: str, delimiter: str) -> str:
+    if fmt == "csv":
+        text = df.to_csv(index=False, sep=delimiter, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
+        return store.put_text(key, text)
+    return store.put_parquet(key, df)
+
+
+def land(df: pd.DataFrame, spec: DatasetSpec, store: ObjectStore, source_name: str) -> list[LandedDay]:
+    """Split `df` by event day and write events and labels where the pipeline looks for them."""
+    from include.mlops import layout
+
+    data = conform(df, spec)
+    fmt = spec.source.format
+    stem = Path(source_name).name.split(".")[0] or "file"
+    fname = f"ingest-{stem}.{fmt}"
+    days = data[spec.timestamp].dt.date
+    out = []
+    for day in sorted(days.unique()):
+        rows = data[days == day].sort_values([spec.timestamp, spec.entity_key], ignore_index=True)
+        events = rows if spec.labels_inline else rows.drop(columns=[spec.label])
+        ev_uri = _write(store, layout.events_prefix(spec, day) + fname, events, fmt, spec.source.csv_delimiter)
+        lab_uri = None
+        if not spec.labels_inline:
+            arrival = day + timedelta(days=spec.label_delay_days)
+            labels = rows[[spec.entity_key, spec.timestamp, spec.label]]
+            lab_uri = _write(store, layout.labels_prefix(spec, arrival) + fname, labels, fmt, spec.source.csv_delimiter)
+        out.append(LandedDay(day, len(events), len(rows), ev_uri, lab_uri))
+    return out
+
+
+def check_spec_file(path: Path) -> DatasetSpec:
+    from include.mlops.spec import parse_spec, read_yaml
+
+    if not path.exists():
+        raise SpecError(f"{path}: no such file")
+    return parse_spec(read_yaml(path), str(path))

@@ -1,0 +1,113 @@
+"""`mlops run training`: `ml_training` for one day on the embedded default, from a terminal.
+
+The training window needs features for each of its days, so the days before the requested one
+that have landed data but no features yet are ingested first (`train=false`, as a backfill
+would), then the day itself runs with training. Each run is Airflow's own `dag.test()`, with the
+task logs written to `$MLOPS_HOME/logs/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainingReport:
+    spec: str
+    day: date
+    ingested: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.runs[-1] if self.runs else {}
+
+    @property
+    def succeeded(self) -> bool:
+        return bool(self.runs) and all(r["state"] == "success" for r in self.runs)
+
+
+def days_to_ingest(spec: Any, store: Any, day: date) -> tuple[list[date], list[date]]:
+    """(days of the window before `day` with landed data and no features yet, days with no data)."""
+    from include.mlops import layout
+
+    first = day - timedelta(days=spec.training.window_days + spec.label_delay_days)
+    todo, empty = [], []
+    d = first
+    while d < day:
+        if not store.list(layout.events_prefix(spec, d)):
+            empty.append(d)
+        elif not store.exists(layout.features_key(spec, d)):
+            todo.append(d)
+        d += timedelta(days=1)
+    return todo, empty
+
+
+def run_training(
+    spec_name: str, day: date, *, backfill: bool = True, train: bool = True, say: Callable[[str], None] = print
+) -> TrainingReport:
+    from include.mlops.airflow_env import apply_airflow_env, migrate_db
+    from include.mlops.config import PROJECT_ROOT, get_settings
+    from include.mlops.demo import run_day
+    from include.mlops.spec import load_spec
+    from include.mlops.storage import ObjectStore, ensure_bucket
+
+    settings = get_settings()
+    spec = load_spec(spec_name)
+    store = ObjectStore(settings.store_uri, settings.s3_endpoint_url)
+    ensure_bucket(store)
+    report = TrainingReport(spec.name, day)
+    env = apply_airflow_env(settings.home)
+    say(f"airflow metadata db: {env['AIRFLOW_HOME']} (migrating if needed)")
+    migrate_db(env)
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+    if bag.import_errors:
+        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+    dag = bag.get_dag("ml_training")
+    logs = settings.home / "logs"
+    todo, empty = days_to_ingest(spec, store, day) if backfill else ([], [])
+    report.skipped = [d.isoformat() for d in empty]
+    for d in todo:
+        r = run_day(dag, d, {"dataset": spec.name, "train": False}, logs / f"ml_training-{spec.name}-{d}.log")
+        report.runs.append(r)
+        say(f"  ingested {d}: {r['state']} in {r['seconds']} s (log: {r['log']})")
+        if r["state"] != "success":
+            return report
+        report.ingested.append(d.isoformat())
+    say(f"ml_training {spec.name} {day} ({'train' if train else 'ingest only'}) ...")
+    r = run_day(dag, day, {"dataset": spec.name, "train": train}, logs / f"ml_training-{spec.name}-{day}.log")
+    report.runs.append(r)
+    return report
+
+
+def describe(report: TrainingReport, home: Path) -> list[str]:
+    """What a person wants to see after the run: task states, where the logs and results are."""
+    from include.mlops.config import get_settings
+
+    r = report.last
+    lines = [f"ml_training {report.spec} {report.day}: {r.get('state', 'not run')} in {r.get('seconds', 0)} s"]
+    for tid, t in (r.get("tasks") or {}).items():
+        lines.append(f"  {tid:<10} {t['state']:<16} {t['seconds']:>7.2f} s")
+    if not r.get("tasks"):
+        lines.append("  no task ran: is the day before the DAGs' start date (MLOPS_START_DATE)?")
+    outs = r.get("outputs") or {}
+    deploy = outs.get("deploy") or {}
+    if deploy:
+        lines.append(f"  deploy: {deploy.get('message', deploy)}")
+    if report.skipped:
+        lines.append(f"  days of the window with no landed data (skipped): {', '.join(report.skipped)}")
+    settings = get_settings()
+    lines += [
+        f"task log: {r.get('log')}",
+        f"per-task logs: {home / 'airflow' / 'logs'}",
+        f"MLflow: {settings.tracking_uri}  (browse: mlflow ui --backend-store-uri {settings.tracking_uri})",
+        f"object store: {settings.store_uri}",
+    ]
+    return lines
