@@ -20,7 +20,8 @@ from include.mlops.spec import COLUMN, _slug
 if TYPE_CHECKING:
     import pandas as pd
 
-KEY_NAME = re.compile(r"(^|_)(id|key|uuid)$|^id_|[a-z]Id$", re.IGNORECASE)
+KEY_NAME = re.compile(r"(^|_)(id|key|uuid)$|^id_", re.IGNORECASE)
+KEY_CAMEL = re.compile(r"[a-z](Id|Key)$")  # customerId
 TIME_NAME = re.compile(r"time|date|^ts$|_ts$|_at$|timestamp", re.IGNORECASE)
 LABEL_NAMES = ("label", "target", "y", "class", "outcome", "churned", "churn", "is_fraud", "fraud", "default")
 POSITIVE_WORDS = ("yes", "true", "1", "positive", "pos", "y", "t")
@@ -145,7 +146,7 @@ def draft_spec(
     df = df.set_axis(cols, axis=1)
     notes: list[str] = []
     time_col = _pick(cols, time, "event time", "--time", _time_candidates(df))
-    key_col = _pick(cols, key, "entity key", "--key", [c for c in cols if KEY_NAME.search(c) and c != time_col])
+    key_col = _pick(cols, key, "entity key", "--key", [c for c in cols if (KEY_NAME.search(c) or KEY_CAMEL.search(c)) and c != time_col])
     label_col = _pick(cols, label, "label", "--label", [c for c in cols if c.lower() in LABEL_NAMES])
     y = df[label_col]
     if task is None:
