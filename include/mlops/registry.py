@@ -6,7 +6,6 @@ every move is written to the ledger: when, from which version to which, why, by 
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -49,19 +48,33 @@ def ensure_experiment(client: Any, name: str, settings: Settings) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+def is_not_found(exc: BaseException) -> bool:
+    """Whether an MLflow error says "no such model or alias" (and nothing else: a server error,
+    a timeout or a refused connection is not an answer, and must never read as one)."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    return exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in str(exc) and "not found" in str(exc)
+
+
 def alias_version(client: Any, model: str, alias: str) -> str | None:
+    """The version an alias points to; None only when the registry says the model or the alias
+    does not exist. Any other error propagates: a task that cannot read the registry fails (and
+    retries) rather than deciding as if there were no champion."""
     try:
         return str(client.get_model_version_by_alias(model, alias).version)
-    except Exception:
-        return None
+    except Exception as exc:
+        if is_not_found(exc):
+            return None
+        raise
 
 
 def find_version(client: Any, model: str, run_id: str) -> str | None:
     """The version registered from a run, if any (re-runs must not register a second one)."""
-    try:
-        versions = client.search_model_versions(f"name='{model}' and run_id='{run_id}'")
-    except Exception:
-        return None
+    versions = client.search_model_versions(f"name='{model}' and run_id='{run_id}'")
     return str(min(int(v.version) for v in versions)) if versions else None
 
 
@@ -82,12 +95,8 @@ def register(client: Any, model: str, model_uri: str, run_id: str, tags: dict[st
         source = model_uri
         if model_id is not None:
             source = client.get_logged_model(model_id).artifact_location
+        # create_model_version waits until the version is READY (await_creation_for, 300 s)
         mv = client.create_model_version(model, source, run_id=run_id, tags=tags, model_id=model_id)
-        for _ in range(60):
-            mv = client.get_model_version(model, mv.version)
-            if mv.status == "READY":
-                break
-            time.sleep(0.5)
         existing = str(mv.version)
     else:
         for k, v in tags.items():

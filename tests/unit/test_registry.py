@@ -1,0 +1,39 @@
+"""Registry reads tell "no such alias" from "the registry did not answer"."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from include.mlops.registry import alias_version, mlflow_client
+
+
+@pytest.fixture(autouse=True)
+def keep_mlflow_uris():
+    """mlflow_client sets MLflow's process-wide URIs: put them back for the tests that follow."""
+    import mlflow
+
+    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    yield
+    mlflow.set_tracking_uri(saved[0])
+    mlflow.set_registry_uri(saved[1])
+
+
+def test_missing_model_and_missing_alias_read_as_none(tmp_path):
+    client = mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert alias_version(client, "nope_model", "champion") is None
+    client.create_registered_model("m_model")
+    assert alias_version(client, "m_model", "champion") is None
+
+
+def test_a_registry_that_does_not_answer_is_an_error_not_no_champion(monkeypatch):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    client = mlflow_client(f"http://127.0.0.1:{port}")
+    with pytest.raises(Exception) as err:
+        alias_version(client, "m_model", "champion")
+    assert "Connection refused" in str(err.value) or "Max retries" in str(err.value)
