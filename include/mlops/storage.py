@@ -19,6 +19,19 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+class UnsafeKeyError(ValueError):
+    """A key that would leave the store's root (`..`, a backslash, a NUL)."""
+
+
+def checked_key(key: str, root: str) -> str:
+    """`key` without its leading slashes, or UnsafeKeyError if it could escape `root`. Keys are
+    built from spec names and days; a spec that smuggles `../` into one must not reach the disk."""
+    k = key.lstrip("/")
+    if "\\" in k or "\x00" in k or any(part == ".." for part in k.split("/")):
+        raise UnsafeKeyError(f"object-store key {key!r} would leave the store root {root}: keys never hold '..'")
+    return k
+
+
 @dataclass(frozen=True)
 class ObjectStore:
     """A bucket-like root (`file:///abs/dir` or `s3://bucket/prefix`) and keys below it."""
@@ -35,12 +48,13 @@ class ObjectStore:
         return f"{self.root.rstrip('/')}/{key.lstrip('/')}"
 
     def _local(self, key: str) -> Path:
-        return Path(urlparse(self.root).path) / key.lstrip("/")
+        return Path(urlparse(self.root).path) / checked_key(key, self.root)
 
     def _bucket_key(self, key: str) -> tuple[str, str]:
         u = urlparse(self.root)
         prefix = u.path.strip("/")
-        full = f"{prefix}/{key.lstrip('/')}" if prefix else key.lstrip("/")
+        k = checked_key(key, self.root)
+        full = f"{prefix}/{k}" if prefix else k
         return u.netloc, full
 
     def key_of(self, uri: str) -> str:

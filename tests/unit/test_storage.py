@@ -43,3 +43,26 @@ def test_s3_store_against_a_real_s3_api(moto_server, monkeypatch):
         o["Key"] for o in boto3.client("s3", endpoint_url=moto_server).list_objects_v2(Bucket="unit-bucket")["Contents"]
     ]
     assert "prefix/reports/r.json" in keys
+
+
+@pytest.mark.parametrize("key", ["../../elsewhere/x", "staging/../../x/y.parquet", "a/..", "a\\..\\b", "a\x00b"])
+def test_keys_never_leave_the_store_root(tmp_path, key):
+    from include.mlops.storage import UnsafeKeyError
+
+    root = tmp_path / "store"
+    store = ObjectStore(f"file://{root}")
+    ensure_bucket(store)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "keep.txt").write_text("kept")
+    for op in (
+        lambda: store.put_bytes(key, b"x"),
+        lambda: store.delete_prefix(key),
+        lambda: store.list(key),
+        lambda: store.exists(key),
+    ):
+        with pytest.raises(UnsafeKeyError, match="would leave the store root"):
+            op()
+    assert (tmp_path / "elsewhere" / "keep.txt").read_text() == "kept"
+    s3 = ObjectStore("s3://bucket/prefix")
+    with pytest.raises(UnsafeKeyError):
+        s3._bucket_key(key)
