@@ -143,7 +143,7 @@ class DeploymentSpec(_Section):
     strategy: Literal["direct", "canary", "shadow", "blue_green"] = "direct"
     canary_share: float = Field(0.1, ge=0, le=1)
     latency_budget_ms: dict[str, float] = Field(default_factory=dict)  # an explicit SLO, e.g. {p99: 500}
-    max_latency_ratio: float = Field(3.0, gt=1)  # new version's p99 over the current one's, same check
+    max_latency_ratio: float = Field(3.0, gt=1)  # new version's p95 over the current one's, same check
     max_error_rate: float = Field(0.0, ge=0, le=1)
     load_test: LoadTestSpec = Field(default_factory=LoadTestSpec)
 
@@ -369,9 +369,17 @@ def _problems(spec: DatasetSpec) -> list[str]:
             out.append(f"{where}: {col!r} is also listed under features; a column is a feature or the {where}")
     if len(set(special.values())) < len(special):
         out.append(f"entity.key, timestamp and label.name must be three different columns, not {special}")
-    for name in spec.derived_features:
+    from include.mlops.expressions import ExpressionError, parse_expression
+
+    usable = set(spec.numeric_features)
+    for name, expr in spec.derived_features.items():
         if not COLUMN.match(name) or name in spec.feature_map:
             out.append(f"derived_features.{name}: must be a new name of letters, digits and underscores")
+        try:
+            parse_expression(expr, usable)
+        except ExpressionError as exc:
+            out.append(f"derived_features.{name}: {exc}; use numeric features, numbers, arithmetic and comparisons")
+        usable.add(name)
     kind = spec.task_kind
     lab = spec.label_spec
     if spec.is_classification:
@@ -396,9 +404,7 @@ def _problems(spec: DatasetSpec) -> list[str]:
                 out.append(f"label.{key}: a regression label has no classes; remove it")
     families = CLASSIFIERS if spec.is_classification else REGRESSORS
     if spec.model.family not in families:
-        out.append(
-            f"model.family: {spec.model.family!r} does not fit a {spec.task}; choose one of {sorted(families)}"
-        )
+        out.append(f"model.family: {spec.model.family!r} does not fit a {spec.task}; choose one of {sorted(families)}")
     allowed = metrics_for(kind)
     if spec.model.primary_metric is not None and spec.model.primary_metric not in allowed:
         out.append(
