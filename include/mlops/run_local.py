@@ -40,7 +40,7 @@ def days_to_ingest(spec: Any, store: Any, day: date) -> tuple[list[date], list[d
     todo, empty = [], []
     d = first
     while d < day:
-        if not store.list(layout.events_prefix(spec, d)):
+        if not store.list(layout.events_landing_prefix(spec, d)):
             empty.append(d)
         elif not store.exists(layout.features_key(spec, d)):
             todo.append(d)

@@ -107,12 +107,14 @@ def land(df: pd.DataFrame, spec: DatasetSpec, store: ObjectStore, source_name: s
     for day in sorted(days.unique()):
         rows = data[days == day].sort_values([spec.timestamp, spec.entity_key], ignore_index=True)
         events = rows if spec.labels_inline else rows.drop(columns=[spec.label])
-        ev_uri = _write(store, layout.events_prefix(spec, day) + fname, events, fmt, spec.source.csv_delimiter)
+        ev_uri = _write(store, layout.events_landing_prefix(spec, day) + fname, events, fmt, spec.source.csv_delimiter)
         lab_uri = None
         if not spec.labels_inline:
             arrival = day + timedelta(days=spec.label_delay_days)
             labels = rows[[spec.entity_key, spec.timestamp, spec.label]]
-            lab_uri = _write(store, layout.labels_prefix(spec, arrival) + fname, labels, fmt, spec.source.csv_delimiter)
+            lab_uri = _write(
+                store, layout.labels_landing_prefix(spec, arrival) + fname, labels, fmt, spec.source.csv_delimiter
+            )
         out.append(LandedDay(day, len(events), len(rows), ev_uri, lab_uri))
     return out
 
