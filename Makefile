@@ -12,7 +12,7 @@ export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install lock demo up serve test lint bench clean
+.PHONY: install browser lock demo up serve test lint bench clean
 
 # The stamp is newer than requirements.txt once the venv matches it, so a second run is a no-op.
 # Bytecode is compiled at install (pip does this, uv does not by default): where
@@ -30,6 +30,14 @@ $(BIN)/mlops: Makefile $(VENV)/.installed
 
 install: $(VENV)/.installed $(BIN)/mlops
 
+# The browser test drives Debian's chromium: `playwright install` would download a browser (and
+# fails offline). Installed from Debian's registry when missing (as root, or with sudo).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	} || { echo "chromium is missing and could not be installed: apt-get install -y chromium" >&2; exit 1; }
+
 lock:
 	@test -x $(BIN)/uv || (test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); $(BIN)/pip install -q uv==$(UV_VERSION))
 	$(BIN)/uv pip compile --python-version 3.11 requirements.in -o requirements.txt
@@ -43,7 +51,7 @@ up: install
 serve: install
 	$(BIN)/python -m include.mlops.serving
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 lint: install

@@ -19,15 +19,19 @@ Windows larger than `monitoring.sample_rows` are sampled with the recorded `moni
 Idempotent per window: reports, the summary and the decision are overwritten, the window's MLflow
 run and Evidently snapshots are replaced. Without a champion there is nothing to monitor: the run
 is skipped.
+
+The run's day: its data interval, or for a run triggered with `"logical_date": null` (the REST
+default) the last complete UTC day before its `run_after`. The DAG starts at `MLOPS_START_DATE`
+(ISO date, default `2020-01-01`).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import AssetAlias, Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
+from mlops_airflow.dates import start_date
 from mlops_airflow.monitoring_operators import MonitoringOperator
 from mlops_airflow.notifiers import DriftDecisionNotifier, TaskFailureNotifier
 
@@ -46,8 +50,9 @@ PARAMS = {
 
 
 @dag(
+    description="One day of predictions and late labels against the champion: drift, performance, policy",
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 10, 1, tz="UTC"),
+    start_date=start_date(),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,

@@ -19,18 +19,22 @@ the day before the run for a manual trigger. `deploy_strategy` overrides the spe
 
 Alerts on gate rejection and on failure (a failed post-deployment check is a rollback) through the
 optional connections `mlops_alerts_webhook` and `mlops_alerts_smtp`.
+
+A manual run needs no logical date (`"logical_date": null`, the REST default): its day comes from
+`window_end`, else its `run_after`. The DAG starts at `MLOPS_START_DATE` (ISO date, default
+`2020-01-01`).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import Asset, AssetAny, Param, dag, task
+from mlops_airflow.dates import start_date
 from mlops_airflow.notifiers import GateDecisionNotifier, TaskFailureNotifier
-from mlops_airflow.operators import MlflowPromoteOperator, MlflowRegisterOperator
+from mlops_airflow.operators import MlflowPromoteOperator, MlflowRegisterOperator, mlflow_task
 
-from include.mlops.constants import known_datasets
+from include.mlops.constants import DATA_STRATEGIES, STRATEGIES, known_datasets
 from include.mlops.drift_policy import drift_asset_uri
 
 DEFAULT_ARGS = {
@@ -61,13 +65,15 @@ PARAMS = {
     "data_strategy": Param(
         None,
         type=["null", "string"],
-        enum=[None, "sliding_window", "all_history", "new_data_only"],
+        enum=[None, *DATA_STRATEGIES],
+        values_display={"null": "the spec's strategy", **{s: s for s in DATA_STRATEGIES}},
         description="Which data to retrain on; empty: monitoring.retraining.data_strategy",
     ),
     "deploy_strategy": Param(
         None,
         type=["null", "string"],
-        enum=[None, "direct", "canary", "shadow", "blue_green"],
+        enum=[None, *STRATEGIES],
+        values_display={"null": "the spec's strategy", **{s: s for s in STRATEGIES}},
         description="Overrides the spec's deployment strategy for this run",
     ),
 }
@@ -75,8 +81,9 @@ PLAN = "ti.xcom_pull(task_ids='plan')"
 
 
 @dag(
+    description="Train, evaluate, register and deploy again on a fresh window: on drift, or by hand",
     schedule=AssetAny(*DRIFT_ASSETS) if len(DRIFT_ASSETS) > 1 else DRIFT_ASSETS,
-    start_date=pendulum.datetime(2026, 10, 1, tz="UTC"),
+    start_date=start_date(),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -110,7 +117,7 @@ def ml_retraining():
         )
         return out
 
-    @task
+    @mlflow_task
     def train(plan_out: dict, **context) -> dict:
         """Point-in-time training set for the planned window, budgeted search, MLflow run."""
         from datetime import datetime

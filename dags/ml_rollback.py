@@ -6,14 +6,16 @@ Trigger this DAG from the UI. With no version given, `champion` goes back to the
 alias switch in the MLflow registry (atomic), written to the deployment ledger with who asked
 and why, and the scoring service follows within its poll interval (or at once via
 `POST /admin/reload`). Asking for the version that already is champion changes nothing.
+
+The DAG starts at `MLOPS_START_DATE` (ISO date, default `2020-01-01`), like the others.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import Param, dag, task
+from mlops_airflow.dates import start_date
 from mlops_airflow.notifiers import RollbackNotifier, TaskFailureNotifier
 
 DEFAULT_ARGS = {
@@ -25,8 +27,9 @@ DEFAULT_ARGS = {
 
 
 @dag(
+    description="One click: champion back to the previous version (or a given one), recorded in the ledger",
     schedule=None,
-    start_date=pendulum.datetime(2026, 10, 1, tz="UTC"),
+    start_date=start_date(),
     catchup=False,
     default_args=DEFAULT_ARGS,
     params={

@@ -6,8 +6,8 @@ chosen by the `dataset` param (default: `MLOPS_DATASET`, `churn`).
 
 | task | does | look here |
 |---|---|---|
-| extract | copies the interval's raw batch and newly arrived labels to `staging/` (overwrite) | task log |
-| validate | Great Expectations suite generated from the spec; a broken batch goes to `quarantine/` and fails the run | `reports/validation/…` (extra link *Report*) |
+| extract | stages every landed file of the interval (parquet or CSV) and newly arrived labels to `staging/` (overwrite); an unreadable file goes to `quarantine/`, and it or a day without data fails the run | task log |
+| validate | Great Expectations suite generated from the spec; a broken batch goes to `quarantine/` and fails the run | `reports/validation/…`; extra link *Report* (shown by the MLflow UI, experiment `<dataset>-validation`) |
 | prepare | feature functions → Feast offline source, `apply`, interval materialised online | Feast registry |
 | train | point-in-time training set from Feast, time split, budgeted CV search, MLflow run | extra link *MLflow run* |
 | evaluate | holdout + per-slice metrics, champion on the same holdout, the gate table | task log, `evaluation/gate.txt` in the run |
@@ -20,22 +20,31 @@ Alerts (optional Airflow connections `mlops_alerts_webhook`, Slack-compatible, a
 Set `train` to false to only ingest the interval (what a backfill of old days wants).
 Every task is idempotent for its interval: re-running a day rewrites the same objects and
 registers no second model.
+
+**Which day.** A scheduled run, a backfill or a trigger with a `logical_date` processes its data
+interval. A run triggered without one (`"logical_date": null`, the Airflow 3 REST default and
+what apache-airflow-client sends) processes the last complete UTC day before its `run_after`.
+The DAGs start at `MLOPS_START_DATE` (an ISO date, default `2020-01-01`): a run for an earlier
+day would run no task, so set it no later than your oldest data.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
+from mlops_airflow.dates import start_date
 from mlops_airflow.notifiers import GateDecisionNotifier, TaskFailureNotifier
 from mlops_airflow.operators import (
     FeastPrepareOperator,
     GXValidateOperator,
     MlflowPromoteOperator,
     MlflowRegisterOperator,
+    mlflow_task,
 )
+
+from include.mlops.constants import STRATEGIES
 
 DEFAULT_ARGS = {
     "owner": "mlops",
@@ -50,21 +59,26 @@ PARAMS = {
     "deploy_strategy": Param(
         None,
         type=["null", "string"],
-        enum=[None, "direct", "canary", "shadow", "blue_green"],
+        enum=[None, *STRATEGIES],
+        values_display={"null": "the spec's strategy", **{s: s for s in STRATEGIES}},
         description="Overrides the spec's deployment strategy for this run",
     ),
 }
 
 
 def interval_of(context: dict) -> object:
+    """The run's data interval; without a logical date, the last full UTC day before run_after."""
+    from mlops_airflow.dates import daily_interval
+
     from include.mlops.pipeline import Interval
 
-    return Interval(context["data_interval_start"], context["data_interval_end"])
+    return Interval(*daily_interval(context))
 
 
 @dag(
+    description="One day of data through extract, validate, prepare, train, evaluate, register, deploy",
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 10, 1, tz="UTC"),
+    start_date=start_date(),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -75,15 +89,21 @@ def interval_of(context: dict) -> object:
 def ml_training():
     @task
     def extract(**context) -> dict:
-        """Copy the interval's raw batch and arrived labels to staging/."""
-        from include.mlops.pipeline import extract as run
+        """Stage the interval's landed files and arrived labels; a bad file or no data fails unretried."""
+        from mlops_airflow.operators import DataQualityError
 
-        return run(interval_of(context), context["params"]["dataset"])
+        from include.mlops.pipeline import extract as run
+        from include.mlops.validation import DataValidationError, NoDataError
+
+        try:
+            return run(interval_of(context), context["params"]["dataset"])
+        except (DataValidationError, NoDataError) as exc:  # the same files fail the same way: no retry
+            raise DataQualityError(str(exc)) from exc
 
     validate = GXValidateOperator(task_id="validate", doc="GX suite from the spec; quarantine on failure.")
     prepare = FeastPrepareOperator(task_id="prepare", doc="Features to Feast; apply; materialise online.")
 
-    @task
+    @mlflow_task
     def train(**context) -> dict:
         """Point-in-time training set from Feast, budgeted search, MLflow run."""
         from airflow.sdk.exceptions import AirflowSkipException

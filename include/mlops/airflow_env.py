@@ -11,8 +11,17 @@ from pathlib import Path
 from include.mlops.config import PROJECT_ROOT, get_settings
 
 
+def bind_address() -> str:
+    """The address local services listen on: MLOPS_BIND_ADDRESS, loopback unless told otherwise."""
+    return os.environ.get("MLOPS_BIND_ADDRESS", "").strip() or "127.0.0.1"
+
+
 def airflow_env(home: Path | None = None, **overrides: str) -> dict[str, str]:
-    """Variables for any Airflow process of the embedded default; production sets its own."""
+    """Variables for any Airflow process of the embedded default; production sets its own.
+
+    On a busy laptop the execution API answers a task process slowly: Airflow's 5 s timeout made
+    a try fail before its first line (an empty log). MLOPS_EXECUTION_API_TIMEOUT (60 s) and 10
+    retries give it time; a try that still fails then says so in its own log."""
     mlops_home = home or get_settings().home
     airflow_home = Path(os.environ.get("AIRFLOW_HOME") or mlops_home / "airflow")
     env = {
@@ -26,6 +35,9 @@ def airflow_env(home: Path | None = None, **overrides: str) -> dict[str, str]:
             airflow_home / "simple_auth_manager_passwords.json.generated"
         ),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "AIRFLOW__API__HOST": bind_address(),  # the api-server listens on 0.0.0.0 by default
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": os.environ.get("MLOPS_EXECUTION_API_TIMEOUT") or "60",
+        "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "10",
         "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p),
         "MLOPS_HOME": str(mlops_home),
         "DO_NOT_TRACK": "true",

@@ -4,6 +4,8 @@ Each day of the interval becomes `predictions/batch/<dataset>/dt=<day>/predictio
 overwritten on a re-run (the same rows and, while the champion is the same, the same scores).
 The features come from the same `build_features` as training and the scoring service, and the
 champion is resolved to a version once, so every row of a run names the model that scored it.
+Rows carry what `/predict` answers: `prediction` (a class value, or the regression value),
+`score` (see `include.mlops.scores`) and, for a classifier, `probability_<class>` per class.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ def batch_key(spec: DatasetSpec, day: str) -> str:
     return f"predictions/batch/{spec.name}/dt={day}/predictions.parquet"
 
 
+def probability_column(cls: Any) -> str:
+    """The batch output's column for one class's probability (`probability_yes`, `probability_1`)."""
+    return f"probability_{cls}"
+
+
 def score_batch(interval: Interval, spec_name: str | None = None) -> dict[str, Any]:
     """Score every staged event of the interval with the champion; returns uri, rows, version."""
     import mlflow.sklearn
@@ -34,6 +41,7 @@ def score_batch(interval: Interval, spec_name: str | None = None) -> dict[str, A
     from include.mlops.features import build_features, model_features
     from include.mlops.pipeline import _ctx, staging_key
     from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
+    from include.mlops.scores import score_model
 
     spec, store, settings = _ctx(spec_name)
     client = setup_mlflow(settings)
@@ -53,18 +61,12 @@ def score_batch(interval: Interval, spec_name: str | None = None) -> dict[str, A
             )
         raw = store.get_parquet(key)
         X = build_features(raw, spec)[cols]
-        if spec.is_classification:
-            classes = list(model.classes_)
-            positive = spec.label_spec.positive_class
-            pos = classes.index(positive) if positive in classes else len(classes) - 1
-            score = model.predict_proba(X)[:, pos] if len(X) else np.empty(0)
-            prediction = (score >= 0.5).astype("int64")  # the threshold the gate's metrics use
-        else:
-            score = model.predict(X).astype("float64") if len(X) else np.empty(0)
-            prediction = score
+        scored = score_model(model, X, spec)
         out = raw[[spec.entity_key, spec.timestamp]].reset_index(drop=True).copy()
-        out["prediction"] = prediction
-        out["score"] = np.asarray(score, dtype="float64")
+        out["prediction"] = scored.prediction
+        out["score"] = np.asarray(scored.score, dtype="float64")
+        for j, c in enumerate(scored.classes or []):  # one probability column per class, as /predict answers
+            out[probability_column(c)] = scored.proba[:, j] if scored.proba is not None else np.nan
         out["model_name"] = model_name
         out["model_version"] = str(version)
         out["interval"] = interval.label

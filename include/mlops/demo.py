@@ -36,6 +36,7 @@ from typing import Any
 
 from include.mlops.airflow_env import apply_airflow_env, migrate_db, pause_all_but, reserialize_dags
 from include.mlops.config import get_settings
+from include.mlops.waits import Wait, seconds
 
 SCORE_CHUNK = 500  # records per /predict request
 
@@ -88,7 +89,7 @@ def run_day(dag: Any, day: date, conf: dict[str, Any], log_file: Path) -> dict[s
     out = {
         tid: ti.xcom_pull(task_ids=tid)
         for tid, ti in tis.items()
-        if tid in ("decide", "monitor", "deploy") and _state(ti.state) == "success"
+        if tid in ("decide", "monitor", "train", "evaluate", "register", "deploy") and _state(ti.state) == "success"
     }
     return {
         "dag_id": dag.dag_id,
@@ -162,9 +163,21 @@ def main() -> int:
     timeline.add("start", home=str(settings.home), dataset=settings.dataset, store=settings.store_uri)
     migrate_db(env)
     reserialize_dags(env)  # ml_retraining in the DB before any drift event, so the event queues it
+    # paused while the simulated days run (a scheduler would start runs for today's empty
+    # interval), unpaused again at the end: `make up` afterwards finds them as the README says
     paused = pause_all_but({"ml_retraining"})
     timeline.add("airflow metadata db ready", airflow_home=env["AIRFLOW_HOME"], paused=",".join(paused))
+    try:
+        return _story(settings, env, timeline)
+    finally:
+        from include.mlops.airflow_env import set_paused
 
+        set_paused(paused, False)
+        print(f"[demo] unpaused again: {','.join(paused)}", flush=True)
+
+
+def _story(settings: Any, env: dict[str, str], timeline: Timeline) -> int:
+    """Days 1 to N of the story; the summary is written whatever happens after the history."""
     from include.mlops.data.generator import Scenario, write_days
     from include.mlops.spec import load_spec
     from include.mlops.storage import ObjectStore, ensure_bucket
@@ -222,6 +235,7 @@ def main() -> int:
     windows: list[dict[str, Any]] = []
     retraining: dict[str, Any] = {}
     first_drift_t: float | None = None
+    failure: str | None = None
     try:
         # 3. the first champion: deploy loads it into that service and checks it there
         r = run(training, plan["train_day"], train=True)
@@ -276,13 +290,20 @@ def main() -> int:
                 break
         if plan["scenario"] == "none":
             timeline.add("control: no drift event, no ml_retraining run", **no_retraining_evidence())
+    except (Exception, SystemExit) as exc:  # the summary is written whatever failed, with why
+        failure = str(exc) or type(exc).__name__
+        timeline.add("FAILED", reason=failure)
     finally:
         service.close()
 
     summary = build_summary(spec, store, settings, timeline, runs, windows, retraining, plan, first_drift_t)
+    summary["failure"] = failure
     out = settings.home / "demo-summary.json"
     out.write_text(json.dumps(summary, indent=2, default=str))
     print_summary(summary, out)
+    if failure:
+        print(f"the demo failed: {failure}", file=sys.stderr)
+        return 1
     if plan["scenario"] != "none" and not retraining.get("new_champion_answering"):
         print("the drift story did not complete: see the timeline above", file=sys.stderr)
         return 1
@@ -310,7 +331,11 @@ def retrain_on_the_scheduler(
     try:
         took = airflow.start(hold=("ml_retraining",))
         timeline.add("airflow standalone ready (scheduler, LocalExecutor)", url=airflow.url, seconds=took)
-        done = airflow.wait_for_run("ml_retraining", run_type="asset_triggered", timeout=1800)
+        try:  # bounded by MLOPS_AIRFLOW_RUN_TIMEOUT, with progress lines while the run goes on
+            done = airflow.wait_for_run("ml_retraining", run_type="asset_triggered")
+        except Exception:
+            _fail_unfinished(airflow, "ml_retraining")
+            raise
     finally:
         airflow.stop()
     tasks = {t["task_id"]: t for t in done["task_instances"]}
@@ -322,14 +347,23 @@ def retrain_on_the_scheduler(
     )
     after = alias_version(client, spec.model_name, CHAMPION)
     answering = None
-    deadline = time.monotonic() + 180
-    while after and after != before and time.monotonic() < deadline:
-        r = httpx.post(f"{service.url}/predict", json={"records": [probe]}, timeout=30)
-        if r.status_code == 200:
-            answering = r.json()["predictions"][0]["model_version"]
-            if str(answering) == str(after):
-                break
-        httpx.post(f"{service.url}/admin/reload", headers=service.headers(), timeout=130)
+    wait = Wait(
+        f"the service at {service.url} to answer with v{after}",
+        seconds("MLOPS_DEPLOY_WAIT_TIMEOUT"),
+        say=lambda m: print(f"[demo] {m}", flush=True),
+        log_hint=service.log_path,
+    )
+    while after and after != before and not wait.expired():
+        try:  # a slow answer is not a failure: ask again until the deadline
+            r = httpx.post(f"{service.url}/predict", json={"records": [probe]}, timeout=60)
+            if r.status_code == 200:
+                answering = r.json()["predictions"][0]["model_version"]
+                if str(answering) == str(after):
+                    break
+            httpx.post(f"{service.url}/admin/reload", headers=service.headers(), timeout=130)
+        except httpx.HTTPError as exc:
+            print(f"[demo] the service did not answer ({type(exc).__name__}); asking again", flush=True)
+        wait.tick(f"it answers with v{answering}")
         time.sleep(1)
     ok = answering is not None and str(answering) == str(after) and after != before
     t = timeline.add(
@@ -348,6 +382,18 @@ def retrain_on_the_scheduler(
         "answering_at_s": t,
         "log": str(airflow.log),
     }
+
+
+def _fail_unfinished(airflow: Any, dag_id: str) -> None:
+    """Mark the newest unfinished run of `dag_id` failed (the scheduler is about to stop: a run
+    left "running" would never finish)."""
+    try:
+        for run in airflow.runs(dag_id):
+            if run["state"] in ("queued", "running"):
+                airflow._call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}", {"state": "failed"})
+                print(f"[demo] marked {dag_id} {run['dag_run_id']} failed (the demo gave up waiting)", flush=True)
+    except Exception as exc:
+        print(f"[demo] could not mark the unfinished {dag_id} run failed: {exc}", flush=True)
 
 
 def queued_retraining() -> list[str]:

@@ -49,6 +49,10 @@ from include.mlops.constants import STRATEGIES
 log = logging.getLogger(__name__)
 
 SYNTHETIC = {"X-MLOps-Traffic": "synthetic"}  # check traffic stays out of the prediction log
+# The latency the check compares between the new and the current version. p95 rather than p99:
+# with a few hundred requests per version, p99 is the second or third slowest request, which on a
+# busy machine is where the machine shows, not the model.
+JUDGED_PERCENTILE = "p95"
 
 
 class DeploymentCheckFailed(Exception):
@@ -96,15 +100,21 @@ def free_port() -> int:
 
 
 def start_service(
-    env: dict[str, str] | None = None, timeout: float = 180.0, port: int | None = None, until_ready: bool = True
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    port: int | None = None,
+    until_ready: bool = True,
 ) -> ServiceHandle:
     """`python -m include.mlops.serving` on a free loopback port; returns once it is ready (serves
     a champion), or with `until_ready=False` once it answers at all (a service started before the
-    first champion exists, as `make up` and the compose stack have it)."""
+    first champion exists, as `make up` and the compose stack have it). Waits at most `timeout`
+    seconds (default MLOPS_SERVICE_START_TIMEOUT), saying so while it waits."""
     import httpx
 
     from include.mlops.config import PROJECT_ROOT
+    from include.mlops.waits import Wait, seconds
 
+    timeout = timeout if timeout is not None else seconds("MLOPS_SERVICE_START_TIMEOUT")
     port = port or free_port()
     token = secrets.token_urlsafe(16)
     e = {**os.environ, **(env or {})}
@@ -127,31 +137,33 @@ def start_service(
             stderr=subprocess.STDOUT,
         )
     h = ServiceHandle(f"http://127.0.0.1:{port}", token, proc, log_path, started=True)
-    t0 = time.monotonic()
+    wait = Wait(f"the scoring service at {h.url} (pid {proc.pid}) to be ready", timeout, log_hint=log_path)
+    status = "no answer yet"
     # one client for the whole wait: a client per poll builds an SSL context each time (~0.1 s
     # of CPU, taken from the service that is starting on the same cores)
-    with httpx.Client(timeout=2) as http:
-        while time.monotonic() - t0 < timeout:
+    with httpx.Client(timeout=10) as http:
+        while not wait.expired():
             if proc.poll() is not None:
                 raise RuntimeError(
-                    f"scoring service exited with code {proc.returncode} during start-up:\n{h.log_tail()}"
+                    f"scoring service exited with code {proc.returncode} during start-up (log {log_path}):\n"
+                    f"{h.log_tail()}"
                 )
             try:
                 r = http.get(f"{h.url}/ready")
                 if r.status_code == 200 or not until_ready:
-                    log.info(
-                        "started a scoring service at %s (pid %s) in %.1fs", h.url, proc.pid, time.monotonic() - t0
-                    )
+                    log.info("started a scoring service at %s (pid %s) in %.1fs", h.url, proc.pid, wait.elapsed)
                     return h
                 pending = (r.json().get("pending") or {}).get("champion")
+                status = f"/ready answered {r.status_code}, pending {pending}"
                 if pending and "no champion" not in pending:  # the champion failed to load: no use waiting
                     h.close()
-                    raise RuntimeError(f"the scoring service cannot serve the champion: {pending}")
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.3)
+                    raise RuntimeError(f"the scoring service cannot serve the champion: {pending} (log {log_path})")
+            except (httpx.HTTPError, ValueError) as exc:  # still starting, or slow to answer: not a failure
+                status = f"{type(exc).__name__}"
+            wait.tick(status)
+            time.sleep(0.5)
     h.close()
-    raise RuntimeError(f"scoring service at {h.url} not ready after {timeout}s:\n{h.log_tail()}")
+    raise RuntimeError(f"{wait.give_up(status)}\n{h.log_tail()}")
 
 
 def usable_service(status_code: int, body: dict[str, Any], model_name: str) -> bool:
@@ -169,12 +181,11 @@ def usable_service(status_code: int, body: dict[str, Any], model_name: str) -> b
 
 def service_for_check(model_name: str, env: dict[str, str] | None = None) -> ServiceHandle:
     """The running service (MLOPS_SERVE_URL) if it can take this model's check, else a fresh one."""
-    import httpx
 
     url = (os.environ.get("MLOPS_SERVE_URL") or "").rstrip("/")
     if url:
         try:
-            r = httpx.get(f"{url}/ready", timeout=5)
+            r = _get_patiently(url + "/ready", f"MLOPS_SERVE_URL={url} to answer /ready")
             body = r.json()
             if usable_service(r.status_code, body, model_name):
                 if r.status_code != 200:
@@ -192,21 +203,46 @@ def service_for_check(model_name: str, env: dict[str, str] | None = None) -> Ser
     return start_service(env)
 
 
+def _get_patiently(url: str, what: str, budget: float = 60.0) -> Any:
+    """GET `url`, retrying timeouts (a busy machine) for up to `budget` s; a refused connection
+    is an answer (nothing listens there) and raises at once."""
+    import httpx
+
+    from include.mlops.waits import Wait, seconds
+
+    wait = Wait(what, budget)
+    while True:
+        try:
+            return httpx.get(url, timeout=min(seconds("MLOPS_DEPLOY_REQUEST_TIMEOUT"), max(wait.left, 1.0)))
+        except httpx.TimeoutException as exc:
+            if wait.expired():
+                raise
+            wait.tick(type(exc).__name__)
+            time.sleep(1)
+
+
 def refresh(h: ServiceHandle, timeout: float = 120.0) -> dict[str, Any]:
-    """Make the service read the registry now (admin token), or let its poll do it."""
+    """Make the service read the registry now (admin token), or let its poll do it. A reload that
+    does not answer in time is not a failure: the service's own poll follows the registry too."""
     import httpx
 
     if h.token:
-        r = httpx.post(
-            f"{h.url}/admin/reload",
-            params={"wait": "true", "timeout": timeout},
-            headers=h.headers(),
-            timeout=timeout + 10,
-        )
-        if r.status_code == 200:
-            return r.json()
-        log.warning("POST /admin/reload answered %s: waiting for the service's own poll", r.status_code)
-    return httpx.get(f"{h.url}/ready", timeout=10).json()
+        try:
+            r = httpx.post(
+                f"{h.url}/admin/reload",
+                params={"wait": "true", "timeout": timeout},
+                headers=h.headers(),
+                timeout=timeout + 10,
+            )
+            if r.status_code == 200:
+                return r.json()
+            log.warning("POST /admin/reload answered %s: waiting for the service's own poll", r.status_code)
+        except httpx.HTTPError as exc:
+            log.warning("POST /admin/reload did not answer (%s): waiting for the service's own poll", exc)
+    try:
+        return httpx.get(f"{h.url}/ready", timeout=30).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return {"error": str(exc)}
 
 
 def wait_for(
@@ -215,16 +251,21 @@ def wait_for(
     champion: str | None = None,
     challenger: str | None = None,
     standby: str | None = None,
-    timeout: float = 120.0,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Until the service serves the expected versions; fails fast when it reports a load error."""
+    """Until the service serves the expected versions (at most `timeout` s, default
+    MLOPS_DEPLOY_WAIT_TIMEOUT); fails fast when it reports a load error."""
     import httpx
 
-    t0 = time.monotonic()
+    from include.mlops.waits import Wait, seconds
+
+    timeout = timeout if timeout is not None else seconds("MLOPS_DEPLOY_WAIT_TIMEOUT")
+    wanted = f"champion={champion} challenger={challenger} standby={standby}"
+    wait = Wait(f"the service at {h.url} to serve {wanted}", timeout, log_hint=h.log_path or "the service's own log")
     status: dict[str, Any] = {}
-    refresh(h, timeout)
-    with httpx.Client(timeout=10) as http:
-        while time.monotonic() - t0 < timeout:
+    refresh(h, min(timeout, 120.0))
+    with httpx.Client(timeout=30) as http:
+        while not wait.expired():
             status = _ready(http, h)
             ok = (
                 (champion is None or (status.get("champion") or {}).get("version") == champion)
@@ -237,11 +278,17 @@ def wait_for(
             for v in (champion, challenger, standby):
                 if v and f"v{v}:" in pending and ("Error" in pending or "Failed" in pending or "Mismatch" in pending):
                     raise DeploymentCheckFailed(f"the service could not load v{v}: {pending}")
+            wait.tick(_serving(status))
             time.sleep(0.5)
-    raise DeploymentCheckFailed(
-        f"the service at {h.url} did not serve champion={champion} challenger={challenger} standby={standby} "
-        f"within {timeout:.0f}s (it reports champion={(status.get('champion') or {}).get('version')}, "
-        f"challenger={(status.get('challenger') or {}).get('version')}, pending={status.get('pending')})"
+    raise DeploymentCheckFailed(str(wait.give_up(_serving(status))))
+
+
+def _serving(status: dict[str, Any]) -> str:
+    if "error" in status:
+        return f"no answer ({status['error']})"
+    return (
+        f"it reports champion={(status.get('champion') or {}).get('version')}, "
+        f"challenger={(status.get('challenger') or {}).get('version')}, pending={status.get('pending')}"
     )
 
 
@@ -263,7 +310,9 @@ def sample_inputs(spec: DatasetSpec, store: ObjectStore, n: int = 50) -> tuple[l
     df = store.get_parquet(keys[-1])
     df = df.head(n)
     records = json.loads(df[[spec.entity_key, *spec.feature_names]].to_json(orient="records"))
-    return records, [int(i) for i in df[spec.entity_key]]
+    from include.mlops.features import entity_value
+
+    return records, [entity_value(spec, i) for i in df[spec.entity_key]]  # ids in the key's type (entity.dtype)
 
 
 # -- checks -------------------------------------------------------------------------------------------
@@ -295,10 +344,11 @@ def smoke_test(
         )
         s = p.get("score")
         expect(isinstance(s, (int, float)) and math.isfinite(s), f"{where}: score {s!r}")
-        if spec.is_classification:
+        if spec.is_classification:  # binary or multiclass: a class value and one probability per class
             probs = p.get("probabilities") or {}
             expect(0.0 <= (s if isinstance(s, (int, float)) else -1) <= 1.0, f"{where}: score {s!r} outside [0, 1]")
             expect(abs(sum(probs.values()) - 1.0) < 1e-6 if probs else False, f"{where}: probabilities {probs}")
+            expect(str(p.get("prediction")) in probs, f"{where}: prediction {p.get('prediction')!r} is not a class")
 
     with httpx.Client(base_url=h.url, headers=SYNTHETIC, timeout=30) as c:
         r = c.get("/ready")
@@ -341,32 +391,70 @@ def load_test(
     requests: int = 200,
     concurrency: int = 4,
     warmup: int | None = None,
+    arms: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Single-record requests from `concurrency` keep-alive clients; one in four by entity id.
 
-    A warm-up round of `warmup` requests (default: two per client, both kinds) goes first and is
-    not counted: a version just loaded pays its first-call costs there (lazy imports, the first
-    online-store read, connection set-up), which belong to start-up, not to the p99 users see.
+    `arms` names the traffic to compare, each with the headers that select it (default: one arm,
+    "new", routed as the service routes users). With several arms, each gets `requests`
+    requests, interleaved in blocks of `2 * concurrency` (order ABBA...) from the same clients:
+    whatever the machine does meanwhile falls on every arm alike, and a slow model's queue does
+    not spill into the other arm's block. The figures of the first arm are at the top level; every
+    arm's are under "arms".
+
+    A warm-up round of `warmup` requests per arm (default: two per client, both kinds) goes first
+    and is not counted: a version just loaded pays its first-call costs there (lazy imports, the
+    first online-store read, connection set-up), which belong to start-up, not to the p99 users see.
     """
+    arms = arms or {"new": {}}
     if warmup is None:
         warmup = 2 * max(1, concurrency)
+    block = 2 * max(1, concurrency)
+    names = list(arms)
+    plan: list[tuple[str, int]] = []
     if warmup:
-        _fire(h, records, ids, warmup, concurrency)
+        plan += [(a, warmup) for a in names]
+    counted_from = len(plan)
+    rounds = -(-requests // block)
+    for r in range(rounds):
+        n = min(block, requests - r * block)
+        order = names if r % 2 == 0 else names[::-1]
+        plan += [(a, n) for a in order]
     t0 = time.perf_counter()
-    lat, errors, variants = _fire(h, records, ids, requests, concurrency)
+    per_block = _fire_blocks(h, records, ids, plan, concurrency, arms)
     wall = time.perf_counter() - t0
-    lat.sort()
+    stats: dict[str, dict[str, Any]] = {}
+    for a in names:
+        lat = [x for i, (arm, res) in enumerate(per_block) if arm == a and i >= counted_from for x in res[0]]
+        errors = [x for i, (arm, res) in enumerate(per_block) if arm == a and i >= counted_from for x in res[1]]
+        variants: dict[str, int] = {}
+        for i, (arm, res) in enumerate(per_block):
+            if arm == a and i >= counted_from:
+                for k, v in res[2].items():
+                    variants[k] = variants.get(k, 0) + v
+        stats[a] = _arm_stats(lat, errors, variants, wall / len(names))
+    first = stats[names[0]]
+    return {
+        **first,
+        "concurrency": concurrency,
+        "warmup_requests": warmup,
+        "interleaved": len(names) > 1,
+        "arms": stats if len(names) > 1 else {},
+    }
+
+
+def _arm_stats(lat: list[float], errors: list[str], variants: dict[str, int], wall: float) -> dict[str, Any]:
+    lat = sorted(lat)
 
     def pct(p: float) -> float:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else float("nan")
 
+    answered = len(lat) - len(errors)
     return {
         "requests": len(lat),
-        "concurrency": concurrency,
-        "warmup_requests": warmup,
         "errors": len(errors),
         "error_samples": errors[:5],
-        "rps": round(len(lat) / wall, 1) if wall > 0 else 0.0,
+        "rps": round(answered / wall, 1) if wall > 0 else 0.0,
         "p50_ms": pct(0.50),
         "p95_ms": pct(0.95),
         "p99_ms": pct(0.99),
@@ -374,53 +462,132 @@ def load_test(
     }
 
 
-def _fire(
-    h: ServiceHandle, records: list[dict[str, Any]], ids: list[int], requests: int, concurrency: int
-) -> tuple[list[float], list[str], dict[str, int]]:
-    """`requests` single-record requests from `concurrency` threads: latencies, errors, variants."""
+def _fire_blocks(
+    h: ServiceHandle,
+    records: list[dict[str, Any]],
+    ids: list[int],
+    plan: list[tuple[str, int]],
+    concurrency: int,
+    arms: dict[str, dict[str, str]],
+) -> list[tuple[str, tuple[list[float], list[str], dict[str, int]]]]:
+    """Run the blocks of `plan` in order, each by `concurrency` persistent client threads; a
+    block starts when the previous one has answered. Per block: latencies, errors, variants."""
+    import queue
     import threading
 
     import httpx
 
-    lat: list[float] = []
-    errors: list[str] = []
-    variants: dict[str, int] = {}
+    from include.mlops.waits import seconds
+
+    timeout = seconds("MLOPS_DEPLOY_REQUEST_TIMEOUT")
+    jobs: queue.Queue[tuple[int, str, int] | None] = queue.Queue()
     lock = threading.Lock()
-    counter = iter(range(requests))
+    out: list[tuple[str, tuple[list[float], list[str], dict[str, int]]]] = [(a, ([], [], {})) for a, _ in plan]
 
     def worker() -> None:
-        with httpx.Client(base_url=h.url, headers=SYNTHETIC, timeout=30) as c:
+        with httpx.Client(base_url=h.url, headers=SYNTHETIC, timeout=timeout) as c:
             while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                body = (
-                    {"entity_ids": [ids[i % len(ids)]]}
-                    if ids and i % 4 == 3
-                    else {"records": [records[i % len(records)]]}
-                )
-                t0 = time.perf_counter()
+                job = jobs.get()
                 try:
-                    r = c.post("/predict", json=body)
-                    dt = time.perf_counter() - t0
-                    ok = r.status_code == 200
-                    variant = r.json()["predictions"][0]["variant"] if ok else None
-                except Exception as exc:
-                    dt, ok, variant, r = time.perf_counter() - t0, False, None, exc
-                with lock:
-                    lat.append(dt)
-                    if ok:
-                        variants[variant] = variants.get(variant, 0) + 1
-                    else:
-                        errors.append(str(getattr(r, "status_code", r))[:200])
+                    if job is None:
+                        return
+                    b, arm, i = job
+                    body = (
+                        {"entity_ids": [ids[i % len(ids)]]}
+                        if ids and i % 4 == 3
+                        else {"records": [records[i % len(records)]]}
+                    )
+                    t0 = time.perf_counter()
+                    try:
+                        r = c.post("/predict", json=body, headers=arms[arm])
+                        dt = time.perf_counter() - t0
+                        ok = r.status_code == 200
+                        variant = r.json()["predictions"][0]["variant"] if ok else None
+                        why = "" if ok else f"{r.status_code} {r.text[:150]}"
+                    except Exception as exc:  # a timeout is this request's error, not the check's end
+                        dt, ok, variant, why = time.perf_counter() - t0, False, None, f"{type(exc).__name__}: {exc}"
+                    lat, errors, variants = out[b][1]
+                    with lock:
+                        lat.append(dt)
+                        if ok:
+                            variants[variant] = variants.get(variant, 0) + 1
+                        else:
+                            errors.append(why[:200])
+                finally:
+                    jobs.task_done()
 
-    threads = [threading.Thread(target=worker) for _ in range(max(1, concurrency))]
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, concurrency))]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
-    return lat, errors, variants
+    seq = 0
+    try:
+        for b, (arm, n) in enumerate(plan):
+            for _ in range(n):
+                jobs.put((b, arm, seq))
+                seq += 1
+            jobs.join()
+    finally:
+        for _ in threads:
+            jobs.put(None)
+        for t in threads:
+            t.join()
+    return out
+
+
+def judge_load(
+    new: dict[str, Any],
+    current: dict[str, Any] | None,
+    *,
+    max_latency_ratio: float,
+    max_error_rate: float,
+    latency_budget_ms: dict[str, float] | None = None,
+    percentile: str = JUDGED_PERCENTILE,
+) -> tuple[list[str], dict[str, Any]]:
+    """The load test's verdict on the new version: (reasons it fails, figures judged).
+
+    - error rate of the new version's requests against `max_error_rate`;
+    - latency: the new version's `percentile` over the current version's, measured in the same
+      interleaved check, against `max_latency_ratio` (no current version: not judged, and the
+      figures say so);
+    - an absolute budget only where the spec sets one (`latency_budget_ms`, e.g. {"p99": 500}):
+      an explicit production SLO.
+    """
+    reasons: list[str] = []
+    n = int(new.get("requests") or 0)
+    errors = int(new.get("errors") or 0)
+    rate = errors / n if n else 1.0
+    figures: dict[str, Any] = {"error_rate": round(rate, 4), "max_error_rate": max_error_rate}
+    if n == 0:
+        reasons.append("load test: the new version answered no request")
+    elif rate > max_error_rate:
+        cur = f"; the current version: {current.get('errors')} of {current.get('requests')}" if current else ""
+        reasons.append(
+            f"load test: {errors} of {n} requests to the new version failed (error rate {rate:.3f} > "
+            f"{max_error_rate:g}{cur}) ({new.get('error_samples')})"
+        )
+    key = f"{percentile}_ms"
+    figures["percentile"] = percentile
+    if current is None:
+        figures["latency_ratio"] = None
+        figures["baseline"] = "none: no current version to compare with"
+    else:
+        a, b = float(new.get(key, float("nan"))), float(current.get(key, float("nan")))
+        ratio = a / b if b > 0 else float("inf")
+        figures.update(
+            latency_ratio=round(ratio, 3),
+            max_latency_ratio=max_latency_ratio,
+            baseline=f"v{current.get('version')}" if current.get("version") else "current",
+        )
+        if not ratio <= max_latency_ratio:  # NaN fails too: a latency that could not be measured
+            reasons.append(
+                f"load test: the new version's {percentile} {a:g} ms is {ratio:.2f}x the current version's "
+                f"{b:g} ms (limit {max_latency_ratio:g}x, same check, interleaved)"
+            )
+    for p, budget in sorted((latency_budget_ms or {}).items()):
+        v = float(new.get(f"{p}_ms", float("nan")))
+        if not v <= float(budget):
+            reasons.append(f"load test: {p} {v:g} ms over the budget of {float(budget):g} ms")
+    return reasons, figures
 
 
 def service_metric(h: ServiceHandle, name: str, **labels: str) -> float:
@@ -463,10 +630,17 @@ def run_check(
     *,
     shadow_version: str | None = None,
     canary_version: str | None = None,
+    candidate: str | None = None,
+    baseline: str | None = None,
 ) -> CheckResult:
-    """Smoke test, then the load test; judged on errors and the spec's p99 budget."""
+    """Smoke test, then the load test, judged by `judge_load`.
+
+    With `candidate` and `baseline` (the new and the current version, both in the service's
+    memory), the load test sends the same requests to each, pinned by version and interleaved,
+    and judges the ratio of their latencies: the model, not the machine. Without a baseline
+    (the first champion, or a service that cannot pin), it judges errors and any explicit budget.
+    """
     dep = spec.deployment
-    budget = float(dep.latency_budget_ms.get("p99", float("inf")))
     lt = dep.load_test
     records, ids = sample_inputs(spec, store)
     smoke = smoke_test(h, spec, records, ids, versions)
@@ -476,20 +650,36 @@ def run_check(
         else 0.0
     )
     shadow_err_before = service_metric(h, "mlops_serving_shadow_errors_total") if shadow_version else 0.0
+    arms, no_baseline = None, None
+    if candidate and baseline and baseline != candidate:
+        arms = {"new": _pin(h, candidate), "current": _pin(h, baseline)}
+        no_baseline = _pin_refused(h, records, arms["current"])
+        if no_baseline:
+            log.warning("no baseline for the check of v%s: %s; judging errors only", candidate, no_baseline)
+            arms = None
+    elif candidate:
+        no_baseline = "no current version (first champion)" if not baseline else "the current version is this one"
     load = load_test(
-        h,
-        spec,
-        records,
-        ids,
-        requests=lt.requests,
-        concurrency=lt.concurrency,
-        warmup=lt.warmup,
+        h, spec, records, ids, requests=lt.requests, concurrency=lt.concurrency, warmup=lt.warmup, arms=arms
     )
+    current = None
+    if arms:
+        current = {**load["arms"]["current"], "version": baseline}
+        load["arms"]["new"]["version"], load["arms"]["current"]["version"] = candidate, baseline
     reasons = [f"smoke test: {f}" for f in smoke["failures"]]
-    if load["errors"]:
-        reasons.append(f"load test: {load['errors']} of {load['requests']} requests failed ({load['error_samples']})")
-    if not load["p99_ms"] <= budget:
-        reasons.append(f"load test: p99 {load['p99_ms']} ms over the budget of {budget:g} ms")
+    verdict, figures = judge_load(
+        load,
+        current,
+        max_latency_ratio=dep.max_latency_ratio,
+        max_error_rate=dep.max_error_rate,
+        latency_budget_ms=dep.latency_budget_ms,
+    )
+    if no_baseline:
+        figures["baseline"] = f"none: {no_baseline}"
+    elif not candidate:
+        figures["baseline"] = "not compared: traffic as the service routes it (staged check)"
+    load["judged"] = figures
+    reasons += verdict
     if canary_version:
         share = dep.canary_share
         if share > 0 and load["variants"].get("challenger", 0) == 0:
@@ -508,6 +698,38 @@ def run_check(
     return CheckResult(phase, not reasons, smoke, load, reasons)
 
 
+def _pin(h: ServiceHandle, version: str) -> dict[str, str]:
+    from include.mlops.serving.config import VERSION_HEADER
+
+    return {VERSION_HEADER: str(version), **h.headers()}
+
+
+def _pin_refused(h: ServiceHandle, records: list[dict[str, Any]], headers: dict[str, str]) -> str | None:
+    """Why the service cannot answer with the pinned version (None: it can)."""
+    import httpx
+
+    from include.mlops.waits import seconds
+
+    if not h.token:
+        return "no admin token for this service (MLOPS_ADMIN_TOKEN): it cannot pin a version"
+    try:
+        r = httpx.post(
+            f"{h.url}/predict",
+            json={"records": records[:1]},
+            headers={**SYNTHETIC, **headers},
+            timeout=seconds("MLOPS_DEPLOY_REQUEST_TIMEOUT"),
+        )
+    except httpx.HTTPError as exc:
+        return f"a pinned request did not answer ({type(exc).__name__})"
+    if r.status_code == 200:
+        return None
+    try:
+        msg = r.json().get("message")
+    except ValueError:
+        msg = r.text[:200]
+    return f"a pinned request answered {r.status_code}: {msg}"
+
+
 def _log_check(client: Any, run_id: str | None, res: CheckResult, prefix: str) -> None:
     if not run_id:
         return
@@ -516,6 +738,13 @@ def _log_check(client: Any, run_id: str | None, res: CheckResult, prefix: str) -
         v = ld.get(k)
         if isinstance(v, (int, float)):
             client.log_metric(run_id, f"{prefix}_{k}", float(v))
+    ratio = (ld.get("judged") or {}).get("latency_ratio")
+    if isinstance(ratio, (int, float)) and ratio == ratio and ratio != float("inf"):
+        client.log_metric(run_id, f"{prefix}_latency_ratio", float(ratio))
+    current = (ld.get("arms") or {}).get("current") or {}
+    for k in ("p50_ms", "p95_ms", "p99_ms"):
+        if isinstance(current.get(k), (int, float)):
+            client.log_metric(run_id, f"{prefix}_current_{k}", float(current[k]))
     client.log_metric(run_id, f"{prefix}_smoke_passed", 1.0 if res.smoke["passed"] else 0.0)
     client.log_metric(run_id, f"{prefix}_check_passed", 1.0 if res.passed else 0.0)
     client.log_dict(run_id, res.to_dict(), f"deployment/{res.phase}.json")
@@ -571,6 +800,12 @@ def rollout(
                 handle, client, spec, store, strategy, model, version, champion_before, mlflow_run, run_id, dag_id
             )
 
+        baseline = champion_before if champion_before not in (None, version) else None
+        if baseline and eval_out.get("passed") and handle is None:
+            # the service the check uses must hold the current version too: after the switch it
+            # stays in memory there, and the check measures both side by side
+            handle = _baseline_service(model, env, baseline)
+
         out = promote(reg_out, eval_out, run_id, dag_id, strategy, spec_name)
         base = {**out, "strategy": strategy, "staged_check": staged}
         if not out["promoted"]:
@@ -581,7 +816,9 @@ def rollout(
             if handle is None:
                 handle = service_for_check(model, env)
             wait_for(handle, champion=version)
-            res = run_check(handle, spec, store, "post_promotion", {version})
+            res = run_check(
+                handle, spec, store, "post_promotion", {version}, candidate=version, baseline=previous or baseline
+            )
         except Exception as exc:  # a check that cannot run has not passed: never leave an unchecked champion
             why = (
                 str(exc)
@@ -592,11 +829,9 @@ def rollout(
         _log_check(client, mlflow_run, res, "deploy")
         if res.passed:
             ld = res.load
-            msg = (
-                f"{out['message']}; checked on {handle.url}: {ld['requests']} requests at c={ld['concurrency']}, "
-                f"{ld['rps']} rps, p50 {ld['p50_ms']} ms, p95 {ld['p95_ms']} ms, p99 {ld['p99_ms']} ms, 0 errors"
-            )
-            log.info(msg)
+            checked = f"v{version} passed its post-deployment check on {handle.url}: {_describe(ld)}"
+            log.info(checked)  # the promotion itself was logged by `promote`: each decision once
+            msg = f"{out['message']}; {checked}"
             return {
                 **base,
                 "message": msg,
@@ -622,6 +857,39 @@ def rollout(
         if handle is not None and handle.started:
             handle.close()
             handle.cleanup()
+
+
+def _describe(ld: dict[str, Any]) -> str:
+    """One line of load-test figures: the new version's, and the comparison when there was one."""
+    j = ld.get("judged") or {}
+    text = (
+        f"{ld['requests']} requests at c={ld['concurrency']}, {ld['rps']} rps, p50 {ld['p50_ms']} ms, "
+        f"p95 {ld['p95_ms']} ms, p99 {ld['p99_ms']} ms, {ld['errors']} errors"
+    )
+    cur = (ld.get("arms") or {}).get("current")
+    if cur and j.get("latency_ratio") is not None:
+        text += (
+            f"; current v{cur.get('version')} interleaved: p50 {cur['p50_ms']} ms, p95 {cur['p95_ms']} ms, "
+            f"p99 {cur['p99_ms']} ms; {j['percentile']} ratio {j['latency_ratio']} (limit {j['max_latency_ratio']:g})"
+        )
+    elif j.get("baseline"):
+        text += f"; latency ratio not judged ({j['baseline']})"
+    return text
+
+
+def _baseline_service(model: str, env: dict[str, str], baseline: str) -> ServiceHandle | None:
+    """The check's service, serving the current champion before the switch (None if it cannot:
+    the check then starts one after the switch and judges without a baseline)."""
+    try:
+        handle = service_for_check(model, env)
+    except Exception as exc:
+        log.warning("no service to hold the current v%s before the switch (%s)", baseline, exc)
+        return None
+    try:
+        wait_for(handle, champion=baseline)
+    except Exception as exc:
+        log.warning("the service at %s does not serve the current v%s (%s): no baseline", handle.url, baseline, exc)
+    return handle
 
 
 def _staged_check(

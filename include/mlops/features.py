@@ -42,7 +42,6 @@ def model_categoricals(spec: DatasetSpec) -> list[str]:
 
 def build_features(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """Cast raw columns to their spec types and add the derived features. Pure: no I/O."""
-    import numpy as np
     import pandas as pd
 
     out = pd.DataFrame(index=df.index)
@@ -55,10 +54,49 @@ def build_features(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
             out[f.name] = pd.to_numeric(col, errors="coerce").astype("float64")
         else:
             out[f.name] = col.astype("object").where(col.notna(), None)
-    for name, expr in derived_features(spec).items():
-        values = out.eval(expr)
-        out[name] = pd.to_numeric(values, errors="coerce").replace([np.inf, -np.inf], np.nan).astype("float64")
+    columns = {name: out[name].to_numpy() for name in spec.numeric_features}
+    for name, expr in derived_expressions(spec):
+        out[name] = columns[name] = derived_values(expr, columns, len(out))
     return out
+
+
+def derived_expressions(spec: DatasetSpec) -> list[tuple[str, Any]]:
+    """The spec's derived features, parsed by the restricted expression language (never eval'd)."""
+    from include.mlops.expressions import parse_expression
+
+    usable, out = set(spec.numeric_features), []
+    for name, text in derived_features(spec).items():
+        out.append((name, parse_expression(text, usable)))
+        usable.add(name)
+    return out
+
+
+def derived_values(expr: Any, columns: dict[str, Any], n: int) -> Any:
+    """One derived feature over whole columns: float64, infinities as missing, constants broadcast."""
+    import numpy as np
+
+    v = expr.evaluate(columns)
+    if v.ndim == 0:
+        v = np.full(n, float(v))
+    return np.where(np.isinf(v), np.nan, v)
+
+
+def entity_value(spec: DatasetSpec, value: Any) -> int | str:
+    """One entity id in the spec's key type (`entity.dtype`): text for string keys, an int otherwise."""
+    return str(value) if spec.entity_is_string else int(value)
+
+
+def entity_column(spec: DatasetSpec, values: pd.Series) -> pd.Series:
+    """The entity key column in the spec's type. String keys become Python `str` values in an
+    object column (null stays null), what Feast's string join key and our online store expect;
+    int64 keys are returned as they are (the benchmarked path)."""
+    import pandas as pd
+
+    if not spec.entity_is_string:
+        return values
+    if values.dtype == object and pd.api.types.is_string_dtype(values):
+        return values  # already text
+    return values.astype(str).astype(object).where(values.notna(), None)
 
 
 def feature_source_prefix(spec: DatasetSpec) -> str:
@@ -80,9 +118,10 @@ def feast_objects(spec: DatasetSpec, path: str, s3_endpoint: str | None = None) 
     """Entity, source, feature view and feature service for a spec; names say their kind."""
     without_typeguard()
     from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
-    from feast.types import Float64, String
+    from feast.types import Float64, Int64, String
 
-    entity = Entity(name=spec.entity_name, join_keys=[spec.entity_key], value_type=ValueType.INT64)
+    key_type, key_dtype = (ValueType.STRING, String) if spec.entity_is_string else (ValueType.INT64, Int64)
+    entity = Entity(name=spec.entity_name, join_keys=[spec.entity_key], value_type=key_type)
     source = FileSource(
         name=f"{spec.name}_source",
         path=path,
@@ -90,7 +129,8 @@ def feast_objects(spec: DatasetSpec, path: str, s3_endpoint: str | None = None) 
         created_timestamp_column=CREATED,
         s3_endpoint_override=s3_endpoint,
     )
-    schema = [Field(name=n, dtype=Float64) for n in spec.numeric_features]
+    schema = [Field(name=spec.entity_key, dtype=key_dtype)]  # the entity column (Feast infers the same for int64)
+    schema += [Field(name=n, dtype=Float64) for n in spec.numeric_features]
     schema += [Field(name=n, dtype=String) for n in spec.categorical_features]
     schema += [Field(name=n, dtype=Float64) for n in derived_features(spec)]
     ttl_days = spec.features_store.ttl_days
@@ -154,10 +194,12 @@ def apply_definitions(fs: Any, spec: DatasetSpec, store: ObjectStore) -> dict[st
 
 def offline_frame(spec: DatasetSpec, features: pd.DataFrame, created: datetime) -> pd.DataFrame:
     """Features as Feast reads them: UTC event time plus a created timestamp (the interval end,
-    not now(), so a re-run writes identical bytes)."""
+    not now(), so a re-run writes identical bytes); a string entity key as text."""
     import pandas as pd
 
     df = features.copy()
+    if spec.entity_is_string and spec.entity_key in df.columns:
+        df[spec.entity_key] = entity_column(spec, df[spec.entity_key])
     df[spec.timestamp] = pd.to_datetime(df[spec.timestamp], utc=True)
     ts = pd.Timestamp(created)
     df[CREATED] = ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")
@@ -222,14 +264,16 @@ def historical_features(fs: Any, spec: DatasetSpec, entity_df: pd.DataFrame) -> 
     import pandas as pd
     import pytz
 
-    utc = {
+    cast = {
         col: pd.to_datetime(entity_df[col], utc=True).dt.tz_convert(pytz.UTC)
         for col in entity_df.columns
         if pd.api.types.is_datetime64_any_dtype(entity_df[col])
     }
+    if spec.entity_is_string:  # Feast joins on equal types: string keys as text on both sides
+        cast[spec.entity_key] = entity_column(spec, entity_df[spec.entity_key])
     service = fs.get_feature_service(spec.feature_service_name)
     with dask.config.set({"dataframe.convert-string": True}):
-        out = fs.get_historical_features(entity_df=entity_df.assign(**utc), features=service).to_df()
+        out = fs.get_historical_features(entity_df=entity_df.assign(**cast), features=service).to_df()
     for col in out.columns:
         if isinstance(out[col].dtype, pd.StringDtype):
             out[col] = out[col].astype(object).where(out[col].notna(), None)
@@ -245,11 +289,12 @@ def historical_features(fs: Any, spec: DatasetSpec, entity_df: pd.DataFrame) -> 
     return out
 
 
-def online_features(fs: Any, spec: DatasetSpec, entity_ids: list[int]) -> pd.DataFrame:
+def online_features(fs: Any, spec: DatasetSpec, entity_ids: list[Any]) -> pd.DataFrame:
+    """The feature service's online values for some entities (ids in or convertible to the key's type)."""
     import pandas as pd
 
     resp = fs.get_online_features(
         features=fs.get_feature_service(spec.feature_service_name),
-        entity_rows=[{spec.entity_key: int(e)} for e in entity_ids],
+        entity_rows=[{spec.entity_key: entity_value(spec, e)} for e in entity_ids],
     ).to_dict()
     return pd.DataFrame(resp)

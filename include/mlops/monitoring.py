@@ -145,6 +145,10 @@ def read_labels(store: ObjectStore, spec: DatasetSpec, first_arrival: date, last
         return pd.DataFrame(columns=cols)
     labels = pd.concat(frames, ignore_index=True)[cols]
     labels[spec.timestamp] = pd.to_datetime(labels[spec.timestamp], utc=True)
+    if spec.entity_is_string:
+        from include.mlops.features import entity_column
+
+        labels[spec.entity_key] = entity_column(spec, labels[spec.entity_key])
     return labels.drop_duplicates([spec.entity_key, spec.timestamp], keep="last").reset_index(drop=True)
 
 
@@ -158,6 +162,11 @@ def join_labels(preds: pd.DataFrame, labels: pd.DataFrame, spec: DatasetSpec) ->
     ent, ts = spec.entity_key, spec.timestamp
     lab = labels[[ent, ts, spec.label]].copy()
     lab[ts] = lab[ts].astype("datetime64[ns, UTC]")
+    if spec.entity_is_string:  # text on both sides: the log holds pandas' string, labels may hold objects
+        from include.mlops.features import entity_column
+
+        lab[ent] = entity_column(spec, lab[ent])
+        preds = preds.assign(**{ent: entity_column(spec, preds[ent])})
     parts = []
     has_ts = preds[ts].notna() if ts in preds.columns else pd.Series(False, index=preds.index)
     if has_ts.any():
@@ -216,8 +225,8 @@ def champion_info(client: Any, spec: DatasetSpec) -> Champion:
 
 def reference_frame(store: ObjectStore, spec: DatasetSpec, champ: Champion) -> tuple[pd.DataFrame, str]:
     """The champion's training data scored by the champion; cached per version (overwritten)."""
-    from include.mlops.evaluation import predict_scores
     from include.mlops.features import model_features
+    from include.mlops.scores import score_model
 
     key = f"monitoring/{spec.name}/reference/v{champ.version}.parquet"
     if store.exists(key):
@@ -226,9 +235,25 @@ def reference_frame(store: ObjectStore, spec: DatasetSpec, champ: Champion) -> t
 
     ref = store.get_parquet(store.key_of(champ.train_uri))
     model = mlflow.sklearn.load_model(f"models:/{champ.model}/{champ.version}")
-    ref[SCORE] = predict_scores(model, ref[model_features(spec)], spec)
-    ref[PREDICTION] = (ref[SCORE] >= 0.5).astype(int) if spec.is_classification else ref[SCORE]
+    scored = score_model(model, ref[model_features(spec)], spec)
+    ref[SCORE], ref[PREDICTION] = scored.score, scored.prediction
     return ref, store.put_parquet(key, ref)
+
+
+def reference_classes(ref: pd.DataFrame, spec: DatasetSpec) -> list[Any]:
+    """The champion's classes: those of its training labels (scikit-learn's `classes_` is exactly
+    the sorted distinct training labels), checked against the spec."""
+    from include.mlops.scores import training_classes
+
+    return training_classes(ref[spec.label], spec)
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    """Class values as text, for Evidently (which compares the target with `pos_label` and the
+    predictions as they are, and refuses booleans): 1 and 1.0 both read "1"."""
+    from include.mlops.scores import label_text, plain
+
+    return values.map(lambda v: None if v is None or (isinstance(v, float) and v != v) else label_text(plain(v)))
 
 
 # -- Evidently ----------------------------------------------------------------------------------------
@@ -238,8 +263,9 @@ def _definition(
     extra_cat: tuple[str, ...] = (),
     classification: bool = False,
     only: list[str] | None = None,
+    pos_label: Any = None,
 ) -> Any:
-    from evidently import BinaryClassification, DataDefinition, Regression
+    from evidently import BinaryClassification, DataDefinition, MulticlassClassification, Regression
 
     from include.mlops.features import derived_features
 
@@ -248,9 +274,12 @@ def _definition(
     if only is not None:
         num, cat = [c for c in num if c in only], [c for c in cat if c in only]
     kwargs: dict[str, Any] = {}
-    if classification and spec.is_classification:
-        pos = spec.label_spec.positive_class
-        kwargs["classification"] = [BinaryClassification(target=spec.label, prediction_probas=SCORE, pos_label=pos)]
+    if classification and spec.is_multiclass:  # the log keeps the predicted class, not every probability
+        kwargs["classification"] = [MulticlassClassification(target=spec.label, prediction_labels=PREDICTION)]
+    elif classification and spec.is_classification:  # pos_label: scores.positive_class, as text
+        kwargs["classification"] = [
+            BinaryClassification(target=spec.label, prediction_probas=SCORE, pos_label=pos_label)
+        ]
     elif classification:
         kwargs["regression"] = [Regression(target=spec.label, prediction=SCORE)]
     return DataDefinition(numerical_columns=num, categorical_columns=cat, **kwargs)
@@ -389,15 +418,25 @@ def performance_report(
 
     cols = [spec.label, SCORE]
     if spec.is_classification:
+        from include.mlops.scores import label_text, positive_class
+
+        classes = reference_classes(ref, spec)
         target_drift = ValueDrift(column=spec.label, method=cfg.cat_method, threshold=cfg.cat_threshold)
-        dd = _definition(spec, classification=True)
+        if spec.is_multiclass:
+            cols = [spec.label, PREDICTION, SCORE]
+            dd = _definition(spec, classification=True)
+            categorical = [spec.label, PREDICTION]
+        else:
+            dd = _definition(spec, classification=True, pos_label=label_text(positive_class(classes, spec)))
+            categorical = [spec.label]
         dd = DataDefinition(
-            categorical_columns=[spec.label], numerical_columns=[SCORE], classification=dd.classification
+            categorical_columns=categorical, numerical_columns=[SCORE], classification=dd.classification
         )
         preset = ClassificationPreset()
         cur, ref = labelled[cols].copy(), ref[cols].copy()
         for f in (cur, ref):
-            f[spec.label] = f[spec.label].astype(int)
+            for c in categorical:
+                f[c] = _as_text(f[c])
     else:
         target_drift = ValueDrift(column=spec.label, method=cfg.num_method, threshold=cfg.num_threshold)
         dd = DataDefinition(numerical_columns=cols, regression=_definition(spec, classification=True).regression)
@@ -499,7 +538,6 @@ def analyse(
     day: str = "",
 ) -> WindowAnalysis:
     """Every report and number for one window; `cur`/`ref` are sampled here with the recorded seed."""
-    import numpy as np
 
     from include.mlops.evaluation import metrics as perf_metrics
     from include.mlops.features import model_features
@@ -539,7 +577,7 @@ def analyse(
         y = lab_ok[spec.label].to_numpy()
         perf = {
             k: (None if isinstance(v, float) and math.isnan(v) else v)
-            for k, v in perf_metrics(y, np.asarray(lab_ok[SCORE], dtype=float), spec).items()
+            for k, v in perf_metrics(y, _logged_scores(lab_ok, ref_s, spec), spec).items()
         }
         if len(lab_ok) >= 2:
             snaps["performance"] = performance_report(ref_s, lab_ok, spec, cfg, timestamp, f"{day} performance")
@@ -549,8 +587,7 @@ def analyse(
                 "drifted": bool(td.get("drifted")),
                 "method": td.get("method"),
                 "threshold": td.get("threshold"),
-                "rate" if spec.is_classification else "mean": float(np.mean(y)),
-                "reference": float(ref_s[spec.label].mean()),
+                **_target_level(y, ref_s, spec),
             }
     return WindowAnalysis(
         rows=len(cur),
@@ -565,6 +602,46 @@ def analyse(
         data_quality=dq,
         snapshots=snaps,
     )
+
+
+def _logged_scores(labelled: pd.DataFrame, ref: pd.DataFrame, spec: DatasetSpec) -> Any:
+    """What `evaluation.metrics` takes for logged predictions: binary, the positive class's
+    score with the champion's classes; multiclass, the predicted class (the log has no
+    per-class probabilities, so roc_auc_ovr and log_loss stay empty); regression, the value."""
+    import numpy as np
+
+    from include.mlops.scores import Scored
+
+    score = np.asarray(labelled[SCORE], dtype=float)
+    if not spec.is_classification:
+        return score
+    classes = reference_classes(ref, spec)
+    pred = labelled[PREDICTION].to_numpy() if PREDICTION in labelled.columns else np.full(len(labelled), None)
+    return Scored(pred, score, None, classes)
+
+
+def _target_level(y: Any, ref: pd.DataFrame, spec: DatasetSpec) -> dict[str, Any]:
+    """The label's level in the window and in the reference: the positive rate (binary), each
+    class's share (multiclass) or the mean (regression)."""
+    import numpy as np
+
+    from include.mlops.scores import is_positive
+
+    if not spec.is_classification:
+        return {"mean": float(np.mean(y)), "reference": float(ref[spec.label].mean())}
+    classes = reference_classes(ref, spec)
+    if not spec.is_multiclass:
+        return {
+            "rate": float(is_positive(y, classes, spec).mean()),
+            "reference": float(is_positive(ref[spec.label], classes, spec).mean()),
+        }
+    import pandas as pd
+
+    def shares(values: Any) -> dict[str, float]:
+        text = _as_text(pd.Series(np.asarray(values, dtype=object)))
+        return {str(k): float(v) for k, v in text.value_counts(normalize=True).sort_index().items()}
+
+    return {"shares": shares(y), "reference": shares(ref[spec.label])}
 
 
 # -- history: MLflow and the Evidently workspace --------------------------------------------------------
@@ -678,7 +755,9 @@ def _panels(spec: DatasetSpec) -> list[tuple[str, Any]]:
         values=[PanelMetric(legend="mean", metric="MeanValue", metric_labels={"column": SCORE})],
         size="half",
     )
-    if spec.is_classification:
+    if spec.is_multiclass:  # from the predicted class: the log keeps no per-class probabilities
+        perf_metrics = [("F1", "F1Score"), ("Accuracy", "Accuracy")]
+    elif spec.is_classification:
         perf_metrics = [("ROC AUC", "RocAuc"), ("F1", "F1Score"), ("Accuracy", "Accuracy")]
     else:
         perf_metrics = [("RMSE", "RMSE"), ("MAE", "MAE"), ("R2", "R2Score")]
@@ -919,13 +998,13 @@ def simulate_predictions(
     import pandas as pd
 
     from include.mlops.data.generator import Scenario, generate_day
-    from include.mlops.evaluation import predict_scores
     from include.mlops.features import build_features, model_features
+    from include.mlops.scores import score_model
 
     raw, labels = generate_day(spec, day, scenario or Scenario(), rows=rows, seed=seed)
     feats = build_features(raw, spec)
     X = feats[model_features(spec)]
-    scores = np.asarray(predict_scores(model, X, spec), dtype=float)
+    scored = score_model(model, X, spec)
     out = pd.DataFrame({"request_id": [f"{day:%Y%m%d}-{i:07d}" for i in range(len(feats))]})
     ts = pd.to_datetime(raw[spec.timestamp], utc=True)
     rng = np.random.default_rng([int(seed or 0), day.toordinal(), 17])
@@ -933,8 +1012,8 @@ def simulate_predictions(
     out[spec.entity_key] = raw[spec.entity_key].to_numpy()
     for c in model_features(spec):
         out[c] = X[c].to_numpy()
-    out[PREDICTION] = (scores >= 0.5).astype(int) if spec.is_classification else scores
-    out[SCORE] = scores
+    out[PREDICTION] = scored.prediction
+    out[SCORE] = np.asarray(scored.score, dtype=float)
     out["model_name"], out["model_version"], out["variant"] = spec.model_name, str(version), variant
     if with_event_time:
         out[spec.timestamp] = ts.to_numpy()

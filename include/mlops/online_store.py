@@ -295,9 +295,26 @@ def _feature_column(column: pa.ChunkedArray, value_type: Any) -> list[bytes]:
     return _generic_column(column, value_type)
 
 
+def _string_keys(column: pa.ChunkedArray, prefix: bytes) -> list[bytes]:
+    """`prefix` + little-endian uint32 byte length + UTF-8 bytes per value: Feast's serialisation
+    of one STRING join key after its constant head, joined by Arrow in one pass."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = column.combine_chunks().cast(pa.binary())
+    lengths = pc.binary_length(values).to_numpy(zero_copy_only=False).astype("<u4")
+    packed = pa.Array.from_buffers(pa.binary(4), len(values), [None, pa.py_buffer(np.ascontiguousarray(lengths))])
+    empty = pa.scalar(b"", pa.binary())
+    return pc.binary_join_element_wise(
+        pa.scalar(prefix, pa.binary()), packed.cast(pa.binary()), values, empty
+    ).to_pylist()
+
+
 def _entity_keys(table: pa.Table, join_keys: dict[str, Any], version: int) -> list[bytes]:
     """`serialize_entity_key` per row. One INT64 join key is Feast's serialisation of the key
-    name followed by the little-endian int64 (checked against Feast on the first and last rows)."""
+    name followed by the little-endian int64; one STRING join key is the key name, then the
+    value's byte length and UTF-8 bytes (both checked against Feast on the first and last rows)."""
     import numpy as np
     import pyarrow as pa
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -318,17 +335,32 @@ def _entity_keys(table: pa.Table, join_keys: dict[str, Any], version: int) -> li
             for vals in zip(*per_key, strict=True)
         ]
 
-    if len(names) != 1 or join_keys[names[0]] != ValueType.INT64 or columns[names[0]].type != pa.int64():
-        return feast_keys(slice(None))  # not one int64 key: Feast's own path, row by row
-    values = columns[names[0]].to_numpy(zero_copy_only=False).astype("<i8", copy=False)
+    def checked(keys: list[bytes]) -> list[bytes]:
+        if keys[-1:] != feast_keys(slice(len(keys) - 1, None)) or keys[:1] != feast_keys(slice(0, 1)):
+            raise AssertionError("entity key encoding differs from feast.serialize_entity_key")
+        return keys
+
+    if len(names) != 1:
+        return feast_keys(slice(None))  # several join keys: Feast's own path, row by row
+    name, column = names[0], columns[names[0]]
+    if join_keys[name] == ValueType.STRING:
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise ValueError(
+                f"entity key {name!r} is a string key (entity.dtype: string) but the frame holds {column.type} "
+                "values: convert the ids to text first (features.entity_column)"
+            )
+        if not len(column):
+            return []
+        first = feast_keys(slice(0, 1))[0]
+        return checked(_string_keys(column, first[: -4 - len(column[0].as_py().encode())]))
+    if join_keys[name] != ValueType.INT64 or column.type != pa.int64():
+        return feast_keys(slice(None))  # not an int64 key: Feast's own path, row by row
+    values = column.to_numpy(zero_copy_only=False).astype("<i8", copy=False)
     prefix = feast_keys(slice(0, 1))[0][:-8]
     packed = np.empty(len(values), dtype=[("prefix", f"V{len(prefix)}"), ("value", "<i8")])
     packed["prefix"] = np.frombuffer(prefix, dtype=f"V{len(prefix)}")[0]
     packed["value"] = values
-    keys = packed.view(f"V{packed.dtype.itemsize}").tolist()
-    if keys[-1:] != feast_keys(slice(len(values) - 1, None)) or keys[:1] != feast_keys(slice(0, 1)):
-        raise AssertionError("entity key encoding differs from feast.serialize_entity_key")
-    return keys
+    return checked(packed.view(f"V{packed.dtype.itemsize}").tolist())
 
 
 def _micros_column(column: pa.ChunkedArray) -> list[int]:
@@ -363,16 +395,32 @@ def encode_rows(table: pa.Table, view: Any, version: int) -> tuple[list[str], It
 
 
 def key_order(df: pd.DataFrame, view: Any, positions: np.ndarray) -> np.ndarray:
-    """`positions` reordered by serialised entity key (for one int64 join key: the order of its
-    little-endian bytes), so inserts walk the primary key in order instead of at random."""
+    """`positions` reordered by serialised entity key, so inserts walk the primary key in order
+    instead of at random. For one int64 join key that is the order of its little-endian bytes;
+    for one string key, of its little-endian length bytes, then of its UTF-8 bytes."""
     import numpy as np
     from feast.value_type import ValueType
 
     cols = view.entity_columns
-    if len(cols) != 1 or cols[0].dtype.to_value_type() != ValueType.INT64 or df[cols[0].name].dtype != "int64":
+    if len(cols) != 1:
         return positions
-    values = df[cols[0].name].to_numpy()[positions].astype("<i8")
-    return positions[np.argsort(values.byteswap().view("<u8"), kind="stable")]
+    kind, column = cols[0].dtype.to_value_type(), df[cols[0].name]
+    if kind == ValueType.INT64 and column.dtype == "int64":
+        values = column.to_numpy()[positions].astype("<i8")
+        return positions[np.argsort(values.byteswap().view("<u8"), kind="stable")]
+    if kind == ValueType.STRING:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        try:
+            values = pa.array(column.to_numpy()[positions], type=pa.string()).cast(pa.binary())
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return positions  # not all text: the writer says what is wrong
+        lengths = pc.binary_length(values).to_numpy(zero_copy_only=False).astype("<u4")
+        keys = pa.table({"length": lengths.byteswap(), "value": values})
+        order = pc.sort_indices(keys, sort_keys=[("length", "ascending"), ("value", "ascending")])
+        return positions[order.to_numpy()]
+    return positions
 
 
 def write_frame(

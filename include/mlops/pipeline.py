@@ -59,38 +59,113 @@ def _ctx(spec_name: str | None = None) -> tuple[DatasetSpec, ObjectStore, Settin
 
 
 def staging_key(spec: DatasetSpec, day: date, what: str = "events") -> str:
-    if what == "labels":
-        return f"staging/{spec.name}/labels/dt={day.isoformat()}/labels.parquet"
-    return f"staging/{spec.name}/events/dt={day.isoformat()}/events.parquet"
+    from include.mlops import layout
+
+    return layout.staging_labels_key(spec, day) if what == "labels" else layout.staging_events_key(spec, day)
 
 
 # -- extract ------------------------------------------------------------------------------------
+EXTENSIONS = {"parquet": (".parquet",), "csv": (".csv", ".csv.gz")}
+BYOD_HELP = 'see README.md, section "Bring your own data"'
+
+
+class _Unreadable(Exception):
+    """One landed file cannot be read; the message is the cause in plain words."""
+
+
 def extract(interval: Interval, spec_name: str | None = None) -> dict[str, Any]:
-    """Copy the interval's raw batches (and the labels that arrived in it) to staging/, overwriting.
+    """Stage the interval's landed events (every file of each day, one parquet per day) and the
+    labels that arrived in it, overwriting; unreadable files are quarantined and fail the day.
 
-    The bytes are copied as they are: no decoding and re-encoding of the table (a second per
-    200k rows); the parquet footer gives the row counts and proves each object is a table."""
-    from include.mlops.data.generator import events_key, labels_key
-
+    The common case, one parquet file per day, is a byte copy: no decoding and re-encoding of
+    the table (a second per 200k rows); the parquet footer gives the row count and proves the
+    object is a table. Several files, CSV, `source.rename` and inline labels go through Arrow.
+    """
     spec, store, _ = _ctx(spec_name)
     staged, rows, labels = [], 0, 0
     for day in interval.days:
-        src = events_key(spec, day)
-        if not store.exists(src):
-            raise FileNotFoundError(f"no raw batch for {spec.name} on {day}: expected {store.uri(src)}")
-        store.delete_prefix(f"staging/{spec.name}/events/dt={day.isoformat()}/")
-        n, uri = _copy_parquet(store, src, staging_key(spec, day))
+        uri, n, n_labels = extract_day(store, spec, day)
         staged.append(uri)
         rows += n
-        lsrc = labels_key(spec, day)
-        if store.exists(lsrc):
-            labels += _copy_parquet(store, lsrc, staging_key(spec, day, "labels"))[0]
-    log.info("staged %d rows from %d batch(es) and %d late labels for %s", rows, len(staged), labels, interval.label)
+        labels += n_labels
+    log.info("staged %d rows from %d day(s) and %d labels for %s", rows, len(staged), labels, interval.label)
     return {"staged": staged, "rows": rows, "labels": labels, "days": [d.isoformat() for d in interval.days]}
 
 
+def extract_day(store: ObjectStore, spec: DatasetSpec, day: date) -> tuple[str, int, int]:
+    """Stage one day: (staged events URI, event rows, label rows). Raises NoDataError when no
+    file of the spec's format landed, BadBatchError (after quarantining) on an unreadable file."""
+    from include.mlops import layout
+    from include.mlops.validation import NoDataError
+
+    events_prefix = layout.events_landing_prefix(spec, day)
+    files, ignored = _landed_files(store, spec, events_prefix)
+    if not files:
+        raise NoDataError(_no_data_message(store, spec, day, events_prefix, ignored))
+    label_files = [] if spec.labels_inline else _landed_files(store, spec, layout.labels_landing_prefix(spec, day))[0]
+    store.delete_prefix(layout.staging_events_prefix(spec, day))
+    store.delete_prefix(layout.staging_labels_prefix(spec, day))
+    events_key, labels_key = layout.staging_events_key(spec, day), layout.staging_labels_key(spec, day)
+
+    fast = spec.source.format == "parquet" and not spec.source.rename
+    bad: list[tuple[str, str, str]] = []  # (key, kind, cause)
+    uri, n, n_labels = "", 0, 0
+    if fast and len(files) == 1 and not spec.labels_inline:
+        try:
+            n, uri = _copy_parquet(store, files[0], events_key)
+        except _Unreadable as exc:
+            bad.append((files[0], "events", str(exc)))
+    else:
+        table = _read_files(store, spec, files, "events", bad)
+        if table is not None:
+            if spec.labels_inline and spec.label in table.column_names:
+                keep = [c for c in (spec.entity_key, spec.timestamp, spec.label) if c in table.column_names]
+                n_labels = _put_table(store, labels_key, table.select(keep))[0]
+                table = table.drop_columns([spec.label])
+            n, uri = _put_table(store, events_key, table)
+    if label_files:
+        if fast and len(label_files) == 1:
+            try:
+                n_labels = _copy_parquet(store, label_files[0], labels_key)[0]
+            except _Unreadable as exc:
+                bad.append((label_files[0], "labels", str(exc)))
+        else:
+            table = _read_files(store, spec, label_files, "labels", bad)
+            if table is not None:
+                n_labels = _put_table(store, labels_key, table)[0]
+    if bad:
+        _reject_files(store, spec, day, bad)
+    log.info("%s %s: staged %d rows to %s and %d labels", spec.name, day, n, uri, n_labels)
+    return uri, n, n_labels
+
+
+def _landed_files(store: ObjectStore, spec: DatasetSpec, prefix: str) -> tuple[list[str], list[str]]:
+    """The keys of the files directly under `prefix` with the spec's extension, in name order,
+    and the names of the other files there (logged as ignored)."""
+    exts = EXTENSIONS[spec.source.format]
+    files, ignored = [], []
+    for key in store.list(prefix):
+        name = key[len(prefix) :]
+        if "/" in name:
+            continue
+        (files if name.lower().endswith(exts) and not name.startswith(("_", ".")) else ignored).append(key)
+    for key in ignored:
+        log.info("ignored %s: not a %s file (source.format: %s)", store.uri(key), "/".join(exts), spec.source.format)
+    return sorted(files, key=lambda k: k.rsplit("/", 1)[-1]), [k.rsplit("/", 1)[-1] for k in ignored]
+
+
+def _no_data_message(store: ObjectStore, spec: DatasetSpec, day: date, prefix: str, ignored: list[str]) -> str:
+    exts = " or ".join(EXTENSIONS[spec.source.format])
+    other = f" ({len(ignored)} other file(s) there were ignored: {', '.join(ignored[:5])})" if ignored else ""
+    return (
+        f"no data for dataset {spec.name} on {day.isoformat()}: no {exts} file in {store.uri(prefix)}{other}. "
+        f"Land the day's files there (the folder follows source.landing_prefix, the extension source.format), "
+        f"or run a day that has data; {BYOD_HELP}"
+    )
+
+
 def _copy_parquet(store: ObjectStore, src: str, dst: str) -> tuple[int, str]:
-    """Copy one parquet object; (rows, destination URI). Fails on an object that is not parquet."""
+    """Copy one parquet object as it is; (rows, destination URI). `_Unreadable` if it is not parquet."""
     import io
 
     import pyarrow.parquet as pq
@@ -98,15 +173,227 @@ def _copy_parquet(store: ObjectStore, src: str, dst: str) -> tuple[int, str]:
     data = store.get_bytes(src)
     try:
         rows = pq.read_metadata(io.BytesIO(data)).num_rows
-    except Exception as exc:
-        raise ValueError(f"{store.uri(src)} is not a readable parquet table: {exc}") from exc
+    except Exception:
+        raise _Unreadable(_parquet_cause(data)) from None
+    log.info("read %s: %d rows", store.uri(src), rows)
     return rows, store.put_bytes(dst, data)
+
+
+def _parquet_cause(data: bytes) -> str:
+    """Why bytes that should be parquet are not, in plain words."""
+    if not data:
+        return "the file is empty (0 bytes)"
+    if not data.startswith(b"PAR1"):
+        head = data[:4096]
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""
+        if text and ("\n" in text or "," in text or ";" in text):
+            return (
+                "it is text (a CSV?) under a .parquet name, not parquet: write it as parquet, "
+                "or name it .csv and set source.format: csv in the spec"
+            )
+        return "it is not a parquet file (parquet files start with the bytes PAR1): it may be another format or damaged"
+    if not data.endswith(b"PAR1"):
+        return "the parquet file is truncated (its footer is missing): it was perhaps copied while being written; land it again"
+    return "the parquet file is damaged: its footer or data pages cannot be decoded; write it again"
+
+
+def _read_files(store: ObjectStore, spec: DatasetSpec, keys: list[str], kind: str, bad: list) -> Any:
+    """The files as one Arrow table (columns renamed to the spec's names, in the first file's
+    order), or None when any is unreadable; each unreadable or inconsistent file goes to `bad`."""
+    import pyarrow as pa
+
+    tables: list[tuple[str, Any]] = []
+    for key in keys:
+        try:
+            table = _read_table(store, spec, key)
+        except _Unreadable as exc:
+            bad.append((key, kind, str(exc)))
+            continue
+        log.info("read %s: %d rows", store.uri(key), table.num_rows)
+        tables.append((key, table))
+    if not tables or len(tables) < len(keys):
+        return None
+    first_key, first = tables[0]
+    names = first.column_names
+    first_name = first_key.rsplit("/", 1)[-1]
+    consistent = []
+    for key, table in tables[1:]:
+        missing = [c for c in names if c not in table.column_names]
+        extra = [c for c in table.column_names if c not in names]
+        if missing or extra:
+            diff = ", ".join([*(f"lacks {c}" for c in missing), *(f"adds {c}" for c in extra)])
+            cause = f"its columns differ from those of {first_name} ({diff}): a day's files must share their columns"
+            bad.append((key, kind, cause))
+        else:
+            consistent.append(table.select(names))
+    if len(consistent) < len(tables) - 1:
+        return None
+    try:
+        return pa.concat_tables([first, *consistent], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        for key, table in tables[1:]:
+            clash = [c for c in names if table.schema.field(c).type != first.schema.field(c).type]
+            if clash:
+                types = ", ".join(
+                    f"{c} is {table.schema.field(c).type} (in {first_name}: {first.schema.field(c).type})"
+                    for c in clash
+                )
+                bad.append((key, kind, f"its column types differ from those of {first_name}: {types}"))
+        return None
+
+
+def _read_table(store: ObjectStore, spec: DatasetSpec, key: str) -> Any:
+    """One landed file as an Arrow table with the spec's column names; `_Unreadable` if it is not
+    a table of the spec's format."""
+    import pyarrow as pa
+
+    data = store.get_bytes(key)
+    if not data:
+        raise _Unreadable("the file is empty (0 bytes)")
+    if spec.source.format == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(pa.BufferReader(data))
+        except Exception:
+            raise _Unreadable(_parquet_cause(data)) from None
+    else:
+        table = _read_csv(spec, key, data)
+    if spec.source.rename:
+        table = table.rename_columns([spec.source.rename.get(c, c) for c in table.column_names])
+    return table
+
+
+def _read_csv(spec: DatasetSpec, key: str, data: bytes) -> Any:
+    """A CSV (optionally gzipped) as an Arrow table: the spec's delimiter, the entity key as text
+    when `entity.dtype` is string, category features as text, the timestamp parsed to UTC."""
+    import gzip
+    import re
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if key.lower().endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError):
+            raise _Unreadable("it is named .csv.gz but is not a complete gzip file") from None
+        if not data:
+            raise _Unreadable("the file is empty once decompressed")
+    if data.startswith(b"PAR1"):
+        raise _Unreadable("it is a parquet file under a .csv name: name it .parquet and set source.format: parquet")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Unreadable(
+            f"it is not UTF-8 text (undecodable byte at position {exc.start}): it may be binary or another encoding"
+        ) from None
+    file_name = {new: old for old, new in spec.source.rename.items()}
+    text_cols = [*spec.categorical_features, *([spec.entity_key] if spec.entity_is_string else [])]
+    delim = spec.source.csv_delimiter
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(data),
+            parse_options=pacsv.ParseOptions(delimiter=delim),
+            convert_options=pacsv.ConvertOptions(column_types={file_name.get(c, c): pa.string() for c in text_cols}),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        counts = re.search(r"Expected (\d+) columns, got (\d+)", str(exc))
+        if counts:
+            raise _Unreadable(
+                f"the CSV does not parse: a row has {counts.group(2)} field(s) where the header has "
+                f"{counts.group(1)} (source.csv_delimiter is {delim!r}; check it and the quoting)"
+            ) from None
+        raise _Unreadable(
+            f"the CSV does not parse with source.csv_delimiter {delim!r}: check the delimiter, the quoting and "
+            "that every row has the header's number of fields"
+        ) from None
+    ts_col = file_name.get(spec.timestamp, spec.timestamp)
+    if ts_col in table.column_names:
+        i = table.column_names.index(ts_col)
+        table = table.set_column(i, ts_col, _utc_times(table.column(i), ts_col))
+    return table
+
+
+def _utc_times(col: Any, name: str) -> Any:
+    """A CSV's timestamp column as UTC nanoseconds: ISO 8601 text (an offset or Z, else read as
+    UTC) or epoch seconds. `_Unreadable` naming the first value that is not a date-time."""
+    import pandas as pd
+    import pyarrow as pa
+
+    ns_utc = pa.timestamp("ns", tz="UTC")
+    if pa.types.is_timestamp(col.type):
+        return col.cast(pa.timestamp(col.type.unit, tz="UTC")).cast(ns_utc)  # naive times are taken as UTC
+    if pa.types.is_null(col.type):
+        return col.cast(ns_utc)
+    values = col.to_pandas()
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        parsed = pd.to_datetime(values, unit="s", utc=True, errors="coerce")
+    else:
+        parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    wrong = parsed.isna() & values.notna()
+    if wrong.any():
+        pos = int(wrong.to_numpy().argmax())
+        raise _Unreadable(
+            f"the CSV does not parse: column {name} has {int(wrong.sum())} value(s) that are not date-times, "
+            f"e.g. {values.iloc[pos]!r} on data row {pos + 1}; write ISO 8601 (2026-10-01T08:30:00Z) or epoch seconds"
+        )
+    return pa.array(parsed, type=ns_utc)
+
+
+def _put_table(store: ObjectStore, key: str, table: Any) -> tuple[int, str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return table.num_rows, store.put_bytes(key, sink.getvalue().to_pybytes())
+
+
+def _discard_day(store: ObjectStore, spec: DatasetSpec, day: date, labels: bool) -> None:
+    """Downstream steps must never see a rejected day: its staging (and features) go."""
+    from include.mlops import layout
+    from include.mlops.features import feature_key
+
+    store.delete_prefix(layout.staging_events_prefix(spec, day))
+    if labels or spec.labels_inline:
+        store.delete_prefix(layout.staging_labels_prefix(spec, day))
+    store.delete_prefix(feature_key(spec, day.isoformat()))
+
+
+def _reject_files(store: ObjectStore, spec: DatasetSpec, day: date, bad: list[tuple[str, str, str]]) -> None:
+    """Quarantine unreadable landed files with their cause, discard the day, raise BadBatchError."""
+    from include.mlops import layout
+    from include.mlops.validation import BadBatchError
+
+    qprefix = layout.quarantine_prefix(spec, day)
+    store.delete_prefix(qprefix)
+    entries = []
+    for key, kind, cause in bad:
+        name = key.rsplit("/", 1)[-1]
+        dst = store.copy(key, f"{qprefix}{'labels/' if kind == 'labels' else ''}{name}")
+        entries.append({"file": store.uri(key), "kind": kind, "cause": cause, "quarantined": dst})
+        log.error("rejected %s: %s", store.uri(key), cause)
+    cause_uri = store.put_json(
+        f"{qprefix}cause.json",
+        {"stage": "extract", "dataset": spec.name, "day": day.isoformat(), "success": False, "files": entries},
+    )
+    _discard_day(store, spec, day, labels=any(kind == "labels" for _, kind, _ in bad))
+    lines = [f"extract rejected {len(bad)} file(s) of {spec.name} for {day.isoformat()}:"]
+    lines += [f"  - {e['file']}: {e['cause']}" for e in entries]
+    lines.append(
+        f"quarantined to {store.uri(qprefix)} (why: {cause_uri}); replace the file(s) in the landing zone and re-run the day"
+    )
+    raise BadBatchError("\n".join(lines))
 
 
 # -- validate -----------------------------------------------------------------------------------
 def validate(interval: Interval, spec_name: str | None = None) -> dict[str, Any]:
     """Run the spec's GX suite on each staged batch; quarantine and raise on a broken contract."""
-    from include.mlops.data.generator import events_key
+    from include.mlops import layout
     from include.mlops.validation import DataValidationError, failure_message, render_html, validate_frame
 
     spec, store, _ = _ctx(spec_name)
@@ -114,11 +401,24 @@ def validate(interval: Interval, spec_name: str | None = None) -> dict[str, Any]
     for day in interval.days:
         # text columns arrive as categories (dictionary-decoded): quicker to read, and GX tests
         # categories far faster than Python strings (see validation._batch_frame)
-        df = store.get_parquet(staging_key(spec, day), read_dictionary=spec.categorical_features)
-        outcome = validate_frame(df, spec)
-        base = f"reports/validation/{spec.name}/dt={day.isoformat()}"
+        events_key = layout.staging_events_key(spec, day)
+        try:
+            df = store.get_parquet(events_key, read_dictionary=spec.categorical_features)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # extract's fast path copies one parquet file's bytes: its pages are read here
+            log.error("staged events of %s do not decode: %s", day, exc)
+            cause = "the parquet file's footer reads but its data does not decode (damaged or truncated pages)"
+            _reject_files(store, spec, day, [(events_key, "events", cause)])
+        labels_key = layout.staging_labels_key(spec, day)
+        if spec.labels_inline and store.exists(labels_key):  # judged as landed: the label beside its events
+            label = store.get_parquet(labels_key, columns=[spec.label])[spec.label]
+            if len(label) == len(df):
+                df[spec.label] = label.to_numpy()
+        outcome = validate_frame(df, spec, day)
+        base = layout.validation_report_prefix(spec, day)
         report_uri = store.put_json(
-            f"{base}/validation.json",
+            f"{base}validation.json",
             {
                 **outcome.summary(),
                 "failures": outcome.failures,
@@ -126,7 +426,7 @@ def validate(interval: Interval, spec_name: str | None = None) -> dict[str, Any]
                 "gx_result": outcome.result,
             },
         )
-        store.put_text(f"{base}/validation.html", render_html(outcome, f"{spec.name} batch {day}"))
+        store.put_text(f"{base}validation.html", render_html(outcome, f"{spec.name} batch {day}"))
         reports.append(report_uri)
         rows += outcome.rows
         for w in outcome.warnings:
@@ -134,19 +434,21 @@ def validate(interval: Interval, spec_name: str | None = None) -> dict[str, Any]
                 "value skew on %s (recorded, not blocking): %s unexpected=%s", day, w["label"], w["unexpected_count"]
             )
             warnings.append(f"{day}: {w['label']}")
-        qprefix = f"quarantine/{spec.name}/dt={day.isoformat()}"
+        qprefix = layout.quarantine_prefix(spec, day)
         if not outcome.success:
-            store.delete_prefix(f"{qprefix}/")
-            store.copy(events_key(spec, day), f"{qprefix}/events.parquet")
+            store.delete_prefix(qprefix)
+            store.copy(events_key, f"{qprefix}events.parquet")  # the batch as validated: every file of the day
+            if spec.labels_inline and store.exists(labels_key):
+                store.copy(labels_key, f"{qprefix}labels.parquet")
             store.put_json(
-                f"{qprefix}/validation.json",
+                f"{qprefix}validation.json",
                 {**outcome.summary(), "failures": outcome.failures, "gx_result": outcome.result},
             )
-            # downstream steps must never see the bad batch
-            store.delete_prefix(f"staging/{spec.name}/events/dt={day.isoformat()}/")
-            store.delete_prefix(f"features/{spec.name}/part-{day.isoformat()}.parquet")
-            raise DataValidationError(failure_message(outcome, f"{spec.name} {day}", report_uri, store.uri(qprefix)))
-        store.delete_prefix(f"{qprefix}/")  # a fixed batch re-run leaves no stale quarantine
+            _discard_day(store, spec, day, labels=False)
+            raise DataValidationError(
+                failure_message(outcome, f"{spec.name} {day}", report_uri, store.uri(qprefix.rstrip("/")))
+            )
+        store.delete_prefix(qprefix)  # a fixed batch re-run leaves no stale quarantine
     return {"reports": reports, "report_uri": reports[-1], "warnings": warnings, "rows": rows}
 
 
@@ -354,12 +656,14 @@ def training_dataset(df: pd.DataFrame, source: str, name: str, targets: str, dig
 
 def log_model(model: Any, spec: DatasetSpec, X: pd.DataFrame) -> Any:
     """Log the Pipeline with signature, input example (the first rows of `X`) and pinned
-    requirements (skops format)."""
+    requirements (skops format). A classifier's pyfunc answers `predict_proba` (one column per
+    class, in the order of the `classes` metadata), binary or multiclass alike."""
     import mlflow
     import skops.io
     from mlflow.models import infer_signature
 
     from include.mlops.features import model_features
+    from include.mlops.scores import class_values
 
     example = X.head(5)
     out = model.predict_proba(example) if spec.is_classification else model.predict(example)
@@ -375,15 +679,35 @@ def log_model(model: Any, spec: DatasetSpec, X: pd.DataFrame) -> Any:
         pip_requirements=_pinned_requirements(),
         pyfunc_predict_fn="predict_proba" if spec.is_classification else "predict",
         skops_trusted_types=trusted,
-        metadata={"features": model_features(spec), "dataset": spec.name, "task": spec.task},
+        metadata={
+            "features": model_features(spec),
+            "dataset": spec.name,
+            "task": spec.task,
+            **({"classes": [str(c) for c in class_values(model.classes_)]} if spec.is_classification else {}),
+        },
     )
 
 
 # -- evaluate -----------------------------------------------------------------------------------
+_DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
 def load_sklearn(model_uri: str) -> Any:
+    """The model, without the flood of deprecation warnings skops' module scan sets off inside an
+    Airflow task (~1,160 per load, every imported module's deprecated attributes): they are
+    counted in one line, only around this call. Other warnings pass through."""
     import mlflow
 
-    return mlflow.sklearn.load_model(model_uri)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = mlflow.sklearn.load_model(model_uri)
+    quiet = [w for w in caught if issubclass(w.category, _DEPRECATIONS)]
+    for w in caught:
+        if not issubclass(w.category, _DEPRECATIONS):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if quiet:
+        log.info("loaded %s (%d deprecation warnings from the model load not shown)", model_uri, len(quiet))
+    return model
 
 
 def evaluate(train_out: dict[str, Any], spec_name: str | None = None) -> dict[str, Any]:
@@ -394,16 +718,17 @@ def evaluate(train_out: dict[str, Any], spec_name: str | None = None) -> dict[st
     from include.mlops import plots
     from include.mlops.features import model_features
     from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
+    from include.mlops.scores import score_model
 
     spec, store, settings = _ctx(spec_name)
     client = setup_mlflow(settings)
     holdout = store.get_parquet(store.key_of(train_out["holdout_uri"]))
     X, y = holdout[model_features(spec)], holdout[spec.label]
     challenger = load_sklearn(train_out["model_uri"])
-    scores = E.predict_scores(challenger, X, spec)
-    nan_preds = int(np.isnan(np.asarray(scores, dtype=float)).sum())
-    ch_metrics = E.metrics(y, np.nan_to_num(scores, nan=0.5), spec)
-    ch_slices = E.slice_metrics(holdout, np.nan_to_num(scores, nan=0.5), spec)
+    scored = score_model(challenger, X, spec)  # NaN scores count against the gate; metrics fill them
+    nan_preds = int(np.isnan(np.asarray(scored.score, dtype=float)).sum())
+    ch_metrics = E.metrics(y, scored, spec)
+    ch_slices = E.slice_metrics(holdout, scored, spec)
 
     champ_version = alias_version(client, spec.model_name, CHAMPION)
     champ_metrics = champ_slices = None
@@ -411,7 +736,7 @@ def evaluate(train_out: dict[str, Any], spec_name: str | None = None) -> dict[st
     if champ_version is not None:
         try:
             champ = load_sklearn(f"models:/{spec.model_name}@{CHAMPION}")
-            cs = E.predict_scores(champ, X, spec)
+            cs = score_model(champ, X, spec)
             champ_metrics, champ_slices = E.metrics(y, cs, spec), E.slice_metrics(holdout, cs, spec)
             champ_note = f"champion v{champ_version} scored on the same holdout"
         except Exception as exc:  # e.g. the champion expects columns the spec no longer has
@@ -440,7 +765,7 @@ def evaluate(train_out: dict[str, Any], spec_name: str | None = None) -> dict[st
         "evaluation/gate.json",
     )
     client.set_tag(run_id, "mlops.gate", "passed" if decision.passed else "failed")
-    plots.log_evaluation_plots(client, run_id, spec, challenger, holdout, scores)
+    plots.log_evaluation_plots(client, run_id, spec, challenger, holdout, scored)
     return {
         "passed": decision.passed,
         "reasons": decision.reasons,

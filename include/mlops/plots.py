@@ -7,12 +7,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+    from include.mlops.scores import Scored
     from include.mlops.spec import DatasetSpec
 
 
 def log_evaluation_plots(
-    client: Any, run_id: str, spec: DatasetSpec, model: Any, holdout: pd.DataFrame, scores: Any, max_rows: int = 1000
+    client: Any, run_id: str, spec: DatasetSpec, model: Any, holdout: pd.DataFrame, scored: Scored, max_rows: int = 1000
 ) -> list[str]:
+    """Plots that fit the task, from the challenger's `scores.score_model` output on the holdout:
+    binary: confusion matrix (class values, the decision threshold), ROC and precision-recall of
+    the positive class; multiclass: the confusion matrix over the model's classes; regression:
+    residuals. Then permutation importance on the primary metric."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,10 +26,11 @@ def log_evaluation_plots(
     from sklearn.inspection import permutation_importance
     from threadpoolctl import threadpool_limits
 
+    from include.mlops.evaluation import metric_scorer
     from include.mlops.features import model_features
+    from include.mlops.scores import DECISION_THRESHOLD, class_values, is_positive
 
     y = holdout[spec.label].to_numpy()
-    scores = np.nan_to_num(np.asarray(scores, dtype=float), nan=0.5)
     names = []
 
     def save(fig: Any, name: str) -> None:
@@ -35,24 +41,37 @@ def log_evaluation_plots(
     if spec.is_classification:
         from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
-        fig, ax = plt.subplots(figsize=(4, 4))
-        ConfusionMatrixDisplay.from_predictions(y, (scores >= 0.5).astype(int), ax=ax, colorbar=False)
+        classes = list(scored.classes or [])
+        pred = class_values(scored.prediction)
+        truth = class_values(y)
+        text = [str(c) for c in classes]
+        fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(classes)), max(4, 0.6 * len(classes))))
+        ConfusionMatrixDisplay.from_predictions(
+            [str(v) for v in truth], [str(v) for v in pred], labels=text, ax=ax, colorbar=False
+        )
+        ax.set_xlabel("predicted" if spec.is_multiclass else f"predicted (score >= {DECISION_THRESHOLD})")
+        ax.set_ylabel(spec.label)
         save(fig, "confusion_matrix.png")
-        fig, ax = plt.subplots(figsize=(4, 4))
-        RocCurveDisplay.from_predictions(y, scores, ax=ax)
-        save(fig, "roc_curve.png")
-        fig, ax = plt.subplots(figsize=(4, 4))
-        PrecisionRecallDisplay.from_predictions(y, scores, ax=ax)
-        save(fig, "pr_curve.png")
-        scoring = "roc_auc"
+        if not spec.is_multiclass:
+            y01 = is_positive(y, classes, spec)
+            s = np.nan_to_num(np.asarray(scored.score, dtype=float), nan=DECISION_THRESHOLD)
+            if len(np.unique(y01)) == 2:
+                fig, ax = plt.subplots(figsize=(4, 4))
+                RocCurveDisplay.from_predictions(y01, s, ax=ax, name="challenger")
+                save(fig, "roc_curve.png")
+                fig, ax = plt.subplots(figsize=(4, 4))
+                PrecisionRecallDisplay.from_predictions(y01, s, ax=ax, name="challenger")
+                save(fig, "pr_curve.png")
+        metric = spec.primary_metric
     else:
+        scores = np.nan_to_num(np.asarray(scored.score, dtype=float))
         fig, ax = plt.subplots(figsize=(5, 4))
         ax.scatter(scores, y - scores, s=4, alpha=0.5)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("residual")
         save(fig, "residuals.png")
-        scoring = "r2"
+        metric = "r2"
 
     sample = holdout.sample(n=min(max_rows, len(holdout)), random_state=0)
     feats = model_features(spec)
@@ -60,12 +79,18 @@ def log_evaluation_plots(
     # a thread pool's start-up per tree costs more than the rows (6.7 s vs 1.1 s on 2 busy cores)
     with threadpool_limits(1, user_api="openmp"):
         imp = permutation_importance(
-            model, sample[feats], sample[spec.label], scoring=scoring, n_repeats=2, random_state=0, n_jobs=1
+            model,
+            sample[feats],
+            sample[spec.label],
+            scoring=metric_scorer(spec, metric),
+            n_repeats=2,
+            random_state=0,
+            n_jobs=1,
         )
     order = np.argsort(imp.importances_mean)
     fig, ax = plt.subplots(figsize=(6, max(3, 0.25 * len(feats))))
     ax.barh(np.array(feats)[order], imp.importances_mean[order], xerr=imp.importances_std[order])
-    ax.set_xlabel(f"permutation importance ({scoring} drop)")
+    ax.set_xlabel(f"permutation importance ({metric} drop)")
     fig.tight_layout()
     save(fig, "feature_importance.png")
     client.log_dict(

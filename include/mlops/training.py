@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,8 @@ if TYPE_CHECKING:
     from include.mlops.spec import DatasetSpec
 
 from include.mlops.constants import CLASSIFIERS, REGRESSORS
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDataError(Exception):
@@ -101,8 +104,24 @@ def build_pipeline(spec: DatasetSpec, params: dict[str, Any] | None = None) -> A
 
 
 def scoring_name(spec: DatasetSpec) -> str:
+    """The search's scoring as scikit-learn names it (lower-is-better metrics negated)."""
     metric = spec.primary_metric
-    return {"rmse": "neg_root_mean_squared_error", "mae": "neg_mean_absolute_error"}.get(metric, metric)
+    return {
+        "rmse": "neg_root_mean_squared_error",
+        "mae": "neg_mean_absolute_error",
+        "log_loss": "neg_log_loss",
+    }.get(metric, metric)
+
+
+def scorer(spec: DatasetSpec) -> Any:
+    """What cross-validation scores: for a classifier, the primary metric computed by
+    `evaluation.metrics` (the same positive class, threshold and class list as the gate);
+    for a regressor, scikit-learn's own scorer of the same name."""
+    if not spec.is_classification:
+        return scoring_name(spec)
+    from include.mlops.evaluation import metric_scorer
+
+    return metric_scorer(spec)
 
 
 def search(spec: DatasetSpec, X: pd.DataFrame, y: pd.Series, seed: int = 0) -> SearchResult:
@@ -117,15 +136,33 @@ def search(spec: DatasetSpec, X: pd.DataFrame, y: pd.Series, seed: int = 0) -> S
     space = {k: list(v) for k, v in cfg.space.items()}
     n_iter, folds, budget = cfg.n_iter, cfg.cv_folds, cfg.budget_seconds
     scoring = scoring_name(spec)
+    score_fn = scorer(spec)
     candidates = list(ParameterSampler(space, n_iter=n_iter, random_state=seed)) if space else [{}]
     cv = TimeSeriesSplit(n_splits=folds)  # rows are time-ordered: never validate on the past
     t0 = time.perf_counter()
     tried, stopped = [], False
-    for params in candidates:
+    n = len(candidates)
+    log.info("search: %d candidate(s), %d-fold time-ordered CV on %d rows, budget %ss", n, folds, len(X), budget)
+    for i, params in enumerate(candidates, 1):
         if tried and time.perf_counter() - t0 > budget:
             stopped = True
+            log.info("search: budget of %ss spent after %d of %d candidates; no new one starts", budget, len(tried), n)
             break
-        scores = cross_val_score(build_pipeline(spec, params), X, y, cv=cv, scoring=scoring, n_jobs=1)
+        t_c = time.perf_counter()
+        scores = cross_val_score(build_pipeline(spec, params), X, y, cv=cv, scoring=score_fn, n_jobs=1)
+        elapsed = time.perf_counter() - t0
+        log.info(
+            "search: candidate %d of %d %s: CV %s %.4f (+/- %.4f) in %.1fs; %.1fs elapsed, %.1fs of budget left",
+            i,
+            n,
+            params,
+            scoring,
+            scores.mean(),
+            scores.std(),
+            time.perf_counter() - t_c,
+            elapsed,
+            max(0.0, budget - elapsed),
+        )
         tried.append(
             {
                 "params": params,
@@ -135,6 +172,7 @@ def search(spec: DatasetSpec, X: pd.DataFrame, y: pd.Series, seed: int = 0) -> S
             }
         )
     best = max(tried, key=lambda c: c["mean"])
+    log.info("search: best %s %.4f with %s", scoring, best["mean"], best["params"])
     return SearchResult(best["params"], best["mean"], scoring, tried, stopped, time.perf_counter() - t0)
 
 
@@ -144,6 +182,19 @@ def fit(spec: DatasetSpec, train: pd.DataFrame, seed: int = 0) -> tuple[Any, Sea
 
     train = train.sort_values(spec.timestamp)
     X, y = train[model_features(spec)], train[spec.label]
+    if spec.is_classification:
+        check_labels(spec, y)
     result = search(spec, X, y, seed=seed)
     model = build_pipeline(spec, result.best_params).fit(X, y)
     return model, result
+
+
+def check_labels(spec: DatasetSpec, y: pd.Series) -> list[Any]:
+    """The training labels' classes, checked against the spec's label section before any fit:
+    more than two need `label.classes`, and a binary label's positive class must be one of them."""
+    from include.mlops.scores import LabelError, training_classes
+
+    try:
+        return training_classes(y, spec)
+    except LabelError as exc:
+        raise TrainingDataError(f"{spec.path or spec.name}: {exc}") from None

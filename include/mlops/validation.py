@@ -1,15 +1,23 @@
 """Data validation: a Great Expectations suite generated from the dataset spec.
 
 Two severities. `critical` expectations are the contract (column set, types, required values,
-ranges and category sets beyond a tolerated fraction, a non-empty batch, a unique entity+time):
-a failure quarantines the batch and stops the run. `warning` expectations record value skew
-that should not stop training (any value out of range, optional columns mostly null).
+ranges and category sets beyond a tolerated fraction, a non-empty batch, a unique entity+time,
+event times inside the batch's day): a failure quarantines the batch and stops the run.
+`warning` expectations record value skew that should not stop training (any value out of range,
+optional columns mostly null).
+
+The column set and the event times are checked here in plain pandas before GX runs, so their
+failures read as what is wrong and how to fix it, and GX never evaluates an expectation on a
+column the batch does not have (it fails those with its own internal errors).
 """
 
 from __future__ import annotations
 
+import difflib
 import html
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,6 +47,136 @@ class DataValidationError(Exception):
     """A batch broke the data contract; the message lists the failed expectations."""
 
 
+class BadBatchError(DataValidationError):
+    """A landed file cannot be read as the spec's format (empty, not parquet, truncated, a CSV
+    that does not parse); it was quarantined with its cause. Not retried: the same file fails
+    the same way."""
+
+
+class NoDataError(FileNotFoundError):
+    """No file of the expected format landed for a day; the message says where extract looked."""
+
+
+COLUMN_SET = "expect_table_columns_to_match_set"
+EVENT_TIMES = "event_times_in_batch_day"
+
+
+@dataclass(frozen=True)
+class ColumnCheck:
+    """How a batch's columns differ from what the spec says a landed events file holds."""
+
+    missing: list[str]
+    unexpected: list[str]
+    label_in_events: str | None = None  # the label column, found in the events of a separate feed
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.label_in_events)
+
+    def message(self) -> str:
+        parts = []
+        if self.missing:
+            parts.append(
+                f"missing column(s) {', '.join(self.missing)}: the spec lists them and the file does not have them; "
+                "add them to the file (or take them out of the spec)"
+            )
+        if self.unexpected:
+            parts.append(
+                f"unexpected column(s) {', '.join(self.unexpected)}: the file has them and the spec does not; "
+                "add them to the spec's features or drop them from the file"
+            )
+        for new, old in self.renamed().items():
+            parts.append(f"{new} looks like {old} renamed: map it with source.rename: {{{new}: {old}}}")
+        if self.label_in_events:
+            parts.append(
+                f"the label column {self.label_in_events} is in the events file: set label.feed: inline, "
+                "or drop it from the events"
+            )
+        return "columns do not match the spec: " + "; ".join(parts)
+
+    def renamed(self) -> dict[str, str]:
+        """Unexpected columns that look like a missing one under another name."""
+        out: dict[str, str] = {}
+        left = list(self.missing)
+        for col in self.unexpected:
+            close = difflib.get_close_matches(col, left, n=1, cutoff=0.6)
+            if close:
+                out[col] = close[0]
+                left.remove(close[0])
+        return out
+
+
+def check_columns(columns: Iterable[str], spec: DatasetSpec) -> ColumnCheck:
+    """Compare a batch's column names with `spec.raw_columns` (header only, no rows read)."""
+    have = list(dict.fromkeys(str(c) for c in columns))
+    want = spec.raw_columns
+    label_in_events = spec.label if not spec.labels_inline and spec.label in have else None
+    return ColumnCheck(
+        missing=[c for c in want if c not in have],
+        unexpected=[c for c in have if c not in want and c != label_in_events],
+        label_in_events=label_in_events,
+    )
+
+
+def _utc(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def check_event_times(ts: pd.Series, day: date, tolerance_hours: float, column: str) -> dict[str, Any] | None:
+    """A failure item when event times fall outside [day - tolerance, day + 1 day + tolerance).
+
+    Vectorised over int64 nanoseconds: no per-row Python. Nulls are left to the not-null check.
+    """
+    import numpy as np
+    import pandas as pd
+
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(hours=tolerance_hours)
+    end = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1, hours=tolerance_hours)
+    window = f"[{_utc(start)}, {_utc(end)})"
+    if not pd.api.types.is_datetime64_any_dtype(ts.dtype):
+        return _failure(
+            EVENT_TIMES,
+            column,
+            f"event times: column {column} holds {ts.dtype} values, not date-times; write it as a parquet "
+            "timestamp (or, in a CSV, as ISO 8601 text such as 2026-10-01T08:30:00Z)",
+        )
+    idx = pd.DatetimeIndex(ts)
+    idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+    ns = idx.as_unit("ns").asi8
+    known = ns[~idx.isna()]
+    if not len(known):
+        return None
+    lo, hi = pd.Timestamp(start).value, pd.Timestamp(end).value
+    outside = int(np.count_nonzero((known < lo) | (known >= hi)))
+    if not outside:
+        return None
+    first, last = _utc(pd.Timestamp(known.min(), tz="UTC")), _utc(pd.Timestamp(known.max(), tz="UTC"))
+    item = _failure(
+        EVENT_TIMES,
+        column,
+        f"event times: {outside} of {len(known)} row(s) fall outside the batch's day {day.isoformat()} "
+        f"{window} (seen from {first} to {last}); check the dt= folder the file landed in and the time zone "
+        f"of {column}, or allow some spill-over with validation.time_tolerance_hours",
+    )
+    item.update(unexpected_count=outside, observed={"min": first, "max": last})
+    return item
+
+
+def _failure(kind: str, column: str | None, message: str) -> dict[str, Any]:
+    return {
+        "label": message.split(":")[0] + (f"[{column}]" if column else ""),
+        "type": kind,
+        "column": column,
+        "severity": "critical",
+        "unexpected_count": None,
+        "unexpected_percent": None,
+        "observed": None,
+        "sample": [],
+        "error": None,
+        "message": message,
+    }
+
+
 @dataclass
 class ValidationOutcome:
     success: bool
@@ -58,21 +196,33 @@ class ValidationOutcome:
         }
 
 
-def build_expectations(spec: DatasetSpec) -> list[Any]:
-    """The suite, as GX expectation objects, derived from the spec alone."""
+def build_expectations(spec: DatasetSpec, columns: Collection[str] | None = None) -> list[Any]:
+    """The suite, as GX expectation objects, derived from the spec alone.
+
+    With `columns` (the batch's), expectations on a column the batch lacks are left out: the
+    column-set check reports it, and GX would only fail them with internal errors.
+    """
     import great_expectations as gx
 
     E = gx.expectations
     tol = spec.validation.max_bad_fraction
+    has = (lambda c: True) if columns is None else set(columns).__contains__
+    key, ts = spec.entity_key, spec.timestamp
     out: list[Any] = [
         E.ExpectTableColumnsToMatchSet(column_set=spec.raw_columns, exact_match=True),
         E.ExpectTableRowCountToBeBetween(min_value=1),
-        E.ExpectCompoundColumnsToBeUnique(column_list=[spec.entity_key, spec.timestamp]),
-        E.ExpectColumnValuesToNotBeNull(column=spec.entity_key),
-        E.ExpectColumnValuesToNotBeNull(column=spec.timestamp),
-        E.ExpectColumnValuesToBeInTypeList(column=spec.entity_key, type_list=INT_TYPES),
     ]
+    if has(key) and has(ts):
+        out.append(E.ExpectCompoundColumnsToBeUnique(column_list=[key, ts]))
+    if has(key):
+        out.append(E.ExpectColumnValuesToNotBeNull(column=key))
+    if has(ts):
+        out.append(E.ExpectColumnValuesToNotBeNull(column=ts))
+    if has(key):
+        out.append(E.ExpectColumnValuesToBeInTypeList(column=key, type_list=key_types(spec)))
     for f in spec.features:
+        if not has(f.name):
+            continue
         types = INT_TYPES + FLOAT_TYPES if f.is_numeric else TEXT_TYPES
         out.append(E.ExpectColumnValuesToBeInTypeList(column=f.name, type_list=types))
         if f.required:
@@ -88,6 +238,11 @@ def build_expectations(spec: DatasetSpec) -> list[Any]:
             out.append(E.ExpectColumnValuesToBeInSet(column=f.name, value_set=vals, mostly=1 - tol))
             out.append(E.ExpectColumnValuesToBeInSet(column=f.name, value_set=vals, severity="warning"))
     return out
+
+
+def key_types(spec: DatasetSpec) -> list[str]:
+    """The dtypes the entity key may arrive as, by `entity.dtype`."""
+    return TEXT_TYPES if spec.entity_is_string else INT_TYPES
 
 
 def _label(cfg: Any) -> str:
@@ -107,10 +262,10 @@ def _batch_of(expectation: Any, spec: DatasetSpec, text: set[str]) -> str:
     if kind == "ExpectTableColumnsToMatchSet":
         return TABLE_BATCH
     column = getattr(expectation, "column", None)
+    if kind == "ExpectColumnValuesToBeInTypeList" and column in text:
+        return TEXT_TYPES_BATCH  # a text entity key too
     if column is None or column in (spec.entity_key, spec.timestamp):
         return KEYS_BATCH  # row count, entity+time uniqueness, the key columns
-    if kind == "ExpectColumnValuesToBeInTypeList" and column in text:
-        return TEXT_TYPES_BATCH
     return column
 
 
@@ -160,8 +315,13 @@ def _sample(value: Any, text: bool) -> str:
     return "None" if text and pd.api.types.is_scalar(value) and pd.isna(value) else str(value)
 
 
-def validate_frame(df: pd.DataFrame, spec: DatasetSpec) -> ValidationOutcome:
+def validate_frame(df: pd.DataFrame, spec: DatasetSpec, day: date | None = None) -> ValidationOutcome:
     """Run the spec's suite on one DataFrame with an ephemeral GX context.
+
+    `df` holds the columns of the landed events file (the label too when it comes inline). With
+    `day`, the batch's event times must fall inside that day (give or take
+    `validation.time_tolerance_hours`). The column set and the event times are checked first, in
+    pandas, and reported in plain words (`check_columns`, `check_event_times`).
 
     The suite runs as several GX batches over the same rows, one per column (plus the header, the
     keys, and the text columns' type checks), and the results are merged back in suite order.
@@ -182,8 +342,18 @@ def validate_frame(df: pd.DataFrame, spec: DatasetSpec) -> ValidationOutcome:
         .add_dataframe_asset(f"{spec.name}_batch")
         .add_batch_definition_whole_dataframe("whole")
     )
-    expectations = build_expectations(spec)
+    columns = check_columns(df.columns, spec)
+    checks: list[dict[str, Any]] = []
+    if not columns.ok:
+        checks.append(_failure(COLUMN_SET, None, columns.message()))
+    if day is not None and spec.timestamp in df.columns:
+        timing = check_event_times(df[spec.timestamp], day, spec.validation.time_tolerance_hours, spec.timestamp)
+        if timing is not None:
+            checks.append(timing)
+    expectations = build_expectations(spec, df.columns)
     text = {c for c in spec.categorical_features if c in df.columns and _all_text(df[c])}
+    if spec.entity_is_string and spec.entity_key in df.columns and _all_text(df[spec.entity_key]):
+        text.add(spec.entity_key)
     groups: dict[str, list[Any]] = {}
     for exp in expectations:
         groups.setdefault(_batch_of(exp, spec, text), []).append(exp)
@@ -213,11 +383,13 @@ def validate_frame(df: pd.DataFrame, spec: DatasetSpec) -> ValidationOutcome:
         meta={"great_expectations_version": gx.__version__, "rows": len(df), "batches": metas},
     )
 
-    failures, warnings = [], []
+    failures, warnings = list(checks), []
     for r in result.results:
         if r.success:
             continue
         cfg = r.expectation_config
+        if cfg.type == COLUMN_SET and any(c["type"] == COLUMN_SET for c in checks):
+            continue  # reported by check_columns, in plain words
         item = {
             "label": _label(cfg),
             "type": cfg.type,
@@ -239,7 +411,7 @@ def validate_frame(df: pd.DataFrame, spec: DatasetSpec) -> ValidationOutcome:
         warnings=warnings,
         statistics=dict(result.statistics),
         rows=len(df),
-        result=result.to_json_dict(),
+        result={**result.to_json_dict(), "checks": checks},
     )
 
 
@@ -256,7 +428,7 @@ def render_html(outcome: ValidationOutcome, title: str) -> str:
                     f"<td>{html.escape(str(v))}</td>"
                     for v in (
                         i["severity"],
-                        i["label"],
+                        i.get("message") or i["label"],
                         i.get("unexpected_count"),
                         i.get("observed"),
                         ", ".join(i["sample"]),
@@ -286,11 +458,16 @@ def render_html(outcome: ValidationOutcome, title: str) -> str:
 
 
 def failure_message(outcome: ValidationOutcome, batch: str, report_uri: str, quarantine_uri: str) -> str:
+    """What failed, in words a person can act on; GX's own error text stays in the report."""
     lines = [f"batch {batch} failed {len(outcome.failures)} critical expectation(s):"]
     for f in outcome.failures:
+        if f.get("message"):
+            lines.append(f"  - {f['message']}")
+            continue
         detail = f" unexpected={f['unexpected_count']}" if f.get("unexpected_count") else ""
         detail += f" observed={f['observed']}" if f.get("observed") is not None and not detail else ""
-        detail += f" error={f['error']}" if f.get("error") else ""
+        if f.get("error"):
+            detail += " (could not be evaluated on this batch; the report has the details)"
         lines.append(f"  - {f['label']}{detail}")
     lines.append(f"quarantined to {quarantine_uri}; full report: {report_uri}")
     return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 Thin like the others: assigns in `__init__`, templated interval and dataset, and calls
 `include.mlops.monitoring.monitor` in `execute` (Evidently, MLflow and pandas are imported there).
-Its extra links open the drift report and the window's MLflow run.
+Its extra links open the drift report (logged to the window's MLflow run, shown by the MLflow UI)
+and the window's MLflow run.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ class MonitoringOperator(_IntervalOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from include.mlops.monitoring import NoChampion, monitor
 
-        self.log.info("monitoring %s for %s", self.dataset or "(default dataset)", self.interval.label)
+        interval = self.interval_of(context)
+        self.log.info("monitoring %s for %s", self.dataset or "(default dataset)", interval.label)
         try:
-            out = monitor(self.interval, self.dataset or None)
+            out = monitor(interval, self.dataset or None)
         except NoChampion as exc:
             raise AirflowSkipException(str(exc)) from exc
         self.log.info(
@@ -43,4 +45,11 @@ class MonitoringOperator(_IntervalOperator):
             for f in out["data_quality"]["failures"]:
                 self.log.warning("data quality: %s share %.4f", f["check"], f["share"])
         self.log.info("reports: %s", out.get("reports"))
+        try:
+            from mlops_airflow.reports import publish_monitoring
+
+            out["report_url"] = publish_monitoring(out)
+            self.log.info("drift report in MLflow: %s", out["report_url"] or "(none: no report for the window)")
+        except Exception as exc:  # the reports are in the store; the link is a convenience
+            self.log.warning("could not log the reports to MLflow: %s", exc)
         return out

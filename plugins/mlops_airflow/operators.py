@@ -8,16 +8,21 @@ become `DataQualityError` / `PromotionError`, whose messages say what failed and
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from mlops_airflow.links import MlflowModelVersionLink, MlflowRunLink, ReportLink
 
+if TYPE_CHECKING:
+    from airflow.sdk.bases.decorator import TaskDecorator
+
 
 class DataQualityError(AirflowFailException):
-    """The batch broke the data contract. Not retried: the same data fails the same way."""
+    """The batch broke the data contract, a landed file is unreadable, or no data landed for the
+    interval. Not retried: the same data fails the same way."""
 
 
 class PromotionError(AirflowFailException):
@@ -34,14 +39,21 @@ def _interval(start: Any, end: Any) -> Any:
 
 
 class _IntervalOperator(BaseOperator):
+    """An operator for one data interval: given (templated), or the run's own.
+
+    Left empty, the interval is the run's data interval, or for a run triggered with
+    `"logical_date": null` the last complete UTC day before its `run_after`
+    (`mlops_airflow.dates.daily_interval`).
+    """
+
     template_fields = ("dataset", "data_interval_start", "data_interval_end")
 
     def __init__(
         self,
         *,
         dataset: str | None = "{{ params.dataset or '' }}",
-        data_interval_start: str = "{{ data_interval_start }}",
-        data_interval_end: str = "{{ data_interval_end }}",
+        data_interval_start: str | None = None,
+        data_interval_end: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -49,13 +61,20 @@ class _IntervalOperator(BaseOperator):
         self.data_interval_start = data_interval_start
         self.data_interval_end = data_interval_end
 
-    @property
-    def interval(self) -> Any:
-        return _interval(self.data_interval_start, self.data_interval_end)
+    def interval_of(self, context: Any) -> Any:
+        if self.data_interval_start and self.data_interval_end:
+            return _interval(self.data_interval_start, self.data_interval_end)
+        from mlops_airflow.dates import daily_interval
+
+        return _interval(*daily_interval(context))
 
 
 class GXValidateOperator(_IntervalOperator):
-    """Validate the interval's staged batches with the GX suite generated from the dataset spec."""
+    """Validate the interval's staged batches with the GX suite generated from the dataset spec.
+
+    The HTML reports are also logged to MLflow (`<dataset>-validation`, one run per interval) so
+    the *Report* extra link opens them in a browser.
+    """
 
     ui_color = "#ffe8cc"
     operator_extra_links = (ReportLink(),)
@@ -64,15 +83,24 @@ class GXValidateOperator(_IntervalOperator):
         from include.mlops.pipeline import validate
         from include.mlops.validation import DataValidationError
 
-        self.log.info("validating %s for %s", self.dataset or "(default dataset)", self.interval.label)
+        interval = self.interval_of(context)
+        self.log.info("validating %s for %s", self.dataset or "(default dataset)", interval.label)
         try:
-            out = validate(self.interval, self.dataset or None)
+            out = validate(interval, self.dataset or None)
         except DataValidationError as exc:
             raise DataQualityError(str(exc)) from exc
         out["report_html"] = out["report_uri"].replace(".json", ".html")
         for w in out["warnings"]:
             self.log.warning("value skew (recorded): %s", w)
         self.log.info("batch valid: %s rows; report %s", out["rows"], out["report_html"])
+        try:
+            from mlops_airflow.reports import publish_validation
+
+            htmls = [u.replace(".json", ".html") for u in out["reports"]]
+            out["report_url"] = publish_validation(htmls, self.dataset or None, interval, lineage(context))
+            self.log.info("report in MLflow: %s", out["report_url"])
+        except Exception as exc:  # the report is in the store; the link is a convenience
+            self.log.warning("could not log the validation report to MLflow: %s", exc)
         return out
 
 
@@ -84,7 +112,7 @@ class FeastPrepareOperator(_IntervalOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from include.mlops.pipeline import prepare
 
-        out = prepare(self.interval, self.dataset or None)
+        out = prepare(self.interval_of(context), self.dataset or None)
         self.log.info("feature service %s; %s entities online", out["feature_service"], out["materialized"])
         return out
 
@@ -116,7 +144,9 @@ class MlflowRegisterOperator(_IntervalOperator):
         train_out = ti.xcom_pull(task_ids=self.train_task_id)
         eval_out = ti.xcom_pull(task_ids=self.evaluate_task_id)
         validate_out = ti.xcom_pull(task_ids=self.validate_task_id)
-        out = register(train_out, eval_out, validate_out, lineage(context), self.interval, self.dataset or None)
+        out = register(
+            train_out, eval_out, validate_out, lineage(context), self.interval_of(context), self.dataset or None
+        )
         out["experiment_id"] = train_out.get("experiment_id")
         return out
 
@@ -165,7 +195,7 @@ class MlflowPromoteOperator(BaseOperator):
             )
         except deployment.DeploymentCheckFailed as exc:
             raise PromotionError(str(exc)) from exc
-        self.log.info("%s", out["message"])
+        # rollout and promote log each decision once; repeating their message here doubled it
         return {
             **out,
             "model": reg_out["model"],
@@ -179,3 +209,17 @@ def lineage(context: Any) -> dict[str, str]:
     """Who produced a model: the Airflow DAG, run and task try that trained or registered it."""
     dag_run = context["dag_run"]
     return {"airflow.dag_id": dag_run.dag_id, "airflow.run_id": dag_run.run_id}
+
+
+def mlflow_task(python_callable: Any = None, **kwargs: Any) -> TaskDecorator:
+    """`@task` whose task instance links to the MLflow run in its return value (`run_id`,
+    `experiment_id`): a TaskFlow task has no extra links of its own, so the link comes with the class."""
+    from airflow.sdk.bases.decorator import task_decorator_factory
+
+    return task_decorator_factory(python_callable=python_callable, decorated_operator_class=_MlflowRunTask, **kwargs)
+
+
+class _MlflowRunTask(_PythonDecoratedOperator):
+    """The `@task` operator with the *MLflow run* link (`mlflow_task`)."""
+
+    operator_extra_links = (MlflowRunLink(),)

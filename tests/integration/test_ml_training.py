@@ -62,19 +62,54 @@ def _staging_digest(store, spec):
     return h.hexdigest()
 
 
-def test_first_run_registers_and_promotes_with_lineage(training_dag, file_home):
+@pytest.fixture(scope="module")
+def first_run(training_dag, file_home):
+    """The history ingested and the first full day run: champion v1. What the registry and the
+    ledger held right then is recorded, so the tests that read it pass in any order."""
     from include.mlops.registry import read_ledger
     from include.mlops.storage import get_store
 
     spec, spec_path = file_home["spec"], file_home["spec_path"]
     _ingest(training_dag, spec_path, INGEST_DAYS)
     run, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=INGEST_DAYS), dataset=spec_path, train=True)
-    assert {t: _state(ti) for t, ti in tis.items()} == {t: "success" for t in tis}
+    client = _client()
+    return {
+        "run": run,
+        "states": {t: _state(ti) for t, ti in tis.items()},
+        "versions": client.search_model_versions(f"name='{spec.model_name}'"),
+        "aliases": _aliases(client, spec.model_name),
+        "ledger": read_ledger(get_store(), spec.model_name),
+    }
+
+
+@pytest.fixture(scope="module")
+def rejected(training_dag, file_home, first_run, tmp_path_factory):
+    """A day run under a gate no model passes: v2 is registered as challenger, not promoted."""
+    import yaml
+
+    strict = yaml.safe_load(open(file_home["spec_path"]))
+    strict["gate"]["minimums"] = {"roc_auc": 0.999}
+    strict_path = tmp_path_factory.mktemp("strict") / "churn.yaml"
+    strict_path.write_text(yaml.safe_dump(strict))
+    run, tis = run_dag_day(
+        training_dag, DEMO_START + timedelta(days=INGEST_DAYS + 1), dataset=str(strict_path), train=True
+    )
+    return {
+        "deploy_state": _state(tis["deploy"]),
+        "deploy": tis["deploy"].xcom_pull(task_ids="deploy"),
+        "aliases": _aliases(_client(), file_home["spec"].model_name),
+    }
+
+
+def test_first_run_registers_and_promotes_with_lineage(file_home, first_run):
+    spec = file_home["spec"]
+    run, states = first_run["run"], first_run["states"]
+    assert states == {t: "success" for t in states}
 
     client = _client()
-    versions = client.search_model_versions(f"name='{spec.model_name}'")
+    versions = first_run["versions"]
     assert [str(v.version) for v in versions] == ["1"]
-    assert _aliases(client, spec.model_name) == {"champion": "1", "challenger": "1", "previous": None}
+    assert first_run["aliases"] == {"champion": "1", "challenger": "1", "previous": None}
     tags = versions[0].tags
     for key in (
         "data_interval",
@@ -97,43 +132,33 @@ def test_first_run_registers_and_promotes_with_lineage(training_dag, file_home):
     mlrun = client.get_run(run_id)
     assert "holdout_roc_auc" in mlrun.data.metrics and mlrun.data.tags["mlops.gate"] == "passed"
     assert mlrun.inputs.dataset_inputs, "training data must be logged as an MLflow dataset input"
-    ledger = read_ledger(get_store(), spec.model_name)
+    ledger = first_run["ledger"]
     assert [(e["action"], e["to_version"]) for e in ledger] == [("promote", "1")]
 
 
-def test_rerun_of_same_interval_is_idempotent(training_dag, file_home):
+def test_rerun_of_same_interval_is_idempotent(training_dag, file_home, first_run):
     from include.mlops.storage import get_store
 
     spec, spec_path = file_home["spec"], file_home["spec_path"]
     store = get_store()
     before = _staging_digest(store, spec)
+    versions_before = len(_client().search_model_versions(f"name='{spec.model_name}'"))
     run, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=INGEST_DAYS), dataset=spec_path, train=True)
     assert _state(tis["deploy"]) == "success"
     assert _staging_digest(store, spec) == before
     client = _client()
-    assert len(client.search_model_versions(f"name='{spec.model_name}'")) == 1
+    assert len(client.search_model_versions(f"name='{spec.model_name}'")) == versions_before
     assert tis["train"].xcom_pull(task_ids="train")["reused"] is True
 
 
-def test_rejected_challenger_is_not_promoted_and_run_succeeds(training_dag, file_home, tmp_path):
-    import yaml
-
-    spec, spec_path = file_home["spec"], file_home["spec_path"]
-    strict = yaml.safe_load(open(spec_path))
-    strict["gate"]["minimums"] = {"roc_auc": 0.999}
-    strict_path = tmp_path / "churn.yaml"
-    strict_path.write_text(yaml.safe_dump(strict))
-    run, tis = run_dag_day(
-        training_dag, DEMO_START + timedelta(days=INGEST_DAYS + 1), dataset=str(strict_path), train=True
-    )
-    assert _state(tis["deploy"]) == "success"
-    out = tis["deploy"].xcom_pull(task_ids="deploy")
-    assert out["message"].startswith("not promoted: minimum roc_auc")
-    assert _aliases(_client(), spec.model_name) == {"champion": "1", "challenger": "2", "previous": None}
+def test_rejected_challenger_is_not_promoted_and_run_succeeds(rejected):
+    assert rejected["deploy_state"] == "success"
+    assert rejected["deploy"]["message"].startswith("not promoted: minimum roc_auc")
+    assert rejected["aliases"] == {"champion": "1", "challenger": "2", "previous": None}
 
 
 @pytest.mark.parametrize("scenario", ["corrupted", "schema_renamed"])
-def test_bad_batch_is_quarantined_and_champion_untouched(training_dag, file_home, scenario):
+def test_bad_batch_is_quarantined_and_champion_untouched(training_dag, file_home, first_run, scenario):
     from include.mlops.data.generator import Scenario, events_key, generate_day
     from include.mlops.storage import get_store
 
@@ -154,7 +179,7 @@ def test_bad_batch_is_quarantined_and_champion_untouched(training_dag, file_home
     assert _aliases(_client(), spec.model_name)["champion"] == champion_before
 
 
-def test_batch_scoring_and_one_click_rollback(training_dag, file_home):
+def test_batch_scoring_and_one_click_rollback(training_dag, file_home, first_run, rejected):
     from airflow.dag_processing.dagbag import DagBag
 
     from include.mlops.registry import read_ledger

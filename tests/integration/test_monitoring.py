@@ -184,14 +184,35 @@ def monitor_day(dags, mon, day):
     return run, tis["monitor"].xcom_pull(task_ids="monitor"), tis["decide"].xcom_pull(task_ids="decide")
 
 
-def test_no_drift_emits_nothing_and_writes_reports_and_history(dags, mon):
+@pytest.fixture(scope="module")
+def windows(dags, mon):
+    """The three windows monitored once, in day order, each with what it sent and emitted.
+
+    Built here rather than left by one test for the next: every test below passes alone and in
+    any order (`make test` runs them in random order)."""
+    out = {}
+    for day in (NO_DRIFT_DAY, DRIFT_DAY, BROKEN_DAY):
+        hooks, mails = len(mon["hook"].bodies), len(mon["mail"].messages)
+        run, summary, decision = monitor_day(dags, mon, day)
+        out[day] = {
+            "run": run,
+            "summary": summary,
+            "decision": decision,
+            "events": asset_events(run),
+            "hook": list(mon["hook"].bodies[hooks:]),
+            "mail": list(mon["mail"].messages[mails:]),
+        }
+    return out
+
+
+def test_no_drift_emits_nothing_and_writes_reports_and_history(windows):
     from include.mlops.storage import get_store
 
-    hook_before = len(mon["hook"].bodies)
-    run, summary, decision = monitor_day(dags, mon, NO_DRIFT_DAY)
+    w = windows[NO_DRIFT_DAY]
+    summary, decision = w["summary"], w["decision"]
     assert decision["action"] == "no_drift" and not decision["fire"]
-    assert asset_events(run) == []
-    assert len(mon["hook"].bodies) == hook_before, "a quiet window sends no alert"
+    assert w["events"] == []
+    assert w["hook"] == [] and w["mail"] == [], "a quiet window sends no alert"
     # both sources read, sampled with the recorded seed
     assert summary["rows"] == ROWS and summary["rows_used"] == 500 and summary["sample"] == {"rows": 500, "seed": 11}
     assert summary["prediction_objects"] == 2
@@ -205,12 +226,13 @@ def test_no_drift_emits_nothing_and_writes_reports_and_history(dags, mon):
     assert store.get_json(f"monitoring/churn/decisions/dt={NO_DRIFT_DAY}.json")["action"] == "no_drift"
 
 
-def test_covariate_drift_emits_the_asset_event_and_alerts(dags, mon):
+def test_covariate_drift_emits_the_asset_event_and_alerts(windows, mon):
     from include.mlops.storage import get_store
 
-    run, summary, decision = monitor_day(dags, mon, DRIFT_DAY)
+    w = windows[DRIFT_DAY]
+    summary, decision = w["summary"], w["decision"]
     assert decision["action"] == "retrain", decision["table"]
-    [(uri, extra)] = asset_events(run)
+    [(uri, extra)] = w["events"]
     assert uri == "x-mlops://drift/churn"
     assert extra["drift_share"] >= 0.25 and extra["drift_share"] == summary["drift_share"]
     assert {"monthly_charges", "support_calls_30d", "plan"} <= set(extra["drifted_features"])
@@ -219,17 +241,18 @@ def test_covariate_drift_emits_the_asset_event_and_alerts(dags, mon):
     assert get_store().exists(get_store().key_of(extra["report_uri"]))
     assert extra["spec"] == mon["spec_path"] and extra["champion_version"] == "1"
     assert not any(s in json.dumps(extra).lower() for s in ("password", "secret", "token"))
-    [body] = [b for b in mon["hook"].bodies if "RETRAIN" in b["text"]]
+    [body] = [b for b in w["hook"] if "RETRAIN" in b["text"]]
     text = json.dumps(body)
     assert "churn_model" in text and "monthly_charges" in text and extra["report_uri"] in text
     assert "/dags/ml_monitoring/runs/" in text and "/#/experiments/" in text
-    assert any("drift decision RETRAIN" in m["Subject"] for m in mon["mail"].messages)
+    assert any("drift decision RETRAIN" in m["Subject"] for m in w["mail"])
 
 
-def test_data_quality_failure_alerts_quarantines_and_emits_nothing(dags, mon):
+def test_data_quality_failure_alerts_quarantines_and_emits_nothing(windows):
     from include.mlops.storage import get_store
 
-    run, summary, decision = monitor_day(dags, mon, BROKEN_DAY)
+    w = windows[BROKEN_DAY]
+    summary, decision = w["summary"], w["decision"]
     assert not summary["data_quality"]["passed"]
     failed = {f["check"].split("(")[0] for f in summary["data_quality"]["failures"]}
     assert failed == {
@@ -238,16 +261,16 @@ def test_data_quality_failure_alerts_quarantines_and_emits_nothing(dags, mon):
         "OutRangeValueCount",
     }  # nulls, unknown category, out of range
     assert decision["action"] == "quarantine" and not decision["fire"]
-    assert asset_events(run) == []
+    assert w["events"] == []
     store = get_store()
     q = f"quarantine/churn/monitoring/dt={BROKEN_DAY}"
     assert store.exists(f"{q}/data_quality.json") and store.exists(f"{q}/online-000.parquet")
-    [body] = [b for b in mon["hook"].bodies if "quarantined" in b["text"]]
+    [body] = [b for b in w["hook"] if "quarantined" in b["text"]]
     assert summary["data_quality"]["failures"][0]["check"] in json.dumps(body)
-    assert any("quarantined" in m["Subject"] for m in mon["mail"].messages)
+    assert any("quarantined" in m["Subject"] for m in w["mail"])
 
 
-def test_rerun_of_a_window_replaces_its_history(dags, mon):
+def test_rerun_of_a_window_replaces_its_history(dags, mon, windows):
     from include.mlops.config import get_settings
     from include.mlops.registry import setup_mlflow
 
@@ -328,7 +351,7 @@ def test_retraining_with_params_registers_a_new_version_through_the_gate(dags, m
     assert f"v{reg['version']}" in body["text"] and "/dags/ml_retraining/runs/" in json.dumps(body)
 
 
-def test_drift_event_runs_ml_retraining_on_a_real_scheduler_and_the_champion_moves_up(dags, mon, tmp_path):
+def test_drift_event_runs_ml_retraining_on_a_real_scheduler_and_the_champion_moves_up(dags, mon, tmp_path, monkeypatch):
     """End to end, no dag.test for the consumer: the drift window's Asset event is queued in the
     metadata DB, `airflow standalone` (a real scheduler and LocalExecutor) starts `ml_retraining` for
     it, and the new version is promoted through the gate. The gate is lenient here (a new version on
@@ -345,6 +368,10 @@ def test_drift_event_runs_ml_retraining_on_a_real_scheduler_and_the_champion_mov
     from include.mlops.registry import alias_version, setup_mlflow
 
     spec = mon["spec"]
+    # its own copy of the home: the champion it promotes must not be what the other tests see
+    home = tmp_path / "home"
+    clone_home(mon["home"], home)
+    use_home(monkeypatch, home)
     raw = yaml.safe_load(Path(mon["spec_path"]).read_text())
     raw["gate"].update({"max_regression": 1.0, "slice_max_regression": 1.0, "minimums": {"roc_auc": 0.5}})
     raw["monitoring"]["retraining"] = {"data_strategy": "all_history", "window_days": 14}

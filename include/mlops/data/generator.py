@@ -44,11 +44,27 @@ class Scenario:
 
 
 def events_key(spec: DatasetSpec, day: date) -> str:
-    return f"{spec.landing_prefix}/events/dt={day.isoformat()}/part-0.parquet"
+    """The demo's one events file of the day (extract reads every file of the day's folder)."""
+    from include.mlops.layout import events_landing_key
+
+    return events_landing_key(spec, day)
 
 
 def labels_key(spec: DatasetSpec, arrival: date) -> str:
-    return f"{spec.label_spec.feed_prefix}/dt={arrival.isoformat()}/part-0.parquet"
+    """The demo's one label file that arrived on `arrival`."""
+    from include.mlops.layout import labels_landing_key
+
+    return labels_landing_key(spec, arrival)
+
+
+def entity_ids(spec: DatasetSpec, numbers: np.ndarray) -> np.ndarray:
+    """Customer numbers as the spec's entity ids: int64, or for `entity.dtype: string` text like
+    "C-0100123" (what most real keys look like), the same customer always the same text."""
+    import numpy as np
+
+    if spec.entity_is_string:
+        return np.array([f"C-{int(i):07d}" for i in numbers], dtype=object)
+    return numbers.astype("int64")
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -195,7 +211,8 @@ def _break_schema(df: pd.DataFrame, spec: DatasetSpec, kind: str) -> pd.DataFram
 def generate_day(
     spec: DatasetSpec, day: date, scenario: Scenario = Scenario(), rows: int | None = None, seed: int | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One day's raw events and their labels (entity, event time, label), reproducibly."""
+    """One day's raw events and their labels (entity, event time, label), reproducibly; the ids
+    follow `entity.dtype` (see `entity_ids`)."""
     import numpy as np
     import pandas as pd
 
@@ -219,7 +236,7 @@ def generate_day(
     seconds = np.sort(rng.integers(0, 86_400, n))
     ts = pd.to_datetime(start) + pd.to_timedelta(seconds, unit="s")
     df.insert(0, spec.timestamp, ts)
-    df.insert(0, spec.entity_key, ids.astype("int64"))
+    df.insert(0, spec.entity_key, entity_ids(spec, ids))
     labels = pd.DataFrame(
         {spec.entity_key: df[spec.entity_key], spec.timestamp: df[spec.timestamp], spec.label: df.pop("__label")}
     )

@@ -8,7 +8,13 @@
 | GET /metrics | Prometheus |
 | POST /admin/reload, /admin/flush | re-read the registry now / write the prediction log now (bearer MLOPS_ADMIN_TOKEN) |
 
-Bad input is a 422 with field-level errors (`{"detail": [{"loc", "msg", "type"}]}`), an
+With the admin token, header `X-MLOps-Model-Version: <v>` makes a version already in memory
+(serving, standby or recently served) answer, variant "pinned" (409 if it is not in memory): the
+deploy check measures the new and the current version side by side this way.
+
+Entity ids come in the spec's key type: a JSON string for `entity.dtype: string`, a JSON integer
+for int64 (a numeric string such as "42" is refused, not coerced); the wrong type is a 422 naming
+the key. Bad input is a 422 with field-level errors (`{"detail": [{"loc", "msg", "type"}]}`), an
 oversized body a 413, never a 500. Handlers are plain `Request` -> `Response` functions: at a
 few milliseconds per model call, pydantic models per request would be a visible tax.
 """
@@ -29,7 +35,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 
 from include.mlops.serving.batcher import Batcher, FeatureLookup, FeatureStoreUnavailable, Job, ModelError, Task
-from include.mlops.serving.config import SYNTHETIC_HEADER, ServeConfig
+from include.mlops.serving.config import PINNED, SYNTHETIC_HEADER, VERSION_HEADER, ServeConfig
 from include.mlops.serving.routing import CHALLENGER, choose
 from include.mlops.serving.validation import (
     RequestTooLarge,
@@ -45,6 +51,14 @@ _RID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 class NotReady(Exception):
     """No champion is loaded yet (503)."""
+
+
+class PinRefused(Exception):
+    """A request named a version it may not have (403) or that is not in memory (409)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class UnsupportedMediaType(Exception):
@@ -82,15 +96,19 @@ def parse_json(body: bytes) -> Any:
         raise ValidationFailed([error(("body",), f"invalid JSON: {exc}"[:300], "value_error.jsondecode")]) from None
 
 
-def parse_csv(body: bytes) -> list[dict[str, Any]]:
+def parse_csv(body: bytes, text_key: str | None = None) -> list[dict[str, Any]]:
+    """CSV rows as records; `text_key` (a string entity key) is read as text, so "00123" stays
+    "00123" and an empty cell means no id."""
     import io
 
     import pandas as pd
 
     try:
-        df = pd.read_csv(io.BytesIO(body))
+        df = pd.read_csv(io.BytesIO(body), dtype={text_key: str} if text_key else None)
     except Exception as exc:
         raise ValidationFailed([error(("body",), f"invalid CSV: {exc}"[:300], "value_error.csv")]) from None
+    if text_key in df.columns:
+        df[text_key] = df[text_key].astype(object).where(df[text_key].notna(), None)
     return df.to_dict("records")
 
 
@@ -198,7 +216,34 @@ class Service:
         return hmac.compare_digest(given.encode(), token.encode())
 
     # -- scoring ------------------------------------------------------------------------------
-    def _route(self, items: list[Any], state: Any, rid: str, loc: tuple[Any, ...]) -> list[Task]:
+    def _pinned(self, request: Request) -> Any:
+        """The in-memory version a request names in VERSION_HEADER (admin only), or None."""
+        version = request.headers.get(VERSION_HEADER)
+        if not version:
+            return None
+        if not self.authorized(request):
+            raise PinRefused(403, f"{VERSION_HEADER} needs the admin token (MLOPS_ADMIN_TOKEN)")
+        model = self.manager.loaded(version)
+        if model is None:
+            raise PinRefused(409, f"v{version} is not in memory here (serving, standby or recently served)")
+        return model
+
+    def _route(self, items: list[Any], state: Any, rid: str, loc: tuple[Any, ...], pinned: Any = None) -> list[Task]:
+        if pinned is not None:  # check traffic for one version: no canary split, no shadow
+            multi = len(items) > 1
+            return [
+                Task(
+                    it.entity,
+                    it.row,
+                    (*loc, it.index),
+                    f"{rid}-{it.index}" if multi else rid,
+                    PINNED,
+                    pinned,
+                    None,
+                    it.event_ts,
+                )
+                for it in items
+            ]
         has_challenger = state.challenger is not None
         shadow = state.challenger if state.strategy == "shadow" else None
         canary = state.strategy == "canary" and has_challenger
@@ -232,7 +277,8 @@ class Service:
                 else:
                     ctype = (request.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
                     if ctype == "text/csv":
-                        records, loc = parse_csv(body), ("body", "csv")
+                        text_key = self.spec.entity_key if self.spec.entity_is_string else None
+                        records, loc = parse_csv(body, text_key), ("body", "csv")
                     elif ctype in ("application/json", ""):
                         records, fmt = invocation_records(parse_json(body))
                         loc = ("body", fmt)
@@ -245,8 +291,9 @@ class Service:
                 state = self.manager.state
                 if state is None:
                     raise NotReady("no model loaded yet")
-                items = state.champion.validator.check(records, loc)
-                tasks = self._route(items, state, rid, loc)
+                pinned = self._pinned(request)
+                items = (pinned or state.champion).validator.check(records, loc)
+                tasks = self._route(items, state, rid, loc, pinned)
             finally:
                 self.batcher.arriving -= 1
             synthetic = request.headers.get(SYNTHETIC_HEADER, "").lower() == "synthetic"
@@ -280,6 +327,9 @@ class Service:
                 headers,
                 endpoint,
             )
+        except PinRefused as exc:
+            status, kind = exc.status, "pinned_version"
+            return self._error(status, [], str(exc), headers, endpoint)
         except NotReady as exc:
             status, kind = 503, "not_ready"
             return self._error(status, [], str(exc), headers, endpoint)
@@ -309,6 +359,9 @@ class Service:
                 m.errors.labels(endpoint=endpoint, kind=kind).inc()
 
     def _predict_body(self, rid: str, tasks: list[Task], results: list[tuple[Any, ...]]) -> bytes:
+        """Per record: `prediction` (a class value such as "yes", 1 or True, or the regression
+        value), `score` (positive-class probability for binary, the predicted class's for
+        multiclass: `include.mlops.scores`) and `probabilities` ({class as text: probability})."""
         key = self.spec.entity_key
         preds = []
         for t, (p, s, pr, model, variant) in zip(tasks, results, strict=True):

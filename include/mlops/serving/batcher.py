@@ -48,7 +48,7 @@ class ModelError(Exception):
 class Task:
     """One record to score: its raw features (None until looked up) and where it is routed."""
 
-    entity: int | None
+    entity: int | str | None  # in the spec's key type (entity.dtype)
     row: list[Any] | None
     loc: tuple[Any, ...]
     request_id: str
@@ -95,16 +95,17 @@ class FeatureLookup:
             self._service = self._fs.get_feature_service(self.spec.feature_service_name)
         return self._fs, self._service
 
-    def get(self, ids: list[int]) -> dict[int, list[Any] | None]:
+    def get(self, ids: list[Any]) -> dict[Any, list[Any] | None]:
+        """Ids come validated in the spec's key type (an int, or a str for `entity.dtype: string`)."""
         try:
             fs, service = self._store()
             resp = fs.get_online_features(
-                features=service, entity_rows=[{self.spec.entity_key: int(i)} for i in ids]
+                features=service, entity_rows=[{self.spec.entity_key: i} for i in ids]
             ).to_dict()
         except Exception as exc:
             self._fs = self._service = None  # reconnect next time
             raise FeatureStoreUnavailable(f"online store lookup failed: {type(exc).__name__}: {exc}") from exc
-        out: dict[int, list[Any] | None] = {}
+        out: dict[Any, list[Any] | None] = {}
         feats = self.spec.features
         for j, i in enumerate(ids):
             values = [resp[f.name][j] if f.name in resp else None for f in feats]
@@ -227,7 +228,7 @@ class Batcher:
     def _score(self, jobs: list[Job]) -> tuple[list[Any], Any]:
         key = self.spec.entity_key
         ids = sorted({t.entity for j in jobs for t in j.tasks if t.row is None})
-        found: dict[int, list[Any] | None] = {}
+        found: dict[Any, list[Any] | None] = {}
         lookup_error: Exception | None = None
         if ids:
             try:
@@ -245,7 +246,7 @@ class Batcher:
             errs = [
                 error(
                     (*t.loc, key),
-                    f"unknown {key} {t.entity}: no features in the online store",
+                    f"unknown {key} {t.entity!r}: no features in the online store",
                     "value_error.unknown_entity",
                 )
                 for t in need
@@ -346,8 +347,9 @@ class Batcher:
                 self.metrics.shadow_errors.inc(len(gidx))
                 continue
             self.metrics.predictions.labels(model_version=model.version, variant=SHADOW).inc(len(gidx))
+            pl, sl = p.tolist(), s.tolist()  # class values may be text: plain Python values, not .item()
             for k, i in enumerate(gidx):
-                pred[i], score[i] = p[k].item(), s[k].item()
+                pred[i], score[i] = pl[k], sl[k]
             keep = [i for i in gidx if jobs[owners[i][0]].log]
             if self.predlog is not None and keep:
                 self._log(rows, keep, owners, jobs, pred, score, True)

@@ -10,6 +10,10 @@ from include.mlops.constants import STRATEGIES
 STRATEGY_TAG = "mlops.deployment.strategy"
 CANARY_SHARE_TAG = "mlops.deployment.canary_share"
 SYNTHETIC_HEADER = "x-mlops-traffic"  # value "synthetic": deploy checks, never written to the prediction log
+# A version in memory answers the request whatever the routing says (admin token required): the
+# deploy check measures the new and the current version side by side through it.
+VERSION_HEADER = "x-mlops-model-version"
+PINNED = "pinned"  # the variant such answers carry
 
 
 def _bool(value: str | None, default: bool) -> bool:

@@ -1,11 +1,11 @@
 """Validated rows -> the model's input frame, exactly as `features.build_features` makes it.
 
-`build_features` builds its frame column by column and evaluates the derived features with
-`DataFrame.eval`: ~7 ms however few rows, more than the model call itself. The service builds
-the same frame from numpy arrays in one go and evaluates the derived-feature expressions over
-them. Equality is not assumed: at start-up the fast path is compared with `build_features` on
-probe rows (edge values, missing optionals, zero denominators), and any difference or an
-expression that numpy cannot evaluate makes the service use `build_features` itself.
+`build_features` builds its frame column by column through pandas: ~7 ms however few rows, more
+than the model call itself. The service builds the same frame from numpy arrays in one go and
+evaluates the derived features with the same parsed expressions (`include.mlops.expressions`).
+Equality is not assumed: at start-up the fast path is compared with `build_features` on probe
+rows (edge values, missing optionals, zero denominators), and any difference makes the service
+use `build_features` itself.
 """
 
 from __future__ import annotations
@@ -23,20 +23,14 @@ log = logging.getLogger(__name__)
 
 class FrameBuilder:
     def __init__(self, spec: DatasetSpec, verify: bool = True) -> None:
-        from include.mlops.features import derived_features, model_features
+        from include.mlops.features import derived_expressions, model_features
 
         self.spec = spec
         self.columns = model_features(spec)
         self.raw = list(spec.features)
-        self._derived = []
+        self._derived = derived_expressions(spec)
         self.fast = True
-        try:
-            for name, expr in derived_features(spec).items():
-                self._derived.append((name, compile(expr, f"<derived {name}>", "eval")))
-        except SyntaxError as exc:
-            log.warning("derived feature is not a Python expression (%s): using build_features", exc)
-            self.fast = False
-        if self.fast and verify:
+        if verify:
             self.fast = self._verify()
 
     # -- building ---------------------------------------------------------------------------
@@ -48,6 +42,8 @@ class FrameBuilder:
         import numpy as np
         import pandas as pd
 
+        from include.mlops.features import derived_values
+
         n = len(rows)
         cols = list(zip(*rows, strict=True)) if rows else [()] * len(self.raw)
         data: dict[str, Any] = {}
@@ -58,13 +54,8 @@ class FrameBuilder:
                 arr = np.empty(n, dtype=object)
                 arr[:] = values
                 data[f.name] = arr
-        with np.errstate(all="ignore"):
-            for name, code in self._derived:
-                v = np.asarray(eval(code, {"__builtins__": {}}, data), dtype=np.float64)  # noqa: S307 - spec-owned expression, names bound to arrays
-                if v.ndim == 0:
-                    v = np.full(n, float(v))
-                v = np.where(np.isinf(v), np.nan, v)
-                data[name] = v
+        for name, expr in self._derived:
+            data[name] = derived_values(expr, data, n)
         return pd.DataFrame(data, columns=self.columns, copy=False)
 
     def _slow(self, rows: list[list[Any]]) -> pd.DataFrame:
@@ -114,7 +105,7 @@ class FrameBuilder:
         try:
             for subset in (rows, rows[:1]):
                 pd.testing.assert_frame_equal(self._fast(subset), self._slow(subset), check_exact=False, rtol=1e-12)
-        except Exception as exc:  # a difference or an expression numpy cannot evaluate
+        except Exception as exc:  # a difference
             log.warning("fast feature path differs from build_features (%s): using build_features", exc)
             return False
         return True

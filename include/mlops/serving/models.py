@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from include.mlops.scores import scores_from_proba
 from include.mlops.serving.config import CANARY_SHARE_TAG, STRATEGIES, STRATEGY_TAG
 
 if TYPE_CHECKING:
@@ -61,8 +62,9 @@ class LoadedModel:
     def score(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(prediction, score, class probabilities or None) for a model-feature frame.
 
-        The score is the positive class's probability (the prediction thresholds it at 0.5, as
-        the gate's metrics do) or the regression value."""
+        Prediction and score as `include.mlops.scores` defines them: the predicted class value
+        and the positive class's probability (binary; `positive_index` resolved at load), the
+        most probable class and its probability (multiclass), or the regression value."""
         import numpy as np
 
         X = X[self.input_columns] if list(X.columns) != self.input_columns else X
@@ -70,14 +72,7 @@ class LoadedModel:
             pred = np.asarray(self.model.predict(X), dtype=np.float64)
             return pred, pred, None
         proba = np.asarray(self.model.predict_proba(X), dtype=np.float64)
-        classes = np.asarray(self.classes)
-        if len(classes) == 2:
-            score = proba[:, self.positive_index]
-            other = 1 - self.positive_index
-            pred = np.where(score >= 0.5, classes[self.positive_index], classes[other])
-        else:
-            score = proba[:, self.positive_index]
-            pred = classes[np.argmax(proba, axis=1)]
+        pred, score = scores_from_proba(proba, self.classes, self.positive_index)
         return pred, score, proba
 
     def describe(self) -> dict[str, Any]:
@@ -189,6 +184,10 @@ class ModelManager:
                 self._cond.notify_all()
             self._wake.wait(self.cfg.poll_seconds)
             self._wake.clear()
+
+    def loaded(self, version: str) -> LoadedModel | None:
+        """A version already in memory (serving, standby or recently served), or None: never loads."""
+        return self._cache.get(str(version))
 
     # -- the registry -----------------------------------------------------------------------------
     def client(self) -> Any:
@@ -334,9 +333,12 @@ class ModelManager:
         classes = None
         positive = None
         if hasattr(model, "predict_proba") and hasattr(model, "classes_") and self.spec.is_classification:
-            classes = [c.item() if hasattr(c, "item") else c for c in model.classes_]
-            wanted = self.spec.label_spec.positive_class
-            positive = classes.index(wanted) if wanted in classes else len(classes) - 1
+            from include.mlops.scores import check_classes, class_values
+            from include.mlops.scores import positive_index as resolve_positive
+
+            classes = class_values(model.classes_)
+            check_classes(classes, self.spec)  # a model whose classes the spec does not name never serves
+            positive = None if self.spec.is_multiclass else resolve_positive(classes, self.spec)
         lm = LoadedModel(
             self.name,
             str(version),

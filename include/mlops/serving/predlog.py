@@ -42,7 +42,7 @@ class LogBatch:
     rows: list[list[Any]]
     request_id: list[str]
     ts: list[float]  # epoch seconds, UTC
-    entity: list[int | None]
+    entity: list[int | str | None]  # in the spec's key type (entity.dtype)
     prediction: list[Any]
     score: list[float]
     model_version: list[str]
@@ -74,6 +74,17 @@ def log_columns(spec: DatasetSpec) -> list[str]:
     ]
 
 
+def entity_array(spec: DatasetSpec, ids: list[Any]) -> Any:
+    """The log's entity column in the key's own type: nullable Int64, or for `entity.dtype: string`
+    text (a parquet string column even when every id is null), so monitoring joins it to the
+    labels' ids as they are."""
+    import pandas as pd
+
+    if spec.entity_is_string:
+        return pd.array(ids, dtype="string")
+    return pd.array(ids, dtype="Int64")
+
+
 def to_frame(batches: list[LogBatch], spec: DatasetSpec, model_name: str, builder: FrameBuilder) -> pd.DataFrame:
     """The log's table for some batches, columns in the documented order."""
     import numpy as np
@@ -96,13 +107,14 @@ def to_frame(batches: list[LogBatch], spec: DatasetSpec, model_name: str, builde
             "request_id": pd.Series(cat("request_id"), dtype="object"),
             "ts": seconds(cat("ts")),
             spec.timestamp: seconds(event),
-            spec.entity_key: pd.array(cat("entity"), dtype="Int64"),
+            spec.entity_key: entity_array(spec, cat("entity")),
         }
     )
     for c in model_features(spec):
         out[c] = feats[c].to_numpy()
     prediction = cat("prediction")
-    out["prediction"] = pd.Series(prediction, dtype="int64" if spec.is_classification else "float64")
+    # a classifier's prediction is a class value: int64 for 0/1, bool, or text ("yes"/"no")
+    out["prediction"] = pd.Series(prediction, dtype=None if spec.is_classification else "float64")
     out["score"] = pd.Series(cat("score"), dtype="float64")
     out["model_name"] = model_name
     out["model_version"] = pd.Series(cat("model_version"), dtype="object")

@@ -17,7 +17,7 @@ def bucket(key: object) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def choose(strategy: str, canary_share: float, has_challenger: bool, entity: int | None, request_id: str) -> str:
+def choose(strategy: str, canary_share: float, has_challenger: bool, entity: int | str | None, request_id: str) -> str:
     """The variant that answers: "challenger" for the canary's share, "champion" otherwise
     (shadow scoring happens in addition and never answers)."""
     if strategy == "canary" and has_challenger and canary_share > 0:

@@ -65,7 +65,7 @@ class Item:
     `event_ts` the record's own event time (epoch seconds, UTC) when the caller sent one."""
 
     index: int
-    entity: int | None
+    entity: int | str | None  # in the spec's key type (entity.dtype)
     row: list[Any] | None
     event_ts: float | None = None
 
@@ -82,6 +82,7 @@ class RecordValidator:
         from include.mlops.features import derived_features
 
         self.entity_key = spec.entity_key
+        self.entity_is_string = spec.entity_is_string
         self.timestamp = spec.timestamp
         self.derived = set(derived_features(spec))
         self.feature_names = list(spec.feature_names)
@@ -134,16 +135,32 @@ class RecordValidator:
             raise ValidationFailed(errors)
         return items
 
-    def _entity(self, rec: dict[str, Any], loc: tuple[Any, ...], errors: list[dict[str, Any]]) -> int | None:
+    def _entity(self, rec: dict[str, Any], loc: tuple[Any, ...], errors: list[dict[str, Any]]) -> int | str | None:
+        """The record's entity id in the spec's key type. A string key takes a JSON string only; an
+        int64 key a JSON integer only (a numeric string such as "42" is refused, not guessed at)."""
         if self.entity_key not in rec or rec[self.entity_key] is None:
             return None
         v = rec[self.entity_key]
+        if self.entity_is_string:
+            if isinstance(v, str):
+                return v
+            errors.append(
+                error(
+                    (*loc, self.entity_key),
+                    f"expected a string {self.entity_key} (entity.dtype is string), got {type(v).__name__} "
+                    f"{v!r:.100}; send the id as a JSON string",
+                    "type_error.str",
+                )
+            )
+            return None
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         if not isinstance(v, int) or isinstance(v, bool) or not INT64_MIN <= v <= INT64_MAX:
             errors.append(
                 error(
-                    (*loc, self.entity_key), f"expected an integer {self.entity_key}, got {v!r}", "type_error.integer"
+                    (*loc, self.entity_key),
+                    f"expected an integer {self.entity_key} (entity.dtype is int64), got {type(v).__name__} {v!r:.100}",
+                    "type_error.integer",
                 )
             )
             return None
