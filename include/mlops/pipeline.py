@@ -8,8 +8,10 @@ nothing new.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -671,43 +673,51 @@ def log_model(model: Any, spec: DatasetSpec, X: pd.DataFrame) -> Any:
     with warnings.catch_warnings():  # skops' module scan trips ~1,000 Airflow deprecation warnings
         warnings.simplefilter("ignore")
         trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    return mlflow.sklearn.log_model(
-        model,
-        name="model",
-        signature=signature,
-        input_example=example,
-        pip_requirements=_pinned_requirements(),
-        pyfunc_predict_fn="predict_proba" if spec.is_classification else "predict",
-        skops_trusted_types=trusted,
-        metadata={
-            "features": model_features(spec),
-            "dataset": spec.name,
-            "task": spec.task,
-            **({"classes": [str(c) for c in class_values(model.classes_)]} if spec.is_classification else {}),
-        },
-    )
+    with quiet_deprecations("logged the model"):  # log_model loads it back to check the format
+        return mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example,
+            pip_requirements=_pinned_requirements(),
+            pyfunc_predict_fn="predict_proba" if spec.is_classification else "predict",
+            skops_trusted_types=trusted,
+            metadata={
+                "features": model_features(spec),
+                "dataset": spec.name,
+                "task": spec.task,
+                **({"classes": [str(c) for c in class_values(model.classes_)]} if spec.is_classification else {}),
+            },
+        )
 
 
 # -- evaluate -----------------------------------------------------------------------------------
 _DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 
 
-def load_sklearn(model_uri: str) -> Any:
-    """The model, without the flood of deprecation warnings skops' module scan sets off inside an
-    Airflow task (~1,160 per load, every imported module's deprecated attributes): they are
-    counted in one line, only around this call. Other warnings pass through."""
-    import mlflow
-
+@contextlib.contextmanager
+def quiet_deprecations(what: str) -> Iterator[None]:
+    """Around a model save or load only: skops' module scan touches every imported module's
+    deprecated attributes, ~1,160 Airflow deprecation warnings per call inside a task, which
+    buried the gate table. They are counted in one line; other warnings pass through."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = mlflow.sklearn.load_model(model_uri)
-    quiet = [w for w in caught if issubclass(w.category, _DEPRECATIONS)]
+        yield
+    quiet = 0
     for w in caught:
-        if not issubclass(w.category, _DEPRECATIONS):
+        if issubclass(w.category, _DEPRECATIONS):
+            quiet += 1
+        else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if quiet:
-        log.info("loaded %s (%d deprecation warnings from the model load not shown)", model_uri, len(quiet))
-    return model
+        log.info("%s (%d deprecation warnings from skops' module scan not shown)", what, quiet)
+
+
+def load_sklearn(model_uri: str) -> Any:
+    import mlflow
+
+    with quiet_deprecations(f"loaded {model_uri}"):
+        return mlflow.sklearn.load_model(model_uri)
 
 
 def evaluate(train_out: dict[str, Any], spec_name: str | None = None) -> dict[str, Any]:
@@ -845,7 +855,8 @@ def promote(
     if entry is None:
         msg = f"v{version} already champion"
     else:
-        msg = f"promoted v{version} to champion (previous: v{entry.from_version})"
+        before = f"previous: v{entry.from_version}" if entry.from_version else "the first champion"
+        msg = f"promoted v{version} to champion ({before})"
     log.info(msg)
     return {
         "promoted": entry is not None,

@@ -87,27 +87,33 @@ def run_training(
     return report
 
 
+TASK_ORDER = ("extract", "validate", "prepare", "train", "evaluate", "register", "deploy")
+
+
 def describe(report: TrainingReport, home: Path) -> list[str]:
-    """What a person wants to see after the run: task states, where the logs and results are."""
+    """What a person wants to see after the run: task states, the decision, where logs and results are."""
     from include.mlops.config import get_settings
 
     r = report.last
     lines = [f"ml_training {report.spec} {report.day}: {r.get('state', 'not run')} in {r.get('seconds', 0)} s"]
-    for tid, t in (r.get("tasks") or {}).items():
-        lines.append(f"  {tid:<10} {t['state']:<16} {t['seconds']:>7.2f} s")
-    if not r.get("tasks"):
+    tasks = r.get("tasks") or {}
+    for tid in sorted(tasks, key=lambda t: TASK_ORDER.index(t) if t in TASK_ORDER else len(TASK_ORDER)):
+        lines.append(f"  {tid:<10} {tasks[tid]['state']:<16} {tasks[tid]['seconds']:>7.2f} s")
+    if not tasks:
         lines.append("  no task ran: is the day before the DAGs' start date (MLOPS_START_DATE)?")
     outs = r.get("outputs") or {}
-    deploy = outs.get("deploy") or {}
-    if deploy:
-        lines.append(f"  deploy: {deploy.get('message', deploy)}")
+    if outs.get("train"):
+        lines.append(f"  MLflow run: {outs['train'].get('run_id')} (rows: {outs['train'].get('rows')})")
+    if outs.get("register"):
+        lines.append(f"  model version: {outs['register'].get('model')} v{outs['register'].get('version')}")
+    if outs.get("deploy"):
+        lines.append(f"  deploy: {outs['deploy'].get('message', outs['deploy'])}")
     if report.skipped:
         lines.append(f"  days of the window with no landed data (skipped): {', '.join(report.skipped)}")
     settings = get_settings()
     lines += [
         f"task log: {r.get('log')}",
-        f"per-task logs: {home / 'airflow' / 'logs'}",
         f"MLflow: {settings.tracking_uri}  (browse: mlflow ui --backend-store-uri {settings.tracking_uri})",
-        f"object store: {settings.store_uri}",
+        f"object store: {settings.store_uri}  (validation reports under reports/validation/{report.spec}/)",
     ]
     return lines

@@ -126,7 +126,10 @@ def is_positive(y: Any, classes: Any, spec: DatasetSpec) -> np.ndarray:
     import pandas as pd
 
     pos = positive_class(classes, spec)
-    values = pd.Series(np.asarray(y, dtype=object))
+    arr = np.asarray(y)
+    if arr.dtype.kind in "biuf" and _kind(pos) == ("bool" if arr.dtype.kind == "b" else "number"):  # at C speed
+        return (arr == pos).astype(np.int64)
+    values = pd.Series(arr.astype(object))
     hits = [v for v in class_values(values.dropna().unique()) if same_class(v, pos)]
     return values.isin(hits).to_numpy().astype(np.int64)
 

@@ -143,7 +143,7 @@ class DeploymentSpec(_Section):
     strategy: Literal["direct", "canary", "shadow", "blue_green"] = "direct"
     canary_share: float = Field(0.1, ge=0, le=1)
     latency_budget_ms: dict[str, float] = Field(default_factory=dict)  # an explicit SLO, e.g. {p99: 500}
-    max_latency_ratio: float = Field(3.0, gt=1)  # new version's p95 over the current one's, same check
+    max_latency_ratio: float = Field(3.0, gt=1)  # new version's p50 and p95 over the current one's, same check
     max_error_rate: float = Field(0.0, ge=0, le=1)
     load_test: LoadTestSpec = Field(default_factory=LoadTestSpec)
 

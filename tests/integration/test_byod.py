@@ -8,6 +8,7 @@ on SQLite, GX, Feast, MLflow, the service over HTTP. Nothing is mocked.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,15 +75,15 @@ def test_a_csv_becomes_a_serving_champion(kind, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "ml_training" in run.stdout and "success" in run.stdout
     assert "promoted v1 to champion" in run.stdout
-    assert "task log:" in run.stdout
+    assert "task log:" in run.stdout and "model version: " in run.stdout
+    tasks = [m[1] for m in re.finditer(r"^  (\w+) +success +[\d.]+ s$", run.stdout, re.MULTILINE)]
+    assert tasks == ["extract", "validate", "prepare", "train", "evaluate", "register", "deploy"], run.stdout
 
-    import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     client = MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
     champion = client.get_model_version_by_alias(f"{kind}_model", "champion")
-    assert champion.version == "1"
+    assert str(champion.version) == "1"
     holdout = client.get_run(champion.run_id).data.metrics
     assert holdout[f"holdout_{metric}"] >= floor, holdout
 

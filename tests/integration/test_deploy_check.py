@@ -124,7 +124,7 @@ def test_an_equally_fast_version_passes_on_a_busy_machine(env, client, busy_core
         assert load["variants"] == {"pinned": 120}  # every counted request was answered by the pinned version
         judged = load["judged"]
         assert judged["baseline"] == f"v{before}" and judged["latency_ratio"] <= judged["max_latency_ratio"]
-        assert f"p95 ratio {judged['latency_ratio']}" in out["message"]
+        assert f"ratio p50 {judged['ratios']['p50']}, p95 {judged['ratios']['p95']}" in out["message"]
         assert httpx.get(f"{service.url}/ready", timeout=30).json()["champion"]["version"] == new
         # pinning a version is for the check only: admin token, and only versions in memory
         record = {"records": [D.sample_inputs(env["spec"], _store())[0][0]]}
@@ -154,6 +154,7 @@ def test_a_really_slower_version_is_rolled_back_on_a_busy_machine(env, client, b
     with pytest.raises(D.DeploymentCheckFailed) as failed:
         D.rollout(reg, PASSED, "check-slow", "test", strategy="direct", spec_name=str(env["spec_path"]))
     msg = str(failed.value)
+    print(msg)  # the verdict with its figures, shown with `pytest -rP`
     assert f"v{slow} failed its post-deployment check" in msg and "x the current version's" in msg, msg
     assert f"champion rolled back to v{before}" in msg
     assert alias_version(client, name, CHAMPION) == before

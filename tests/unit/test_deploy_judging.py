@@ -27,13 +27,22 @@ def test_a_busy_machine_slows_both_versions_alike_and_passes():
     # what failed the demo: p99 521 ms against an absolute 500 ms, with the current version as slow
     reasons, figures = judge(arm(400, p99=521), {**arm(380, p99=510), "version": "1"})
     assert reasons == []
-    assert figures["latency_ratio"] == round(400 / 380, 3) and figures["baseline"] == "v1"
+    assert figures["ratios"]["p95"] == round(400 / 380, 3) and figures["baseline"] == "v1"
 
 
 def test_a_version_three_times_slower_than_the_current_one_fails():
-    reasons, figures = judge(arm(93.0), {**arm(30.0), "version": "4"})
-    assert figures["latency_ratio"] == 3.1
-    assert len(reasons) == 1 and "3.10x the current version's 30 ms (limit 3x" in reasons[0]
+    reasons, figures = judge(arm(93.0, p50=20.0), {**arm(30.0, p50=20.0), "version": "4"})
+    assert figures["ratios"] == {"p50": 1.0, "p95": 3.1} and figures["latency_ratio"] == 3.1
+    assert reasons == [
+        "load test: the new version's p95 93 ms is 3.10x the current version's 30 ms (limit 3x, same check, interleaved)"
+    ]
+
+
+def test_a_model_slower_on_every_request_fails_even_when_the_machine_swamps_the_tail():
+    # a model sleeping 0.5 s a call beside a current version with a 290 ms p95 on busy cores
+    reasons, figures = judge(arm(700.0, p50=520.0), {**arm(290.0, p50=60.0), "version": "1"})
+    assert figures["ratios"] == {"p50": 8.667, "p95": 2.414} and figures["latency_ratio"] == 8.667
+    assert len(reasons) == 1 and "p50 520 ms is 8.67x the current version's 60 ms" in reasons[0]
 
 
 def test_the_limit_itself_passes_and_the_ratio_is_configurable():

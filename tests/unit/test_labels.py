@@ -447,3 +447,33 @@ def test_monitoring_performance_for_text_and_multiclass_labels(cancer, wine, whi
         if not isinstance(m.get("value"), dict)
     }
     assert evid["Accuracy"] == pytest.approx(skm.accuracy_score(y, cur[PREDICTION]))
+
+
+# -- resolving the positive class ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("yaml_value", "classes", "index"),
+    [
+        ("yes", ["no", "yes"], 1),  # YAML 1.2: yes stays text
+        ("'no'", ["no", "yes"], 0),
+        ("1", ["0", "1"], 1),  # a number against text labels: compared as text
+        ("0", [0, 1], 0),
+        ("true", [False, True], 1),
+        ("null", [0, 1], 1),  # the default: 1 ...
+        ("null", [False, True], 1),  # ... or True
+        ("null", ["0", "1"], 1),
+    ],
+)
+def test_positive_class_resolution(tmp_path, cancer, yaml_value, classes, index):
+    from include.mlops.scores import positive_index
+    from include.mlops.spec import load_spec
+
+    raw = _raw_spec("cancer", cancer, {})
+    text = yaml.safe_dump(raw, sort_keys=False).replace("feed: inline", f"feed: inline\n  positive_class: {yaml_value}")
+    (tmp_path / "cancer.yaml").write_text(text)
+    spec = load_spec(str(tmp_path / "cancer.yaml"))
+    assert positive_index(np.asarray(classes), spec) == index
+    proba = np.array([[0.2, 0.8], [0.7, 0.3]])
+    np.testing.assert_allclose(positive_scores(proba, classes, spec), proba[:, index])
+    pred, score = class_scores(proba, classes, spec)
+    expected = [classes[index] if p >= DECISION_THRESHOLD else classes[1 - index] for p in proba[:, index]]
+    assert pred.tolist() == expected and score.tolist() == proba[:, index].tolist()
