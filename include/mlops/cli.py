@@ -117,7 +117,9 @@ def spec_check(
     if data is not None:
         try:
             frame = conform(read_table(data, parsed.source.csv_delimiter), parsed)
-        except (DraftError, IngestError) as exc:
+        except DraftError as exc:  # names the file itself
+            _fail(str(exc))
+        except IngestError as exc:
             _fail(f"{data}: {exc}")
         typer.echo(f"{data}: fits the spec ({len(frame)} rows)")
 

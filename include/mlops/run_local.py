@@ -8,6 +8,7 @@ task logs written to `$MLOPS_HOME/logs/`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -53,7 +54,7 @@ def run_training(
 ) -> TrainingReport:
     from include.mlops.airflow_env import apply_airflow_env, migrate_db
     from include.mlops.config import PROJECT_ROOT, get_settings
-    from include.mlops.demo import run_day
+    from include.mlops.demo import run_day as demo_run_day
     from include.mlops.spec import load_spec
     from include.mlops.storage import ObjectStore, ensure_bucket
 
@@ -74,6 +75,11 @@ def run_training(
     logs = settings.home / "logs"
     todo, empty = days_to_ingest(spec, store, day) if backfill else ([], [])
     report.skipped = [d.isoformat() for d in empty]
+
+    def run_day(dag: Any, d: date, conf: dict[str, Any], log_file: Path) -> dict[str, Any]:
+        offset = log_file.stat().st_size if log_file.exists() else 0  # the log is appended to: this run's part
+        return {**demo_run_day(dag, d, conf, log_file), "log_offset": offset}
+
     for d in todo:
         r = run_day(dag, d, {"dataset": spec.name, "train": False}, logs / f"ml_training-{spec.name}-{d}.log")
         report.runs.append(r)
@@ -95,7 +101,10 @@ def describe(report: TrainingReport, home: Path) -> list[str]:
     from include.mlops.config import get_settings
 
     r = report.last
-    lines = [f"ml_training {report.spec} {report.day}: {r.get('state', 'not run')} in {r.get('seconds', 0)} s"]
+    ran = r.get("day", report.day.isoformat())
+    lines = [f"ml_training {report.spec} {ran}: {r.get('state', 'not run')} in {r.get('seconds', 0)} s"]
+    if ran != report.day.isoformat():
+        lines[0] += f" (ingesting a day of the window: {report.day} did not run; fix {ran} and run again)"
     tasks = r.get("tasks") or {}
     for tid in sorted(tasks, key=lambda t: TASK_ORDER.index(t) if t in TASK_ORDER else len(TASK_ORDER)):
         lines.append(f"  {tid:<10} {tasks[tid]['state']:<16} {tasks[tid]['seconds']:>7.2f} s")
@@ -104,10 +113,18 @@ def describe(report: TrainingReport, home: Path) -> list[str]:
     outs = r.get("outputs") or {}
     if outs.get("train"):
         lines.append(f"  MLflow run: {outs['train'].get('run_id')} (rows: {outs['train'].get('rows')})")
+    ev = outs.get("evaluate") or {}
+    if ev.get("metrics"):
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in ev["metrics"].items() if isinstance(v, int | float))
+        lines.append(f"  holdout: {shown}")
+        verdict = "passed" if ev.get("passed") else "failed: " + "; ".join(map(str, ev.get("reasons") or []))
+        lines.append(f"  gate: {verdict}")
     if outs.get("register"):
         lines.append(f"  model version: {outs['register'].get('model')} v{outs['register'].get('version')}")
     if outs.get("deploy"):
         lines.append(f"  deploy: {outs['deploy'].get('message', outs['deploy'])}")
+    if r.get("state") not in (None, "success"):
+        lines += [f"  why: {line}" for line in failure_lines(r.get("log"), r.get("log_offset", 0))]
     if report.skipped:
         lines.append(f"  days of the window with no landed data (skipped): {', '.join(report.skipped)}")
     settings = get_settings()
@@ -117,3 +134,25 @@ def describe(report: TrainingReport, home: Path) -> list[str]:
         f"object store: {settings.store_uri}  (validation reports under reports/validation/{report.spec}/)",
     ]
     return lines
+
+
+ERROR_LINE = re.compile(r"^[\w.]+(Error|Exception|Exit): ")
+
+
+def failure_lines(log_file: str | None, offset: int = 0, limit: int = 8) -> list[str]:
+    """The last exception a task raised, as its log has it from `offset` on (the message, not the traceback)."""
+    if not log_file or not Path(log_file).exists():
+        return []
+    with Path(log_file).open("rb") as fh:
+        fh.seek(offset)
+        lines = fh.read().decode(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if ERROR_LINE.match(line)]
+    if not starts:
+        return []
+    i = starts[-1]
+    out = [lines[i].split(": ", 1)[1]]
+    for line in lines[i + 1 : i + limit]:
+        if not line.strip() or re.match(r"^\d{4}-\d\d-\d\dT", line) or line.startswith(("Traceback", "The above")):
+            break
+        out.append(line.rstrip())
+    return out

@@ -53,6 +53,13 @@ def read_table(path: Path, delimiter: str = ",") -> pd.DataFrame:
         if name.endswith((".csv", ".csv.gz", ".txt")):
             return pd.read_csv(path, sep=delimiter)
     except Exception as exc:  # the reader's own words, after ours
+        head = path.read_bytes()[:4096]
+        if name.endswith(".parquet") and not head.startswith(b"PAR1") and b"," in head and b"\n" in head:
+            raise DraftError(
+                f"{path}: it is text (a CSV?) under a .parquet name: write it as parquet, or name it .csv"
+            ) from None
+        if not name.endswith(".parquet") and head.startswith(b"PAR1"):
+            raise DraftError(f"{path}: it is a parquet file under a CSV name: name it .parquet") from None
         raise DraftError(f"{path}: could not be read as {'parquet' if 'parquet' in name else 'CSV'} ({exc})") from None
     raise DraftError(f"{path}: use a .csv, .csv.gz or .parquet file")
 
@@ -76,11 +83,34 @@ def _time_candidates(df: pd.DataFrame) -> list[str]:
         s = df[col]
         if pd.api.types.is_datetime64_any_dtype(s):
             out.append(col)
+        elif _epoch_seconds(s) and TIME_NAME.search(str(col)):
+            out.append(col)
         elif s.dtype == object and TIME_NAME.search(str(col)):
             parsed = pd.to_datetime(s.head(200), errors="coerce", utc=True)
             if parsed.notna().mean() > 0.95:
                 out.append(col)
     return out
+
+
+def _epoch_seconds(s: pd.Series) -> bool:
+    """Numbers that read as epoch seconds between 1973 and 2286 (what the pipeline reads numeric times as)."""
+    import pandas as pd
+
+    if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        return False
+    values = s.dropna()
+    return not values.empty and bool(((values >= 1e8) & (values < 1e10)).all())
+
+
+def to_utc(s: pd.Series) -> pd.Series:
+    """A time column as UTC times: ISO 8601 text (no offset means UTC) or epoch seconds; NaT where neither."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        return pd.to_datetime(s, unit="s", utc=True, errors="coerce")
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return pd.to_datetime(s, utc=True)
+    return pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601")
 
 
 def _native(v: Any) -> Any:
@@ -117,7 +147,7 @@ def _feature(s: pd.Series, rows: int) -> tuple[dict[str, Any] | None, str | None
         low, high = lo - 0.25 * span, hi + 0.25 * span  # room for tomorrow's values
         if lo >= 0:
             low = max(low, 0.0)
-        if pd.api.types.is_integer_dtype(s):
+        if pd.api.types.is_integer_dtype(s) or bool((values % 1 == 0).all()):  # ints with gaps read as floats
             return {"type": "int", "range": [math.floor(low), math.ceil(high)], "required": required}, None
         return {"type": "float", "range": [round(low, 6), round(high, 6)], "required": required}, None
     text = s.dropna().astype(str)
@@ -146,16 +176,25 @@ def draft_spec(
     df = df.set_axis(cols, axis=1)
     notes: list[str] = []
     time_col = _pick(cols, time, "event time", "--time", _time_candidates(df))
-    key_col = _pick(cols, key, "entity key", "--key", [c for c in cols if (KEY_NAME.search(c) or KEY_CAMEL.search(c)) and c != time_col])
+    key_col = _pick(
+        cols,
+        key,
+        "entity key",
+        "--key",
+        [c for c in cols if (KEY_NAME.search(c) or KEY_CAMEL.search(c)) and c != time_col],
+    )
     label_col = _pick(cols, label, "label", "--label", [c for c in cols if c.lower() in LABEL_NAMES])
     y = df[label_col]
     if task is None:
         numeric = pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y)
         few = y.nunique() <= 20
         task = "classification" if (not numeric or (few and pd.api.types.is_integer_dtype(y))) else "regression"
-    ts = pd.to_datetime(df[time_col], utc=True, errors="coerce")
+    ts = to_utc(df[time_col])
     if ts.isna().mean() > 0.05:
-        raise DraftError(f"--time {time_col!r}: {int(ts.isna().sum())} of {len(ts)} values are not dates or times")
+        raise DraftError(
+            f"--time {time_col!r}: {int(ts.isna().sum())} of {len(ts)} values are not dates or times "
+            "(the pipeline reads ISO 8601, e.g. 2026-10-01T08:30:00Z, or epoch seconds)"
+        )
     days = int(ts.dt.normalize().nunique())
     rows = len(df)
     per_day = max(1, rows // max(days, 1))
@@ -184,6 +223,10 @@ def draft_spec(
     if not features:
         raise DraftError("no usable feature columns besides the key, the time and the label")
 
+    gaps = [f for f, d in features.items() if d["type"] == "category" and not d["required"]]
+    if source_format == "csv" and gaps:
+        source_format = "parquet"  # extract reads an empty CSV field of a category as the text '', not a null
+        notes.append(f"source.format is parquet: a CSV landing cannot carry the empty values of {gaps}")
     label_spec: dict[str, Any] = {"name": rename.get(label_col, label_col), "feed": "separate", "delay_days": 0}
     kind = "regression"
     if task == "classification":

@@ -52,6 +52,8 @@ def conform(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """The spec's columns in the spec's types, or an IngestError naming what does not fit."""
     import pandas as pd
 
+    from include.mlops.data.draft import to_utc
+
     df = df.rename(columns={str(k): v for k, v in spec.source.rename.items()})
     wanted = [spec.entity_key, spec.timestamp, *spec.feature_names, spec.label]
     missing = [c for c in wanted if c not in df.columns]
@@ -60,11 +62,19 @@ def conform(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
         hint = f"; columns the spec does not name: {extra} (source.rename maps a file column to a spec name)"
         raise IngestError(f"the file lacks the spec's column(s) {missing}{hint if extra else ''}")
     out = df[wanted].copy()
-    ts = pd.to_datetime(out[spec.timestamp], utc=True, errors="coerce")
+    ts = to_utc(out[spec.timestamp])
     bad = int(ts.isna().sum())
     if bad:
         raise IngestError(
-            f"{bad} value(s) of {spec.timestamp!r} are not dates or times, e.g. {out[spec.timestamp][ts.isna()].iloc[0]!r}"
+            f"{bad} value(s) of {spec.timestamp!r} are not dates or times, e.g. {out[spec.timestamp][ts.isna()].iloc[0]!r}; "
+            "write ISO 8601 (2026-10-01T08:30:00Z) or epoch seconds"
+        )
+    future = ts > pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=1)
+    if future.any():
+        raise IngestError(
+            f"{int(future.sum())} value(s) of {spec.timestamp!r} are in the future, e.g. "
+            f"{out[spec.timestamp][future].iloc[0]!r} on data row {int(future.to_numpy().argmax()) + 1}; "
+            "fix or drop those rows (each event day becomes a batch to train on)"
         )
     out[spec.timestamp] = ts
     key = out[spec.entity_key]
@@ -79,11 +89,45 @@ def conform(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
             )
         out[spec.entity_key] = as_int.astype("int64")
     for f in spec.features:
+        col = out[f.name]
         if not f.is_numeric:
-            col = out[f.name]
             out[f.name] = col.where(col.isna(), col.astype(str)).astype(object)
+            continue
+        if pd.api.types.is_bool_dtype(col):
+            raise IngestError(
+                f"feature {f.name!r} is {f.type} in the spec but true/false in the file; make it a category"
+            )
+        if not pd.api.types.is_numeric_dtype(col):
+            as_num = pd.to_numeric(col, errors="coerce")
+            wrong = as_num.isna() & col.notna()
+            if wrong.any():
+                raise IngestError(
+                    f"feature {f.name!r} is {f.type} in the spec but {int(wrong.sum())} value(s) are not numbers, "
+                    f"e.g. {col[wrong].iloc[0]!r}; fix the values or make it a category"
+                )
+            out[f.name] = as_num
+    if spec.source.format == "csv":
+        # extract reads a CSV's category columns as text, where an empty field is "" and not a null
+        gaps = {f: int(out[f].isna().sum()) for f in spec.categorical_features if out[f].isna().any()}
+        if gaps:
+            raise IngestError(
+                f"category feature(s) with empty values {gaps}: a CSV landing cannot carry them (extract reads an "
+                "empty field as the text '', outside the category set); set source.format: parquet in the spec"
+            )
     if out[spec.label].isna().any():
         raise IngestError(f"{int(out[spec.label].isna().sum())} row(s) have no label {spec.label!r}")
+    classes = spec.label_spec.classes if spec.is_classification else None
+    if classes:
+
+        def text(v: object) -> str:  # 1.0 read from a file is the class 1
+            return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+        unknown = sorted({text(v) for v in out[spec.label].unique()} - {text(c) for c in classes})
+        if unknown:
+            raise IngestError(
+                f"label {spec.label!r} has value(s) {unknown[:10]} that are not in label.classes {classes}; "
+                "add them to label.classes (3 or more classes make a multiclass task) or fix the rows"
+            )
     return out
 
 
