@@ -164,7 +164,7 @@ def run_training(
     train: Annotated[bool, typer.Option(help="--no-train ingests the day only")] = True,
 ) -> None:
     """Run ml_training for one day on the embedded default and say where its logs and results are."""
-    from include.mlops.run_local import describe
+    from include.mlops.run_local import NoLandedData, describe
     from include.mlops.run_local import run_training as run
     from include.mlops.spec import SpecError, load_spec
 
@@ -180,7 +180,10 @@ def run_training(
         from include.mlops.data.ingest import install_spec
 
         install_spec(Path(parsed.path), _home())
-    report = run(parsed.name, day, backfill=backfill, train=train, say=typer.echo)
+    try:
+        report = run(parsed.name, day, backfill=backfill, train=train, say=typer.echo)
+    except NoLandedData as exc:
+        _fail(str(exc))
     for line in describe(report, _home()):
         typer.echo(line)
     if not report.succeeded:

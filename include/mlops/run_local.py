@@ -49,6 +49,27 @@ def days_to_ingest(spec: Any, store: Any, day: date) -> tuple[list[date], list[d
     return todo, empty
 
 
+class NoLandedData(ValueError):
+    """The day to run has no landed events: said before Airflow starts, with the days that have some."""
+
+
+def check_landed(spec: Any, store: Any, day: date) -> None:
+    from include.mlops import layout
+
+    prefix = layout.events_landing_prefix(spec, day)
+    if store.list(prefix):
+        return
+    root = prefix.rsplit("dt=", 1)[0]
+    days = sorted({m.group(1) for k in store.list(root) if (m := re.search(r"dt=(\d{4}-\d\d-\d\d)/", k))})
+    have = (
+        f"days with landed events: {days[0]} to {days[-1]} ({len(days)} days)" if days else "no day has landed events"
+    )
+    raise NoLandedData(
+        f"no landed events for {spec.name} on {day}: nothing in {store.uri(prefix)}; {have}. "
+        f"Land the day first (mlops ingest FILE --spec {spec.name}) or pick a day that has data"
+    )
+
+
 def run_training(
     spec_name: str, day: date, *, backfill: bool = True, train: bool = True, say: Callable[[str], None] = print
 ) -> TrainingReport:
@@ -62,6 +83,7 @@ def run_training(
     spec = load_spec(spec_name)
     store = ObjectStore(settings.store_uri, settings.s3_endpoint_url)
     ensure_bucket(store)
+    check_landed(spec, store, day)
     report = TrainingReport(spec.name, day)
     env = apply_airflow_env(settings.home)
     say(f"airflow metadata db: {env['AIRFLOW_HOME']} (migrating if needed)")

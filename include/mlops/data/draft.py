@@ -83,9 +83,9 @@ def _time_candidates(df: pd.DataFrame) -> list[str]:
         s = df[col]
         if pd.api.types.is_datetime64_any_dtype(s):
             out.append(col)
-        elif _epoch_seconds(s) and TIME_NAME.search(str(col)):
+        elif _epoch_seconds(s) and TIME_NAME.search(_slug(str(col))):
             out.append(col)
-        elif s.dtype == object and TIME_NAME.search(str(col)):
+        elif s.dtype == object and TIME_NAME.search(_slug(str(col))):
             parsed = pd.to_datetime(s.head(200), errors="coerce", utc=True)
             if parsed.notna().mean() > 0.95:
                 out.append(col)
@@ -181,14 +181,19 @@ def draft_spec(
         key,
         "entity key",
         "--key",
-        [c for c in cols if (KEY_NAME.search(c) or KEY_CAMEL.search(c)) and c != time_col],
+        [c for c in cols if (KEY_NAME.search(_slug(c)) or KEY_CAMEL.search(c)) and c != time_col],
     )
-    label_col = _pick(cols, label, "label", "--label", [c for c in cols if c.lower() in LABEL_NAMES])
+    label_col = _pick(cols, label, "label", "--label", [c for c in cols if _slug(c) in LABEL_NAMES])
     y = df[label_col]
     if task is None:
         numeric = pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y)
         few = y.nunique() <= 20
         task = "classification" if (not numeric or (few and pd.api.types.is_integer_dtype(y))) else "regression"
+    if task == "regression" and (not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y)):
+        raise DraftError(
+            f"--label {label_col!r} holds {y.dtype} values such as {y.dropna().iloc[0]!r}, not numbers: "
+            "a regression needs a numeric label; use --task classification"
+        )
     ts = to_utc(df[time_col])
     if ts.isna().mean() > 0.05:
         raise DraftError(

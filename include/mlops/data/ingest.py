@@ -116,6 +116,18 @@ def conform(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
             )
     if out[spec.label].isna().any():
         raise IngestError(f"{int(out[spec.label].isna().sum())} row(s) have no label {spec.label!r}")
+    if not spec.is_classification:
+        y = out[spec.label]
+        if pd.api.types.is_bool_dtype(y):
+            as_num = pd.Series(float("nan"), index=y.index)
+        else:
+            as_num = pd.to_numeric(y, errors="coerce")
+        if as_num.isna().any():
+            raise IngestError(
+                f"label {spec.label!r} of a regression holds values that are not numbers, e.g. "
+                f"{y[as_num.isna()].iloc[0]!r}; fix them, or set task: classification with label.classes"
+            )
+        out[spec.label] = as_num
     classes = spec.label_spec.classes if spec.is_classification else None
     if classes:
 
