@@ -137,13 +137,14 @@ def ingest(
     from include.mlops.storage import ObjectStore, ensure_bucket
 
     try:
-        installed = install_spec(_spec_path(spec), _home())
-        parsed = load_spec(parsed_name := str(installed))
+        source = _spec_path(spec)
+        parsed = load_spec(str(source))
         frame = read_table(file, parsed.source.csv_delimiter)
         settings = get_settings()
         store = ObjectStore(settings.store_uri, settings.s3_endpoint_url)
         ensure_bucket(store)
-        landed = land(frame, parsed, store, file.name)
+        landed = land(frame, parsed, store, file.name)  # checks the whole file before writing a day
+        parsed_name = str(install_spec(source, _home()))  # installed once its data fits
     except (SpecError, DraftError, IngestError) as exc:
         _fail(str(exc))
     typer.echo(f"spec installed: {parsed_name} (use it by name: {parsed.name})")

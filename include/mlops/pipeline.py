@@ -300,7 +300,12 @@ def _read_csv(spec: DatasetSpec, key: str, data: bytes) -> Any:
         table = pacsv.read_csv(
             pa.BufferReader(data),
             parse_options=pacsv.ParseOptions(delimiter=delim),
-            convert_options=pacsv.ConvertOptions(column_types={file_name.get(c, c): pa.string() for c in text_cols}),
+            # a text column's types under both names (a team's file or `mlops ingest`'s, which
+            # lands the spec's names); an empty field is a missing value, as pandas writes it
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for c in text_cols for name in {c, file_name.get(c, c)}},
+                strings_can_be_null=True,
+            ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         counts = re.search(r"Expected (\d+) columns, got (\d+)", str(exc))

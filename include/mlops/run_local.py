@@ -147,6 +147,9 @@ def describe(report: TrainingReport, home: Path) -> list[str]:
         lines.append(f"  deploy: {outs['deploy'].get('message', outs['deploy'])}")
     if r.get("state") not in (None, "success"):
         lines += [f"  why: {line}" for line in failure_lines(r.get("log"), r.get("log_offset", 0))]
+    elif (tasks.get("train") or {}).get("state") == "skipped":
+        why = skip_reason(r.get("log"), r.get("log_offset", 0))
+        lines.append(f"  no model: training skipped{': ' + why if why else ''}")
     if report.skipped:
         lines.append(f"  days of the window with no landed data (skipped): {', '.join(report.skipped)}")
     settings = get_settings()
@@ -178,3 +181,16 @@ def failure_lines(log_file: str | None, offset: int = 0, limit: int = 8) -> list
             break
         out.append(line.rstrip())
     return out
+
+
+SKIP_REASON = re.compile(r"Skipping task\..*reason='(.*)'")
+
+
+def skip_reason(log_file: str | None, offset: int = 0) -> str:
+    """Why the train task was skipped (too few labelled rows, `--no-train`), as its log says."""
+    if not log_file or not Path(log_file).exists():
+        return ""
+    with Path(log_file).open("rb") as fh:
+        fh.seek(offset)
+        found = SKIP_REASON.findall(fh.read().decode(errors="replace"))
+    return found[0] if found else ""

@@ -418,7 +418,7 @@ def _problems(spec: DatasetSpec) -> list[str]:
             out.append(f"gate.slices: {col!r} is not a feature; slice by one of {spec.categorical_features}")
         elif spec.feature_map[col].type != "category":
             out.append(
-                f"gate.slices: {col!r} is a {spec.feature_map[col].type} feature; slices must be category features "
+                f"gate.slices: {col!r} is a numeric ({spec.feature_map[col].type}) feature; slices must be category features "
                 f"({spec.categorical_features})"
             )
     if spec.training.min_rows < spec.model.search.cv_folds * 2:

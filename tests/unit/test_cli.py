@@ -147,3 +147,50 @@ def test_ingest_refuses_text_ids_for_an_integer_key(home, tmp_path):
 def test_run_training_refuses_a_bad_date(home):
     res = mlops("run", "training", "--spec", "churn", "--date", "14/03/2025")
     assert res.exit_code == 1 and "write YYYY-MM-DD" in res.output
+
+
+def test_a_rejected_file_lands_nothing_and_installs_no_spec(home, tmp_path):
+    csv = write_csv("cancer", tmp_path)
+    mlops("spec", "init", csv)
+    df = table("cancer")
+    df.loc[100, "event_time"] = "2099-04-02 10:00:00"
+    df.to_csv(tmp_path / "future.csv", index=False)
+    res = mlops("ingest", tmp_path / "future.csv", "--spec", tmp_path / "cancer.yaml")
+    assert res.exit_code == 1
+    assert "in the future" in res.output and "2099-04-02" in res.output
+    assert not (home / "specs" / "cancer.yaml").exists()
+    assert not (home / "store" / "raw").exists()
+
+
+def test_epoch_seconds_are_times(home, tmp_path):
+    df = table("wine")
+    df["event_time"] = pd.to_datetime(df["event_time"], utc=True).astype("int64") // 10**9
+    df = df.rename(columns={"event_time": "ts"})
+    df.to_csv(tmp_path / "wine.csv", index=False)
+    res = mlops("spec", "init", tmp_path / "wine.csv")
+    assert res.exit_code == 0, res.output
+    assert "time ts" in res.output and "over 14 days" in res.output
+
+
+def test_empty_category_fields_reach_the_pipeline_as_missing_values(home, tmp_path):
+    """A CSV's empty field is a missing value all the way to staging (not the text '')."""
+    from datetime import date
+
+    from include.mlops import layout
+    from include.mlops import pipeline as P
+    from include.mlops.storage import get_store
+    from tests.conftest import day_interval
+
+    df = table("cancer")
+    df["size_band"] = pd.cut(df["mean radius"], [0, 12, 15, 100], labels=["s", "m", "l"]).astype(str)
+    df.loc[df.index % 7 == 0, "size_band"] = None
+    df.to_csv(tmp_path / "cancer.csv", index=False)
+    assert mlops("spec", "init", tmp_path / "cancer.csv").exit_code == 0
+    spec = load_spec(str(tmp_path / "cancer.yaml"))
+    assert spec.source.format == "csv" and spec.feature("size_band").required is False
+    assert mlops("ingest", tmp_path / "cancer.csv", "--spec", tmp_path / "cancer.yaml").exit_code == 0
+    day = date(2025, 3, 5)
+    P.extract(day_interval(day), "cancer")
+    staged = get_store().get_parquet(layout.staging_events_key(spec, day))
+    assert staged["size_band"].isna().any() and "" not in set(staged["size_band"].dropna())
+    P.validate(day_interval(day), "cancer")  # optional category with gaps: passes

@@ -73,7 +73,10 @@ def test_unknown_spec_names_the_known_ones():
         (lambda r: r["gate"].update(minimum={"roc_auc": 0.7}), r"gate.minimum: unknown key; did you mean 'minimums'"),
         (lambda r: r.update(trainig={}), r"trainig: unknown key; did you mean 'training'"),
         (lambda r: r["training"].update(window_days="many"), r"training.window_days: Input should be a valid integer"),
-        (lambda r: r["gate"].update(slices=["tenure_months"]), r"gate.slices: 'tenure_months' is a int feature"),
+        (
+            lambda r: r["gate"].update(slices=["tenure_months"]),
+            r"gate.slices: 'tenure_months' is a numeric \(int\) feature",
+        ),
         (lambda r: r["gate"].update(slices=["nope"]), r"gate.slices: 'nope' is not a feature"),
         (lambda r: r["model"].update(primary_metric="r2"), r"model.primary_metric: 'r2' does not fit a binary task"),
         (lambda r: r["gate"].update(minimums={"rmse": 1}), r"gate.minimums.rmse: not a metric of a binary task"),

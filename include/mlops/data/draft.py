@@ -147,7 +147,8 @@ def _feature(s: pd.Series, rows: int) -> tuple[dict[str, Any] | None, str | None
         low, high = lo - 0.25 * span, hi + 0.25 * span  # room for tomorrow's values
         if lo >= 0:
             low = max(low, 0.0)
-        if pd.api.types.is_integer_dtype(s) or bool((values % 1 == 0).all()):  # ints with gaps read as floats
+        gaps_in_ints = not required and bool((values % 1 == 0).all())  # a CSV's integers with gaps read as floats
+        if pd.api.types.is_integer_dtype(s) or gaps_in_ints:
             return {"type": "int", "range": [math.floor(low), math.ceil(high)], "required": required}, None
         return {"type": "float", "range": [round(low, 6), round(high, 6)], "required": required}, None
     text = s.dropna().astype(str)
@@ -228,10 +229,6 @@ def draft_spec(
     if not features:
         raise DraftError("no usable feature columns besides the key, the time and the label")
 
-    gaps = [f for f, d in features.items() if d["type"] == "category" and not d["required"]]
-    if source_format == "csv" and gaps:
-        source_format = "parquet"  # extract reads an empty CSV field of a category as the text '', not a null
-        notes.append(f"source.format is parquet: a CSV landing cannot carry the empty values of {gaps}")
     label_spec: dict[str, Any] = {"name": rename.get(label_col, label_col), "feed": "separate", "delay_days": 0}
     kind = "regression"
     if task == "classification":

@@ -106,14 +106,6 @@ def conform(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
                     f"e.g. {col[wrong].iloc[0]!r}; fix the values or make it a category"
                 )
             out[f.name] = as_num
-    if spec.source.format == "csv":
-        # extract reads a CSV's category columns as text, where an empty field is "" and not a null
-        gaps = {f: int(out[f].isna().sum()) for f in spec.categorical_features if out[f].isna().any()}
-        if gaps:
-            raise IngestError(
-                f"category feature(s) with empty values {gaps}: a CSV landing cannot carry them (extract reads an "
-                "empty field as the text '', outside the category set); set source.format: parquet in the spec"
-            )
     if out[spec.label].isna().any():
         raise IngestError(f"{int(out[spec.label].isna().sum())} row(s) have no label {spec.label!r}")
     if not spec.is_classification:
