@@ -101,6 +101,7 @@ def test_a_csv_becomes_a_serving_champion(kind, tmp_path):
         if classes is None:
             assert all(isinstance(p["score"], float) for p in preds)
         else:
-            assert all(str(p["label"]) in classes for p in preds), preds
+            assert all(str(p["prediction"]) in classes for p in preds), preds
+            assert all(set(p["probabilities"]) == classes for p in preds), preds
     finally:
         service.close()
