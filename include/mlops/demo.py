@@ -475,7 +475,7 @@ def print_summary(s: dict[str, Any], path: Path) -> None:
     print("\n=== demo summary ===")
     print(f"champion      : {c['name']} v{c['version']} (previous: v{c.get('previous')})")
     for k, v in sorted((c.get("metrics") or {}).items()):
-        print(f"  {k:<20}{v}")
+        print(f"  {k:<26} {v}")
     print(f"model uri     : {c.get('model_uri')}")
     print(f"artifacts     : {c.get('artifact_uri')}")
     print(f"tracking uri  : {s['tracking_uri']}  (make up: MLflow UI on http://127.0.0.1:5000)")
