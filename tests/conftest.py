@@ -5,11 +5,14 @@ Nothing is mocked: the fixtures run the real pipeline steps (GX, Feast, MLflow) 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,11 +122,35 @@ def lifecycle_env(lifecycle, monkeypatch):
 
 
 def free_port() -> int:
-    import socket
+    """A free loopback port (the one the deploy step uses)."""
+    from include.mlops.deployment import free_port as library_free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return library_free_port()
+
+
+@contextlib.contextmanager
+def demo_home(home: Path, spec_path: Path, days: int, rows: int) -> Iterator[tuple[str, Any, Any]]:
+    """The environment pointed at `home` with `days` demo days landed from DEMO_START; yields
+    (spec path, spec, store) and restores the environment on exit."""
+    from include.mlops.data.generator import write_days
+    from include.mlops.spec import load_spec
+    from include.mlops.storage import ensure_bucket, get_store
+
+    mp = pytest.MonkeyPatch()
+    use_home(mp, home)
+    try:
+        spec = load_spec(str(spec_path))
+        store = get_store()
+        ensure_bucket(store)
+        write_days(store, spec, DEMO_START, days, rows=rows)
+        yield str(spec_path), spec, store
+    finally:
+        mp.undo()
+
+
+def ti_state(ti) -> str:
+    """A task instance's state as a plain word ("success", "failed", "skipped")."""
+    return str(ti.state).split(".")[-1].lower()
 
 
 @pytest.fixture(scope="session")

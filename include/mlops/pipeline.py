@@ -328,7 +328,6 @@ def _read_csv(spec: DatasetSpec, key: str, data: bytes) -> Any:
 def _utc_times(col: Any, name: str) -> Any:
     """A CSV's timestamp column as UTC nanoseconds: ISO 8601 text (an offset or Z, else read as
     UTC) or epoch seconds. `_Unreadable` naming the first value that is not a date-time."""
-    import pandas as pd
     import pyarrow as pa
 
     ns_utc = pa.timestamp("ns", tz="UTC")
@@ -336,11 +335,10 @@ def _utc_times(col: Any, name: str) -> Any:
         return col.cast(pa.timestamp(col.type.unit, tz="UTC")).cast(ns_utc)  # naive times are taken as UTC
     if pa.types.is_null(col.type):
         return col.cast(ns_utc)
+    from include.mlops.data.draft import to_utc  # the one reading of times: ISO 8601 or epoch seconds
+
     values = col.to_pandas()
-    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
-        parsed = pd.to_datetime(values, unit="s", utc=True, errors="coerce")
-    else:
-        parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    parsed = to_utc(values)
     wrong = parsed.isna() & values.notna()
     if wrong.any():
         pos = int(wrong.to_numpy().argmax())

@@ -7,31 +7,16 @@ from datetime import timedelta
 
 import pytest
 
-from tests.conftest import DEMO_START, run_dag_day, small_spec, use_home
+from tests.conftest import DEMO_START, demo_home, run_dag_day, small_spec, ti_state
 
 pytestmark = pytest.mark.integration
 
 
-def _state(ti) -> str:
-    return str(ti.state).split(".")[-1].lower()
-
-
 @pytest.fixture(scope="module")
 def landing(tmp_path_factory, airflow_db):
-    from include.mlops.data.generator import write_days
-    from include.mlops.spec import load_spec
-    from include.mlops.storage import ensure_bucket, get_store
-
     home = tmp_path_factory.mktemp("extract_failures")
-    mp = pytest.MonkeyPatch()
-    use_home(mp, home)
-    spec_path = str(small_spec(home))
-    spec = load_spec(spec_path)
-    store = get_store()
-    ensure_bucket(store)
-    write_days(store, spec, DEMO_START, 1, rows=100)
-    yield {"spec": spec, "spec_path": spec_path, "store": store}
-    mp.undo()
+    with demo_home(home, small_spec(home), days=1, rows=100) as (spec_path, spec, store):
+        yield {"spec": spec, "spec_path": spec_path, "store": store}
 
 
 def test_unreadable_file_fails_extract_once_and_is_quarantined(training_dag, landing):
@@ -45,8 +30,8 @@ def test_unreadable_file_fails_extract_once_and_is_quarantined(training_dag, lan
 
     run, tis = run_dag_day(training_dag, day, dataset=landing["spec_path"], train=False)
 
-    assert _state(tis["extract"]) == "failed" and tis["extract"].try_number == 1
-    assert all(_state(tis[t]) != "success" for t in ("validate", "prepare"))
+    assert ti_state(tis["extract"]) == "failed" and tis["extract"].try_number == 1
+    assert all(ti_state(tis[t]) != "success" for t in ("validate", "prepare"))
     q = layout.quarantine_prefix(spec, day)
     assert store.get_bytes(f"{q}part-1.parquet") == bad
     cause = store.get_json(f"{q}cause.json")["files"][0]
@@ -59,5 +44,5 @@ def test_day_without_data_fails_extract_without_retry(training_dag, landing):
 
     run, tis = run_dag_day(training_dag, day, dataset=landing["spec_path"], train=False)
 
-    assert _state(tis["extract"]) == "failed" and tis["extract"].try_number == 1
-    assert _state(tis["validate"]) != "success"
+    assert ti_state(tis["extract"]) == "failed" and tis["extract"].try_number == 1
+    assert ti_state(tis["validate"]) != "success"

@@ -8,15 +8,11 @@ from datetime import timedelta
 
 import pytest
 
-from tests.conftest import DEMO_START, day_interval, run_dag_day, s3_env, small_spec, use_home
+from tests.conftest import DEMO_START, day_interval, demo_home, run_dag_day, s3_env, small_spec, ti_state, use_home
 
 pytestmark = pytest.mark.integration
 ROWS = 300
 INGEST_DAYS = 8  # day 9 is the first full run: labels (3 days late) cover days 1-6
-
-
-def _state(ti) -> str:
-    return str(ti.state).split(".")[-1].lower()
 
 
 def _client():
@@ -34,24 +30,15 @@ def _aliases(client, model):
 
 @pytest.fixture(scope="module")
 def file_home(tmp_path_factory, airflow_db):
-    from include.mlops.data.generator import write_days
-    from include.mlops.spec import load_spec
-    from include.mlops.storage import get_store
-
     home = tmp_path_factory.mktemp("file_home")
-    mp = pytest.MonkeyPatch()
-    use_home(mp, home)
-    spec_path = str(small_spec(home))
-    spec = load_spec(spec_path)
-    write_days(get_store(), spec, DEMO_START, 12, rows=ROWS)
-    yield {"home": home, "spec_path": spec_path, "spec": spec}
-    mp.undo()
+    with demo_home(home, small_spec(home), days=12, rows=ROWS) as (spec_path, spec, _):
+        yield {"home": home, "spec_path": spec_path, "spec": spec}
 
 
 def _ingest(dag, spec_path, days):
     for i in range(days):
         run, tis = run_dag_day(dag, DEMO_START + timedelta(days=i), dataset=spec_path, train=False)
-        assert _state(tis["prepare"]) == "success" and _state(tis["train"]) == "skipped", i
+        assert ti_state(tis["prepare"]) == "success" and ti_state(tis["train"]) == "skipped", i
 
 
 def _staging_digest(store, spec):
@@ -75,7 +62,7 @@ def first_run(training_dag, file_home):
     client = _client()
     return {
         "run": run,
-        "states": {t: _state(ti) for t, ti in tis.items()},
+        "states": {t: ti_state(ti) for t, ti in tis.items()},
         "versions": client.search_model_versions(f"name='{spec.model_name}'"),
         "aliases": _aliases(client, spec.model_name),
         "ledger": read_ledger(get_store(), spec.model_name),
@@ -95,7 +82,7 @@ def rejected(training_dag, file_home, first_run, tmp_path_factory):
         training_dag, DEMO_START + timedelta(days=INGEST_DAYS + 1), dataset=str(strict_path), train=True
     )
     return {
-        "deploy_state": _state(tis["deploy"]),
+        "deploy_state": ti_state(tis["deploy"]),
         "deploy": tis["deploy"].xcom_pull(task_ids="deploy"),
         "aliases": _aliases(_client(), file_home["spec"].model_name),
     }
@@ -144,7 +131,7 @@ def test_rerun_of_same_interval_is_idempotent(training_dag, file_home, first_run
     before = _staging_digest(store, spec)
     versions_before = len(_client().search_model_versions(f"name='{spec.model_name}'"))
     run, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=INGEST_DAYS), dataset=spec_path, train=True)
-    assert _state(tis["deploy"]) == "success"
+    assert ti_state(tis["deploy"]) == "success"
     assert _staging_digest(store, spec) == before
     client = _client()
     assert len(client.search_model_versions(f"name='{spec.model_name}'")) == versions_before
@@ -169,8 +156,8 @@ def test_bad_batch_is_quarantined_and_champion_untouched(training_dag, file_home
     store.put_parquet(events_key(spec, day), events)
     champion_before = _aliases(_client(), spec.model_name)["champion"]
     run, tis = run_dag_day(training_dag, day, dataset=spec_path, train=True)
-    assert _state(tis["validate"]) == "failed"
-    assert all(_state(tis[t]) != "success" for t in ("prepare", "train", "register", "deploy"))
+    assert ti_state(tis["validate"]) == "failed"
+    assert all(ti_state(tis[t]) != "success" for t in ("prepare", "train", "register", "deploy"))
     q = f"quarantine/{spec.name}/dt={day.isoformat()}"
     assert store.exists(f"{q}/events.parquet") and store.exists(f"{q}/validation.json")
     report = store.get_json(f"{q}/validation.json")
@@ -194,7 +181,7 @@ def test_batch_scoring_and_one_click_rollback(training_dag, file_home, first_run
     outs = []
     for _ in range(2):  # idempotent: the same file, the same rows
         run, tis = run_dag_day(scoring, day, dataset=spec_path)
-        assert _state(tis["score"]) == "success"
+        assert ti_state(tis["score"]) == "success"
         outs.append(tis["score"].xcom_pull(task_ids="score"))
     key = store.key_of(outs[0]["uri"])
     assert key == f"predictions/batch/{spec.name}/dt={day.isoformat()}/predictions.parquet"
@@ -230,7 +217,7 @@ def test_ml_training_on_s3(training_dag, moto_server, tmp_path_factory):
         write_days(store, spec, DEMO_START, INGEST_DAYS + 1, rows=ROWS)
         _ingest(training_dag, spec_path, INGEST_DAYS)
         run, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=INGEST_DAYS), dataset=spec_path, train=True)
-        assert {t: _state(ti) for t, ti in tis.items()} == {t: "success" for t in tis}
+        assert {t: ti_state(ti) for t, ti in tis.items()} == {t: "success" for t in tis}
         assert _aliases(_client(), spec.model_name)["champion"] == "1"
         s3 = boto3.client("s3", endpoint_url=moto_server)
         keys = [

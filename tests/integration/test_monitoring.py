@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO_START, ROOT, free_port, run_dag_day, use_home
+from tests.conftest import DEMO_START, ROOT, free_port, run_dag_day, ti_state, use_home
 
 pytestmark = pytest.mark.integration
 ROWS = 800  # per day; the spec below samples windows down to 500 rows
@@ -23,10 +23,6 @@ NO_DRIFT_DAY = date(2026, 10, 12)
 DRIFT_DAY = date(2026, 10, 13)
 BROKEN_DAY = date(2026, 10, 15)
 SCENARIO = {NO_DRIFT_DAY: "none", DRIFT_DAY: "covariate_drift", BROKEN_DAY: "corrupted"}
-
-
-def _state(ti) -> str:
-    return str(ti.state).split(".")[-1].lower()
 
 
 def clone_home(src: Path, dst: Path) -> None:
@@ -180,7 +176,7 @@ def asset_events(run) -> list:
 
 def monitor_day(dags, mon, day):
     run, tis = run_dag_day(dags[0], day, dataset=mon["spec_path"])
-    assert {t: _state(ti) for t, ti in tis.items()} == {"monitor": "success", "decide": "success"}
+    assert {t: ti_state(ti) for t, ti in tis.items()} == {"monitor": "success", "decide": "success"}
     return run, tis["monitor"].xcom_pull(task_ids="monitor"), tis["decide"].xcom_pull(task_ids="decide")
 
 
@@ -329,7 +325,7 @@ def test_retraining_with_params_registers_a_new_version_through_the_gate(dags, m
     }
     run = dags[1].test(logical_date=datetime(2026, 10, 16, tzinfo=UTC), run_conf=conf)
     tis = {ti.task_id: ti for ti in run.get_task_instances()}
-    assert {t: _state(ti) for t, ti in tis.items()} == {
+    assert {t: ti_state(ti) for t, ti in tis.items()} == {
         t: "success" for t in ("plan", "train", "evaluate", "register", "deploy")
     }
     plan = tis["plan"].xcom_pull(task_ids="plan")

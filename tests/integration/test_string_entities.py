@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import DEMO_START, day_interval, run_dag_day, small_spec, use_home
+from tests.conftest import DEMO_START, day_interval, demo_home, run_dag_day, small_spec, ti_state, use_home
 from tests.integration.test_online_store import _home, _online, _rows
 
 pytestmark = pytest.mark.integration
@@ -283,24 +283,13 @@ def test_a_string_keyed_champion_serves_lookups_by_string_id(string_lifecycle):
 
 
 # -- ml_training end to end ---------------------------------------------------------------------------
-def _state(ti) -> str:
-    return str(ti.state).split(".")[-1].lower()
 
 
 @pytest.fixture(scope="module")
 def string_dag_home(tmp_path_factory, airflow_db):
-    from include.mlops.data.generator import write_days
-    from include.mlops.spec import load_spec
-    from include.mlops.storage import get_store
-
     home = tmp_path_factory.mktemp("string_dag")
-    mp = pytest.MonkeyPatch()
-    use_home(mp, home)
-    spec_path = str(string_spec_file(home))
-    spec = load_spec(spec_path)
-    write_days(get_store(), spec, DEMO_START, 9, rows=300)
-    yield {"spec": spec, "spec_path": spec_path}
-    mp.undo()
+    with demo_home(home, string_spec_file(home), days=9, rows=300) as (spec_path, spec, _):
+        yield {"spec": spec, "spec_path": spec_path}
 
 
 def test_ml_training_runs_end_to_end_on_string_keys(training_dag, string_dag_home):
@@ -315,9 +304,9 @@ def test_ml_training_runs_end_to_end_on_string_keys(training_dag, string_dag_hom
     spec, spec_path = string_dag_home["spec"], string_dag_home["spec_path"]
     for i in range(8):
         _, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=i), dataset=spec_path, train=False)
-        assert _state(tis["prepare"]) == "success", (i, {t: _state(ti) for t, ti in tis.items()})
+        assert ti_state(tis["prepare"]) == "success", (i, {t: ti_state(ti) for t, ti in tis.items()})
     _, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=8), dataset=spec_path, train=True)
-    assert {t: _state(ti) for t, ti in tis.items()} == {t: "success" for t in tis}
+    assert {t: ti_state(ti) for t, ti in tis.items()} == {t: "success" for t in tis}
     assert alias_version(setup_mlflow(get_settings()), spec.model_name, "champion") == "1"
 
     store = get_store()
