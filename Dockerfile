@@ -8,6 +8,8 @@ FROM apache/airflow:3.3.2-python3.11
 USER root
 # Empty S3/AWS variables from .env are unset before Airflow's own entrypoint runs (see the script).
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/mlops-entrypoint
+# The MLflow tracking server behind MLflow's basic-auth app (service mlflow).
+COPY --chmod=0755 docker/mlflow-server.sh /usr/local/bin/mlops-mlflow-server
 # Group 0 owns and may write everything, as in the Airflow image: the stack may run under any UID.
 RUN mkdir -p /opt/airflow/project /opt/airflow/mlops/evidently /opt/airflow/auth \
     && chown -R airflow:0 /opt/airflow/project /opt/airflow/mlops /opt/airflow/auth \
@@ -37,7 +39,7 @@ ENV PYTHONPATH=/opt/airflow/project \
     GX_ANALYTICS_ENABLED=false
 
 # Fail the build, not the first task, if the stack does not import together.
-RUN python -c "import include.mlops.config, mlflow, feast, great_expectations, evidently, sklearn, psycopg2"
+RUN python -c "import include.mlops.config, mlflow, feast, great_expectations, evidently, sklearn, psycopg2, flask_wtf"
 
 ENTRYPOINT ["/usr/bin/dumb-init", "--", "/usr/local/bin/mlops-entrypoint"]
 CMD []

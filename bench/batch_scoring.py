@@ -42,14 +42,16 @@ TRAIN_DAYS, TRAIN_ROWS_PER_DAY = 5, 4000
 OUT = out_path("batch_scoring")
 
 
-def bench_spec(home: Path) -> Path:
+def bench_spec(home: Path) -> str:
+    """The shipped spec with a one-candidate search, installed in the home's spec directory;
+    returns its name (steps take specs by name)."""
     import yaml
 
     raw = yaml.safe_load((ROOT / "include" / "specs" / "churn.yaml").read_text())
     raw["model"]["search"].update({"n_iter": 1, "cv_folds": 2, "budget_seconds": 20})
-    path = home / "churn.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    (home / "specs").mkdir(parents=True, exist_ok=True)
+    (home / "specs" / "churn.yaml").write_text(yaml.safe_dump(raw))
+    return "churn"
 
 
 def champion(spec, store) -> dict:
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     home = Path(tempfile.mkdtemp(prefix=f"bench-batch-scoring-{n}-"))
     os.environ.update(embedded_env(home))
-    spec_path = str(bench_spec(home))
+    spec_path = bench_spec(home)
 
     import mlflow.sklearn
     import numpy as np
@@ -143,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from include.mlops import batch as B
     from include.mlops import features as F
+    from include.mlops import model_io
     from include.mlops.data.generator import generate_day
     from include.mlops.pipeline import staging_key
     from include.mlops.spec import load_spec
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     dst = str(home / "bare-predictions.parquet")
 
     probe = Probe()
-    probe.wrap(mlflow.sklearn, "load_model", "load_s")
+    probe.wrap(model_io, "load", "load_s")
     probe.wrap(ObjectStore, "get_parquet", "read_s")
     probe.wrap(F, "build_features", "features_s")
     probe.wrap(Pipeline, "predict_proba", "predict_s")

@@ -41,7 +41,7 @@ def process_peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def bench_spec(home: Path, rows: int) -> Path:
+def bench_spec(home: Path, rows: int) -> str:
     import yaml
 
     from bench.common import ROOT
@@ -52,9 +52,9 @@ def bench_spec(home: Path, rows: int) -> Path:
     raw["deployment"]["load_test"] = {"requests": 100, "concurrency": 4}
     if os.environ.get("BENCH_SCALE") == "small":  # the quick pass: two candidates, a 15 s budget
         raw["model"]["search"].update({"n_iter": 2, "budget_seconds": 15})
-    p = home / "churn.yaml"
-    p.write_text(yaml.safe_dump(raw))
-    return p
+    (home / "specs").mkdir(parents=True, exist_ok=True)
+    (home / "specs" / "churn.yaml").write_text(yaml.safe_dump(raw))
+    return "churn"  # steps take specs by name, from the home's spec directory
 
 
 def phase_ingest(spec_path: str) -> dict:
@@ -149,7 +149,7 @@ def phase_bare(spec_path: str, train_uri: str, holdout_uri: str) -> dict:
 def run(rows: int) -> dict:
     home = Path(tempfile.mkdtemp(prefix=f"bench-pipeline-{rows}-"))
     env = local_env(home)
-    spec_path = str(bench_spec(home, rows))
+    spec_path = bench_spec(home, rows)
     log = home / "bench.log"
     t = time.perf_counter()
     run_json(["-m", "bench.pipeline", "--phase", "ingest", spec_path], env, log)

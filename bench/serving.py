@@ -54,7 +54,7 @@ START = date(2026, 10, 1)
 def home_env(home: Path) -> dict[str, str]:
     from include.mlops.config import embedded_env
 
-    return {**embedded_env(home), "MLOPS_DATASET": str(home / "churn.yaml")}
+    return {**embedded_env(home), "MLOPS_DATASET": "churn"}
 
 
 def build_home(home: Path, days: int = 10, rows: int = 400) -> dict[str, Any]:
@@ -64,8 +64,9 @@ def build_home(home: Path, days: int = 10, rows: int = 400) -> dict[str, Any]:
     raw = yaml.safe_load((ROOT / "include" / "specs" / "churn.yaml").read_text())
     raw["model"]["search"].update({"n_iter": 2, "cv_folds": 2, "budget_seconds": 30})
     raw["training"].update({"window_days": 6, "min_rows": 200})
-    spec_path = home / "churn.yaml"
-    spec_path.write_text(yaml.safe_dump(raw))
+    (home / "specs").mkdir(parents=True, exist_ok=True)
+    (home / "specs" / "churn.yaml").write_text(yaml.safe_dump(raw))
+    spec_path = "churn"  # steps take specs by name, from the home's spec directory
     os.environ.update(home_env(home))
 
     from include.mlops import pipeline as P
@@ -73,7 +74,7 @@ def build_home(home: Path, days: int = 10, rows: int = 400) -> dict[str, Any]:
     from include.mlops.spec import load_spec
     from include.mlops.storage import ObjectStore, ensure_bucket
 
-    spec = load_spec(str(spec_path))
+    spec = load_spec(spec_path)
     store = ObjectStore(f"file://{home / 'store'}")
     ensure_bucket(store)
     write_days(store, spec, START, days, rows=rows)
@@ -82,14 +83,14 @@ def build_home(home: Path, days: int = 10, rows: int = 400) -> dict[str, Any]:
         day = START + timedelta(days=i)
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
         iv = P.Interval(start, start + timedelta(days=1))
-        P.extract(iv, str(spec_path))
-        val = P.validate(iv, str(spec_path))
-        P.prepare(iv, str(spec_path))
+        P.extract(iv, spec_path)
+        val = P.validate(iv, spec_path)
+        P.prepare(iv, spec_path)
     lineage = {"dag_id": "bench", "run_id": "bench"}
-    tr = P.train(iv, lineage, str(spec_path))
-    ev = {**P.evaluate(tr, str(spec_path)), "passed": True, "reasons": []}
-    rg = P.register(tr, ev, val, lineage, iv, str(spec_path))
-    P.promote(rg, ev, "bench", "bench", spec_name=str(spec_path))
+    tr = P.train(iv, lineage, spec_path)
+    ev = {**P.evaluate(tr, spec_path), "passed": True, "reasons": []}
+    rg = P.register(tr, ev, val, lineage, iv, spec_path)
+    P.promote(rg, ev, "bench", "bench", spec_name=spec_path)
     return {"spec_path": spec_path, "version": rg["version"], "model": rg["model"]}
 
 
@@ -100,7 +101,7 @@ def sample_requests(home: Path, n: int = 500) -> dict[str, list[bytes]]:
     from include.mlops.features import build_features, model_features
     from include.mlops.spec import load_spec
 
-    spec = load_spec(str(home / "churn.yaml"))
+    spec = load_spec("churn")
     files = sorted((home / "store" / "staging" / spec.name / "events").rglob("*.parquet"))
     raw = pd.concat([pd.read_parquet(f) for f in files[-2:]], ignore_index=True).head(n)
     feats = json.loads(raw[spec.feature_names].to_json(orient="records"))
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tmp = tempfile.TemporaryDirectory(prefix="bench-serving-")
         home = Path(tmp.name)
     t0 = time.monotonic()
-    if (home / "mlflow.db").exists() and (home / "churn.yaml").exists():
+    if (home / "mlflow.db").exists() and (home / "specs" / "churn.yaml").exists():
         os.environ.update(home_env(home))
         info = {"model": "churn_model"}
         print(f"reusing {home}", file=sys.stderr)

@@ -35,6 +35,7 @@ from mlops_airflow.dates import start_date
 from mlops_airflow.monitoring_operators import MonitoringOperator
 from mlops_airflow.notifiers import DriftDecisionNotifier, TaskFailureNotifier
 
+from include.mlops.constants import SPEC_NAME_PATTERN
 from include.mlops.drift_policy import DRIFT_ALIAS
 
 DRIFT = AssetAlias(DRIFT_ALIAS)
@@ -45,7 +46,12 @@ DEFAULT_ARGS = {
     "on_failure_callback": [TaskFailureNotifier()],
 }
 PARAMS = {
-    "dataset": Param(None, type=["null", "string"], description="Dataset spec name; empty uses MLOPS_DATASET"),
+    "dataset": Param(
+        None,
+        type=["null", "string"],
+        pattern=SPEC_NAME_PATTERN,
+        description="Dataset spec name (installed in a spec directory); empty uses MLOPS_DATASET",
+    ),
 }
 
 

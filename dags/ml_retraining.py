@@ -34,7 +34,7 @@ from mlops_airflow.dates import start_date
 from mlops_airflow.notifiers import GateDecisionNotifier, TaskFailureNotifier
 from mlops_airflow.operators import MlflowPromoteOperator, MlflowRegisterOperator, mlflow_task
 
-from include.mlops.constants import DATA_STRATEGIES, STRATEGIES, known_datasets
+from include.mlops.constants import DATA_STRATEGIES, SPEC_NAME_PATTERN, STRATEGIES, known_datasets
 from include.mlops.drift_policy import drift_asset_uri
 
 DEFAULT_ARGS = {
@@ -48,7 +48,8 @@ PARAMS = {
     "dataset": Param(
         None,
         type=["null", "string"],
-        description="Dataset spec name or path; empty uses the drift event's, else MLOPS_DATASET",
+        pattern=SPEC_NAME_PATTERN,
+        description="Dataset spec name; empty uses the drift event's, else MLOPS_DATASET",
     ),
     "window_end": Param(
         None,

@@ -1,11 +1,18 @@
 """
-### ml_rollback: one click moves `champion` back
+### ml_rollback: one click undoes the last promotion and ends the rollout
 
-Trigger this DAG from the UI. With no version given, `champion` goes back to the version that
-`previous` points to; give `to_version` to pick any registered version instead. The move is an
-alias switch in the MLflow registry (atomic), written to the deployment ledger with who asked
-and why, and the scoring service follows within its poll interval (or at once via
-`POST /admin/reload`). Asking for the version that already is champion changes nothing.
+Trigger this DAG from the UI. With no version given, `champion` goes back to the version the
+last completed promotion replaced (read from the deployment ledger); a promotion still under way
+(a canary or shadow phase, or one a crash interrupted) is the one undone. Give `to_version` to
+pick any registered version instead. Either way the rollout ends: the `challenger` alias is
+removed and the strategy goes back to `direct`, so the scoring service stops routing to and
+shadow-scoring the version rolled back from within its poll interval (or at once via
+`POST /admin/reload`). The move is written to the ledger with who asked, why and the strategy
+that was in force.
+
+A second click with nothing new to undo fails with a message saying so (it would re-promote the
+version just rolled back from); name `to_version` to go further back. Asking for the version that
+already is champion changes nothing.
 
 The DAG starts at `MLOPS_START_DATE` (ISO date, default `2020-01-01`), like the others.
 """
@@ -18,6 +25,8 @@ from airflow.sdk import Param, dag, task
 from mlops_airflow.dates import start_date
 from mlops_airflow.notifiers import RollbackNotifier, TaskFailureNotifier
 
+from include.mlops.constants import SPEC_NAME_PATTERN
+
 DEFAULT_ARGS = {
     "owner": "mlops",
     "retries": 2,
@@ -27,14 +36,21 @@ DEFAULT_ARGS = {
 
 
 @dag(
-    description="One click: champion back to the previous version (or a given one), recorded in the ledger",
+    description="One click: undo the last promotion (or go to a given version), end the rollout, record it in the ledger",
     schedule=None,
     start_date=start_date(),
     catchup=False,
     default_args=DEFAULT_ARGS,
     params={
-        "dataset": Param(None, type=["null", "string"], description="Dataset spec; empty uses MLOPS_DATASET"),
-        "to_version": Param(None, type=["null", "string"], description="Version to restore; empty means `previous`"),
+        "dataset": Param(
+            None,
+            type=["null", "string"],
+            pattern=SPEC_NAME_PATTERN,
+            description="Dataset spec name (installed in a spec directory); empty uses MLOPS_DATASET",
+        ),
+        "to_version": Param(
+            None, type=["null", "string"], description="Version to restore; empty undoes the last promotion"
+        ),
         "reason": Param("manual rollback from the Airflow UI", type="string", description="Recorded in the ledger"),
     },
     tags=["mlops", "deployment"],
@@ -43,12 +59,18 @@ DEFAULT_ARGS = {
 def ml_rollback():
     @task(on_success_callback=[RollbackNotifier()])
     def rollback(**context) -> dict:
-        """Move `champion` to `previous` (or to `to_version`) and record it in the ledger."""
+        """Undo the last promotion (or move `champion` to `to_version`), end the rollout, record it."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.mlops.deployment import RollbackRefused
         from include.mlops.deployment import rollback as run
 
         params = context["params"]
         dag_run = context["dag_run"]
-        out = run(params["to_version"], dag_run.run_id, dag_run.dag_id, params["dataset"], reason=params["reason"])
+        try:
+            out = run(params["to_version"], dag_run.run_id, dag_run.dag_id, params["dataset"], reason=params["reason"])
+        except RollbackRefused as exc:  # not retried: the ledger would say the same again
+            raise AirflowFailException(str(exc)) from exc
         print(f"{out.get('message', out)} (reason: {params['reason']})")
         return out
 

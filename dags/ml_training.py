@@ -44,7 +44,7 @@ from mlops_airflow.operators import (
     mlflow_task,
 )
 
-from include.mlops.constants import STRATEGIES
+from include.mlops.constants import SPEC_NAME_PATTERN, STRATEGIES
 
 DEFAULT_ARGS = {
     "owner": "mlops",
@@ -53,7 +53,12 @@ DEFAULT_ARGS = {
     "on_failure_callback": [TaskFailureNotifier()],
 }
 PARAMS = {
-    "dataset": Param(None, type=["null", "string"], description="Dataset spec name; empty uses MLOPS_DATASET"),
+    "dataset": Param(
+        None,
+        type=["null", "string"],
+        pattern=SPEC_NAME_PATTERN,
+        description="Dataset spec name (installed in a spec directory); empty uses MLOPS_DATASET",
+    ),
     "train": Param(True, type="boolean", description="False ingests only (extract, validate, prepare)"),
     "window_days": Param(None, type=["null", "integer"], minimum=1, description="Training window override (days)"),
     "deploy_strategy": Param(

@@ -34,8 +34,12 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 DEMO_START = date(2026, 10, 1)
 
 
-def small_spec(tmp: Path, name: str = "churn", **model_search) -> Path:
-    """The shipped spec with a tiny search budget, written next to the test's data."""
+def small_spec(where: Path, name: str = "churn", **model_search) -> Path:
+    """The shipped spec with a tiny search budget, installed where the steps find it by name.
+
+    `where` is a home (the spec goes to `where/specs/<name>.yaml`, found once MLOPS_HOME is that
+    home) or a spec directory itself (a folder named `specs`, or one listed in MLOPS_SPEC_DIRS).
+    Steps take the name (`path.stem`), never the path."""
     import yaml
 
     raw = yaml.safe_load((ROOT / "include" / "specs" / f"{name}.yaml").read_text())
@@ -44,7 +48,20 @@ def small_spec(tmp: Path, name: str = "churn", **model_search) -> Path:
     raw["training"]["min_rows"] = 200
     raw["gate"]["minimums"] = {k: round(v * 0.8, 3) for k, v in raw["gate"]["minimums"].items()}
     raw["deployment"]["load_test"] = {"requests": 60, "concurrency": 4}
-    path = tmp / f"{name}.yaml"
+    spec_dir = where if where.name == "specs" else where / "specs"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    path = spec_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def write_spec(where: Path, raw: dict[str, Any]) -> Path:
+    """Install a spec mapping as `<spec dir>/<raw['name']>.yaml` (`where` as for small_spec)."""
+    import yaml
+
+    spec_dir = where if where.name == "specs" else where / "specs"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    path = spec_dir / f"{raw['name']}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -69,7 +86,8 @@ def use_home(monkeypatch_or_env, home: Path, **extra: str) -> None:
 def lifecycle(tmp_path_factory):
     """A home with 10 ingested days of churn data (400 rows/day) and a promoted champion.
 
-    Returns a dict: home, spec_path, interval of the champion's run, the step outputs.
+    Returns a dict: home, spec_path (installed as home/specs/churn.yaml), spec_name, env, the
+    interval of the champion's run, the step outputs.
     """
     from include.mlops import pipeline as P
     from include.mlops.data.generator import write_days
@@ -80,29 +98,31 @@ def lifecycle(tmp_path_factory):
     saved = dict(os.environ)
     use_home(os.environ, home)
     spec_path = small_spec(home)
-    spec = load_spec(str(spec_path))
+    name = spec_path.stem
+    spec = load_spec(name)
     store = ObjectStore(f"file://{home / 'store'}")
     ensure_bucket(store)
     write_days(store, spec, DEMO_START, 10, rows=400)
     outs = {}
     for i in range(10):
         iv = day_interval(DEMO_START + timedelta(days=i))
-        P.extract(iv, str(spec_path))
-        outs["validate"] = P.validate(iv, str(spec_path))
-        P.prepare(iv, str(spec_path))
+        P.extract(iv, name)
+        outs["validate"] = P.validate(iv, name)
+        P.prepare(iv, name)
     lineage = {"dag_id": "fixture", "run_id": "fixture"}
     iv = day_interval(DEMO_START + timedelta(days=9))
-    tr = P.train(iv, lineage, str(spec_path))
-    ev = P.evaluate(tr, str(spec_path))
+    tr = P.train(iv, lineage, name)
+    ev = P.evaluate(tr, name)
     ev_forced = {**ev, "passed": True, "reasons": []}  # the fixture needs a champion whatever the gate says
-    rg = P.register(tr, ev_forced, outs["validate"], lineage, iv, str(spec_path))
-    pr = P.promote(rg, ev_forced, "fixture", "fixture", spec_name=str(spec_path))
+    rg = P.register(tr, ev_forced, outs["validate"], lineage, iv, name)
+    pr = P.promote(rg, ev_forced, "fixture", "fixture", spec_name=name)
     env = {k: os.environ[k] for k in os.environ if k.startswith(("MLOPS_", "MLFLOW_", "FEAST_"))}
     os.environ.clear()
     os.environ.update(saved)
     return {
         "home": home,
         "spec_path": spec_path,
+        "spec_name": name,
         "spec": spec,
         "env": env,
         "interval": iv,
@@ -131,7 +151,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def demo_home(home: Path, spec_path: Path, days: int, rows: int) -> Iterator[tuple[str, Any, Any]]:
     """The environment pointed at `home` with `days` demo days landed from DEMO_START; yields
-    (spec path, spec, store) and restores the environment on exit."""
+    (spec name, spec, store) and restores the environment on exit. `spec_path` is an installed
+    spec (see small_spec): the steps take its name."""
     from include.mlops.data.generator import write_days
     from include.mlops.spec import load_spec
     from include.mlops.storage import ensure_bucket, get_store
@@ -139,11 +160,11 @@ def demo_home(home: Path, spec_path: Path, days: int, rows: int) -> Iterator[tup
     mp = pytest.MonkeyPatch()
     use_home(mp, home)
     try:
-        spec = load_spec(str(spec_path))
+        spec = load_spec(spec_path.stem)
         store = get_store()
         ensure_bucket(store)
         write_days(store, spec, DEMO_START, days, rows=rows)
-        yield str(spec_path), spec, store
+        yield spec.name, spec, store
     finally:
         mp.undo()
 

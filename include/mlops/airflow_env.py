@@ -36,6 +36,8 @@ def airflow_env(home: Path | None = None, **overrides: str) -> dict[str, str]:
         ),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW__API__HOST": bind_address(),  # the api-server listens on 0.0.0.0 by default
+        # the scheduler's health server, should anyone turn it on ([scheduler] enable_health_check)
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": bind_address(),
         "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": os.environ.get("MLOPS_EXECUTION_API_TIMEOUT") or "60",
         "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "10",
         "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p),

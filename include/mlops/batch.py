@@ -5,7 +5,13 @@ overwritten on a re-run (the same rows and, while the champion is the same, the 
 The features come from the same `build_features` as training and the scoring service, and the
 champion is resolved to a version once, so every row of a run names the model that scored it.
 Rows carry what `/predict` answers: `prediction` (a class value, or the regression value),
-`score` (see `include.mlops.scores`) and, for a classifier, `probability_<class>` per class.
+`score` (see `include.mlops.scores`) and, for a classifier, `probability_<class>` per class,
+and, like every prediction-log row, `model_version` and `variant` ("champion": batch rows are
+the champion's answers).
+
+No champion (the registry says the alias does not exist) raises `NoChampion` (the DAG skips);
+any other failed registry read raises `monitoring.RegistryUnavailable` (the task fails and
+retries): a registry fault never reads as "nothing to score with".
 """
 
 from __future__ import annotations
@@ -35,21 +41,27 @@ def probability_column(cls: Any) -> str:
 
 def score_batch(interval: Interval, spec_name: str | None = None) -> dict[str, Any]:
     """Score every staged event of the interval with the champion; returns uri, rows, version."""
-    import mlflow.sklearn
     import numpy as np
 
+    from include.mlops import model_io
     from include.mlops.features import build_features, model_features
+    from include.mlops.monitoring import registry_error
     from include.mlops.pipeline import _ctx, staging_key
     from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
     from include.mlops.scores import score_model
+    from include.mlops.serving.predlog import DEFAULT_VARIANT
 
     spec, store, settings = _ctx(spec_name)
     client = setup_mlflow(settings)
     model_name = spec.model_name
-    version = alias_version(client, model_name, CHAMPION)
+    try:
+        version = alias_version(client, model_name, CHAMPION)
+    except Exception as exc:  # alias_version returns None for "not found" and raises the rest
+        raise registry_error(f"the champion alias of {model_name}", exc) from exc
     if version is None:
         raise NoChampion(f"{model_name} has no champion yet: train and promote a model before batch scoring")
-    model = mlflow.sklearn.load_model(f"models:/{model_name}/{version}")  # by version: the alias may move meanwhile
+    # by version (the alias may move meanwhile), through the loader that refuses artifacts able to run code
+    model = model_io.load(f"models:/{model_name}/{version}", f"{model_name} v{version} (the champion)")
     cols = model_features(spec)
     uris, rows, days = [], 0, []
     for day in interval.days:
@@ -69,6 +81,7 @@ def score_batch(interval: Interval, spec_name: str | None = None) -> dict[str, A
             out[probability_column(c)] = scored.proba[:, j] if scored.proba is not None else np.nan
         out["model_name"] = model_name
         out["model_version"] = str(version)
+        out["variant"] = DEFAULT_VARIANT
         out["interval"] = interval.label
         uri = store.put_parquet(batch_key(spec, day.isoformat()), out)
         uris.append(uri)

@@ -5,6 +5,7 @@
     mlops ingest FILE --spec SPEC    land a file as daily batches and a label feed
     mlops run training --spec SPEC --date D
                                      run ml_training for one day on the embedded default
+    mlops home rebase                after copying or moving MLOPS_HOME, rewrite the old path in it
 
 Every mistake is one line saying what to change, and a non-zero exit status.
 """
@@ -13,9 +14,12 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from include.mlops.spec import DatasetSpec
 
 app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False)
 spec_app = typer.Typer(help="Draft and check dataset specs.", no_args_is_help=True)
@@ -35,12 +39,12 @@ def _home() -> Path:
     return get_settings().home
 
 
-def _spec_path(spec: str) -> Path:
-    """A spec given as a file, or by the name it was installed under."""
-    from include.mlops.spec import SpecError, find_spec
+def _load_spec(spec: str) -> DatasetSpec:
+    """The spec SPEC names on the command line: a file (a path or a .yaml name), else an installed spec."""
+    from include.mlops.spec import SpecError, is_spec_file_arg, load_spec, load_spec_file
 
     try:
-        return find_spec(spec)
+        return load_spec_file(spec) if is_spec_file_arg(spec) else load_spec(spec)
     except SpecError as exc:
         _fail(str(exc))
         raise
@@ -95,12 +99,8 @@ def spec_check(
     """Validate a spec; every problem names the field and the fix."""
     from include.mlops.data.draft import DraftError, read_table
     from include.mlops.data.ingest import IngestError, conform
-    from include.mlops.spec import SpecError, load_spec
 
-    try:
-        parsed = load_spec(str(_spec_path(spec)))
-    except SpecError as exc:
-        _fail(str(exc))
+    parsed = _load_spec(spec)
     typer.echo(
         f"{parsed.path}: ok: {parsed.name}, {parsed.task_kind}, {len(parsed.features)} features "
         f"({len(parsed.categorical_features)} categorical), key {parsed.entity_key} ({parsed.entity.dtype}), "
@@ -133,18 +133,17 @@ def ingest(
     from include.mlops.config import get_settings
     from include.mlops.data.draft import DraftError, read_table
     from include.mlops.data.ingest import IngestError, install_spec, land
-    from include.mlops.spec import SpecError, load_spec
+    from include.mlops.spec import SpecError
     from include.mlops.storage import ObjectStore, ensure_bucket
 
+    parsed = _load_spec(spec)
     try:
-        source = _spec_path(spec)
-        parsed = load_spec(str(source))
         frame = read_table(file, parsed.source.csv_delimiter)
         settings = get_settings()
         store = ObjectStore(settings.store_uri, settings.s3_endpoint_url)
         ensure_bucket(store)
         landed = land(frame, parsed, store, file.name)  # checks the whole file before writing a day
-        parsed_name = str(install_spec(source, _home()))  # installed once its data fits
+        parsed_name = str(install_spec(Path(parsed.path), _home()))  # installed once its data fits
     except (SpecError, DraftError, IngestError) as exc:
         _fail(str(exc))
     typer.echo(f"spec installed: {parsed_name} (use it by name: {parsed.name})")
@@ -167,17 +166,14 @@ def run_training(
     """Run ml_training for one day on the embedded default and say where its logs and results are."""
     from include.mlops.run_local import NoLandedData, describe
     from include.mlops.run_local import run_training as run
-    from include.mlops.spec import SpecError, load_spec
+    from include.mlops.spec import is_spec_file_arg
 
     try:
         day = date.fromisoformat(date_)
     except ValueError:
         _fail(f"--date {date_!r} is not a date: write YYYY-MM-DD")
-    try:
-        parsed = load_spec(str(_spec_path(spec)))
-    except SpecError as exc:
-        _fail(str(exc))
-    if Path(parsed.path).parent != _home() / "specs" and Path(parsed.path).parent.name != "specs":
+    parsed = _load_spec(spec)
+    if is_spec_file_arg(spec):  # the DAG takes names only: install the file the user pointed at
         from include.mlops.data.ingest import install_spec
 
         install_spec(Path(parsed.path), _home())
@@ -189,6 +185,29 @@ def run_training(
         typer.echo(line)
     if not report.succeeded:
         raise typer.Exit(1)
+
+
+home_app = typer.Typer(help="Copy or move a home (MLOPS_HOME).", no_args_is_help=True)
+app.add_typer(home_app, name="home")
+
+
+@home_app.command("rebase")
+def home_rebase(
+    home: Annotated[Path | None, typer.Option(help="The copied or moved home; default: MLOPS_HOME")] = None,
+    from_: Annotated[
+        Path | None, typer.Option("--from", help="Where the home was before; default: found in its MLflow database")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Count what would change, change nothing")] = False,
+) -> None:
+    """After copying or moving a home, point its MLflow, Feast and Airflow state at the new place."""
+    from include.mlops.home import HomeMoveError, rebase
+
+    try:
+        report = rebase(home or _home(), from_, dry_run=dry_run)
+    except HomeMoveError as exc:
+        _fail(str(exc))
+    for line in report.lines():
+        typer.echo(line)
 
 
 def main() -> None:

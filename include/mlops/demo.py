@@ -496,7 +496,8 @@ def print_summary(s: dict[str, Any], path: Path) -> None:
         print("retraining    : none (no drift event)")
     for e in s["ledger"]:
         print(
-            f"ledger        : {e['at']} {e['action']} v{e['from_version']} -> v{e['to_version']} ({e['reason'][:60]})"
+            f"ledger        : {e['at']} {e['action']} ({e.get('status', 'done')}) v{e['from_version']} -> "
+            f"v{e['to_version']} ({e['reason'][:60]})"
         )
     print(f"total         : {s['total_seconds']} s; summary written to {path}")
 

@@ -11,12 +11,16 @@
 | shadow | the challenger scores every request, answers nothing; the checks watch its errors in the service's metrics (also for a challenger the gate rejected, which then stays in shadow) | `promote` | smoke + load test |
 
 A challenger the gate rejected is never promoted (`promote` says why, and that is not a
-failure). When a check fails after the switch, `champion` goes back to the version it replaced
+failure), and a run that deploys nothing leaves the service's strategy tags as they are. The
+promotion is a ledger transaction (see `registry`): `pending` before the strategy is published
+or any alias moves, `done` once the checks passed; a retry of the run finishes it, checks
+included. When a check fails after the switch, `champion` goes back to the version it replaced
 (ledger action `rollback_after_failed_check`) and the step raises `DeploymentCheckFailed`; when
-a canary or shadow check fails, the champion never moved and the `challenger` alias is removed
-so the service stops routing to it. The checks always run against a real service: the one at
-MLOPS_SERVE_URL when it answers and serves this model, or one started for the check on a free
-loopback port and stopped afterwards. Requests rate and p50/p95/p99 latency of the load test
+a canary or shadow check fails, the champion never moved. Either way, and on every rollback, the
+rollout ends: the `challenger` alias is removed and the strategy tags go back to `direct`, so the
+service stops routing to (and shadow-scoring) that version at its next registry read. The checks
+always run against a real service: the one at MLOPS_SERVE_URL when it answers and serves this
+model, or one started for the check on a free loopback port and stopped afterwards. Requests rate and p50/p95/p99 latency of the load test
 go into the model's MLflow run (`deploy_rps`, `deploy_p50_ms`, ...).
 
 The strategy and canary share are published as tags of the registered model, which the
@@ -758,6 +762,7 @@ def _log_check(client: Any, run_id: str | None, res: CheckResult, prefix: str) -
 
 # -- the deploy step ----------------------------------------------------------------------------------
 def _strategy(spec: DatasetSpec, strategy: str | None) -> tuple[str, float]:
+    """The run's strategy (or the spec's) and canary share, checked against the known strategies."""
     dep = spec.deployment
     s = strategy or dep.strategy
     if s not in STRATEGIES:
@@ -766,7 +771,9 @@ def _strategy(spec: DatasetSpec, strategy: str | None) -> tuple[str, float]:
 
 
 def publish_strategy(client: Any, model: str, strategy: str, share: float) -> None:
-    """The running service follows these tags (see serving.models.ModelManager)."""
+    """The running service follows these tags (see serving.models.ModelManager). Only a rollout
+    that deploys something publishes them; a rollback or failed check sets them back to idle
+    (`registry.end_routing`)."""
     from include.mlops.serving.config import CANARY_SHARE_TAG, STRATEGY_TAG
 
     client.set_registered_model_tag(model, STRATEGY_TAG, strategy)
@@ -781,40 +788,109 @@ def rollout(
     strategy: str | None = None,
     spec_name: str | None = None,
 ) -> dict[str, Any]:
-    """Promote through the gate by the chosen strategy, check the service, roll back on failure."""
+    """Promote through the gate by the chosen strategy, check the service, roll back on failure.
+
+    The promotion is a ledger transaction (`registry`): begun (`pending`) before the strategy is
+    published or any alias moves, completed (`done`) only once the checks passed, undone
+    (`rolled_back`) when one failed. A retry of the same run finds its pending promotion and
+    finishes it, checks included, under the strategy it began with; a promotion this run already
+    completed or rolled back is not done again. A run that deploys nothing (gate failed, strategy
+    not shadow) leaves the service's strategy tags alone."""
+    from include.mlops import registry as R
     from include.mlops.pipeline import _ctx, promote
-    from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
 
     spec, store, settings = _ctx(spec_name)
-    strategy, share = _strategy(spec, strategy)
-    client = setup_mlflow(settings)
+    client = R.setup_mlflow(settings)
     model, version = reg_out["model"], str(reg_out["version"])
     mlflow_run = reg_out.get("run_id")
+    passed = bool(eval_out.get("passed"))
+    R.finish_open_moves(client, store, model)  # a rollback interrupted earlier completes first
+    mine = R.moves_of(store, model, R.promotion_base(dag_id, run_id, version))
+    move = mine[-1] if mine else None
+    if move is not None and move.status == R.DONE:
+        msg = f"v{version}: this run's promotion of it completed at {move.at} after its checks passed"
+        log.info(msg)
+        return {
+            "promoted": True,
+            "message": msg,
+            "champion": R.alias_version(client, model, R.CHAMPION),
+            "previous": move.from_version,
+            "strategy": move.strategy,
+            "staged_check": None,
+            "checked": True,
+            "resumed": True,
+            "move": move.move,
+        }
+    if move is not None and move.status != R.PENDING:
+        raise DeploymentCheckFailed(
+            f"this run's promotion of v{version} ended {move.status} at {move.at}: {move.outcome}; "
+            f"it is not promoted again (ledger move {move.move})"
+        )
+    resumed = move is not None
+    if move is not None:
+        log.warning("resuming this run's promotion of v%s begun at %s (move %s)", version, move.at, move.move)
+        strategy = move.strategy  # the retry finishes the rollout it began, not another
+    strategy, share = _strategy(spec, strategy)
+    champion_now = R.alias_version(client, model, R.CHAMPION)  # a registry error fails the step
+    if move is None and passed and champion_now != version:
+        move = R.begin_move(
+            client,
+            store,
+            model,
+            version,
+            action="promote",
+            reason="gate passed: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_out["metrics"].items()),
+            run_id=run_id,
+            dag_id=dag_id,
+            strategy=strategy,
+            base=R.promotion_base(dag_id, run_id, version),
+            awaits_check=True,
+        )
+    champion_before = move.from_version if move is not None else champion_now
+    shadow_only = move is None and strategy == "shadow" and champion_now not in (None, version)
+    if move is None and not shadow_only:  # nothing deploys: the service's routing stays as it is
+        out = promote(reg_out, eval_out, run_id, dag_id, strategy, spec_name, complete=False)
+        return {**out, "strategy": strategy, "staged_check": None, "checked": False}
     publish_strategy(client, model, strategy, share)
     env = {"MLOPS_DATASET": spec_name} if spec_name else {}
     env["MLOPS_SERVE_PREDICTION_LOG"] = "false"  # a service started for the check logs nothing
     handle: ServiceHandle | None = None
     try:
         staged = None
-        champion_before = alias_version(client, model, CHAMPION)
         # shadow watches even a challenger the gate rejected (it never answers); canary and
         # blue/green only stage one that may go live
-        staged_wanted = strategy == "shadow" or (strategy in ("canary", "blue_green") and eval_out.get("passed"))
-        if staged_wanted and champion_before not in (None, version):
-            handle = service_for_check(model, env)
+        staged_wanted = strategy == "shadow" or (strategy in ("canary", "blue_green") and passed)
+        if staged_wanted and champion_before not in (None, version) and champion_now != version:
+            try:
+                handle = service_for_check(model, env)
+            except Exception as exc:  # no service, no check: never promoted unchecked
+                raise _staged_failed(
+                    client, store, None, strategy, model, version, champion_before, move,
+                    f"{strategy} check of v{version} could not run: no scoring service ({exc})", run_id, dag_id,
+                ) from exc  # fmt: skip
             staged = _staged_check(
-                handle, client, spec, store, strategy, model, version, champion_before, mlflow_run, run_id, dag_id
-            )
+                handle, client, spec, store, strategy, model, version, champion_before, mlflow_run, run_id, dag_id,
+                move,
+            )  # fmt: skip
+        if move is not None:
+            now = R.move_record(store, model, move.move)
+            if now is not None and now.status != R.PENDING:  # a rollback ended the rollout meanwhile
+                raise DeploymentCheckFailed(
+                    f"the rollout of v{version} was ended ({now.status}) at {now.at} before the switch: {now.outcome}"
+                )
 
         baseline = champion_before if champion_before not in (None, version) else None
-        if baseline and eval_out.get("passed") and handle is None:
+        if baseline and passed and handle is None and champion_now != version:
             # the service the check uses must hold the current version too: after the switch it
-            # stays in memory there, and the check measures both side by side
+            # stays in memory there, and the check measures both side by side (a retry after the
+            # switch cannot wait for it: the check pins it if the service still holds it)
             handle = _baseline_service(model, env, baseline)
 
-        out = promote(reg_out, eval_out, run_id, dag_id, strategy, spec_name)
-        base = {**out, "strategy": strategy, "staged_check": staged}
+        out = promote(reg_out, eval_out, run_id, dag_id, strategy, spec_name, complete=False)
+        base = {**out, "strategy": strategy, "staged_check": staged, "resumed": resumed}
         if not out["promoted"]:
+            if move is not None:  # the pending promotion was closed by someone else meanwhile
+                raise DeploymentCheckFailed(f"v{version} was not promoted: {out['message']}")
             return {**base, "checked": False}
 
         previous = out.get("previous")
@@ -836,6 +912,11 @@ def rollout(
         if res.passed:
             ld = res.load
             checked = f"v{version} passed its post-deployment check on {handle.url}: {_describe(ld)}"
+            final = R.complete_move(client, store, move, outcome=checked)
+            if final.status != R.DONE:
+                raise DeploymentCheckFailed(
+                    f"v{version} passed its check, but the rollout was ended ({final.status}) meanwhile: {final.outcome}"
+                )
             log.info(checked)  # the promotion itself was logged by `promote`: each decision once
             msg = f"{out['message']}; {checked}"
             return {
@@ -848,7 +929,7 @@ def rollout(
             }
 
         reason = "; ".join(res.reasons)
-        back = _roll_back_failed(client, store, model, version, previous, reason, run_id, dag_id, strategy)
+        back = _roll_back_failed(client, store, model, version, previous, reason, run_id, dag_id, strategy, move)
         where = handle.url if handle is not None else "a scoring service"
         try:
             if handle is not None:
@@ -912,11 +993,11 @@ def _staged_check(
     mlflow_run: str | None,
     run_id: str,
     dag_id: str,
+    move: Any = None,
 ) -> dict[str, Any]:
     """Before the switch: blue/green warms the new version beside the old; canary and shadow
-    let it take (or watch) live traffic and check it. On failure nothing was promoted."""
-    from include.mlops.registry import CHALLENGER, LedgerEntry, alias_version, write_ledger
-
+    let it take (or watch) live traffic and check it. On failure nothing was promoted: the
+    rollout ends (`_staged_failed`) and the step raises."""
     try:
         if strategy == "blue_green":
             wait_for(handle, champion=champion, standby=version)
@@ -935,43 +1016,19 @@ def _staged_check(
                 canary_version=version if strategy == "canary" else None,
             )
             _log_check(client, mlflow_run, res, f"deploy_{strategy}")
-    except DeploymentCheckFailed as exc:
-        res = CheckResult(strategy, False, {"passed": False, "checks": 0, "failures": [str(exc)]}, {}, [str(exc)])
+    except Exception as exc:  # a check that cannot run has not passed
+        why = str(exc) if isinstance(exc, DeploymentCheckFailed) else f"{type(exc).__name__}: {exc}"
+        res = CheckResult(strategy, False, {"passed": False, "checks": 0, "failures": [why]}, {}, [why])
     if res.passed:
         return res.to_dict()
     reason = f"{strategy} check of v{version} failed: " + "; ".join(res.reasons)
-    removed = ""
-    if strategy != "blue_green" and alias_version(client, model, CHALLENGER) == version:
-        client.delete_registered_model_alias(model, CHALLENGER)
-        removed = "; the challenger alias was removed so the service stops routing to it"
-    write_ledger(
-        store,
-        LedgerEntry(
-            at=_now(),
-            model=model,
-            action="rollback_after_failed_check",
-            from_version=version,
-            to_version=champion,
-            reason=reason,
-            run_id=run_id,
-            dag_id=dag_id,
-            strategy=strategy,
-        ),
-    )
-    try:
-        refresh(handle)
-    except Exception:
-        pass
-    raise DeploymentCheckFailed(
-        f"{reason}. v{version} was never promoted; champion stays v{champion}{removed} "
-        f"(service {handle.url}; ledger action rollback_after_failed_check)"
-    )
+    raise _staged_failed(client, store, handle, strategy, model, version, champion, move, reason, run_id, dag_id)
 
 
 def _now() -> str:
-    from datetime import UTC, datetime
+    from include.mlops.registry import now
 
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return now()
 
 
 def _roll_back_failed(
@@ -984,86 +1041,224 @@ def _roll_back_failed(
     run_id: str,
     dag_id: str,
     strategy: str,
+    move: Any = None,
 ) -> str:
-    from include.mlops.registry import CHAMPION, LedgerEntry, move_champion, write_ledger
+    """Undo a promotion whose post-deployment check failed: the rollout ends, `champion` and
+    `previous` go back to what they were before it (ledger action rollback_after_failed_check)."""
+    from include.mlops import registry as R
 
-    if previous:
-        move_champion(
-            client,
-            store,
-            model,
-            previous,
-            action="rollback_after_failed_check",
-            reason=reason,
-            run_id=run_id,
-            dag_id=dag_id,
-            strategy=strategy,
-        )
-        return f"champion rolled back to v{previous}."
-    client.delete_registered_model_alias(model, CHAMPION)
-    write_ledger(
+    if move is None:  # called without the transaction: the pending promotion of this version
+        pending = [m for m in R.open_moves(store, model) if m.to_version == str(version) and m.action == "promote"]
+        if not pending:
+            raise RuntimeError(f"no pending promotion of {model} v{version} in the ledger to roll back")
+        move = pending[-1]
+    R.undo_move(
+        client,
         store,
-        LedgerEntry(
-            at=_now(),
-            model=model,
-            action="rollback_after_failed_check",
-            from_version=version,
-            to_version=None,
-            reason=reason,
-            run_id=run_id,
-            dag_id=dag_id,
-            strategy=strategy,
-        ),
+        move,
+        action="rollback_after_failed_check",
+        reason=reason,
+        run_id=run_id,
+        dag_id=dag_id,
+        strategy=strategy,
     )
+    if move.from_version:
+        return f"champion rolled back to v{move.from_version}."
     return "there was no previous champion: the champion alias was removed (the service keeps its last model)."
 
 
 def rollback(
     to_version: str | None, run_id: str, dag_id: str, spec_name: str | None = None, reason: str | None = None
 ) -> dict[str, Any]:
-    """Point `champion` back at `previous` (or at `to_version`), recorded as action "rollback"
-    (with `reason`, when given, in the ledger entry).
+    """Undo the last promotion still in force (or move `champion` to `to_version`), recorded in
+    the ledger as action "rollback" with the strategy in force and `reason`; either way the
+    rollout ends: `challenger` removed and the strategy tags back to idle, so the service stops
+    routing to and shadow-scoring the version rolled back from at its next poll.
 
-    Moving to the version that already is champion changes and records nothing."""
+    With no `to_version`, the target is the version the last completed promotion replaced, read
+    from the ledger, not from an alias. A promotion still pending (a rollout under way, or one a
+    crash interrupted) is the one undone. A second rollback with nothing new to undo is refused
+    (`RollbackRefused`): it would re-promote the version just rolled back from. Naming the
+    version that already is champion changes nothing."""
+    from include.mlops import registry as R
     from include.mlops.pipeline import _ctx
-    from include.mlops.registry import CHAMPION, PREVIOUS, alias_version, move_champion, setup_mlflow
 
     spec, store, settings = _ctx(spec_name)
-    client = setup_mlflow(settings)
+    client = R.setup_mlflow(settings)
     model = spec.model_name
-    current = alias_version(client, model, CHAMPION)
-    target = str(to_version) if to_version not in (None, "") else alias_version(client, model, PREVIOUS)
-    if target is None:
-        raise ValueError(
-            f"{model} has no 'previous' version to roll back to (champion is v{current}); "
-            f"name the version to roll back to"
+    target = str(to_version) if to_version not in (None, "") else None
+    if target is not None:
+        try:
+            client.get_model_version(model, target)
+        except Exception as exc:
+            if R.is_not_found(exc):
+                raise ValueError(f"{model} has no version {target!r}: name a registered version") from exc
+            raise  # the registry did not answer: that is not "no such version"
+    who = f"{dag_id or 'a user'} (run {run_id})"
+    R.finish_open_moves(client, store, model)  # an interrupted rollback completes first
+    strategy = R.strategy_in_force(client, model, spec.deployment.strategy)
+    current = R.alias_version(client, model, R.CHAMPION)
+
+    def why(frm: str | None, to: str | None, what: str = "") -> str:
+        return f"rollback requested by {who}: v{frm} -> v{to}{what}" + (f": {reason}" if reason else "")
+
+    done: list[Any] = []
+    for p in R.open_moves(store, model):  # promotions awaiting their check: the rollout under way ends
+        done.append(
+            R.undo_move(
+                client,
+                store,
+                p,
+                action="rollback",
+                reason=why(current, p.from_version, f" (ends the unfinished {p.action} of v{p.to_version} by "
+                           f"{p.dag_id or 'a user'} run {p.run_id}, strategy {p.strategy})"),
+                run_id=run_id,
+                dag_id=dag_id,
+                strategy=strategy,
+            )
+        )  # fmt: skip
+        current = R.alias_version(client, model, R.CHAMPION)
+    if target is not None and target != current:
+        entry = R.begin_move(
+            client,
+            store,
+            model,
+            target,
+            action="rollback",
+            reason=why(current, target),
+            run_id=run_id,
+            dag_id=dag_id,
+            strategy=strategy,
+            ends_rollout=True,
         )
-    try:
-        client.get_model_version(model, target)
-    except Exception as exc:
-        raise ValueError(f"{model} has no version {target!r}") from exc
-    who = dag_id or "a user"
-    entry = move_champion(
-        client,
-        store,
-        model,
-        target,
-        action="rollback",
-        reason=f"rollback requested by {who} (run {run_id}): v{current} -> v{target}"
-        + (f": {reason}" if reason else ""),
-        run_id=run_id,
-        dag_id=dag_id,
-        strategy=_strategy(spec, None)[0],
-    )
-    if entry is None:
+        R.apply_move(client, entry)
+        done.append(R.complete_move(client, store, entry))
+    elif target is None and not done:
+        last = R.last_move_in_force(store, model)
+        if last is not None and last.action == "rollback" and (last.run_id, last.dag_id) == (run_id, dag_id):
+            done.append(last)  # this request's own rollback, completed before a retry: nothing more
+        else:
+            last = _undoable(model, current, last)
+            done.append(
+                R.undo_move(
+                    client,
+                    store,
+                    last,
+                    action="rollback",
+                    reason=why(current, last.from_version, f" (undoes the {last.action} at {last.at})"),
+                    run_id=run_id,
+                    dag_id=dag_id,
+                    strategy=strategy,
+                )
+            )
+    if not done:
         msg = f"v{target} already is the champion of {model}: nothing to roll back"
-    else:
-        msg = f"rolled {model} back from v{current} to v{target} (v{current} is now 'previous')"
+        log.info(msg)
+        return {"model": model, "from_version": current, "to_version": target, "changed": False, "message": msg,
+                "strategy": strategy}  # fmt: skip
+    frm, to = done[0].from_version, R.alias_version(client, model, R.CHAMPION)
+    msg = (
+        f"rolled {model} back from v{frm} to v{to} (strategy in force was {strategy}; the rollout is ended: "
+        f"no challenger, strategy direct)"
+    )
     url = os.environ.get("MLOPS_SERVE_URL")
-    if url and entry is not None:  # the service would notice at its next poll; tell it now
+    if url:  # the service would notice at its next poll; tell it now
         try:
             refresh(ServiceHandle(url.rstrip("/"), os.environ.get("MLOPS_ADMIN_TOKEN") or None), timeout=60)
         except Exception as exc:
             log.warning("could not ask %s to reload (%s); it follows at its next poll", url, exc)
     log.info(msg)
-    return {"model": model, "from_version": current, "to_version": target, "changed": entry is not None, "message": msg}
+    return {"model": model, "from_version": frm, "to_version": to, "changed": True, "message": msg,
+            "strategy": strategy}  # fmt: skip
+
+
+def _staged_failed(
+    client: Any,
+    store: ObjectStore,
+    handle: ServiceHandle | None,
+    strategy: str,
+    model: str,
+    version: str,
+    champion: str,
+    move: Any,
+    reason: str,
+    run_id: str,
+    dag_id: str,
+) -> DeploymentCheckFailed:
+    """End a rollout whose staged check failed; returns the error to raise. Routing back to idle (`challenger`
+    removed, strategy `direct`), the pending promotion closed as rolled_back (ledger action
+    rollback_after_failed_check); the champion never moved."""
+    from include.mlops import registry as R
+
+    if move is not None:
+        R.undo_move(
+            client,
+            store,
+            move,
+            action="rollback_after_failed_check",
+            reason=reason,
+            run_id=run_id,
+            dag_id=dag_id,
+            strategy=strategy,
+        )
+    else:  # a challenger the gate rejected, watched in shadow: no promotion to undo
+        R.end_routing(client, model)
+        R.write_ledger(
+            store,
+            R.LedgerEntry(
+                at=_now(),
+                model=model,
+                action="rollback_after_failed_check",
+                from_version=version,
+                to_version=champion,
+                reason=reason,
+                run_id=run_id,
+                dag_id=dag_id,
+                strategy=strategy,
+                champion_before=champion,
+                moves_champion=False,
+                undo=True,
+                ends_rollout=True,
+            ),
+        )
+    if handle is not None:
+        try:
+            refresh(handle)
+        except Exception:
+            pass
+    where = f"service {handle.url}; " if handle is not None else ""
+    return DeploymentCheckFailed(
+        f"{reason}. v{version} was never promoted; champion stays v{champion}; the rollout ended: the challenger "
+        f"alias was removed and the strategy set back to direct, so the service stops routing to it "
+        f"({where}ledger action rollback_after_failed_check)"
+    )
+
+
+class RollbackRefused(ValueError):
+    """Nothing (new) to roll back, or the ledger and the registry disagree; the message says what
+    to do instead (usually: name the version)."""
+
+
+def _undoable(model: str, current: str | None, last: Any) -> Any:
+    """The move a rollback without a version undoes, or `RollbackRefused` saying why there is none."""
+    name = "name the version to roll back to (to_version)"
+    if current is None:
+        raise RollbackRefused(f"{model} has no champion: nothing to roll back; {name}")
+    if last is None:
+        raise RollbackRefused(f"the ledger of {model} records no completed promotion of v{current} to undo; {name}")
+    if last.to_version != current:
+        raise RollbackRefused(
+            f"the champion of {model} is v{current}, but the ledger's last completed move ({last.action} at "
+            f"{last.at}) went to v{last.to_version}: the aliases were changed outside the platform; {name}"
+        )
+    if last.undo:
+        raise RollbackRefused(
+            f"nothing new to roll back: the last move of {model} already was a rollback, v{last.from_version} -> "
+            f"v{last.to_version} at {last.at} ({last.action} by {last.dag_id or 'a user'} run {last.run_id}); "
+            f"rolling back again would re-promote v{last.from_version}. To go further back, {name}"
+        )
+    if last.from_version is None:
+        raise RollbackRefused(
+            f"v{current} is the first champion of {model}: there is no earlier version to roll back to; {name}"
+        )
+    return last

@@ -13,6 +13,11 @@ labelled part, the data-quality check) goes through rules, in this order of prec
 | cooldown | a retrain decision or a promotion less than N days ago blocks | `cooldown` |
 | (all passed) | | `retrain`: emit the drift Asset event |
 
+The observation is the window's judged rows: the champion's answers (`monitoring.judged_rows`).
+Shadow rows are never counted (they answered no one); a canary's or a pinned version's answers
+are reported per version in the summary's `variants`, and judged by the rollout, not here: a
+retrain is about the champion.
+
 No signal at all is `no_drift`. The pure function `decide` is what the tests exercise; `decide_window`
 adds the I/O: the decision history in the object store and the deployment ledger.
 """
@@ -303,7 +308,7 @@ def decide(
                 if last is None or age < last[0]:
                     last = (float(age), f"retrain decided for window {h['day']}")
         for e in ledger or []:
-            if e.get("action") != "promote" or not e.get("at"):
+            if e.get("action") != "promote" or e.get("status", "done") != "done" or not e.get("at"):
                 continue
             age = (end - _as_utc(e["at"])).total_seconds() / 86400
             if 0 <= age and (last is None or age < last[0]):
@@ -438,6 +443,9 @@ def decide_window(summary: dict[str, Any], spec_name: str | None = None) -> dict
         "drifted_features": list(obs.drifted_features),
         "rows": obs.rows,
         "labelled_rows": obs.labelled_rows,
+        # what the rows above are: the champion's answers; the rest is in the summary's `variants`
+        "answered_rows": summary.get("answered_rows", obs.rows),
+        "shadow_rows": summary.get("shadow_rows", 0),
         "window": summary["window"],
     }
     if decision.action == QUARANTINE:
@@ -533,11 +541,15 @@ def plan_retraining(params: dict[str, Any], events: list[dict[str, Any]], run_af
 
 def champion_interval_end(settings: Any, spec: DatasetSpec) -> date | None:
     """The last day of the data interval the current champion was trained for (run tag `mlops.interval`)."""
+    from include.mlops.monitoring import registry_error
     from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
 
     client = setup_mlflow(settings)
-    version = alias_version(client, spec.model_name, CHAMPION)
-    if version is None:
-        return None
-    run = client.get_run(client.get_model_version(spec.model_name, version).run_id)
+    try:
+        version = alias_version(client, spec.model_name, CHAMPION)  # None only when there is none
+        if version is None:
+            return None
+        run = client.get_run(client.get_model_version(spec.model_name, version).run_id)
+    except Exception as exc:  # a fault must not widen the window as if there were no champion
+        raise registry_error(f"the champion of {spec.model_name} and its training interval", exc) from exc
     return _interval_end_day(run.data.tags.get("mlops.interval"))

@@ -1,8 +1,17 @@
-"""Evaluation: holdout metrics, per-slice metrics, and the promotion gate."""
+"""Evaluation: holdout metrics, per-slice metrics, and the promotion gate.
+
+The gate compares the challenger, on its holdout, with the current champion and with a
+reference: the best, on the same holdout, of the recent champions and the baseline (see
+`reference_versions`). Every model the gate must compare with is loaded and scored, or the gate
+raises `GateError`: a registry or artifact fault fails the task, it never decides as if the
+model did not exist. On small holdouts a regression is judged by a paired bootstrap of the
+metric difference (`paired_bootstrap`), not by the bare difference.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -203,6 +212,291 @@ def _worse_by(metric: str, challenger: float, champion: float) -> float:
     return challenger - champion if metric.split(".")[-1] in LOWER_IS_BETTER else champion - challenger
 
 
+class GateError(Exception):
+    """The gate cannot decide: a model it must compare with cannot be loaded or scored. The task
+    fails (and retries); the gate never decides as if that model did not exist."""
+
+
+# -- paired bootstrap ---------------------------------------------------------------------------
+BOOTSTRAP_SEED = 20261201  # fixed: the same holdout and models give the same interval
+# Above this many holdout rows the bare difference decides: the interval is then narrower than
+# any tolerance worth setting (ROC AUC's standard error at 50,000 rows is about 0.003), and the
+# resamples would cost seconds per comparison on the 1M-row benchmark's holdout.
+BOOTSTRAP_MAX_ROWS = 50_000
+
+
+@dataclass
+class RegressionCI:
+    """How much worse the challenger is than another model (positive = worse), on the whole
+    holdout and as one-sided bounds at `confidence` from a paired bootstrap of the rows."""
+
+    worse: float
+    low: float  # P(regression < low) = 1 - confidence
+    high: float  # P(regression > high) = 1 - confidence
+    confidence: float
+    resamples: int  # usable resamples (a resample with one class only has no ROC AUC)
+
+    def describe(self) -> str:
+        return (
+            f"regression {self.worse:+.4f}, one-sided {self.confidence:.0%} bounds "
+            f"[{self.low:+.4f}, {self.high:+.4f}] ({self.resamples} paired bootstrap resamples)"
+        )
+
+
+def _rank_auc(y: Any, s: Any) -> float:
+    """ROC AUC from ranks (ties averaged): the value roc_auc_score gives, without its checks."""
+    from scipy.stats import rankdata
+
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def primary_on_rows(y_true: Any, scored: Scored, spec: DatasetSpec) -> Callable[[Any], float]:
+    """A function of row positions giving the primary metric on those rows, as `metrics` computes
+    it (fast paths for binary ROC AUC and accuracy and for the regression metrics)."""
+    import numpy as np
+
+    metric = spec.primary_metric
+    y_arr = np.asarray(y_true)
+    if spec.is_classification and not spec.is_multiclass and metric in ("roc_auc", "accuracy"):
+        classes = scored.classes if scored.classes is not None else _label_classes(y_arr, spec)
+        y01 = np.asarray(is_positive(y_arr, classes, spec), dtype=np.int64)
+        s = np.nan_to_num(np.asarray(scored.score, dtype=float), nan=DECISION_THRESHOLD)
+        if metric == "roc_auc":
+            return lambda idx: _rank_auc(y01[idx], s[idx])
+        pred = (s >= DECISION_THRESHOLD).astype(np.int64)
+        return lambda idx: float((pred[idx] == y01[idx]).mean())
+    if not spec.is_classification and metric in ("rmse", "mae"):
+        p = np.nan_to_num(np.asarray(scored.score, dtype=float), nan=0.0)
+        yf = y_arr.astype(float)
+        if metric == "rmse":
+            return lambda idx: float(np.sqrt(np.mean((yf[idx] - p[idx]) ** 2)))
+        return lambda idx: float(np.mean(np.abs(yf[idx] - p[idx])))
+    return lambda idx: metrics(y_arr[idx], scored.take(idx), spec)[metric]
+
+
+def paired_bootstrap(
+    y_true: Any, challenger: Scored, other: Scored, spec: DatasetSpec, resamples: int, confidence: float
+) -> RegressionCI | None:
+    """The challenger's regression against `other` on the same rows, resampled with replacement
+    `resamples` times (the same rows for both models: a paired bootstrap, seeded). None when
+    `resamples` is 0, the holdout is larger than BOOTSTRAP_MAX_ROWS or fewer than half the
+    resamples give a value (then the bare difference decides). Cost: 2 x resamples metric
+    evaluations on the holdout."""
+    import numpy as np
+
+    n = len(y_true)
+    if resamples <= 0 or n < 2 or n > BOOTSTRAP_MAX_ROWS:
+        return None
+    metric = spec.primary_metric
+    f_ch, f_other = primary_on_rows(y_true, challenger, spec), primary_on_rows(y_true, other, spec)
+    everything = np.arange(n)
+    worse = _worse_by(metric, f_ch(everything), f_other(everything))
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    diffs = np.empty(resamples)
+    for i in range(resamples):
+        idx = rng.integers(0, n, n)
+        diffs[i] = _worse_by(metric, f_ch(idx), f_other(idx))
+    diffs = diffs[~np.isnan(diffs)]
+    if len(diffs) < resamples / 2 or math.isnan(worse):
+        return None
+    return RegressionCI(
+        worse=float(worse),
+        low=float(np.quantile(diffs, 1 - confidence)),
+        high=float(np.quantile(diffs, confidence)),
+        confidence=confidence,
+        resamples=len(diffs),
+    )
+
+
+# -- the models the gate compares with ------------------------------------------------------------
+@dataclass
+class VersionScore:
+    """A registered version scored on the challenger's holdout."""
+
+    version: str
+    scored: Scored
+    metrics: dict[str, float]
+    slices: dict[str, dict[str, float]]
+
+
+def score_version(
+    spec: DatasetSpec,
+    version: str,
+    holdout: pd.DataFrame,
+    load: Callable[[str], Any],
+    *,
+    role: str,
+    missing_ok: bool = False,
+) -> VersionScore | str:
+    """Load version `version` of the spec's model and score the holdout with it.
+
+    Returns a string saying why it cannot score this holdout in exactly two cases, both explicit:
+    the model needs features the holdout does not have (the spec's features changed since it was
+    trained), or (with `missing_ok`) the registry says the version no longer exists. A model
+    trained on fewer features than the spec now has scores the same rows with its own columns.
+    Anything else (a registry error, a download error, a refused artifact format, a scoring
+    error) raises `GateError` naming the version and the cause."""
+    from include.mlops.features import model_features
+    from include.mlops.registry import is_not_found
+
+    uri = f"models:/{spec.model_name}/{version}"
+    try:
+        model = load(uri)
+    except Exception as exc:
+        if missing_ok and is_not_found(exc):
+            return f"v{version} no longer exists in the registry"
+        raise GateError(
+            f"cannot load the {role} {spec.model_name} v{version} ({uri}): {type(exc).__name__}: {exc}. "
+            "The gate does not decide without it: fix the registry or the artifact, then re-run evaluate"
+        ) from exc
+    needed = getattr(model, "feature_names_in_", None)
+    columns = [str(c) for c in needed] if needed is not None else model_features(spec)
+    missing = [c for c in columns if c not in holdout.columns]
+    if missing:
+        return (
+            f"v{version} was trained on features this holdout does not have ({', '.join(missing[:8])}"
+            f"{', ...' if len(missing) > 8 else ''}): the spec's features changed"
+        )
+    try:
+        scored = score_model(model, holdout[columns], spec)
+        return VersionScore(
+            str(version), scored, metrics(holdout[spec.label], scored, spec), slice_metrics(holdout, scored, spec)
+        )
+    except Exception as exc:
+        raise GateError(
+            f"the {role} {spec.model_name} v{version} could not score the holdout: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+DONE = (None, "done")  # ledger entries without a status (before pending/done) or completed
+
+
+def champion_history(ledger: list[dict[str, Any]]) -> tuple[list[str], str | None]:
+    """From the ledger: the versions that were champion, newest first (a version a rollback moved
+    away from is left out, unless it was made champion again later), and the baseline: the
+    version a person last put in place with `ml_rollback` (action "rollback"), else the first
+    champion. Entries still pending are ignored."""
+    entries = sorted(
+        (e for e in ledger if e.get("to_version") and e.get("status") in DONE), key=lambda e: str(e.get("at", ""))
+    )
+    order: list[str] = []
+    dropped: set[str] = set()
+    baseline: str | None = None
+    for e in entries:
+        to, frm, action = str(e["to_version"]), e.get("from_version"), str(e.get("action", ""))
+        if action.startswith("rollback") and frm:
+            dropped.add(str(frm))
+        dropped.discard(to)
+        order.append(to)
+        if baseline is None or action == "rollback":
+            baseline = to
+    recent: list[str] = []
+    for v in reversed(order):
+        if v not in recent and v not in dropped:
+            recent.append(v)
+    return recent, (baseline if baseline not in dropped else None)
+
+
+def was_champion(ledger: list[dict[str, Any]], version: str) -> bool:
+    """Whether a completed ledger entry ever made `version` champion."""
+    return any(str(e.get("to_version")) == str(version) and e.get("status") in DONE for e in ledger)
+
+
+def champion_before(ledger: list[dict[str, Any]], version: str) -> str | None:
+    """The champion in force before `version` was first made champion (None: it was the first)."""
+    entries = sorted((e for e in ledger if e.get("status") in DONE), key=lambda e: str(e.get("at", "")))
+    for e in entries:
+        if str(e.get("to_version")) == str(version):
+            frm = e.get("from_version")
+            return None if frm in (None, "", "None") else str(frm)
+    return None
+
+
+def reference_versions(spec: DatasetSpec, ledger: list[dict[str, Any]], champion: str | None) -> list[str]:
+    """The versions the reference is chosen from: the current champion, the last
+    `gate.reference_champions` champions and the baseline (see `champion_history`)."""
+    n = spec.gate.reference_champions
+    if n <= 0:
+        return []
+    recent, baseline = champion_history(ledger)
+    out: list[str] = []
+    for v in [*([champion] if champion else []), *recent]:
+        if v not in out and len(out) < n:
+            out.append(v)
+    if baseline and baseline not in out:
+        out.append(baseline)
+    return out
+
+
+@dataclass
+class Reference:
+    """The best of the reference versions on this holdout, and the challenger's regression."""
+
+    version: str
+    value: float  # its primary metric on this holdout
+    ci: RegressionCI | None
+    considered: list[str]
+    skipped: list[str] = field(default_factory=list)  # why some could not be scored
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def find_reference(
+    spec: DatasetSpec,
+    candidates: list[str],
+    holdout: pd.DataFrame,
+    challenger: Scored,
+    load: Callable[[str], Any],
+    scored: dict[str, VersionScore | str],
+) -> Reference | str | None:
+    """Score each candidate version (reusing `scored`, filled in) and return the best one with
+    the challenger's paired-bootstrap regression against it; a string when no candidate can
+    score this holdout (why); None when there is no candidate."""
+    if not candidates:
+        return None
+    primary = spec.primary_metric
+    usable: list[VersionScore] = []
+    skipped: list[str] = []
+    for v in candidates:
+        if v not in scored:
+            scored[v] = score_version(spec, v, holdout, load, role="reference version", missing_ok=True)
+        got = scored[v]
+        if isinstance(got, str):
+            skipped.append(got)
+        elif not math.isnan(got.metrics.get(primary, float("nan"))):
+            usable.append(got)
+    if not usable:
+        return "no earlier champion can score this holdout" + (f" ({'; '.join(skipped)})" if skipped else "")
+    lower = primary.split(".")[-1] in LOWER_IS_BETTER
+    best = (min if lower else max)(usable, key=lambda s: s.metrics[primary])
+    g = spec.gate
+    ci = paired_bootstrap(holdout[spec.label], challenger, best.scored, spec, g.bootstrap_resamples, g.confidence)
+    return Reference(best.version, best.metrics[primary], ci, list(candidates), skipped)
+
+
+# -- the gate -----------------------------------------------------------------------------------
+def _regression_check(
+    check: str, primary: str, challenger: float, other: float, tol: float, ci: RegressionCI | None, who: str
+) -> GateCheck:
+    """Fails when the challenger is worse than `other` by more than `tol`: with a bootstrap, when
+    the regression exceeds `tol` at the given confidence (its one-sided lower bound is above
+    `tol`); without one, when the bare difference does."""
+    worse = _worse_by(primary, challenger, other)
+    note = f"{who} {other:.4f}, challenger {challenger:.4f}"
+    if ci is None:
+        ok = not math.isnan(worse) and worse <= tol
+    else:
+        ok = ci.low <= tol
+        note += f"; {ci.describe()}"
+    return GateCheck(check, worse, tol, ok, note)
+
+
 def gate(
     spec: DatasetSpec,
     challenger: dict[str, float],
@@ -210,9 +504,21 @@ def gate(
     nan_predictions: int,
     champion: dict[str, float] | None = None,
     champion_slices: dict[str, dict[str, float]] | None = None,
+    *,
+    champion_version: str | None = None,
+    champion_ci: RegressionCI | None = None,
+    champion_unscorable: str | None = None,
+    reference: Reference | str | None = None,
 ) -> GateDecision:
-    """Absolute minimums, no NaN predictions, no regression against the champion overall or per slice."""
+    """Absolute minimums, no NaN predictions, no regression against the champion overall or per
+    slice, and none against the reference beyond `gate.cumulative_max_regression`.
+
+    `champion_unscorable` says why the champion cannot score this holdout (the spec's features
+    changed): then `gate.feature_change` decides, "minimums" (the champion check passes, noted)
+    or "refuse". `reference` is a `Reference`, a string (why there is none to score: noted), or
+    None (no reference check)."""
     primary = spec.primary_metric
+    g = spec.gate
     checks = [
         GateCheck(
             "no NaN predictions",
@@ -222,27 +528,39 @@ def gate(
             "" if nan_predictions == 0 else f"{nan_predictions} NaN predictions",
         )
     ]
-    for metric, minimum in (spec.gate.minimums).items():
+    for metric, minimum in (g.minimums).items():
         v = challenger.get(metric, float("nan"))
         ok = not math.isnan(v) and (v <= minimum if metric in LOWER_IS_BETTER else v >= minimum)
         checks.append(
             GateCheck(f"minimum {metric}", v, float(minimum), ok, "" if ok else f"{v:.4f} vs minimum {minimum}")
         )
-    if champion is None:
+    who = f"champion v{champion_version}" if champion_version else "champion"
+    if champion_unscorable is not None:
+        ok = g.feature_change == "minimums"
+        rule = (
+            "decided on the minimums and the reference (gate.feature_change: minimums)"
+            if ok
+            else "refused until a person promotes a model of the new features (gate.feature_change: refuse)"
+        )
+        checks.append(
+            GateCheck("vs champion", None, None, ok, f"{who} cannot score this holdout: {champion_unscorable}; {rule}")
+        )
+    elif champion is None:
         checks.append(GateCheck("vs champion", None, None, True, "no champion yet"))
     else:
-        tol = spec.gate.max_regression
-        worse = _worse_by(primary, challenger[primary], champion[primary])
+        tol = g.max_regression
         checks.append(
-            GateCheck(
+            _regression_check(
                 f"regression of {primary} vs champion",
-                worse,
+                primary,
+                challenger[primary],
+                champion[primary],
                 tol,
-                worse <= tol,
-                f"champion {champion[primary]:.4f}, challenger {challenger[primary]:.4f}",
+                champion_ci,
+                who,
             )
         )
-        stol = float(spec.gate.slice_max_regression or tol)
+        stol = float(g.slice_max_regression if g.slice_max_regression is not None else tol)
         for name, m in sorted(challenger_slices.items()):
             ref = (champion_slices or {}).get(name)
             if ref is None or math.isnan(ref.get(primary, float("nan"))) or math.isnan(m.get(primary, float("nan"))):
@@ -257,4 +575,19 @@ def gate(
                     "" if worse <= stol else f"champion {ref[primary]:.4f}, challenger {m[primary]:.4f}",
                 )
             )
+    if isinstance(reference, str):
+        checks.append(GateCheck("vs reference", None, None, True, reference))
+    elif reference is not None:
+        tol = float(g.cumulative_max_regression if g.cumulative_max_regression is not None else g.max_regression)
+        considered = ", ".join(f"v{v}" for v in reference.considered)
+        check = _regression_check(
+            f"regression of {primary} vs reference v{reference.version}",
+            primary,
+            challenger[primary],
+            reference.value,
+            tol,
+            reference.ci,
+            f"best of {considered}: v{reference.version}",
+        )
+        checks.append(check)
     return GateDecision(all(c.passed for c in checks), checks)

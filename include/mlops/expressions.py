@@ -4,7 +4,10 @@ A spec's `derived_features` are data written by whoever writes the spec, so they
 to run code (`DataFrame.eval` and `eval` both reach attributes, `@` locals and calls). What
 parses here: column names, numbers, `+ - * / // % **`, comparisons, `&`, `|`, `~`, parentheses,
 and the functions in FUNCTIONS. Anything else is a SpecError naming the expression and the part
-that is not allowed. Evaluation walks the parsed tree with numpy on whole columns.
+that is not allowed. Evaluation walks the parsed tree with numpy on whole columns, in float64
+(numbers too), so no expression reaches Python's unbounded integers: `10 ** 10 ** 10` is refused
+(a power's exponent is a column or a number within MAX_EXPONENT) and anything that overflows is
+inf. The text is short (MAX_LENGTH) and shallow (MAX_DEPTH), so parsing and evaluating are cheap.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ FUNCTIONS = {  # name -> (numpy function, number of arguments)
     "minimum": ("minimum", 2),
     "maximum": ("maximum", 2),
 }
+MAX_LENGTH = 500  # characters
+MAX_DEPTH = 32  # nested operations
+MAX_EXPONENT = 64
 
 
 class ExpressionError(ValueError):
@@ -67,13 +73,21 @@ class Expression:
 
 def parse_expression(text: str, columns: set[str] | frozenset[str]) -> Expression:
     """Check `text` against the language and the known `columns`; raises ExpressionError."""
+    if len(str(text)) > MAX_LENGTH:
+        raise ExpressionError(f"{str(text)[:40]!r}... is {len(str(text))} characters long; at most {MAX_LENGTH}")
     try:
         tree = ast.parse(str(text).strip(), mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(f"{text!r} is not an expression ({exc.msg})") from None
+    except (MemoryError, RecursionError, ValueError):  # the parser's own limits (nesting, digits)
+        raise ExpressionError(f"{text!r} is too deeply nested or holds too large a number") from None
+    if _depth(tree.body) > MAX_DEPTH:
+        raise ExpressionError(f"{text!r} nests operations more than {MAX_DEPTH} deep; split it into derived features")
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
+            if node.id.startswith("__"):
+                raise ExpressionError(f"{text!r} names {node.id!r}; names starting with __ are not allowed")
             if node.id not in columns and node.id not in FUNCTIONS:
                 raise ExpressionError(
                     f"{text!r} names {node.id!r}, which is not a feature (features: {sorted(columns)})"
@@ -88,20 +102,46 @@ def parse_expression(text: str, columns: set[str] | frozenset[str]) -> Expressio
         elif isinstance(node, ast.Constant):
             if isinstance(node.value, bool) or not isinstance(node.value, int | float):
                 raise ExpressionError(f"{text!r} holds {node.value!r}; only numbers are allowed")
+            if isinstance(node.value, int) and abs(node.value) > 2**53:
+                raise ExpressionError(f"{text!r} holds {node.value}, larger than a float keeps exactly (2**53)")
         elif isinstance(node, ast.Compare):
             if len(node.ops) != 1 or type(node.ops[0]) not in COMPARE:
                 raise ExpressionError(f"{text!r}: compare two values at a time with < <= > >= == !=")
         elif isinstance(node, ast.BinOp | ast.UnaryOp):
             if type(node.op) not in BINARY and type(node.op) not in UNARY:
                 raise ExpressionError(f"{text!r} uses an operator that is not allowed ({type(node.op).__name__})")
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+                _check_exponent(text, node.right)
         elif not isinstance(node, ast.Expression | ast.Load | ast.operator | ast.unaryop | ast.cmpop):
             raise ExpressionError(f"{text!r} uses {type(node).__name__}, which is not allowed")
     return Expression(str(text), tree, frozenset(names - set(FUNCTIONS)))
 
 
+def _depth(node: ast.AST) -> int:
+    children = list(ast.iter_child_nodes(node))
+    return 1 + max((_depth(c) for c in children), default=0)
+
+
+def _check_exponent(text: str, exponent: ast.AST) -> None:
+    """A power's exponent is a column, or a number (with its sign) no larger than MAX_EXPONENT."""
+    node, sign = exponent, 1
+    while isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        sign = -sign if isinstance(node.op, ast.USub) else sign
+        node = node.operand
+    if isinstance(node, ast.Name):
+        return
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+        if abs(node.value) <= MAX_EXPONENT:
+            return
+        raise ExpressionError(f"{text!r} raises to {sign * node.value!r}; an exponent is at most {MAX_EXPONENT}")
+    raise ExpressionError(
+        f"{text!r} raises to {ast.unparse(exponent)!r}; an exponent is a feature or a number up to {MAX_EXPONENT}"
+    )
+
+
 def _eval(node: ast.AST, columns: Mapping[str, Any], np: Any) -> Any:
     if isinstance(node, ast.Constant):
-        return node.value
+        return np.float64(node.value)
     if isinstance(node, ast.Name):
         return np.asarray(columns[node.id], dtype=np.float64)
     if isinstance(node, ast.BinOp):

@@ -1,9 +1,13 @@
 """`make up`: the embedded default as services on one laptop, no Docker.
 
-Airflow standalone (api-server + scheduler + dag-processor + triggerer, SQLite) on :8080 with
+Airflow (api-server on :8080, scheduler, dag-processor, triggerer; SQLite, LocalExecutor) with
 the project's DAGs unpaused, the MLflow UI on :5000, the scoring service on :8000 and the
-Evidently UI on :8001, all bound to MLOPS_BIND_ADDRESS (127.0.0.1 unless told otherwise). Logs go
-to `$MLOPS_HOME/logs/`. Ctrl-C or SIGTERM stops every service it started (each runs in its own
+Evidently UI on :8001. Every listening socket is bound to MLOPS_BIND_ADDRESS (127.0.0.1 unless
+told otherwise). That is why Airflow's parts are started one by one instead of through
+`airflow standalone`: its scheduler and triggerer start log servers bound to every interface
+(Airflow has no setting for their address). Here they run with `--skip-serve-logs`; the
+api-server reads task and trigger logs from the log folder on this machine. Logs go to
+`$MLOPS_HOME/logs/`. Ctrl-C or SIGTERM stops every service it started (each runs in its own
 process group, children included).
 
 Each service gets MLOPS_UP_TIMEOUT seconds (600 by default) to become ready, with a progress line
@@ -47,16 +51,30 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     optional: bool = False
     proc: subprocess.Popen | None = None
+    # an Airflow part with no port of its own: ready once the api-server's health endpoint
+    # reports this component healthy (its heartbeat is recent)
+    component: str | None = None
+
+    def ready(self) -> bool:
+        return _ready(self.ready_url, self.component)
+
+    @property
+    def where(self) -> str:
+        if self.component:
+            return f"heartbeat healthy at {self.ready_url}"
+        return self.ready_url.rsplit("/", 1)[0]
 
 
 def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-def _ready(url: str) -> bool:
+def _ready(url: str, component: str | None = None) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status < 500
+            if component is None:
+                return r.status < 500
+            return (json.loads(r.read()).get(component) or {}).get("status") == "healthy"
     except Exception:
         return False
 
@@ -69,18 +87,21 @@ def services(ports: dict[str, int]) -> tuple[list[Service], dict[str, str]]:
         AIRFLOW__API__HOST=host,
         AIRFLOW__API__PORT=str(ports["airflow"]),
         AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{ports['airflow']}",
+        # what `airflow standalone` would choose: tasks run as local subprocesses
+        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
         MLOPS_MLFLOW_UI_URL=f"http://127.0.0.1:{ports['mlflow']}",
         MLOPS_SERVE_URL=f"http://127.0.0.1:{ports['serve']}",
         PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     )
     artifacts = s.mlflow_artifacts or f"file://{s.home / 'mlartifacts'}"
+    health = f"http://127.0.0.1:{ports['airflow']}/api/v2/monitor/health"
+    airflow = _bin("airflow")
     out = [
-        Service(
-            "airflow",
-            [_bin("airflow"), "standalone"],
-            f"http://127.0.0.1:{ports['airflow']}/api/v2/monitor/health",
-            env,
-        ),
+        # the api-server writes the admin's generated password file on its first start
+        Service("airflow", [airflow, "api-server"], health, env),
+        Service("scheduler", [airflow, "scheduler", "--skip-serve-logs"], health, env, component="scheduler"),
+        Service("dag-processor", [airflow, "dag-processor"], health, env, component="dag_processor"),
+        Service("triggerer", [airflow, "triggerer", "--skip-serve-logs"], health, env, component="triggerer"),
         Service(
             "mlflow",
             [
@@ -166,7 +187,7 @@ def up(check: bool, timeout: float | None = None) -> int:
         for svc in svcs:
             fh = (logs / f"{svc.name}.log").open("ab")
             # its own session and process group: a signal to `make up` reaches it only through
-            # `stop`, which signals the whole group (airflow standalone's children included)
+            # `stop`, which signals the whole group (the service's children included)
             svc.proc = subprocess.Popen(
                 svc.cmd, env={**os.environ, **svc.env}, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
             )
@@ -197,7 +218,7 @@ def up(check: bool, timeout: float | None = None) -> int:
         # a second signal while stopping must not leave processes behind: stop() ignores them
         stop(svcs)
     print(json.dumps(result), flush=True)
-    required = {"airflow", "mlflow"}
+    required = {"airflow", "scheduler", "dag-processor", "triggerer", "mlflow"}
     return 0 if result["ready"] and not (required & set(result["not_ready"])) else 1
 
 
@@ -210,12 +231,9 @@ def _wait_ready(svcs: list[Service], logs: Path, timeout: float, t0: float) -> t
         for svc in svcs:
             if svc.name not in pending:
                 continue
-            if _ready(svc.ready_url):
+            if svc.ready():
                 pending.discard(svc.name)
-                print(
-                    f"[up {time.perf_counter() - t0:5.1f}s] {svc.name:<9} ready: {svc.ready_url.rsplit('/', 1)[0]}",
-                    flush=True,
-                )
+                print(f"[up {time.perf_counter() - t0:5.1f}s] {svc.name:<9} ready: {svc.where}", flush=True)
             elif svc.proc is not None and svc.proc.poll() is not None:
                 pending.discard(svc.name)
                 failed.add(svc.name)
@@ -236,9 +254,9 @@ def _serve(svcs: list[Service], pending: set[str], logs: Path) -> None:
     exited: set[str] = set()
     while True:
         for svc in svcs:
-            if svc.name in pending and _ready(svc.ready_url):
+            if svc.name in pending and svc.ready():
                 pending.discard(svc.name)
-                print(f"[up] {svc.name} ready (late): {svc.ready_url.rsplit('/', 1)[0]}", flush=True)
+                print(f"[up] {svc.name} ready (late): {svc.where}", flush=True)
             if svc.name not in exited and svc.proc is not None and svc.proc.poll() is not None:
                 exited.add(svc.name)
                 print(

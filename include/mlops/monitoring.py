@@ -18,6 +18,19 @@ The key numbers go to a history: one MLflow run per window in the experiment
 `<dataset>-monitoring` (reused on a re-run), and an Evidently workspace at `$MLOPS_HOME/evidently`
 with dashboard panels (`evidently ui --workspace $MLOPS_HOME/evidently`). Windows larger than
 `monitoring.sample_rows` are sampled with `monitoring.sample_seed`; both are recorded.
+
+Variants. Every log row names its `variant` and `model_version` (`serving.predlog`; older logs
+read as the champion's answers of version "unknown"). A shadow row is never an answer: the
+caller got the champion's answer to that request, so counting both would count it twice. The
+four reports and the numbers the drift policy decides on judge the champion's answers (variant
+`champion`, whichever version held the alias). Every (variant, version) of the window, shadow
+included, also gets its own row: rows, share of the answers, labelled rows and performance,
+mean score, prediction drift and (answers only) feature drift share, all against the
+champion's reference; the table goes to the task log, to `variants.md` beside the reports, to
+the summary (`variants`) and to the MLflow run (`<variant>_v<version>_rows`, ...).
+
+Registry reads: "no champion" only when the registry says so (`NoChampion`, the task skips);
+any other failed read is `RegistryUnavailable` (the task fails and retries).
 """
 
 from __future__ import annotations
@@ -45,6 +58,35 @@ REPORTS = ("data_drift", "prediction_drift", "performance", "data_quality")
 
 class NoChampion(Exception):
     """Nothing is deployed yet, so there is nothing to monitor."""
+
+
+class RegistryUnavailable(RuntimeError):
+    """The registry did not answer a read (a server error, a timeout, a refused connection).
+
+    Never read as "no champion": the task fails (and Airflow retries it) rather than skipping a
+    window or deciding on a guess."""
+
+
+def registry_error(what: str, exc: BaseException) -> RegistryUnavailable:
+    """A RegistryUnavailable naming what could not be read, where, and what happens next."""
+    import mlflow
+
+    uri = _without_credentials(mlflow.get_registry_uri())
+    return RegistryUnavailable(
+        f"could not read {what} from the MLflow registry at {uri}: {type(exc).__name__}: {exc}. "
+        "This is a registry fault, not a missing champion: nothing was decided; the task fails "
+        "and is retried (check that the tracking server answers, e.g. `curl <uri>/health`)."
+    )
+
+
+def _without_credentials(uri: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+    return uri
 
 
 @dataclass(frozen=True)
@@ -103,10 +145,24 @@ def prediction_keys(store: ObjectStore, spec: DatasetSpec, days: list[date]) -> 
     return out
 
 
-def read_predictions(store: ObjectStore, spec: DatasetSpec, days: list[date]) -> tuple[pd.DataFrame, list[str]]:
-    """The prediction log of the days, with a `source` column; (frame, keys read)."""
+ROWS_KINDS = ("answered", "shadow", "all")
+
+
+def read_predictions(
+    store: ObjectStore, spec: DatasetSpec, days: list[date], *, rows: str = "answered"
+) -> tuple[pd.DataFrame, list[str]]:
+    """The prediction log of the days, with a `source` column and `variant` and `model_version`
+    on every row (`serving.predlog.with_variant_columns`); (frame, keys read).
+
+    `rows`: "answered" (the default: what callers got, every variant but shadow), "shadow" (the
+    shadow's own scores, never an answer) or "all".
+    """
     import pandas as pd
 
+    from include.mlops.serving.predlog import is_answer, with_variant_columns
+
+    if rows not in ROWS_KINDS:
+        raise ValueError(f"rows={rows!r}: use one of {', '.join(ROWS_KINDS)}")
     keys = prediction_keys(store, spec, days)
     frames = []
     for source, key in keys:
@@ -115,11 +171,14 @@ def read_predictions(store: ObjectStore, spec: DatasetSpec, days: list[date]) ->
         frames.append(df)
     if not frames:
         return pd.DataFrame(), []
-    df = pd.concat(frames, ignore_index=True)
+    df = with_variant_columns(pd.concat(frames, ignore_index=True))
     if "ts" in df.columns:
         df["ts"] = pd.to_datetime(df["ts"], utc=True)
     if spec.timestamp in df.columns:
         df[spec.timestamp] = pd.to_datetime(df[spec.timestamp], utc=True)
+    if rows != "all":
+        answered = is_answer(df["variant"])
+        df = df[answered if rows == "answered" else ~answered].reset_index(drop=True)
     return df, [k for _, k in keys]
 
 
@@ -201,13 +260,21 @@ class Champion:
 
 
 def champion_info(client: Any, spec: DatasetSpec) -> Champion:
+    """The champion and its run. NoChampion only when the registry says there is none (the task
+    skips); RegistryUnavailable on any other failed read (the task fails and retries)."""
     from include.mlops.registry import CHAMPION, alias_version
 
-    version = alias_version(client, spec.model_name, CHAMPION)
+    try:
+        version = alias_version(client, spec.model_name, CHAMPION)
+    except Exception as exc:  # alias_version returns None for "not found" and raises the rest
+        raise registry_error(f"the champion alias of {spec.model_name}", exc) from exc
     if version is None:
         raise NoChampion(f"{spec.model_name} has no champion yet: nothing to monitor")
-    mv = client.get_model_version(spec.model_name, version)
-    run = client.get_run(mv.run_id)
+    try:
+        mv = client.get_model_version(spec.model_name, version)
+        run = client.get_run(mv.run_id)
+    except Exception as exc:  # the alias names this version: a failed read here is a fault, never "none"
+        raise registry_error(f"{spec.model_name} v{version} (the champion) and its run", exc) from exc
     primary = spec.primary_metric
     train_uri = run.data.tags.get("mlops.train_uri")
     if not train_uri:
@@ -231,10 +298,11 @@ def reference_frame(store: ObjectStore, spec: DatasetSpec, champ: Champion) -> t
     key = f"monitoring/{spec.name}/reference/v{champ.version}.parquet"
     if store.exists(key):
         return store.get_parquet(key), store.uri(key)
-    import mlflow
+    from include.mlops import model_io
 
     ref = store.get_parquet(store.key_of(champ.train_uri))
-    model = mlflow.sklearn.load_model(f"models:/{champ.model}/{champ.version}")
+    # the one loader that refuses artifacts able to run code (include.mlops.model_io)
+    model = model_io.load(f"models:/{champ.model}/{champ.version}", f"{champ.model} v{champ.version} (the champion)")
     scored = score_model(model, ref[model_features(spec)], spec)
     ref[SCORE], ref[PREDICTION] = scored.score, scored.prediction
     return ref, store.put_parquet(key, ref)
@@ -644,6 +712,144 @@ def _target_level(y: Any, ref: pd.DataFrame, spec: DatasetSpec) -> dict[str, Any
     return {"shares": shares(y), "reference": shares(ref[spec.label])}
 
 
+# -- per variant and version ---------------------------------------------------------------------------
+def split_answers(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(answered rows, shadow rows) of a frame `read_predictions(rows="all")` returned."""
+    from include.mlops.serving.predlog import is_answer
+
+    if "variant" not in df.columns:  # an empty read: no rows of either kind
+        return df, df
+    answered = is_answer(df["variant"])
+    return df[answered].reset_index(drop=True), df[~answered].reset_index(drop=True)
+
+
+def judged_rows(answered: pd.DataFrame) -> pd.DataFrame:
+    """What the window's reports and the drift policy judge: the champion's answers (variant
+    `champion`, whichever version held the alias when it answered). A canary's, a pinned
+    version's and a shadow's rows are judged per version in `variant_numbers`, not here."""
+    from include.mlops.serving.predlog import DEFAULT_VARIANT
+
+    if "variant" not in answered.columns:
+        return answered
+    return answered[answered["variant"] == DEFAULT_VARIANT].reset_index(drop=True)
+
+
+def _group_order(variant: str, version: str) -> tuple[int, float, str]:
+    rank = {"champion": 0, "challenger": 1, "pinned": 2, "shadow": 9}.get(variant, 5)
+    return rank, float(version) if version.isdigit() else math.inf, f"{variant}/{version}"
+
+
+def variant_numbers(
+    ref: pd.DataFrame,
+    answered: pd.DataFrame,
+    shadow: pd.DataFrame,
+    labelled: pd.DataFrame,
+    spec: DatasetSpec,
+    cfg: MonitoringConfig,
+    timestamp: datetime | None = None,
+    day: str = "",
+    headline: WindowAnalysis | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (variant, version) of the window: rows, share of the answers, labelled rows,
+    performance on them, mean score, prediction drift and (answers only) feature drift share
+    against the champion's reference. Shadow rows get their own rows, marked `answered: False`,
+    and no feature drift (their inputs are the requests the champion answered).
+
+    `labelled`: the label-joined log of the lookback, every variant (`read_predictions(rows="all")`).
+    Each group is sampled like the window (`sample_rows`, `sample_seed`). `headline`: the window's
+    analysis of the judged rows; when one champion version answered them all, its drift numbers
+    are that group's (the same rows: no second Evidently run)."""
+    from include.mlops.evaluation import metrics as perf_metrics
+    from include.mlops.features import model_features
+    from include.mlops.serving.predlog import DEFAULT_VARIANT
+
+    feats = model_features(spec)
+    ref_s = sample(ref, cfg.sample_rows, cfg.sample_seed)
+    total = len(answered)
+    lab_groups = (
+        {k: g for k, g in labelled.groupby(["variant", "model_version"], sort=False)}
+        if len(labelled) and "variant" in labelled.columns
+        else {}
+    )
+    judged = judged_rows(answered)
+    # the champion group is exactly the judged rows when one version answered them all
+    one_champion = len(judged) > 0 and judged["model_version"].nunique() == 1
+    out = []
+    for frame, is_ans in ((answered, True), (shadow, False)):
+        if frame.empty:
+            continue
+        for (variant, version), g in frame.groupby(["variant", "model_version"], sort=False):
+            is_judged = is_ans and one_champion and variant == DEFAULT_VARIANT
+            g_s = sample(g.reset_index(drop=True), cfg.sample_rows, cfg.sample_seed)
+            row: dict[str, Any] = {
+                "variant": str(variant),
+                "version": str(version),
+                "answered": is_ans,
+                "rows": len(g),
+                "share": round(len(g) / total, 6) if total else None,
+                "labelled_rows": 0,
+                "performance": {},
+                "score_mean": None,
+                "prediction_drift": None,
+                "prediction_drifted": None,
+                "drift_share": None,
+            }
+            scored = g_s.dropna(subset=[SCORE]) if SCORE in g_s.columns else g_s.iloc[0:0]
+            if len(scored):
+                row["score_mean"] = float(scored[SCORE].mean())
+            if headline is not None and is_judged:
+                row["prediction_drift"] = headline.prediction_drift.get("score")
+                row["prediction_drifted"] = bool(headline.prediction_drift.get("drifted"))
+                row["drift_share"] = headline.drift["share"]
+            elif len(scored) >= 2:
+                snap = prediction_drift_report(ref_s, scored, spec, cfg, timestamp, f"{day} {variant} v{version}")
+                pdd = drift_numbers(snap.dict(), cfg)["columns"].get(SCORE, {})
+                row["prediction_drift"], row["prediction_drifted"] = pdd.get("score"), bool(pdd.get("drifted"))
+            if row["drift_share"] is None and is_ans and len(g_s) >= 2:
+                usable = [c for c in feats if c in g_s.columns and g_s[c].notna().any() and ref_s[c].notna().any()]
+                if usable:
+                    snap = data_drift_report(ref_s, g_s, spec, cfg, timestamp, f"{day} {variant} v{version}", usable)
+                    row["drift_share"] = drift_numbers(snap.dict(), cfg)["share"]
+            lab = lab_groups.get((variant, version))
+            if lab is not None:
+                lab = sample(lab.reset_index(drop=True), cfg.sample_rows, cfg.sample_seed)
+                lab = lab.dropna(subset=[SCORE, spec.label])
+                row["labelled_rows"] = len(lab)
+                if len(lab):
+                    row["performance"] = {
+                        k: (None if isinstance(v, float) and math.isnan(v) else v)
+                        for k, v in perf_metrics(
+                            lab[spec.label].to_numpy(), _logged_scores(lab, ref_s, spec), spec
+                        ).items()
+                    }
+            out.append(row)
+    return sorted(out, key=lambda r: _group_order(r["variant"], r["version"]))
+
+
+def variants_table(rows: list[dict[str, Any]], primary: str) -> str:
+    """The per-version numbers as a Markdown table (task log, `variants.md`)."""
+
+    def num(v: Any, fmt: str = "{:.4f}") -> str:
+        return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+    lines = [
+        f"| variant | version | answered | rows | share of answers | labelled | {primary} | mean score | prediction drift | feature drift share |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        drift = num(r["prediction_drift"])
+        if r["prediction_drifted"]:
+            drift += " (drifted)"
+        lines.append(
+            f"| {r['variant']} | {r['version']} | {'yes' if r['answered'] else 'no (shadow)'} | {r['rows']} | "
+            f"{num(r['share'], '{:.1%}')} | {r['labelled_rows']} | {num(r['performance'].get(primary))} | "
+            f"{num(r['score_mean'])} | {drift} | {num(r['drift_share'], '{:.3f}')} |"
+        )
+    if not rows:
+        lines.append("| — | — | — | 0 | — | 0 | — | — | — | — |")
+    return "\n".join(lines)
+
+
 # -- history: MLflow and the Evidently workspace --------------------------------------------------------
 def monitoring_experiment(spec: DatasetSpec) -> str:
     return f"{spec.name}-monitoring"
@@ -692,6 +898,12 @@ def log_history(
     }
     nums.update({f"drift_{_clean(c)}": v["score"] for c, v in analysis.drift["columns"].items()})
     nums.update({f"perf_{k}": v for k, v in analysis.performance.items()})
+    nums.update({"answered_rows": summary.get("answered_rows"), "shadow_rows": summary.get("shadow_rows")})
+    for v in summary.get("variants") or []:  # e.g. challenger_v3_rows, shadow_v3_roc_auc
+        tag = _clean(f"{v['variant']}_v{v['version']}")
+        nums[f"{tag}_rows"] = v["rows"]
+        nums[f"{tag}_{spec.primary_metric}"] = v["performance"].get(spec.primary_metric)
+        nums[f"{tag}_prediction_drift"] = v["prediction_drift"]
     metrics = [
         Metric(k, float(v), ts, step)
         for k, v in nums.items()
@@ -727,6 +939,7 @@ def log_history(
     ]
     client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
     client.log_dict(run_id, summary, "monitoring/summary.json")
+    client.log_text(run_id, summary.get("variants_table") or "", "monitoring/variants.md")
     client.set_terminated(run_id, "FINISHED", end_time=ts)
     return run_id, exp_id
 
@@ -893,26 +1106,55 @@ def monitor(interval: Interval, spec_name: str | None = None, *, history: bool =
     day = window["day"]
     prefix = report_prefix(spec, day)
 
-    cur, keys = read_predictions(store, spec, interval.days)
+    logged, keys = read_predictions(store, spec, interval.days, rows="all")
+    answered, shadow = split_answers(logged)
+    cur = judged_rows(answered)
     first_event = interval.days[0] - timedelta(days=cfg.label_lookback_days)
     lab_days = [first_event + timedelta(days=i) for i in range((interval.days[-1] - first_event).days + 1)]
-    lab_preds, _ = read_predictions(store, spec, lab_days)
+    lab_preds, _ = read_predictions(store, spec, lab_days, rows="all")
     labels = read_labels(store, spec, first_event, interval.days[-1])
-    labelled = join_labels(lab_preds, labels, spec)
+    labelled_all = join_labels(lab_preds, labels, spec)
+    labelled = judged_rows(split_answers(labelled_all)[0])
     base = {
         "dataset": spec.name,
         "spec": spec_name or spec.name,
         "window": window,
         "champion": asdict(champ),
         "rows": len(cur),
+        "answered_rows": len(answered),
+        "shadow_rows": len(shadow),
+        "judged": "the champion's answers (variant champion); every version's and the shadow's own numbers are in `variants`",
         "labelled_rows": len(labelled),
         "prediction_objects": len(keys),
         "sample": {"rows": cfg.sample_rows, "seed": cfg.sample_seed},
         "labelled_event_days": [lab_days[0].isoformat(), lab_days[-1].isoformat()],
     }
     store.delete_prefix(f"{prefix}/")
+    ref, ref_uri = reference_frame(store, spec, champ) if len(logged) else (None, "")
+
+    def per_version(headline: WindowAnalysis | None = None) -> None:
+        variants: list[dict[str, Any]] = []
+        if ref is not None:
+            variants = variant_numbers(
+                ref, answered, shadow, labelled_all, spec, cfg, interval.end, day, headline=headline
+            )
+        base["variants"] = variants
+        base["variants_table"] = variants_table(variants, spec.primary_metric)
+        if variants:
+            store.put_text(f"{prefix}/variants.md", base["variants_table"] + "\n")
+        log.info(
+            "window %s per variant and version (%d answered, %d shadow rows, never counted as answers):\n%s",
+            day,
+            len(answered),
+            len(shadow),
+            base["variants_table"],
+        )
+
     if cur.empty:
-        log.warning("no predictions logged for %s in window %s", spec.name, day)
+        per_version()
+        log.warning(
+            "no answers of the champion logged for %s in window %s (%d rows in the log)", spec.name, day, len(logged)
+        )
         summary = {
             **base,
             "rows_used": 0,
@@ -922,16 +1164,16 @@ def monitor(interval: Interval, spec_name: str | None = None, *, history: bool =
             "report_html": "",
             "data_quality": {"passed": True, "failures": []},
             "performance": {},
-            "reference_uri": "",
+            "reference_uri": ref_uri,
             "run_id": None,
             "experiment_id": None,
-            "note": "no predictions in the window",
+            "note": "no predictions in the window" if logged.empty else "no answers of the champion in the window",
         }
         summary["summary_uri"] = store.put_json(f"{prefix}/summary.json", summary)
         return summary
 
-    ref, ref_uri = reference_frame(store, spec, champ)
     analysis = analyse(ref, cur, labelled, spec, cfg, timestamp=interval.end, day=day)
+    per_version(analysis)
     reports = {kind: _save(store, prefix, kind, snap) for kind, snap in analysis.snapshots.items()}
     summary = {
         **base,

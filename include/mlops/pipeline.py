@@ -96,7 +96,12 @@ def extract(interval: Interval, spec_name: str | None = None) -> dict[str, Any]:
 
 def extract_day(store: ObjectStore, spec: DatasetSpec, day: date) -> tuple[str, int, int]:
     """Stage one day: (staged events URI, event rows, label rows). Raises NoDataError when no
-    file of the spec's format landed, BadBatchError (after quarantining) on an unreadable file."""
+    file of the spec's format landed, BadBatchError (after quarantining) on an unreadable file,
+    LandingReadError when the store cannot give a file back.
+
+    Every landed file is read before staging changes, so a read that fails halfway (a store
+    error on the labels after the events were read) leaves the day's staging as it was: the
+    complete day of an earlier run, or nothing; never events without their labels."""
     from include.mlops import layout
     from include.mlops.validation import NoDataError
 
@@ -105,40 +110,55 @@ def extract_day(store: ObjectStore, spec: DatasetSpec, day: date) -> tuple[str, 
     if not files:
         raise NoDataError(_no_data_message(store, spec, day, events_prefix, ignored))
     label_files = [] if spec.labels_inline else _landed_files(store, spec, layout.labels_landing_prefix(spec, day))[0]
-    store.delete_prefix(layout.staging_events_prefix(spec, day))
-    store.delete_prefix(layout.staging_labels_prefix(spec, day))
     events_key, labels_key = layout.staging_events_key(spec, day), layout.staging_labels_key(spec, day)
 
     fast = spec.source.format == "parquet" and not spec.source.rename
     bad: list[tuple[str, str, str]] = []  # (key, kind, cause)
-    uri, n, n_labels = "", 0, 0
+    events = labels = None  # what to stage: (rows, parquet bytes)
     if fast and len(files) == 1 and not spec.labels_inline:
-        try:
-            n, uri = _copy_parquet(store, files[0], events_key)
-        except _Unreadable as exc:
-            bad.append((files[0], "events", str(exc)))
+        events = _parquet_object(store, files[0], "events", bad)
     else:
         table = _read_files(store, spec, files, "events", bad)
         if table is not None:
             if spec.labels_inline and spec.label in table.column_names:
                 keep = [c for c in (spec.entity_key, spec.timestamp, spec.label) if c in table.column_names]
-                n_labels = _put_table(store, labels_key, table.select(keep))[0]
+                labels = _parquet_table(table.select(keep))
                 table = table.drop_columns([spec.label])
-            n, uri = _put_table(store, events_key, table)
+            events = _parquet_table(table)
     if label_files:
         if fast and len(label_files) == 1:
-            try:
-                n_labels = _copy_parquet(store, label_files[0], labels_key)[0]
-            except _Unreadable as exc:
-                bad.append((label_files[0], "labels", str(exc)))
+            labels = _parquet_object(store, label_files[0], "labels", bad)
         else:
             table = _read_files(store, spec, label_files, "labels", bad)
-            if table is not None:
-                n_labels = _put_table(store, labels_key, table)[0]
-    if bad:
+            labels = _parquet_table(table) if table is not None else None
+
+    store.delete_prefix(layout.staging_events_prefix(spec, day))
+    store.delete_prefix(layout.staging_labels_prefix(spec, day))
+    uri, n, n_labels = "", 0, 0
+    if events is not None:
+        n, uri = events[0], store.put_bytes(events_key, events[1])
+    if labels is not None:
+        n_labels = labels[0]
+        store.put_bytes(labels_key, labels[1])
+    if bad:  # the day's events go; labels that arrived today stay unless they are the bad ones
         _reject_files(store, spec, day, bad)
     log.info("%s %s: staged %d rows to %s and %d labels", spec.name, day, n, uri, n_labels)
     return uri, n, n_labels
+
+
+class LandingReadError(RuntimeError):
+    """The object store could not give back a landed file (not a bad file: a store error)."""
+
+
+def _get_landed(store: ObjectStore, key: str) -> bytes:
+    """A landed file's bytes; a store error names the file (a retry of the task reads it again)."""
+    try:
+        return store.get_bytes(key)
+    except Exception as exc:
+        raise LandingReadError(
+            f"could not read the landed file {store.uri(key)}: {type(exc).__name__}: {exc}; "
+            "nothing was staged for the day, and a retry reads it again"
+        ) from exc
 
 
 def _landed_files(store: ObjectStore, spec: DatasetSpec, prefix: str) -> tuple[list[str], list[str]]:
@@ -166,19 +186,21 @@ def _no_data_message(store: ObjectStore, spec: DatasetSpec, day: date, prefix: s
     )
 
 
-def _copy_parquet(store: ObjectStore, src: str, dst: str) -> tuple[int, str]:
-    """Copy one parquet object as it is; (rows, destination URI). `_Unreadable` if it is not parquet."""
+def _parquet_object(store: ObjectStore, src: str, kind: str, bad: list) -> tuple[int, bytes] | None:
+    """One landed parquet object as it is, to stage byte for byte: (rows, bytes), or None (and
+    an entry in `bad`) when it is not parquet."""
     import io
 
     import pyarrow.parquet as pq
 
-    data = store.get_bytes(src)
+    data = _get_landed(store, src)
     try:
         rows = pq.read_metadata(io.BytesIO(data)).num_rows
     except Exception:
-        raise _Unreadable(_parquet_cause(data)) from None
+        bad.append((src, kind, _parquet_cause(data)))
+        return None
     log.info("read %s: %d rows", store.uri(src), rows)
-    return rows, store.put_bytes(dst, data)
+    return rows, data
 
 
 def _parquet_cause(data: bytes) -> str:
@@ -252,7 +274,7 @@ def _read_table(store: ObjectStore, spec: DatasetSpec, key: str) -> Any:
     a table of the spec's format."""
     import pyarrow as pa
 
-    data = store.get_bytes(key)
+    data = _get_landed(store, key)
     if not data:
         raise _Unreadable("the file is empty (0 bytes)")
     if spec.source.format == "parquet":
@@ -349,13 +371,14 @@ def _utc_times(col: Any, name: str) -> Any:
     return pa.array(parsed, type=ns_utc)
 
 
-def _put_table(store: ObjectStore, key: str, table: Any) -> tuple[int, str]:
+def _parquet_table(table: Any) -> tuple[int, bytes]:
+    """A table encoded to stage: (rows, parquet bytes)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    return table.num_rows, store.put_bytes(key, sink.getvalue().to_pybytes())
+    return table.num_rows, sink.getvalue().to_pybytes()
 
 
 def _discard_day(store: ObjectStore, spec: DatasetSpec, day: date, labels: bool) -> None:
@@ -530,7 +553,9 @@ def train(
 ) -> dict[str, Any]:
     """Point-in-time training set from Feast, time split, budgeted search, logged to MLflow.
 
-    Idempotent: a FINISHED run with the same interval and training-data hash is reused.
+    Idempotent: a FINISHED run with the same interval and training-data hash is reused. Runs
+    of the same interval and hash left RUNNING by a killed attempt are closed as FAILED first
+    (`close_orphan_runs`), so an interval ends with one FINISHED run however often it is retried.
     """
     import mlflow
 
@@ -553,6 +578,7 @@ def train(
 
     client = setup_mlflow(settings)
     exp_id = ensure_experiment(client, spec.name, settings)
+    close_orphan_runs(client, exp_id, interval.key, digest)
     prior = client.search_runs(
         [exp_id],
         f"tags.`mlops.interval` = '{interval.key}' and tags.`mlops.data_hash` = '{digest}' and attributes.status = 'FINISHED'",
@@ -577,17 +603,16 @@ def train(
     train_uri = store.put_parquet(f"{base}/train.parquet", train_df)
     holdout_uri = store.put_parquet(f"{base}/holdout.parquet", holdout)
     model, result = T.fit(spec, train_df)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{spec.name}-{interval.key}") as run:
-        mlflow.set_tags(
-            {
-                **lineage,
-                "mlops.interval": interval.key,
-                "mlops.data_hash": digest,
-                "mlops.train_uri": train_uri,
-                "mlops.holdout_uri": holdout_uri,
-                "mlops.dataset": spec.name,
-            }
-        )
+    tags = {
+        **lineage,
+        "mlops.interval": interval.key,
+        "mlops.data_hash": digest,
+        "mlops.train_uri": train_uri,
+        "mlops.holdout_uri": holdout_uri,
+        "mlops.dataset": spec.name,
+    }
+    # the tags are part of the run's creation: a run killed at any later point can be found
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"{spec.name}-{interval.key}", tags=tags) as run:
         mlflow.log_params(
             {
                 "family": spec.model.family,
@@ -626,6 +651,27 @@ def train(
     }
 
 
+def close_orphan_runs(client: Any, experiment_id: str, interval_key: str, digest: str) -> list[str]:
+    """Close as FAILED, tagged `mlops.closed_reason`, the runs of this interval and data hash
+    still RUNNING: what a killed training attempt leaves behind (Airflow runs one try of a task
+    instance at a time, so when a try starts none of them is alive). Returns their ids."""
+    from datetime import UTC
+
+    orphans = client.search_runs(
+        [experiment_id],
+        f"tags.`mlops.interval` = '{interval_key}' and tags.`mlops.data_hash` = '{digest}' "
+        "and attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    at = datetime.now(UTC).isoformat()
+    for r in orphans:
+        reason = f"left RUNNING by a killed training attempt; closed as FAILED by the retry at {at}"
+        client.set_tag(r.info.run_id, "mlops.closed_reason", reason)
+        client.set_terminated(r.info.run_id, status="FAILED")
+        log.warning("run %s of interval %s: %s", r.info.run_id, interval_key, reason)
+    return [r.info.run_id for r in orphans]
+
+
 def schema_probe(df: pd.DataFrame) -> pd.DataFrame:
     """A few rows of `df` from which MLflow infers the same schema as from all of it: the first
     row, the first occurrence of every distinct value of each object (text) column, and each
@@ -661,21 +707,21 @@ def training_dataset(df: pd.DataFrame, source: str, name: str, targets: str, dig
 
 def log_model(model: Any, spec: DatasetSpec, X: pd.DataFrame) -> Any:
     """Log the Pipeline with signature, input example (the first rows of `X`) and pinned
-    requirements (skops format). A classifier's pyfunc answers `predict_proba` (one column per
-    class, in the order of the `classes` metadata), binary or multiclass alike."""
+    requirements, in the skops format with the code's trusted-types allowlist
+    (`include.mlops.model_io`); `UnsafeModelError` if the pipeline holds a type outside it.
+    A classifier's pyfunc answers `predict_proba` (one column per class, in the order of the
+    `classes` metadata), binary or multiclass alike."""
     import mlflow
-    import skops.io
     from mlflow.models import infer_signature
 
     from include.mlops.features import model_features
+    from include.mlops.model_io import FORMAT, check_writable, trusted_types
     from include.mlops.scores import class_values
 
     example = X.head(5)
     out = model.predict_proba(example) if spec.is_classification else model.predict(example)
     signature = infer_signature(example, out)
-    with warnings.catch_warnings():  # skops' module scan trips ~1,000 Airflow deprecation warnings
-        warnings.simplefilter("ignore")
-        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    check_writable(model)  # a type outside the allowlist fails here, not when the service loads it
     with quiet_deprecations("logged the model"):  # log_model loads it back to check the format
         return mlflow.sklearn.log_model(
             model,
@@ -684,7 +730,8 @@ def log_model(model: Any, spec: DatasetSpec, X: pd.DataFrame) -> Any:
             input_example=example,
             pip_requirements=_pinned_requirements(),
             pyfunc_predict_fn="predict_proba" if spec.is_classification else "predict",
-            skops_trusted_types=trusted,
+            serialization_format=FORMAT,  # explicit: the only format the platform loads
+            skops_trusted_types=trusted_types(),
             metadata={
                 "features": model_features(spec),
                 "dataset": spec.name,
@@ -717,24 +764,74 @@ def quiet_deprecations(what: str) -> Iterator[None]:
 
 
 def load_sklearn(model_uri: str) -> Any:
-    import mlflow
+    """A platform model (sklearn flavour, skops format, allowlisted types) from `model_uri`;
+    `model_io.UnsafeModelError` for anything else, before any of it is deserialized."""
+    from include.mlops import model_io
 
-    with quiet_deprecations(f"loaded {model_uri}"):
-        return mlflow.sklearn.load_model(model_uri)
+    return model_io.load(model_uri)
 
 
 def evaluate(train_out: dict[str, Any], spec_name: str | None = None) -> dict[str, Any]:
-    """Challenger and current champion on the same holdout; the gate decides; all of it in the run."""
+    """Challenger against the current champion and the reference on the same holdout; the gate
+    decides; every decision is kept in the run (`evaluation/gate-<UTC time>.json`, the first one
+    also as `evaluation/gate.json`).
+
+    Fails closed: a registry error, or a champion or reference model that cannot be loaded or
+    scored, fails the task (`evaluation.GateError`), except the one explicit case of a model
+    trained on features the holdout lacks (`gate.feature_change` decides). A re-run for a run
+    whose model is or was champion reuses the decision recorded before the promotion rather
+    than comparing the model with itself."""
+    from dataclasses import asdict
+    from datetime import UTC
+
     import numpy as np
 
     from include.mlops import evaluation as E
     from include.mlops import plots
     from include.mlops.features import model_features
-    from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
+    from include.mlops.registry import CHAMPION, alias_version, find_version, read_ledger, setup_mlflow
     from include.mlops.scores import score_model
 
     spec, store, settings = _ctx(spec_name)
     client = setup_mlflow(settings)
+    run_id = train_out["run_id"]
+    ledger = read_ledger(store, spec.model_name)
+    champ_version = alias_version(client, spec.model_name, CHAMPION)
+    own = find_version(client, spec.model_name, run_id)
+    compared_with_before = False
+    if own is not None and (own == champ_version or E.was_champion(ledger, own)):
+        recorded = _recorded_gate(client, run_id)
+        state = "is the champion" if own == champ_version else "was champion"
+        if recorded is not None:
+            log.info(
+                "run %s: its model v%s %s; reusing the gate decision recorded at %s (%s) instead of comparing "
+                "the model with itself",
+                run_id,
+                own,
+                state,
+                recorded.get("at", "its first evaluation"),
+                "passed" if recorded["passed"] else "failed",
+            )
+            return {
+                "passed": bool(recorded["passed"]),
+                "reasons": list(recorded.get("reasons", [])),
+                "metrics": recorded.get("challenger", {}),
+                "champion_metrics": recorded.get("champion"),
+                "champion_version": recorded.get("champion_version"),
+                "nan_predictions": int(recorded.get("nan_predictions", 0)),
+                "reused": True,
+            }
+        champ_version = E.champion_before(ledger, own)
+        compared_with_before = True
+        log.info(
+            "run %s: its model v%s %s and no gate decision is recorded; comparing with the champion in force "
+            "before it (%s)",
+            run_id,
+            own,
+            state,
+            f"v{champ_version}" if champ_version else "none: it was the first",
+        )
+
     holdout = store.get_parquet(store.key_of(train_out["holdout_uri"]))
     X, y = holdout[model_features(spec)], holdout[spec.label]
     challenger = load_sklearn(train_out["model_uri"])
@@ -743,50 +840,95 @@ def evaluate(train_out: dict[str, Any], spec_name: str | None = None) -> dict[st
     ch_metrics = E.metrics(y, scored, spec)
     ch_slices = E.slice_metrics(holdout, scored, spec)
 
-    champ_version = alias_version(client, spec.model_name, CHAMPION)
-    champ_metrics = champ_slices = None
+    g = spec.gate
+    versions: dict[str, E.VersionScore | str] = {}
+    champ: E.VersionScore | None = None
+    unscorable: str | None = None
     champ_note = "no champion yet"
     if champ_version is not None:
-        try:
-            champ = load_sklearn(f"models:/{spec.model_name}@{CHAMPION}")
-            cs = score_model(champ, X, spec)
-            champ_metrics, champ_slices = E.metrics(y, cs, spec), E.slice_metrics(holdout, cs, spec)
+        got = E.score_version(spec, champ_version, holdout, load_sklearn, role="champion")
+        versions[champ_version] = got
+        if isinstance(got, str):
+            unscorable = got
+            champ_note = f"champion v{champ_version} cannot score this holdout: {got}"
+            log.warning("%s (gate.feature_change: %s)", champ_note, g.feature_change)
+        else:
+            champ = got
             champ_note = f"champion v{champ_version} scored on the same holdout"
-        except Exception as exc:  # e.g. the champion expects columns the spec no longer has
-            champ_note = f"champion v{champ_version} could not score this holdout ({exc}); compared on minimums only"
-            log.warning(champ_note)
-    decision = E.gate(spec, ch_metrics, ch_slices, nan_preds, champ_metrics, champ_slices)
+    if compared_with_before:
+        champ_note += " (the champion before this run's model)"
+    champ_ci = E.paired_bootstrap(y, scored, champ.scored, spec, g.bootstrap_resamples, g.confidence) if champ else None
+    candidates = [v for v in E.reference_versions(spec, ledger, champ_version) if v != own]
+    reference = E.find_reference(spec, candidates, holdout, scored, load_sklearn, versions)
+    decision = E.gate(
+        spec,
+        ch_metrics,
+        ch_slices,
+        nan_preds,
+        champ.metrics if champ else None,
+        champ.slices if champ else None,
+        champion_version=champ_version,
+        champion_ci=champ_ci,
+        champion_unscorable=unscorable,
+        reference=reference,
+    )
     table = decision.table()
-    log.info("gate for run %s (%s):\n%s", train_out["run_id"], champ_note, table)
+    log.info("gate for run %s (%s):\n%s", run_id, champ_note, table)
 
-    run_id = train_out["run_id"]
     for k, v in ch_metrics.items():
         client.log_metric(run_id, f"holdout_{k}", v)
-    for k, v in (champ_metrics or {}).items():
+    for k, v in (champ.metrics if champ else {}).items():
         client.log_metric(run_id, f"champion_holdout_{k}", v)
-    client.log_text(run_id, table + f"\n{champ_note}\n", "evaluation/gate.txt")
-    client.log_dict(
-        run_id,
-        {
-            **decision.to_dict(),
-            "challenger": ch_metrics,
-            "champion": champ_metrics,
-            "champion_version": champ_version,
-            "slices": ch_slices,
-            "champion_slices": champ_slices,
-        },
-        "evaluation/gate.json",
-    )
+    now = datetime.now(UTC)
+    record = {
+        **decision.to_dict(),
+        "at": now.isoformat(),
+        "challenger": ch_metrics,
+        "champion": champ.metrics if champ else None,
+        "champion_version": champ_version,
+        "champion_note": champ_note,
+        "champion_ci": asdict(champ_ci) if champ_ci else None,
+        "reference": reference.to_dict() if isinstance(reference, E.Reference) else reference,
+        "slices": ch_slices,
+        "champion_slices": champ.slices if champ else None,
+        "nan_predictions": nan_preds,
+        "model_version": own,
+    }
+    text = table + f"\n{champ_note}\n"
+    kept = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
+    client.log_dict(run_id, record, f"evaluation/gate-{stamp}.json")  # history: one per decision
+    client.log_text(run_id, text, f"evaluation/gate-{stamp}.txt")
+    if "evaluation/gate.json" not in kept:  # the first decision, never overwritten
+        client.log_dict(run_id, record, "evaluation/gate.json")
+        client.log_text(run_id, text, "evaluation/gate.txt")
     client.set_tag(run_id, "mlops.gate", "passed" if decision.passed else "failed")
     plots.log_evaluation_plots(client, run_id, spec, challenger, holdout, scored)
     return {
         "passed": decision.passed,
         "reasons": decision.reasons,
         "metrics": ch_metrics,
-        "champion_metrics": champ_metrics,
+        "champion_metrics": champ.metrics if champ else None,
         "champion_version": champ_version,
         "nan_predictions": nan_preds,
     }
+
+
+def _recorded_gate(client: Any, run_id: str) -> dict[str, Any] | None:
+    """The newest gate decision recorded in the run (`evaluation/gate-*.json`, else the first,
+    `evaluation/gate.json`); None when the run has none. A read error propagates."""
+    import json
+    import tempfile
+
+    paths = sorted(a.path for a in client.list_artifacts(run_id, "evaluation") if a.path.endswith(".json"))
+    history = [p for p in paths if p.startswith("evaluation/gate-")]
+    chosen = history[-1] if history else ("evaluation/gate.json" if "evaluation/gate.json" in paths else None)
+    if chosen is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(run_id, chosen, tmp)
+        with open(local) as fh:
+            return json.load(fh)
 
 
 # -- register -----------------------------------------------------------------------------------
@@ -833,37 +975,87 @@ def promote(
     dag_id: str,
     strategy: str = "direct",
     spec_name: str | None = None,
+    *,
+    complete: bool = True,
 ) -> dict[str, Any]:
-    """Move `champion` if the gate passed; otherwise keep it and say why (not a failure)."""
-    from include.mlops.registry import CHAMPION, alias_version, move_champion, setup_mlflow
+    """Move `champion` if the gate passed; otherwise keep it and say why (not a failure).
+
+    The move is a ledger transaction (see `registry`): this run's promotion of this version is
+    begun once (`pending`), resumed by a retry, and with `complete` closed here (`done`); the
+    deploy step passes `complete=False` and closes it only after its checks. A version that
+    already is champion with no promotion of it pending is left alone."""
+    from include.mlops.registry import (
+        CHAMPION,
+        DONE,
+        PENDING,
+        alias_version,
+        apply_move,
+        begin_move,
+        complete_move,
+        finish_open_moves,
+        moves_of,
+        promotion_base,
+        setup_mlflow,
+    )
 
     spec, store, settings = _ctx(spec_name)
     client = setup_mlflow(settings)
-    model, version = reg_out["model"], reg_out["version"]
+    model, version = reg_out["model"], str(reg_out["version"])
     if not eval_out["passed"]:
+        champion = alias_version(client, model, CHAMPION)  # raises when the registry does not answer
         msg = "not promoted: " + "; ".join(eval_out["reasons"])
-        log.info("%s (champion stays v%s)", msg, alias_version(client, model, CHAMPION))
-        return {"promoted": False, "message": msg, "champion": alias_version(client, model, CHAMPION)}
-    entry = move_champion(
-        client,
-        store,
-        model,
-        version,
-        action="promote",
-        strategy=strategy,
-        reason="gate passed: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_out["metrics"].items()),
-        run_id=run_id,
-        dag_id=dag_id,
-    )
-    if entry is None:
-        msg = f"v{version} already champion"
-    else:
-        before = f"previous: v{entry.from_version}" if entry.from_version else "the first champion"
-        msg = f"promoted v{version} to champion ({before})"
+        log.info("%s (champion stays v%s)", msg, champion)
+        return {"promoted": False, "message": msg, "champion": champion}
+    base = promotion_base(dag_id, run_id, version)
+    mine = moves_of(store, model, base)
+    move = mine[-1] if mine else None
+    resumed = move is not None and move.status == PENDING
+    if move is not None and not resumed:
+        how = "completed" if move.status == DONE else f"ended ({move.status}: {move.outcome})"
+        msg = f"v{version}: this run's promotion of it was {how} at {move.at}; nothing more to do"
+        if move.status != DONE:
+            msg = "not promoted: " + msg
+        log.info(msg)
+        return {
+            "promoted": False,
+            "message": msg,
+            "champion": alias_version(client, model, CHAMPION),
+            "previous": move.from_version,
+            "move": move.move,
+            "move_status": move.status,
+        }
+    if move is None:
+        finish_open_moves(client, store, model)  # another run's interrupted promotion completes first
+        if alias_version(client, model, CHAMPION) == version:
+            msg = f"v{version} already champion"
+            log.info(msg)
+            return {"promoted": False, "message": msg, "champion": version, "previous": None}
+        move = begin_move(
+            client,
+            store,
+            model,
+            version,
+            action="promote",
+            reason="gate passed: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_out["metrics"].items()),
+            run_id=run_id,
+            dag_id=dag_id,
+            strategy=strategy,
+            base=base,
+            awaits_check=not complete,
+        )
+    apply_move(client, move)
+    status = PENDING
+    if complete and not move.awaits_check:  # a rollout's promotion completes after its checks only
+        status = complete_move(client, store, move, outcome="promoted without a deployment check").status
+    before = f"previous: v{move.from_version}" if move.from_version else "the first champion"
+    msg = f"promoted v{version} to champion ({before})" + (" - resumed after an interruption" if resumed else "")
     log.info(msg)
     return {
-        "promoted": entry is not None,
+        "promoted": True,
         "message": msg,
         "champion": version,
-        "previous": entry.from_version if entry else None,
+        "previous": move.from_version,
+        "move": move.move,
+        "move_status": status,
+        "resumed": resumed,
     }

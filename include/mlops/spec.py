@@ -23,12 +23,14 @@ from include.mlops.constants import (
     REGRESSION_METRICS,
     REGRESSORS,
     SPEC_DIR,
+    SPEC_NAME_PATTERN,
 )
 
 NUMERIC_TYPES = {"int", "float"}
 FEATURE_TYPES = NUMERIC_TYPES | {"category"}
-SLUG = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+SLUG = re.compile(SPEC_NAME_PATTERN)
 COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SPEC_SUFFIXES = (".yaml", ".yml")
 LabelValue = bool | int | str
 
 
@@ -131,6 +133,24 @@ class GateSpec(_Section):
     slice_max_regression: float | None = Field(None, ge=0)  # default: max_regression
     slices: list[str] = Field(default_factory=list)
     slice_min_rows: int = Field(30, ge=1)
+    # slow-decay guard: the challenger against the best, on the same holdout, of the last N
+    # champions and the baseline (the first champion, or the last one a person put in place)
+    reference_champions: int = Field(5, ge=0, le=20)  # 0 turns the reference check off
+    cumulative_max_regression: float | None = Field(None, ge=0)  # default: max_regression
+    # paired bootstrap of the primary metric's difference on the holdout rows (0: bare difference)
+    bootstrap_resamples: int = Field(300, ge=0, le=5000)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    # when the champion cannot score the holdout because it needs features the spec no longer has
+    feature_change: Literal["minimums", "refuse"] = "minimums"
+
+    @field_validator("bootstrap_resamples")
+    @classmethod
+    def _enough_resamples(cls, v: int) -> int:
+        if 0 < v < 50:
+            raise ValueError(
+                f"{v} resamples give no usable confidence bound: use at least 50, or 0 to compare bare differences"
+            )
+        return v
 
 
 class LoadTestSpec(_Section):
@@ -357,6 +377,18 @@ def _problems(spec: DatasetSpec) -> list[str]:
         out.append(
             f"name: {spec.name!r} is not a slug; use lowercase letters, digits and underscores, starting with a letter"
         )
+    for field, prefix in (
+        ("source.landing_prefix", spec.source.landing_prefix),
+        ("label.feed_prefix", spec.label_spec.feed_prefix),
+    ):
+        if prefix is None:  # filled from the name (a slug) once the spec is parsed
+            continue
+        parts = str(prefix).split("/")
+        if any(part in ("", ".", "..") or "\\" in part or "\x00" in part for part in parts):
+            out.append(
+                f"{field}: {prefix!r} must be a relative folder in the store (names separated by '/', "
+                "no '.', '..' or empty parts); e.g. raw/my_dataset"
+            )
     for fname in spec.feature_map:
         if not COLUMN.match(fname):
             out.append(
@@ -538,24 +570,71 @@ def spec_dirs() -> list[Path]:
     return [*extra, get_settings().home / "specs", SPEC_DIR]
 
 
-def find_spec(name_or_path: str) -> Path:
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml"):
-        if not p.exists():
-            raise SpecError(f"dataset spec file {name_or_path!r} not found")
-        return p
-    for d in spec_dirs():
-        cand = d / f"{name_or_path}.yaml"
-        if cand.exists():
-            return cand
-    known = sorted({x.stem for d in spec_dirs() if d.is_dir() for x in d.glob("*.yaml")})
-    raise SpecError(
-        f"dataset spec {name_or_path!r} not found in {[str(d) for d in spec_dirs()]} (known: {known}); "
-        "`mlops spec check FILE` validates a new one and `mlops ingest` installs it"
+def _where_specs_live() -> str:
+    from include.mlops.config import get_settings
+
+    dirs = ", ".join(str(d) for d in spec_dirs())
+    return (
+        f"specs are looked up by name in the spec directories ({dirs}; MLOPS_SPEC_DIRS adds more); "
+        f"to add one, run `mlops ingest DATA_FILE --spec FILE` or copy FILE to "
+        f"{get_settings().home / 'specs'}/<name>.yaml"
     )
 
 
-def load_spec(name_or_path: str) -> DatasetSpec:
-    """Load a spec by name (a file in the spec directories) or by the path of a YAML file."""
-    p = find_spec(name_or_path)
+def check_spec_name(name: object) -> str:
+    """`name` if it names a spec (a slug), else a SpecError. The `dataset` param, MLOPS_DATASET and
+    every step take a name, never a path: a worker reads spec files only from the spec directories."""
+    if isinstance(name, str) and SLUG.fullmatch(name):
+        return name
+    what = "a file path" if isinstance(name, str) and is_spec_file_arg(name) else "not a spec name"
+    raise SpecError(
+        f"dataset {name!r} is {what}: a dataset is named by its spec's `name` (a lowercase letter, then "
+        f"lowercase letters, digits or _; at most 63), e.g. 'churn'; {_where_specs_live()}"
+    )
+
+
+def find_spec(name: str) -> Path:
+    """The file of the spec called `name` in the first spec directory that has one. A file there that
+    is a link to somewhere outside that directory is refused, not followed."""
+    check_spec_name(name)
+    for d in spec_dirs():
+        cand = d / f"{name}.yaml"
+        if not (cand.is_symlink() or cand.exists()):
+            continue
+        real, root = cand.resolve(), d.resolve()
+        if not real.is_relative_to(root):
+            raise SpecError(
+                f"spec {name!r}: {cand} links to {real}, outside its spec directory {d}; a spec directory holds "
+                "the spec files themselves: replace the link with a copy of the file"
+            )
+        if not real.is_file():
+            raise SpecError(f"spec {name!r}: {cand} is not a file")
+        return real
+    known = sorted({x.stem for d in spec_dirs() if d.is_dir() for x in d.glob("*.yaml")})
+    raise SpecError(f"dataset spec {name!r} not found (installed specs: {known}); {_where_specs_live()}")
+
+
+def load_spec(name: str) -> DatasetSpec:
+    """The spec called `name`, from the spec directories (see `find_spec`); never a path."""
+    p = find_spec(name)
+    spec = parse_spec(read_yaml(p), str(p))
+    if spec.name != name:
+        raise SpecError(
+            f"{p}: the file is named {name}.yaml but the spec's name is {spec.name!r}; specs are found by "
+            f"name, so rename the file to {spec.name}.yaml (or change `name`)"
+        )
+    return spec
+
+
+def load_spec_file(path: str | Path) -> DatasetSpec:
+    """A spec file the user points at on their own command line (`mlops spec check FILE`, `mlops
+    ingest --spec FILE`). Workers never take one: they load installed specs by name (`load_spec`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"{path}: no such spec file")
     return parse_spec(read_yaml(p), str(p))
+
+
+def is_spec_file_arg(text: str) -> bool:
+    """Whether a command-line SPEC argument names a file (a path or a .yaml name) rather than an installed spec."""
+    return "/" in text or "\\" in text or text.endswith(SPEC_SUFFIXES)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 class UnsafeKeyError(ValueError):
-    """A key that would leave the store's root (`..`, a backslash, a NUL)."""
+    """A key that would leave the store's root (`..`, a backslash, a NUL, or a link that points out)."""
 
 
 def checked_key(key: str, root: str) -> str:
@@ -48,7 +48,11 @@ class ObjectStore:
         return f"{self.root.rstrip('/')}/{key.lstrip('/')}"
 
     def _local(self, key: str) -> Path:
-        return Path(urlparse(self.root).path) / checked_key(key, self.root)
+        """The file of `key`, once its real path (links resolved) is known to be under the root."""
+        root = Path(urlparse(self.root).path)
+        path = root / checked_key(key, self.root)
+        _inside(path, root, key, self.root)
+        return path
 
     def _bucket_key(self, key: str) -> tuple[str, str]:
         u = urlparse(self.root)
@@ -56,6 +60,13 @@ class ObjectStore:
         k = checked_key(key, self.root)
         full = f"{prefix}/{k}" if prefix else k
         return u.netloc, full
+
+    def _s3_key_of(self, full: str) -> str:
+        """The key (relative to the root) of an S3 object key, which must lie under the root's prefix."""
+        _, root_prefix = self._bucket_key("")
+        if not full.startswith(root_prefix):
+            raise UnsafeKeyError(f"S3 object {full!r} is not under the store root {self.root}")
+        return full[len(root_prefix) :]
 
     def key_of(self, uri: str) -> str:
         """The key of a URI under this store's root."""
@@ -120,10 +131,9 @@ class ObjectStore:
         """Keys (relative to the root) under a prefix, sorted; hidden temp files excluded."""
         if self.scheme == "s3":
             bucket, k = self._bucket_key(prefix)
-            _, root_prefix = self._bucket_key("")
             keys: list[str] = []
             for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=k):
-                keys.extend(o["Key"][len(root_prefix) :] for o in page.get("Contents", []))
+                keys.extend(self._s3_key_of(o["Key"]) for o in page.get("Contents", []))
             return sorted(keys)
         base = self._local(prefix)
         if base.is_file():
@@ -131,7 +141,10 @@ class ObjectStore:
         if not base.exists():
             return []
         root = self._local("")
-        return sorted(str(p.relative_to(root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+        keys = [str(p.relative_to(root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        for k in keys:  # a file that is a link out of the store is refused, not listed
+            self._local(k)
+        return sorted(keys)
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
@@ -183,6 +196,16 @@ class ObjectStore:
         if self.scheme != "file":
             raise ValueError(f"{self.root} is not a local store")
         return str(self._local(key))
+
+
+def _inside(path: Path, root: Path, key: str, store_root: str) -> None:
+    """UnsafeKeyError unless `path`, with every link on the way resolved, is `root` or below it."""
+    real, real_root = path.resolve(), root.resolve()
+    if real != real_root and not real.is_relative_to(real_root):
+        raise UnsafeKeyError(
+            f"object-store key {key!r} resolves to {real}, outside the store root {store_root}: a link inside "
+            "the store points out of it; remove the link (the platform never writes one)"
+        )
 
 
 def get_store() -> ObjectStore:

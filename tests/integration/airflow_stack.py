@@ -51,8 +51,7 @@ def _get(url: str, timeout: float = 5) -> int:
 @dataclass
 class Stack:
     home: Path
-    spec_path: str
-    spec_name: str
+    spec_name: str  # installed in home/specs; the DAGs take the name
     model_name: str
     day: date
     url: str
@@ -192,17 +191,17 @@ def _clean_environ() -> dict[str, str]:
 def _write_spec(home: Path) -> tuple[str, object]:
     import yaml
 
-    from include.mlops.spec import load_spec
+    from include.mlops.spec import load_spec_file
     from tests.conftest import small_spec
 
-    path = small_spec(home)
+    path = small_spec(home)  # home/specs/churn.yaml: the stack's MLOPS_HOME, found by name
     raw = yaml.safe_load(path.read_text())
     raw["gate"]["minimums"] = dict(STRICT_GATE)
     path.write_text(yaml.safe_dump(raw))
-    return str(path), load_spec(str(path))
+    return path.stem, load_spec_file(path)
 
 
-def _ingest(home: Path, spec_path: str, spec, first: date, days: int) -> None:
+def _ingest(home: Path, spec_name: str, spec, first: date, days: int) -> None:
     """Land DAYS days of data and ingest all but the last (extract, validate, prepare), in-process."""
     from include.mlops import pipeline as P
     from include.mlops.data.generator import write_days
@@ -217,9 +216,9 @@ def _ingest(home: Path, spec_path: str, spec, first: date, days: int) -> None:
         write_days(store, spec, first, days, rows=ROWS)
         for i in range(days - 1):
             iv = day_interval(first + timedelta(days=i))
-            P.extract(iv, spec_path)
-            P.validate(iv, spec_path)
-            P.prepare(iv, spec_path)
+            P.extract(iv, spec_name)
+            P.validate(iv, spec_name)
+            P.prepare(iv, spec_name)
         log(f"ingested {days - 1} days from {first}")
     finally:
         os.environ.clear()
@@ -232,7 +231,7 @@ def start_stack(home: Path, deadline_s: float = 420) -> Stack:
 
     t0 = time.monotonic()
     (home / "logs").mkdir(parents=True, exist_ok=True)
-    spec_path, spec = _write_spec(home)
+    spec_name, spec = _write_spec(home)
     today = datetime.now(UTC).date()
     day = today - timedelta(days=1)
     first = day - timedelta(days=DAYS - 1)
@@ -260,15 +259,14 @@ def start_stack(home: Path, deadline_s: float = 420) -> Stack:
             # only the runs the tests trigger: no scheduled run for yesterday next to them
             AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
             AIRFLOW__CORE__PARALLELISM="4",
-            MLOPS_DATASET=spec_path,
+            MLOPS_DATASET=spec_name,
             MLOPS_MLFLOW_UI_URL=f"http://127.0.0.1:{mlflow_port}",
             PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
         ),
     }
     stack = Stack(
         home=home,
-        spec_path=spec_path,
-        spec_name=spec.name,
+        spec_name=spec_name,
         model_name=spec.model_name,
         day=day,
         url=url,
@@ -282,7 +280,7 @@ def start_stack(home: Path, deadline_s: float = 420) -> Stack:
     log(f"airflow db migrated ({time.monotonic() - t0:.0f}s)")
     stack._spawn("airflow", [str(BIN / "airflow"), "standalone"])
     try:
-        _ingest(home, spec_path, spec, first, DAYS)
+        _ingest(home, spec_name, spec, first, DAYS)
         left = max(60.0, deadline_s - (time.monotonic() - t0))
         stack._wait_ready("airflow", f"{url}/api/v2/monitor/health", left)
         _wait_for_dags(stack, {"ml_training", "ml_retraining"}, max(60.0, deadline_s - (time.monotonic() - t0)))
@@ -318,7 +316,7 @@ def trigger_training(stack: Stack, deadline_s: float = 900) -> dict:
     import airflow_client.client as ac
 
     api = ac.DagRunApi(stack.client())
-    body = ac.TriggerDAGRunPostBody(logical_date=None, conf={"dataset": stack.spec_path, "train": True})
+    body = ac.TriggerDAGRunPostBody(logical_date=None, conf={"dataset": stack.spec_name, "train": True})
     run = api.trigger_dag_run("ml_training", body)
     log(f"triggered ml_training {run.dag_run_id} (logical_date {run.logical_date}, run_after {run.run_after})")
     done = stack.wait_for_run("ml_training", run.dag_run_id, deadline_s)

@@ -25,10 +25,10 @@ def home(lifecycle, tmp_path_factory) -> dict:
     raw = yaml.safe_load(Path(lifecycle["spec_path"]).read_text())
     raw["deployment"]["load_test"] = {"requests": 120, "concurrency": 4}
     assert not raw["deployment"].get("latency_budget_ms"), "the check must not rely on an absolute budget"
-    spec_path = dst / "churn_check.yaml"
-    spec_path.write_text(yaml.safe_dump(raw))
-    env["MLOPS_DATASET"] = str(spec_path)
-    return {"env": env, "spec_path": spec_path, "spec": lifecycle["spec"], "run_id": lifecycle["register"]["run_id"]}
+    name = lifecycle["spec_name"]
+    (dst / "specs" / f"{name}.yaml").write_text(yaml.safe_dump(raw))  # the copy's installed spec
+    env["MLOPS_DATASET"] = name
+    return {"env": env, "spec_name": name, "spec": lifecycle["spec"], "run_id": lifecycle["register"]["run_id"]}
 
 
 @pytest.fixture
@@ -36,6 +36,9 @@ def env(home, monkeypatch) -> dict:
     for k, v in home["env"].items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("MLOPS_SERVE_URL", raising=False)
+    # the slow model is a class of ours, outside the platform's trusted types: the operator's
+    # extension (model_io) lets the services the check starts load it
+    monkeypatch.setenv("MLOPS_TRUSTED_TYPES_EXTRA", "tests.support.slow_model.SlowModel")
     return home
 
 
@@ -116,7 +119,7 @@ def test_an_equally_fast_version_passes_on_a_busy_machine(env, client, busy_core
         monkeypatch.setenv("MLOPS_SERVE_URL", service.url)
         monkeypatch.setenv("MLOPS_ADMIN_TOKEN", service.token)
         reg = {"model": name, "version": new, "run_id": env["run_id"]}
-        out = D.rollout(reg, PASSED, "check-same", "test", strategy="direct", spec_name=str(env["spec_path"]))
+        out = D.rollout(reg, PASSED, "check-same", "test", strategy="direct", spec_name=env["spec_name"])
         assert out["promoted"] and out["checked"] and out["champion"] == new, out
         load = out["check"]["load"]
         assert load["interleaved"] and load["arms"]["current"]["version"] == before
@@ -138,7 +141,7 @@ def test_an_equally_fast_version_passes_on_a_busy_machine(env, client, busy_core
     finally:
         service.close()
         service.cleanup()
-        D.rollback(before, "restore", "test", spec_name=str(env["spec_path"]))
+        D.rollback(before, "restore", "test", spec_name=env["spec_name"])
 
 
 def test_a_really_slower_version_is_rolled_back_on_a_busy_machine(env, client, busy_cores):
@@ -152,7 +155,7 @@ def test_a_really_slower_version_is_rolled_back_on_a_busy_machine(env, client, b
     slow, run_id = slow_model_version(client, name)
     reg = {"model": name, "version": slow, "run_id": run_id}
     with pytest.raises(D.DeploymentCheckFailed) as failed:
-        D.rollout(reg, PASSED, "check-slow", "test", strategy="direct", spec_name=str(env["spec_path"]))
+        D.rollout(reg, PASSED, "check-slow", "test", strategy="direct", spec_name=env["spec_name"])
     msg = str(failed.value)
     print(msg)  # the verdict with its figures, shown with `pytest -rP`
     assert f"v{slow} failed its post-deployment check" in msg and "x the current version's" in msg, msg

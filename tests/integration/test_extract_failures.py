@@ -15,8 +15,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def landing(tmp_path_factory, airflow_db):
     home = tmp_path_factory.mktemp("extract_failures")
-    with demo_home(home, small_spec(home), days=1, rows=100) as (spec_path, spec, store):
-        yield {"spec": spec, "spec_path": spec_path, "store": store}
+    with demo_home(home, small_spec(home), days=1, rows=100) as (spec_name, spec, store):
+        yield {"spec": spec, "spec_name": spec_name, "store": store}
 
 
 def test_unreadable_file_fails_extract_once_and_is_quarantined(training_dag, landing):
@@ -28,7 +28,7 @@ def test_unreadable_file_fails_extract_once_and_is_quarantined(training_dag, lan
     store.put_bytes(layout.events_landing_key(spec, day, "part-1.parquet"), bad)
     assert training_dag.default_args["retries"] >= 1  # a plain error would be retried
 
-    run, tis = run_dag_day(training_dag, day, dataset=landing["spec_path"], train=False)
+    run, tis = run_dag_day(training_dag, day, dataset=landing["spec_name"], train=False)
 
     assert ti_state(tis["extract"]) == "failed" and tis["extract"].try_number == 1
     assert all(ti_state(tis[t]) != "success" for t in ("validate", "prepare"))
@@ -42,7 +42,7 @@ def test_unreadable_file_fails_extract_once_and_is_quarantined(training_dag, lan
 def test_day_without_data_fails_extract_without_retry(training_dag, landing):
     day = DEMO_START + timedelta(days=5)
 
-    run, tis = run_dag_day(training_dag, day, dataset=landing["spec_path"], train=False)
+    run, tis = run_dag_day(training_dag, day, dataset=landing["spec_name"], train=False)
 
     assert ti_state(tis["extract"]) == "failed" and tis["extract"].try_number == 1
     assert ti_state(tis["validate"]) != "success"

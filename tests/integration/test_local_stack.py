@@ -2,6 +2,7 @@
 unpaused, MLflow answers, everything listens on loopback, and SIGTERM stops every process it
 started (process groups, children included)."""
 
+import ipaddress
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import free_port
@@ -61,7 +63,35 @@ def listening(port: int) -> list[str]:
     return out
 
 
-LOOPBACK = {"0100007F", "00000000000000000000000001000000"}
+def started_by(pid: int) -> list[psutil.Process]:
+    """The process and every descendant: what `up` started, children included."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def listening_sockets(procs: list[psutil.Process]) -> dict[tuple[str, int], list[int]]:
+    """(local address, port) -> pids, for every TCP socket these processes listen on: whatever
+    they opened, not only the ports `up` was told to use."""
+    found: dict[tuple[str, int], list[int]] = {}
+    for p in procs:
+        try:
+            conns = p.net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            continue
+        for c in conns:
+            if c.status == psutil.CONN_LISTEN:
+                found.setdefault((c.laddr.ip, c.laddr.port), []).append(p.pid)
+    return found
+
+
+def is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return addr.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+# 127.0.0.1, ::1 and ::ffff:127.0.0.1 as /proc/net/tcp{,6} write them
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
 
 
 def test_up_check_serves_airflow_ui_with_dags(tmp_path):
@@ -99,13 +129,20 @@ def test_up_on_busy_cores_listens_on_loopback_and_sigterm_stops_everything(tmp_p
             time.sleep(2)
         text = log.read_text()
         print(text)  # the start-up's progress lines, shown with `pytest -rP`
-        for name in ("airflow", "mlflow", "scoring", "evidently"):
+        for name in ("airflow", "scheduler", "dag-processor", "triggerer", "mlflow", "scoring", "evidently"):
             assert f"{name:<9} ready" in text, text[-3000:]
         assert "bound to 127.0.0.1" in text
         for name, port in ports.items():
             addrs = listening(port)
             assert addrs and set(addrs) <= LOOPBACK, (name, addrs)
-        assert len(processes_of(tmp_path)) >= 4
+        # every socket any process of the stack listens on (Airflow's log servers were on 0.0.0.0)
+        assert len(processes_of(tmp_path)) >= 7
+        procs = started_by(proc.pid)
+        sockets = listening_sockets(procs)
+        print("listening:", {f"{addr}:{port}": sorted(set(p)) for (addr, port), p in sockets.items()})
+        assert set(ports.values()) <= {port for _, port in sockets}, sockets
+        elsewhere = {key: pids for key, pids in sockets.items() if not is_loopback(key[0])}
+        assert not elsewhere, f"listening beyond loopback: {elsewhere}"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=180)
@@ -113,3 +150,5 @@ def test_up_on_busy_cores_listens_on_loopback_and_sigterm_stops_everything(tmp_p
     assert "SIGTERM: stopping the services" in log.read_text()
     left = processes_of(tmp_path)
     assert left == [], f"still running after SIGTERM: {left}"
+    alive = [p.pid for p in procs[1:] if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"started by up, still running after SIGTERM: {alive}"

@@ -5,10 +5,21 @@ from __future__ import annotations
 import hashlib
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO_START, day_interval, demo_home, run_dag_day, s3_env, small_spec, ti_state, use_home
+from tests.conftest import (
+    DEMO_START,
+    day_interval,
+    demo_home,
+    run_dag_day,
+    s3_env,
+    small_spec,
+    ti_state,
+    use_home,
+    write_spec,
+)
 
 pytestmark = pytest.mark.integration
 ROWS = 300
@@ -31,13 +42,13 @@ def _aliases(client, model):
 @pytest.fixture(scope="module")
 def file_home(tmp_path_factory, airflow_db):
     home = tmp_path_factory.mktemp("file_home")
-    with demo_home(home, small_spec(home), days=12, rows=ROWS) as (spec_path, spec, _):
-        yield {"home": home, "spec_path": spec_path, "spec": spec}
+    with demo_home(home, small_spec(home), days=12, rows=ROWS) as (spec_name, spec, _):
+        yield {"home": home, "spec_name": spec_name, "spec": spec}
 
 
-def _ingest(dag, spec_path, days):
+def _ingest(dag, spec_name, days):
     for i in range(days):
-        run, tis = run_dag_day(dag, DEMO_START + timedelta(days=i), dataset=spec_path, train=False)
+        run, tis = run_dag_day(dag, DEMO_START + timedelta(days=i), dataset=spec_name, train=False)
         assert ti_state(tis["prepare"]) == "success" and ti_state(tis["train"]) == "skipped", i
 
 
@@ -56,9 +67,9 @@ def first_run(training_dag, file_home):
     from include.mlops.registry import read_ledger
     from include.mlops.storage import get_store
 
-    spec, spec_path = file_home["spec"], file_home["spec_path"]
-    _ingest(training_dag, spec_path, INGEST_DAYS)
-    run, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=INGEST_DAYS), dataset=spec_path, train=True)
+    spec, spec_name = file_home["spec"], file_home["spec_name"]
+    _ingest(training_dag, spec_name, INGEST_DAYS)
+    run, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=INGEST_DAYS), dataset=spec_name, train=True)
     client = _client()
     return {
         "run": run,
@@ -74,13 +85,14 @@ def rejected(training_dag, file_home, first_run, tmp_path_factory):
     """A day run under a gate no model passes: v2 is registered as challenger, not promoted."""
     import yaml
 
-    strict = yaml.safe_load(open(file_home["spec_path"]))
+    strict = yaml.safe_load(Path(file_home["spec"].path).read_text())
     strict["gate"]["minimums"] = {"roc_auc": 0.999}
-    strict_path = tmp_path_factory.mktemp("strict") / "churn.yaml"
-    strict_path.write_text(yaml.safe_dump(strict))
-    run, tis = run_dag_day(
-        training_dag, DEMO_START + timedelta(days=INGEST_DAYS + 1), dataset=str(strict_path), train=True
-    )
+    strict_dir = write_spec(tmp_path_factory.mktemp("strict"), strict).parent
+    with pytest.MonkeyPatch.context() as mp:  # the same name, found first: MLOPS_SPEC_DIRS
+        mp.setenv("MLOPS_SPEC_DIRS", str(strict_dir))
+        run, tis = run_dag_day(
+            training_dag, DEMO_START + timedelta(days=INGEST_DAYS + 1), dataset=strict["name"], train=True
+        )
     return {
         "deploy_state": ti_state(tis["deploy"]),
         "deploy": tis["deploy"].xcom_pull(task_ids="deploy"),
@@ -126,11 +138,11 @@ def test_first_run_registers_and_promotes_with_lineage(file_home, first_run):
 def test_rerun_of_same_interval_is_idempotent(training_dag, file_home, first_run):
     from include.mlops.storage import get_store
 
-    spec, spec_path = file_home["spec"], file_home["spec_path"]
+    spec, spec_name = file_home["spec"], file_home["spec_name"]
     store = get_store()
     before = _staging_digest(store, spec)
     versions_before = len(_client().search_model_versions(f"name='{spec.model_name}'"))
-    run, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=INGEST_DAYS), dataset=spec_path, train=True)
+    run, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=INGEST_DAYS), dataset=spec_name, train=True)
     assert ti_state(tis["deploy"]) == "success"
     assert _staging_digest(store, spec) == before
     client = _client()
@@ -149,13 +161,13 @@ def test_bad_batch_is_quarantined_and_champion_untouched(training_dag, file_home
     from include.mlops.data.generator import Scenario, events_key, generate_day
     from include.mlops.storage import get_store
 
-    spec, spec_path = file_home["spec"], file_home["spec_path"]
+    spec, spec_name = file_home["spec"], file_home["spec_name"]
     store = get_store()
     day = DEMO_START + timedelta(days=11 if scenario == "corrupted" else 10)
     events, _ = generate_day(spec, day, Scenario(scenario, day), rows=ROWS)
     store.put_parquet(events_key(spec, day), events)
     champion_before = _aliases(_client(), spec.model_name)["champion"]
-    run, tis = run_dag_day(training_dag, day, dataset=spec_path, train=True)
+    run, tis = run_dag_day(training_dag, day, dataset=spec_name, train=True)
     assert ti_state(tis["validate"]) == "failed"
     assert all(ti_state(tis[t]) != "success" for t in ("prepare", "train", "register", "deploy"))
     q = f"quarantine/{spec.name}/dt={day.isoformat()}"
@@ -173,14 +185,14 @@ def test_batch_scoring_and_one_click_rollback(training_dag, file_home, first_run
     from include.mlops.storage import get_store
     from tests.conftest import ROOT
 
-    spec, spec_path = file_home["spec"], file_home["spec_path"]
+    spec, spec_name = file_home["spec"], file_home["spec_name"]
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     store = get_store()
     day = DEMO_START + timedelta(days=INGEST_DAYS)
     scoring = bag.get_dag("ml_batch_scoring")
     outs = []
     for _ in range(2):  # idempotent: the same file, the same rows
-        run, tis = run_dag_day(scoring, day, dataset=spec_path)
+        run, tis = run_dag_day(scoring, day, dataset=spec_name)
         assert ti_state(tis["score"]) == "success"
         outs.append(tis["score"].xcom_pull(task_ids="score"))
     key = store.key_of(outs[0]["uri"])
@@ -191,10 +203,10 @@ def test_batch_scoring_and_one_click_rollback(training_dag, file_home, first_run
     assert (df["model_version"].astype(str) == "1").all() and df["score"].between(0, 1).all()
 
     rollback = bag.get_dag("ml_rollback")
-    rollback.test(run_conf={"dataset": spec_path, "to_version": "2", "reason": "test"})
+    rollback.test(run_conf={"dataset": spec_name, "to_version": "2", "reason": "test"})
     assert _aliases(_client(), spec.model_name)["champion"] == "2"
     assert _aliases(_client(), spec.model_name)["previous"] == "1"
-    rollback.test(run_conf={"dataset": spec_path, "to_version": None, "reason": "test"})  # back to previous
+    rollback.test(run_conf={"dataset": spec_name, "to_version": None, "reason": "test"})  # back to previous
     assert _aliases(_client(), spec.model_name)["champion"] == "1"
     actions = [(e["action"], e["from_version"], e["to_version"]) for e in read_ledger(store, spec.model_name)]
     assert actions[-2:] == [("rollback", "1", "2"), ("rollback", "2", "1")]
@@ -210,13 +222,13 @@ def test_ml_training_on_s3(training_dag, moto_server, tmp_path_factory):
     home = tmp_path_factory.mktemp("s3_home")
     with pytest.MonkeyPatch.context() as mp:
         use_home(mp, home, **s3_env(moto_server, "mlops-it"))
-        spec_path = str(small_spec(home))
-        spec = load_spec(spec_path)
+        spec_name = small_spec(home).stem  # installed in the home: the name
+        spec = load_spec(spec_name)
         store = get_store()
         ensure_bucket(store)
         write_days(store, spec, DEMO_START, INGEST_DAYS + 1, rows=ROWS)
-        _ingest(training_dag, spec_path, INGEST_DAYS)
-        run, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=INGEST_DAYS), dataset=spec_path, train=True)
+        _ingest(training_dag, spec_name, INGEST_DAYS)
+        run, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=INGEST_DAYS), dataset=spec_name, train=True)
         assert {t: ti_state(ti) for t, ti in tis.items()} == {t: "success" for t in tis}
         assert _aliases(_client(), spec.model_name)["champion"] == "1"
         s3 = boto3.client("s3", endpoint_url=moto_server)

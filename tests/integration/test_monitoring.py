@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO_START, ROOT, free_port, run_dag_day, ti_state, use_home
+from tests.conftest import DEMO_START, ROOT, free_port, run_dag_day, ti_state, use_home, write_spec
 
 pytestmark = pytest.mark.integration
 ROWS = 800  # per day; the spec below samples windows down to 500 rows
@@ -129,9 +129,8 @@ def mon(lifecycle, airflow_db, channels, tmp_path_factory):
     raw = yaml.safe_load(Path(lifecycle["spec_path"]).read_text())
     raw["monitoring"].update({"sample_rows": 500, "sample_seed": 11})
     raw["monitoring"]["policy"].update({"min_rows": 300, "min_labelled_rows": 100})
-    spec_path = home / "churn.yaml"
-    spec_path.write_text(yaml.safe_dump(raw))
-    spec = load_spec(str(spec_path))
+    spec_path = write_spec(home, raw)  # the clone's installed spec: steps find it by name
+    spec = load_spec(raw["name"])
     store = get_store()
     setup_mlflow(get_settings())
     model = mlflow.sklearn.load_model(f"models:/{spec.model_name}@champion")
@@ -148,7 +147,7 @@ def mon(lifecycle, airflow_db, channels, tmp_path_factory):
         store.put_parquet(
             f"{feed}/dt={(day + timedelta(days=spec.label_delay_days)).isoformat()}/part-0.parquet", labels
         )
-    yield {"home": home, "spec_path": str(spec_path), "spec": spec, "hook": hook, "mail": sink}
+    yield {"home": home, "spec_path": str(spec_path), "spec_name": spec.name, "spec": spec, "hook": hook, "mail": sink}
     mp.undo()
 
 
@@ -175,7 +174,7 @@ def asset_events(run) -> list:
 
 
 def monitor_day(dags, mon, day):
-    run, tis = run_dag_day(dags[0], day, dataset=mon["spec_path"])
+    run, tis = run_dag_day(dags[0], day, dataset=mon["spec_name"])
     assert {t: ti_state(ti) for t, ti in tis.items()} == {"monitor": "success", "decide": "success"}
     return run, tis["monitor"].xcom_pull(task_ids="monitor"), tis["decide"].xcom_pull(task_ids="decide")
 
@@ -212,6 +211,10 @@ def test_no_drift_emits_nothing_and_writes_reports_and_history(windows):
     # both sources read, sampled with the recorded seed
     assert summary["rows"] == ROWS and summary["rows_used"] == 500 and summary["sample"] == {"rows": 500, "seed": 11}
     assert summary["prediction_objects"] == 2
+    # one version answered everything (batch rows are the champion's answers too); no shadow rows
+    assert [(v["variant"], v["version"], v["rows"]) for v in summary["variants"]] == [("champion", "1", ROWS)]
+    assert (summary["answered_rows"], summary["shadow_rows"]) == (ROWS, 0)
+    assert summary["variants"][0]["drift_share"] == summary["drift_share"]
     # labels joined on (entity, event time): the window's lookback includes 10-09, whose labels arrived on 10-12
     assert summary["labelled_rows"] == ROWS and summary["performance"]["roc_auc"] > 0.6
     store = get_store()
@@ -235,7 +238,7 @@ def test_covariate_drift_emits_the_asset_event_and_alerts(windows, mon):
     assert extra["window_day"] == DRIFT_DAY.isoformat() and extra["window_end"].startswith("2026-10-14")
     assert extra["report_uri"].endswith(f"dt={DRIFT_DAY}/data_drift.html")
     assert get_store().exists(get_store().key_of(extra["report_uri"]))
-    assert extra["spec"] == mon["spec_path"] and extra["champion_version"] == "1"
+    assert extra["spec"] == mon["spec_name"] and extra["champion_version"] == "1"
     assert not any(s in json.dumps(extra).lower() for s in ("password", "secret", "token"))
     [body] = [b for b in w["hook"] if "RETRAIN" in b["text"]]
     text = json.dumps(body)
@@ -296,7 +299,7 @@ def test_monitor_task_links_to_its_report(dags):
     assert {ReportLink, MlflowRunLink} <= kinds
 
 
-def test_retraining_with_params_registers_a_new_version_through_the_gate(dags, mon, tmp_path):
+def test_retraining_with_params_registers_a_new_version_through_the_gate(dags, mon, tmp_path, monkeypatch):
     """A manual run with params: a new version is registered and the gate decides. A strict gate keeps
     this deterministic (and needs no service for post-deployment checks): the champion stays, and the
     rejection is alerted."""
@@ -310,14 +313,14 @@ def test_retraining_with_params_registers_a_new_version_through_the_gate(dags, m
     spec = mon["spec"]
     strict = yaml.safe_load(Path(mon["spec_path"]).read_text())
     strict["gate"]["minimums"] = {"roc_auc": 0.999}
-    strict_path = tmp_path / "churn.yaml"
-    strict_path.write_text(yaml.safe_dump(strict))
+    write_spec(tmp_path, strict)  # the same name, found first: MLOPS_SPEC_DIRS comes before the home
+    monkeypatch.setenv("MLOPS_SPEC_DIRS", str(tmp_path / "specs"))
     client = setup_mlflow(get_settings())
     before = {v.version for v in client.search_model_versions(f"name='{spec.model_name}'")}
     champion_before = alias_version(client, spec.model_name, "champion")
     hook_before = len(mon["hook"].bodies)
     conf = {
-        "dataset": str(strict_path),
+        "dataset": spec.name,
         "window_end": str(DEMO_START + timedelta(days=9)),
         "window_days": 5,
         "data_strategy": "sliding_window",
@@ -371,8 +374,7 @@ def test_drift_event_runs_ml_retraining_on_a_real_scheduler_and_the_champion_mov
     raw = yaml.safe_load(Path(mon["spec_path"]).read_text())
     raw["gate"].update({"max_regression": 1.0, "slice_max_regression": 1.0, "minimums": {"roc_auc": 0.5}})
     raw["monitoring"]["retraining"] = {"data_strategy": "all_history", "window_days": 14}
-    e2e_spec = tmp_path / "churn.yaml"
-    e2e_spec.write_text(yaml.safe_dump(raw))
+    write_spec(home, raw)  # this copy's installed spec (the scheduler's tasks find it by name)
     client = setup_mlflow(get_settings())
     champion_before = int(alias_version(client, spec.model_name, "champion"))
 
@@ -384,7 +386,7 @@ def test_drift_event_runs_ml_retraining_on_a_real_scheduler_and_the_champion_mov
     # event, and the scheduler hands a run only the events up to its queue entry
     with create_session() as s:
         s.query(AssetDagRunQueue).delete()
-    run, tis = run_dag_day(dags[0], DRIFT_DAY, dataset=str(e2e_spec))
+    run, tis = run_dag_day(dags[0], DRIFT_DAY, dataset=spec.name)
     decision = tis["decide"].xcom_pull(task_ids="decide")
     assert decision["action"] == "retrain", decision["table"]
     with create_session() as s:

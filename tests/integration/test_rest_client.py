@@ -82,7 +82,7 @@ def test_training_triggered_without_logical_date_runs_yesterday(airflow_stack, t
 
     logs = _all_logs(airflow_stack, "ml_training", training_run["run_id"], tis)
     day = airflow_stack.day.isoformat()
-    assert f"validating {airflow_stack.spec_path} for {day}T00:00:00+00:00" in logs["validate"]
+    assert f"validating {airflow_stack.spec_name} for {day}T00:00:00+00:00" in logs["validate"]
     assert "batch valid: 300 rows" in logs["validate"]
     assert "feature service" in logs["prepare"]
     # the gate table from evaluate, and its (strict) decision carried to deploy

@@ -34,12 +34,12 @@ def home(lifecycle, tmp_path_factory) -> dict:
     dst = tmp_path_factory.mktemp("serving") / "home"
     shutil.copytree(src, dst)
     env = {k: v.replace(str(src), str(dst)) for k, v in lifecycle["env"].items()}
-    spec_path = dst / Path(lifecycle["spec_path"]).name
-    env["MLOPS_DATASET"] = str(spec_path)
+    env["MLOPS_DATASET"] = lifecycle["spec_name"]  # installed in the copy's specs/, found by name
     return {
         "path": dst,
         "env": env,
-        "spec_path": spec_path,
+        "spec_path": dst / Path(lifecycle["spec_path"]).relative_to(src),
+        "spec_name": lifecycle["spec_name"],
         "spec": lifecycle["spec"],
         "v1": lifecycle["register"]["version"],
         "run_id": lifecycle["register"]["run_id"],
@@ -508,7 +508,7 @@ def test_rollout_checks_the_running_service_and_rolls_back_a_failed_check(env, s
     reg = {"model": name, "version": v2, "run_id": env["run_id"]}
     ev = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
 
-    out = D.rollout(reg, ev, "rollout-ok", "test", strategy="direct", spec_name=str(env["spec_path"]))
+    out = D.rollout(reg, ev, "rollout-ok", "test", strategy="direct", spec_name=env["spec_name"])
     assert out["promoted"] and out["checked"] and out["champion"] == v2 and out["service_url"] == server.url
     assert out["deploy_errors"] == 0 and out["deploy_rps"] > 0
     metrics = client.get_run(env["run_id"]).data.metrics
@@ -516,16 +516,19 @@ def test_rollout_checks_the_running_service_and_rolls_back_a_failed_check(env, s
         assert metrics[k] > 0
     assert httpx.get(f"{server.url}/ready").json()["champion"]["version"] == v2
 
-    back = D.rollback(None, "manual-rollback", "ml_rollback", spec_name=str(env["spec_path"]))
+    back = D.rollback(None, "manual-rollback", "ml_rollback", spec_name=env["spec_name"])
     assert (back["from_version"], back["to_version"], back["changed"]) == (v2, v1, True)
     assert httpx.get(f"{server.url}/ready").json()["champion"]["version"] == v1  # told to reload
 
     strict = yaml.safe_load(Path(env["spec_path"]).read_text())
     strict["deployment"]["latency_budget_ms"] = {"p99": 0.001}
-    strict_path = Path(env["path"]) / "churn_strict.yaml"
-    strict_path.write_text(yaml.safe_dump(strict))
+    strict_dir = Path(env["path"]) / "strict_specs"  # the same spec name, found first (MLOPS_SPEC_DIRS)
+    strict_dir.mkdir(exist_ok=True)
+    (strict_dir / f"{env['spec_name']}.yaml").write_text(yaml.safe_dump(strict))
+    monkeypatch.setenv("MLOPS_SPEC_DIRS", str(strict_dir))
     with pytest.raises(D.DeploymentCheckFailed, match=r"p99 .* over the budget .* rolled back to v" + v1):
-        D.rollout(reg, ev, "rollout-slow", "test", strategy="direct", spec_name=str(strict_path))
+        D.rollout(reg, ev, "rollout-slow", "test", strategy="direct", spec_name=env["spec_name"])
+    monkeypatch.delenv("MLOPS_SPEC_DIRS")
     assert alias_version(client, name, CHAMPION) == v1
     ledger = {e["run_id"]: e for e in read_ledger(store, name)}
     assert ledger["manual-rollback"]["action"] == "rollback"
@@ -552,11 +555,11 @@ def test_shadow_rollout_watches_the_challenger_before_promoting(env, server, cli
             "rollout-shadow-rejected",
             "test",
             strategy="shadow",
-            spec_name=str(env["spec_path"]),
+            spec_name=env["spec_name"],
         )
         assert not rejected["promoted"] and rejected["champion"] == v1 and "roc_auc" in rejected["message"]
         assert rejected["staged_check"]["passed"]  # a rejected challenger may still shadow: it was watched
-        out = D.rollout(reg, ev, "rollout-shadow", "test", strategy="shadow", spec_name=str(env["spec_path"]))
+        out = D.rollout(reg, ev, "rollout-shadow", "test", strategy="shadow", spec_name=env["spec_name"])
         staged = out["staged_check"]
         assert staged["passed"] and staged["load"]["shadow_scored"] >= staged["load"]["requests"]
         assert staged["load"]["warmup_requests"] == 2 * staged["load"]["concurrency"]  # uncounted, first
@@ -565,7 +568,7 @@ def test_shadow_rollout_watches_the_challenger_before_promoting(env, server, cli
         }
         assert out["promoted"] and out["checked"] and out["champion"] == v2
     finally:
-        D.rollback(v1, "restore", "test", spec_name=str(env["spec_path"]))
+        D.rollback(v1, "restore", "test", spec_name=env["spec_name"])
         D.publish_strategy(client, name, "direct", 0.1)
         admin(server, "/admin/reload")
 
@@ -582,8 +585,7 @@ def test_the_first_champion_is_checked_on_the_running_service(lifecycle, tmp_pat
     dst = tmp_path / "home"
     shutil.copytree(src, dst)
     env = {k: v.replace(str(src), str(dst)) for k, v in lifecycle["env"].items()}
-    spec_path = dst / Path(lifecycle["spec_path"]).name
-    env["MLOPS_DATASET"] = str(spec_path)
+    env["MLOPS_DATASET"] = lifecycle["spec_name"]  # installed in the copy's specs/, found by name
     uri = env.pop("MLFLOW_TRACKING_URI")  # the embedded default derives it from MLOPS_HOME
     assert uri == f"sqlite:///{dst / 'mlflow.db'}", uri
     env.pop("MLFLOW_REGISTRY_URI", None)
@@ -605,7 +607,7 @@ def test_the_first_champion_is_checked_on_the_running_service(lifecycle, tmp_pat
         monkeypatch.setenv("MLOPS_ADMIN_TOKEN", service.token)
         reg = {"model": name, "version": v1, "run_id": lifecycle["register"]["run_id"]}
         ev = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
-        out = D.rollout(reg, ev, "first-deploy", "test", strategy="direct", spec_name=str(spec_path))
+        out = D.rollout(reg, ev, "first-deploy", "test", strategy="direct", spec_name=lifecycle["spec_name"])
         assert out["promoted"] and out["checked"] and out["service_url"] == service.url
         assert out["deploy_errors"] == 0 and alias_version(client, name, CHAMPION) == v1
         assert httpx.get(f"{service.url}/ready", timeout=10).json()["champion"]["version"] == v1
@@ -627,7 +629,7 @@ def test_canary_rollout_starts_its_own_service_when_none_runs(env, client, store
     reg = {"model": name, "version": v2, "run_id": env["run_id"]}
     ev = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
     try:
-        out = D.rollout(reg, ev, "rollout-canary", "test", strategy="canary", spec_name=str(env["spec_path"]))
+        out = D.rollout(reg, ev, "rollout-canary", "test", strategy="canary", spec_name=env["spec_name"])
         assert out["promoted"] and out["checked"] and out["strategy"] == "canary"
         assert out["staged_check"]["passed"] and out["staged_check"]["load"]["variants"].get("challenger", 0) > 0
         assert out["service_url"].startswith("http://127.0.0.1:")
@@ -636,7 +638,7 @@ def test_canary_rollout_starts_its_own_service_when_none_runs(env, client, store
         metrics = client.get_run(env["run_id"]).data.metrics
         assert "deploy_canary_p99_ms" in metrics and "deploy_p99_ms" in metrics
     finally:
-        D.rollback(v1, "restore", "test", spec_name=str(env["spec_path"]))
+        D.rollback(v1, "restore", "test", spec_name=env["spec_name"])
         D.publish_strategy(client, name, "direct", 0.1)
 
 
@@ -645,7 +647,7 @@ def test_score_batch_scores_the_staged_interval_with_the_champion(env, client, s
     from include.mlops.registry import CHAMPION, alias_version
 
     spec = env["spec"]
-    out = score_batch(env["interval"], str(env["spec_path"]))
+    out = score_batch(env["interval"], env["spec_name"])
     day = env["interval"].days[0].isoformat()
     assert out["uri"].endswith(f"predictions/batch/{spec.name}/dt={day}/predictions.parquet")
     assert out["version"] == alias_version(client, spec.model_name, CHAMPION)
@@ -654,6 +656,6 @@ def test_score_batch_scores_the_staged_interval_with_the_champion(env, client, s
     assert out["rows"] == len(df) == len(staged)
     assert {spec.entity_key, "prediction", "score", "model_version"} <= set(df.columns)
     assert df["score"].between(0, 1).all() and set(df["prediction"]) <= {0, 1}
-    again = score_batch(env["interval"], str(env["spec_path"]))  # a re-run overwrites, never appends
+    again = score_batch(env["interval"], env["spec_name"])  # a re-run overwrites, never appends
     assert again["uri"] == out["uri"] and len(store.list(f"predictions/batch/{spec.name}/dt={day}/")) == 1
     assert store.get_parquet(store.key_of(again["uri"])).equals(df)

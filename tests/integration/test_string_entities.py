@@ -32,7 +32,8 @@ AWKWARD = ["é", "日本-" + "x" * 300, "00123", "123", "a b\tc", "C-0000000"]  
 
 
 def string_spec_file(tmp: Path) -> Path:
-    """The tests' small churn spec with `entity.dtype: string`."""
+    """The tests' small churn spec with `entity.dtype: string`, installed in `tmp`'s spec directory
+    (see small_spec): steps take its name, `path.stem`."""
     import yaml
 
     path = small_spec(tmp)
@@ -63,9 +64,9 @@ def _frame(spec) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
-    from include.mlops.spec import load_spec
+    from include.mlops.spec import load_spec_file
 
-    return load_spec(str(string_spec_file(tmp_path_factory.mktemp("spec"))))
+    return load_spec_file(string_spec_file(tmp_path_factory.mktemp("spec")))
 
 
 def test_definitions_follow_the_entity_dtype(tmp_path, monkeypatch, spec):
@@ -189,24 +190,24 @@ def string_lifecycle(tmp_path_factory):
     home = tmp_path_factory.mktemp("string_lifecycle")
     mp = pytest.MonkeyPatch()
     use_home(mp, home)
-    spec_path = string_spec_file(home)
-    spec = load_spec(str(spec_path))
+    name = string_spec_file(home).stem
+    spec = load_spec(name)
     store = ObjectStore(f"file://{home / 'store'}")
     ensure_bucket(store)
     write_days(store, spec, DEMO_START, 10, rows=400)
     for i in range(10):
         iv = day_interval(DEMO_START + timedelta(days=i))
-        P.extract(iv, str(spec_path))
-        P.prepare(iv, str(spec_path))
+        P.extract(iv, name)
+        P.prepare(iv, name)
     lineage = {"dag_id": "fixture", "run_id": "fixture"}
     iv = day_interval(DEMO_START + timedelta(days=9))
-    tr = P.train(iv, lineage, str(spec_path))
-    ev = P.evaluate(tr, str(spec_path))
+    tr = P.train(iv, lineage, name)
+    ev = P.evaluate(tr, name)
     forced = {**ev, "passed": True, "reasons": []}
-    rg = P.register(tr, forced, None, lineage, iv, str(spec_path))
-    P.promote(rg, forced, "fixture", "fixture", spec_name=str(spec_path))
+    rg = P.register(tr, forced, None, lineage, iv, name)
+    P.promote(rg, forced, "fixture", "fixture", spec_name=name)
     env = {k: os.environ[k] for k in os.environ if k.startswith(("MLOPS_", "MLFLOW_", "FEAST_"))}
-    env["MLOPS_DATASET"] = str(spec_path)
+    env["MLOPS_DATASET"] = name
     yield {"home": home, "spec": spec, "store": store, "env": env, "train": tr, "version": rg["version"]}
     mp.undo()
 
@@ -288,8 +289,8 @@ def test_a_string_keyed_champion_serves_lookups_by_string_id(string_lifecycle):
 @pytest.fixture(scope="module")
 def string_dag_home(tmp_path_factory, airflow_db):
     home = tmp_path_factory.mktemp("string_dag")
-    with demo_home(home, string_spec_file(home), days=9, rows=300) as (spec_path, spec, _):
-        yield {"spec": spec, "spec_path": spec_path}
+    with demo_home(home, string_spec_file(home), days=9, rows=300) as (spec_name, spec, _):
+        yield {"spec": spec, "spec_name": spec_name}
 
 
 def test_ml_training_runs_end_to_end_on_string_keys(training_dag, string_dag_home):
@@ -301,11 +302,11 @@ def test_ml_training_runs_end_to_end_on_string_keys(training_dag, string_dag_hom
     from include.mlops.registry import alias_version, setup_mlflow
     from include.mlops.storage import get_store
 
-    spec, spec_path = string_dag_home["spec"], string_dag_home["spec_path"]
+    spec, spec_name = string_dag_home["spec"], string_dag_home["spec_name"]
     for i in range(8):
-        _, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=i), dataset=spec_path, train=False)
+        _, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=i), dataset=spec_name, train=False)
         assert ti_state(tis["prepare"]) == "success", (i, {t: ti_state(ti) for t, ti in tis.items()})
-    _, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=8), dataset=spec_path, train=True)
+    _, tis = run_dag_day(training_dag, DEMO_START + timedelta(days=8), dataset=spec_name, train=True)
     assert {t: ti_state(ti) for t, ti in tis.items()} == {t: "success" for t in tis}
     assert alias_version(setup_mlflow(get_settings()), spec.model_name, "champion") == "1"
 

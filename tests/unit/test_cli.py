@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from include.mlops.cli import app
-from include.mlops.spec import load_spec
+from include.mlops.spec import load_spec_file
 from tests.byod_data import table, write_csv
 from tests.conftest import use_home
 
@@ -41,7 +41,7 @@ def test_spec_init_drafts_a_valid_spec(home, tmp_path, kind, task, kind_of_task,
     res = mlops("spec", "init", csv)
     assert res.exit_code == 0, res.output
     assert f"wrote {kind}.yaml" in res.output
-    spec = load_spec(str(tmp_path / f"{kind}.yaml"))
+    spec = load_spec_file(tmp_path / f"{kind}.yaml")
     assert (spec.task, spec.task_kind) == (task, kind_of_task)
     assert (spec.entity_key, spec.entity.dtype, spec.timestamp, spec.label) == (
         "customer_id",
@@ -186,7 +186,7 @@ def test_empty_category_fields_reach_the_pipeline_as_missing_values(home, tmp_pa
     df.loc[df.index % 7 == 0, "size_band"] = None
     df.to_csv(tmp_path / "cancer.csv", index=False)
     assert mlops("spec", "init", tmp_path / "cancer.csv").exit_code == 0
-    spec = load_spec(str(tmp_path / "cancer.yaml"))
+    spec = load_spec_file(tmp_path / "cancer.yaml")
     assert spec.source.format == "csv" and spec.feature("size_band").required is False
     assert mlops("ingest", tmp_path / "cancer.csv", "--spec", tmp_path / "cancer.yaml").exit_code == 0
     day = date(2025, 3, 5)

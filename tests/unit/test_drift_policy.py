@@ -224,16 +224,16 @@ def test_training_window_per_data_strategy():
 # -- I/O: the decision history in the object store -------------------------------------------------------
 @pytest.fixture
 def policy_home(tmp_path, monkeypatch):
+    """A home whose installed churn spec retrains after 2 windows; returns the spec's name."""
     import yaml
 
-    from tests.conftest import ROOT, use_home
+    from tests.conftest import ROOT, use_home, write_spec
 
     use_home(monkeypatch, tmp_path)
     raw = yaml.safe_load((ROOT / "include" / "specs" / "churn.yaml").read_text())
     raw["monitoring"]["policy"].update({"consecutive_windows": 2, "cooldown_days": 2})
-    path = tmp_path / "churn.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
+    write_spec(tmp_path, raw)
+    return raw["name"]
 
 
 def summary_for(day: date, share: float) -> dict:
@@ -304,11 +304,14 @@ def test_plan_retraining_from_params_and_from_an_event(policy_home):
         7,
     )  # from the spec's monitoring.retraining
     # one window monitored twice (a re-run with another spec): the later decision is the one acted on
-    other = Path(policy_home).with_name("other.yaml")
-    other.write_text(Path(policy_home).read_text())
-    rerun = {**event, "spec": str(other), "emitted_at": "2026-11-02T10:00:00+00:00"}
+    from include.mlops.spec import load_spec
+    from tests.conftest import write_spec
+
+    churn = load_spec(policy_home)
+    write_spec(Path(churn.path).parent, {**churn.to_dict(), "name": "other"})
+    rerun = {**event, "spec": "other", "emitted_at": "2026-11-02T10:00:00+00:00"}
     first = {**event, "emitted_at": "2026-11-01T10:00:00+00:00"}
-    assert plan_retraining({}, [rerun, first], None)["dataset"] == str(other)
+    assert plan_retraining({}, [rerun, first], None)["dataset"] == "other"
     older_window = {**event, "window_end": "2026-10-14T00:00:00+00:00", "emitted_at": "2026-11-03T00:00:00+00:00"}
     assert plan_retraining({}, [first, older_window], None)["interval_end"] == "2026-10-15T00:00:00+00:00"
     whenever = plan_retraining({"dataset": policy_home}, [], datetime(2026, 10, 30, 13, 5, tzinfo=UTC))

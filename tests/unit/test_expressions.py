@@ -21,6 +21,7 @@ COLS = {"a", "b", "c"}
         "log1p(abs(a)) + sqrt(b) - exp(-c)",
         "clip(a, 0, 10) + where(b > 1, a, c) + minimum(a, b) + maximum(a, c)",
         "-a",
+        "a * 2 ** -1 + b ** 2",  # numbers are floats: no integer-only rules, no unbounded integers
     ],
 )
 def test_the_language_agrees_with_pandas(text):

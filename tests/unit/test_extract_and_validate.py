@@ -19,7 +19,7 @@ from include.mlops import pipeline as P
 from include.mlops.data.generator import Scenario, generate_day
 from include.mlops.spec import load_spec
 from include.mlops.validation import BadBatchError, DataValidationError, NoDataError, validate_frame
-from tests.conftest import day_interval, small_spec, use_home
+from tests.conftest import day_interval, small_spec, use_home, write_spec
 
 DAY = date(2026, 10, 3)
 GX_NOISE = ("'list' object", "attribute", "Traceback", "MetricResolutionError", "Error:")
@@ -27,24 +27,23 @@ GX_NOISE = ("'list' object", "attribute", "Traceback", "MetricResolutionError", 
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    """A fresh store; `make(**changes)` writes the churn spec with changed sections and returns
-    (spec, spec path)."""
+    """A fresh store; `make(**changes)` installs the churn spec with changed sections in the home's
+    spec directory and returns (spec, spec name)."""
     from include.mlops.storage import ensure_bucket, get_store
 
     use_home(monkeypatch, tmp_path)
     store = get_store()
     ensure_bucket(store)
 
-    def make(name: str = "churn", **sections):
+    def make(**sections):
         raw = yaml.safe_load(small_spec(tmp_path).read_text())
         for section, values in sections.items():
             if isinstance(values, dict):
                 raw.setdefault(section, {}).update(values)
             else:
                 raw[section] = values
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(raw))
-        return load_spec(str(path)), str(path)
+        write_spec(tmp_path, raw)
+        return load_spec(raw["name"]), raw["name"]
 
     return store, make
 
@@ -66,21 +65,21 @@ def _events(spec, name: str) -> str:
 # -- reading every file of the day ---------------------------------------------------------------
 def test_one_parquet_file_is_staged_byte_for_byte_and_validates(home):
     store, make = home
-    spec, path = make()
+    spec, spec_name = make()
     events, _ = _day(spec)
     data = _parquet(events)
     store.put_bytes(_events(spec, "part-0.parquet"), data)
 
-    out = P.extract(day_interval(DAY), path)
+    out = P.extract(day_interval(DAY), spec_name)
 
     assert out["rows"] == len(events)
     assert store.get_bytes(layout.staging_events_key(spec, DAY)) == data
-    assert P.validate(day_interval(DAY), path)["rows"] == len(events)
+    assert P.validate(day_interval(DAY), spec_name)["rows"] == len(events)
 
 
 def test_every_parquet_file_of_the_day_is_read_in_name_order(home, caplog):
     store, make = home
-    spec, path = make()
+    spec, spec_name = make()
     events, _ = _day(spec, rows=150)
     parts = {"part-b.parquet": events.iloc[50:100], "part-a.parquet": events.iloc[:50], "part-c.parquet": events[100:]}
     for name, part in parts.items():
@@ -89,7 +88,7 @@ def test_every_parquet_file_of_the_day_is_read_in_name_order(home, caplog):
     store.put_text(_events(spec, "notes.txt"), "hello")
 
     with caplog.at_level(logging.INFO, logger="include.mlops.pipeline"):
-        out = P.extract(day_interval(DAY), path)
+        out = P.extract(day_interval(DAY), spec_name)
 
     staged = store.get_parquet(layout.staging_events_key(spec, DAY))
     assert out["rows"] == 150 and len(staged) == 150
@@ -99,7 +98,7 @@ def test_every_parquet_file_of_the_day_is_read_in_name_order(home, caplog):
     for name, part in parts.items():
         assert f"{name}: {len(part)} rows" in log
     assert "ignored" in log and "notes.txt" in log
-    assert P.validate(day_interval(DAY), path)["rows"] == 150
+    assert P.validate(day_interval(DAY), spec_name)["rows"] == 150
 
 
 def _csv(df: pd.DataFrame, sep: str = ",") -> bytes:
@@ -108,7 +107,7 @@ def _csv(df: pd.DataFrame, sep: str = ",") -> bytes:
 
 def test_csv_files_with_delimiter_text_keys_rename_and_utc_times(home):
     store, make = home
-    spec, path = make(
+    spec, spec_name = make(
         source={"format": "csv", "csv_delimiter": ";", "rename": {"Customer": "customer_id", "Plan": "plan"}},
         entity={"name": "customer", "key": "customer_id", "dtype": "string"},
     )
@@ -125,7 +124,7 @@ def test_csv_files_with_delimiter_text_keys_rename_and_utc_times(home):
     arrived = labels.rename(columns={"customer_id": "Customer"})
     store.put_bytes(layout.labels_landing_prefix(spec, DAY) + "labels.csv", _csv(arrived, ";"))
 
-    out = P.extract(day_interval(DAY), path)
+    out = P.extract(day_interval(DAY), spec_name)
 
     assert out["rows"] == 100 and out["labels"] == 100
     staged = store.get_parquet(layout.staging_events_key(spec, DAY))
@@ -136,16 +135,16 @@ def test_csv_files_with_delimiter_text_keys_rename_and_utc_times(home):
     staged_labels = store.get_parquet(layout.staging_labels_key(spec, DAY))
     assert staged_labels[spec.entity_key].tolist() == ids
     assert (staged_labels[spec.timestamp] == labels[spec.timestamp]).all()
-    assert P.validate(day_interval(DAY), path)["rows"] == 100
+    assert P.validate(day_interval(DAY), spec_name)["rows"] == 100
 
 
 def test_inline_labels_are_split_off_into_the_days_labels(home):
     store, make = home
-    spec, path = make(label={"feed": "inline", "delay_days": 0})
+    spec, spec_name = make(label={"feed": "inline", "delay_days": 0})
     events, labels = _day(spec, rows=80)
     store.put_bytes(_events(spec, "part-0.parquet"), _parquet(events.assign(**{spec.label: labels[spec.label]})))
 
-    out = P.extract(day_interval(DAY), path)
+    out = P.extract(day_interval(DAY), spec_name)
 
     staged = store.get_parquet(layout.staging_events_key(spec, DAY))
     assert spec.label not in staged.columns and len(staged) == 80
@@ -153,16 +152,16 @@ def test_inline_labels_are_split_off_into_the_days_labels(home):
     assert list(staged_labels.columns) == [spec.entity_key, spec.timestamp, spec.label]
     assert staged_labels[spec.label].tolist() == labels[spec.label].tolist()
     assert out["labels"] == 80
-    assert P.validate(day_interval(DAY), path)["rows"] == 80
+    assert P.validate(day_interval(DAY), spec_name)["rows"] == 80
 
 
 def test_rename_applies_to_parquet_files(home):
     store, make = home
-    spec, path = make(source={"rename": {"Tenure": "tenure_months"}})
+    spec, spec_name = make(source={"rename": {"Tenure": "tenure_months"}})
     events, _ = _day(spec, rows=40)
     store.put_bytes(_events(spec, "part-0.parquet"), _parquet(events.rename(columns={"tenure_months": "Tenure"})))
 
-    P.extract(day_interval(DAY), path)
+    P.extract(day_interval(DAY), spec_name)
 
     staged = store.get_parquet(layout.staging_events_key(spec, DAY))
     assert list(staged.columns) == list(events.columns)
@@ -171,13 +170,13 @@ def test_rename_applies_to_parquet_files(home):
 
 def test_inline_label_missing_from_the_events_is_named(home):
     store, make = home
-    spec, path = make(label={"feed": "inline", "delay_days": 0})
+    spec, spec_name = make(label={"feed": "inline", "delay_days": 0})
     events, _ = _day(spec, rows=50)
     store.put_bytes(_events(spec, "part-0.parquet"), _parquet(events))
-    P.extract(day_interval(DAY), path)
+    P.extract(day_interval(DAY), spec_name)
 
     with pytest.raises(DataValidationError, match=rf"missing column\(s\) {spec.label}:"):
-        P.validate(day_interval(DAY), path)
+        P.validate(day_interval(DAY), spec_name)
 
 
 # -- unreadable files ------------------------------------------------------------------------------
@@ -197,7 +196,7 @@ BAD_PARQUET = {
 @pytest.mark.parametrize("case", sorted(BAD_PARQUET))
 def test_unreadable_parquet_is_quarantined_with_its_cause(home, case):
     store, make = home
-    spec, path = make()
+    spec, spec_name = make()
     make_bytes, cause = BAD_PARQUET[case]
     data = make_bytes(spec)
     good, _ = _day(spec, rows=40)
@@ -208,7 +207,7 @@ def test_unreadable_parquet_is_quarantined_with_its_cause(home, case):
     store.put_bytes(f"features/{spec.name}/part-{DAY.isoformat()}.parquet", b"old")
 
     with pytest.raises(BadBatchError) as err:
-        P.extract(day_interval(DAY), path)
+        P.extract(day_interval(DAY), spec_name)
 
     msg = str(err.value)
     assert "part-1.parquet" in msg and cause in msg and "part-0.parquet" not in msg
@@ -231,11 +230,11 @@ def test_unreadable_parquet_is_quarantined_with_its_cause(home, case):
 )
 def test_a_csv_that_does_not_parse_is_quarantined(home, text, cause):
     store, make = home
-    spec, path = make(source={"format": "csv"})
+    spec, spec_name = make(source={"format": "csv"})
     store.put_text(_events(spec, "day.csv"), text)
 
     with pytest.raises(BadBatchError) as err:
-        P.extract(day_interval(DAY), path)
+        P.extract(day_interval(DAY), spec_name)
 
     assert "day.csv" in str(err.value) and cause in str(err.value)
     q = layout.quarantine_prefix(spec, DAY)
@@ -245,22 +244,22 @@ def test_a_csv_that_does_not_parse_is_quarantined(home, text, cause):
 
 def test_files_of_a_day_with_different_columns_are_rejected(home):
     store, make = home
-    spec, path = make()
+    spec, spec_name = make()
     events, _ = _day(spec, rows=60)
     store.put_bytes(_events(spec, "a.parquet"), _parquet(events.iloc[:30]))
     store.put_bytes(_events(spec, "b.parquet"), _parquet(events.iloc[30:].drop(columns=["plan"])))
 
     with pytest.raises(BadBatchError, match=r"b\.parquet: its columns differ from those of a\.parquet \(lacks plan\)"):
-        P.extract(day_interval(DAY), path)
+        P.extract(day_interval(DAY), spec_name)
 
 
 def test_no_data_for_a_day_says_where_it_looked(home):
     store, make = home
-    spec, path = make()
+    spec, spec_name = make()
     store.put_text(_events(spec, "events.csv"), "a,b\n")  # the wrong format for this spec
 
     with pytest.raises(NoDataError) as err:
-        P.extract(day_interval(DAY), path)
+        P.extract(day_interval(DAY), spec_name)
 
     msg = str(err.value)
     assert f"dataset {spec.name} on {DAY.isoformat()}" in msg
@@ -355,14 +354,14 @@ def test_time_tolerance_lets_times_spill_over_midnight(churn):
 
 def test_validate_quarantines_a_2099_batch_and_discards_the_day(home):
     store, make = home
-    spec, path = make()
+    spec, spec_name = make()
     events, _ = _day(spec, rows=60)
     events[spec.timestamp] = events[spec.timestamp] + pd.DateOffset(years=73)
     store.put_bytes(_events(spec, "part-0.parquet"), _parquet(events))
-    P.extract(day_interval(DAY), path)
+    P.extract(day_interval(DAY), spec_name)
 
     with pytest.raises(DataValidationError, match="60 of 60 row"):
-        P.validate(day_interval(DAY), path)
+        P.validate(day_interval(DAY), spec_name)
 
     q = layout.quarantine_prefix(spec, DAY)
     assert len(store.get_parquet(f"{q}events.parquet")) == 60
@@ -376,7 +375,7 @@ def test_damaged_pages_behind_a_good_footer_are_quarantined_by_validate(home):
     import pyarrow.parquet as pq
 
     store, make = home
-    spec, path = make()
+    spec, spec_name = make()
     events, _ = _day(spec)
     data = bytearray(_parquet(events))
     footer = int.from_bytes(data[-8:-4], "little") + 8
@@ -384,9 +383,9 @@ def test_damaged_pages_behind_a_good_footer_are_quarantined_by_validate(home):
         data[i] ^= 0x5A
     pq.read_metadata(io.BytesIO(bytes(data)))  # the footer still reads
     store.put_bytes(layout.events_landing_key(spec, DAY), bytes(data))
-    P.extract(day_interval(DAY), path)
+    P.extract(day_interval(DAY), spec_name)
     with pytest.raises(BadBatchError, match="data does not decode") as err:
-        P.validate(day_interval(DAY), path)
+        P.validate(day_interval(DAY), spec_name)
     assert not any(noise in str(err.value) for noise in GX_NOISE)
     assert store.exists(layout.quarantine_prefix(spec, DAY) + "cause.json")
     assert not store.list(layout.staging_events_prefix(spec, DAY))

@@ -281,14 +281,16 @@ def home(tmp_path_factory):
 
 
 def _spec_file(home: Path, raw: dict) -> tuple[str, object]:
-    path = home / f"{raw['name']}.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    """Install `raw` in the home's spec directory; returns (its name, the spec)."""
     from include.mlops.spec import load_spec
 
-    return str(path), load_spec(str(path))
+    path = home / "specs" / f"{raw['name']}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return raw["name"], load_spec(raw["name"])
 
 
-def _train_and_log(home: Path, spec_path: str, spec, df: pd.DataFrame) -> dict:
+def _train_and_log(home: Path, spec_name: str, spec, df: pd.DataFrame) -> dict:
     """What pipeline.train hands to evaluate, without Feast: a fitted model logged in a run."""
     import mlflow
 
@@ -325,9 +327,9 @@ def test_evaluate_step_on_mlflow(home, cancer, wine, which):
             gate={"minimums": {"f1_macro": 0.8}, "slices": ["cohort"], "slice_min_rows": 10},
         )
         df = wine
-    spec_path, spec = _spec_file(home, raw)
-    tr = _train_and_log(home, spec_path, spec, df)
-    out = P.evaluate(tr, spec_path)
+    spec_name, spec = _spec_file(home, raw)
+    tr = _train_and_log(home, spec_name, spec, df)
+    out = P.evaluate(tr, spec_name)
     assert out["passed"], out["reasons"]
     assert out["nan_predictions"] == 0
     client = MlflowClient()
@@ -365,8 +367,8 @@ def test_batch_scoring_and_the_service_agree_with_positive_scores(home, cancer, 
         ("cancer", cancer, {"positive_class": "no"}),
         ("wine", wine, {"classes": WINE_NAMES}),
     ):
-        spec_path, spec = _spec_file(home, _raw_spec(f"{which}_serve", df, label))
-        tr = _train_and_log(home, spec_path, spec, df)
+        spec_name, spec = _spec_file(home, _raw_spec(f"{which}_serve", df, label))
+        tr = _train_and_log(home, spec_name, spec, df)
         client.create_registered_model(spec.model_name)
         version = str(client.create_model_version(spec.model_name, tr["model_uri"], tr["run_id"]).version)
         client.set_registered_model_alias(spec.model_name, "champion", version)
@@ -374,7 +376,7 @@ def test_batch_scoring_and_the_service_agree_with_positive_scores(home, cancer, 
         events = df[df["event_timestamp"].dt.date == day].drop(columns="label").reset_index(drop=True)
         store.put_parquet(staging_key(spec, day), events)
 
-        out = batch.score_batch(day_interval(day), spec_path)
+        out = batch.score_batch(day_interval(day), spec_name)
         scored_rows = pd.read_parquet(out["uri"].removeprefix("file://"))
         model = tr["model"]
         X = events[model_features(spec)]
@@ -465,12 +467,12 @@ def test_monitoring_performance_for_text_and_multiclass_labels(cancer, wine, whi
 )
 def test_positive_class_resolution(tmp_path, cancer, yaml_value, classes, index):
     from include.mlops.scores import positive_index
-    from include.mlops.spec import load_spec
+    from include.mlops.spec import load_spec_file
 
     raw = _raw_spec("cancer", cancer, {})
     text = yaml.safe_dump(raw, sort_keys=False).replace("feed: inline", f"feed: inline\n  positive_class: {yaml_value}")
     (tmp_path / "cancer.yaml").write_text(text)
-    spec = load_spec(str(tmp_path / "cancer.yaml"))
+    spec = load_spec_file(tmp_path / "cancer.yaml")
     assert positive_index(np.asarray(classes), spec) == index
     proba = np.array([[0.2, 0.8], [0.7, 0.3]])
     np.testing.assert_allclose(positive_scores(proba, classes, spec), proba[:, index])

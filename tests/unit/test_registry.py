@@ -37,3 +37,21 @@ def test_a_registry_that_does_not_answer_is_an_error_not_no_champion(monkeypatch
     with pytest.raises(Exception) as err:
         alias_version(client, "m_model", "champion")
     assert "Connection refused" in str(err.value) or "Max retries" in str(err.value)
+
+
+def _open_registry(uri: str) -> int:
+    from include.mlops.registry import mlflow_client
+
+    client = mlflow_client(uri)
+    return len(client.search_experiments()) + len(client.search_registered_models())
+
+
+def test_tasks_opening_a_new_sqlite_registry_at_once_all_succeed(tmp_path):
+    """A fresh home: four processes create the tracking database at the same moment (as
+    ml_monitoring and ml_batch_scoring did), and none fails on the schema migration."""
+    import multiprocessing
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        counts = pool.map(_open_registry, [uri] * 4)
+    assert counts == [1, 1, 1, 1]  # the Default experiment, no registered model

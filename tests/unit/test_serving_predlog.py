@@ -112,3 +112,27 @@ def test_records_are_filed_under_their_event_day_else_the_request_day(tmp_path, 
     df = read_all(store, spec).set_index("request_id")
     assert df.loc["r0", spec.timestamp] == pd.Timestamp("2026-10-05T13:30:00Z")
     assert pd.isna(df.loc["r2", spec.timestamp]) and list(df.columns[:2]) == ["ts", spec.timestamp]
+
+
+def test_every_row_names_its_variant_and_version_and_shadow_rows_are_not_answers(tmp_path, spec):
+    """One request answered by the champion and scored by the shadow, another answered by the
+    canary: each row keeps who scored it, and only the shadow's is not an answer."""
+    from include.mlops.serving.predlog import is_answer
+
+    store = ObjectStore(f"file://{tmp_path}")
+    plog = PredictionLog(store, spec, "churn_model", flush_seconds=60)
+    plog.start()
+    answered = batch(spec, 0, 4)
+    shadowed = batch(spec, 0, 4, variant="shadow")  # the same request ids, scored by the shadow
+    shadowed.model_version = ["4"] * 4
+    canary = batch(spec, 10, 2, variant="challenger")
+    canary.model_version = ["4"] * 2
+    for b in (answered, shadowed, canary):
+        plog.submit(b)
+    plog.close()
+    df = read_all(store, spec)
+    rows = df.groupby(["variant", "model_version"]).size().to_dict()
+    assert rows == {("champion", "3"): 4, ("shadow", "4"): 4, ("challenger", "4"): 2}
+    assert df["variant"].notna().all() and df["model_version"].notna().all()
+    answers = df[is_answer(df["variant"])]
+    assert len(answers) == 6 and answers["request_id"].is_unique  # each request answered once

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from include.mlops.constants import SPEC_DIR
-from include.mlops.spec import SpecError, load_spec, parse_spec, read_yaml
+from include.mlops.spec import SpecError, load_spec, load_spec_file, parse_spec, read_yaml
 
 
 def churn_raw() -> dict:
@@ -42,7 +42,7 @@ def test_yes_no_stay_text(tmp_path: Path):
     text = (SPEC_DIR / "churn.yaml").read_text().replace("positive_class: 1", "positive_class: yes")
     p = tmp_path / "churn.yaml"
     p.write_text(text)
-    spec = load_spec(str(p))
+    spec = load_spec_file(p)
     assert spec.label_spec.positive_class == "yes"
     assert spec.feature("paperless_billing").values == ("yes", "no")
 

@@ -140,3 +140,39 @@ def test_metrics_cover_the_issue_lists(spec):
     assert set(m) == set(BINARY_METRICS)  # every metric a binary gate may name
     r = E.metrics([1.0, 2.0, 3.0], [1.1, 2.1, 2.7], load_spec("housing"))
     assert set(r) == {"rmse", "mae", "r2"}
+
+
+def _lr(spec, drop=()):
+    raw = spec.to_dict()
+    raw["model"] = {**raw["model"], "family": "logistic_regression", "params": {}}
+    raw["features"] = {k: v for k, v in raw["features"].items() if k not in drop}
+    return parse_spec(raw)
+
+
+def test_champion_load_or_scoring_errors_fail_the_gate(spec, frame):
+    s = _lr(spec)
+    model = T.build_pipeline(s).fit(frame[model_features(s)], frame[s.label])
+
+    def registry_down(uri):
+        raise RuntimeError(f"API request to {uri} failed with error code 500")
+
+    with pytest.raises(E.GateError, match=r"cannot load the champion churn_model v3 .*error code 500"):
+        E.score_version(s, "3", frame, registry_down, role="champion")
+    broken = frame.assign(tenure_months="not a number")  # the champion cannot score these rows
+    with pytest.raises(E.GateError, match=r"champion churn_model v3 could not score the holdout"):
+        E.score_version(s, "3", broken, lambda uri: model, role="champion")
+    got = E.score_version(s, "3", frame, lambda uri: model, role="champion")
+    assert got.version == "3" and 0.6 < got.metrics["roc_auc"] < 1
+
+
+def test_champion_on_other_features_scores_what_it_can(spec, frame):
+    """A champion trained without a feature the spec added scores the same rows with its own
+    columns; one that needs a feature the holdout lacks says so (the feature_change rule)."""
+    narrow = _lr(spec, drop=("region",))
+    old = T.build_pipeline(narrow).fit(frame[model_features(narrow)], frame[narrow.label])
+    got = E.score_version(_lr(spec), "2", frame, lambda uri: old, role="champion")
+    assert isinstance(got, E.VersionScore)
+    full = _lr(spec)
+    wide = T.build_pipeline(full).fit(frame[model_features(full)], frame[full.label])
+    why = E.score_version(narrow, "2", frame.drop(columns=["region"]), lambda uri: wide, role="champion")
+    assert why == "v2 was trained on features this holdout does not have (region): the spec's features changed"

@@ -14,8 +14,6 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from include.mlops.spec import SpecError
-
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -37,14 +35,17 @@ class LandedDay:
 
 
 def install_spec(spec_path: Path, home: Path) -> Path:
-    """Copy a spec into `$MLOPS_HOME/specs/<name>.yaml`, where the DAGs and the service find it by name."""
-    from include.mlops.spec import load_spec
+    """Copy a spec file into `$MLOPS_HOME/specs/<name>.yaml`, where the DAGs and the service find it
+    by name (they take names only). The copy replaces whatever is there, a link included."""
+    from include.mlops.spec import load_spec_file
 
-    spec = load_spec(str(spec_path))
+    spec = load_spec_file(spec_path)
     dst = home / "specs" / f"{spec.name}.yaml"
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if spec_path.resolve() != dst.resolve():
-        shutil.copyfile(spec_path, dst)
+    if dst.is_symlink() or spec_path.resolve() != dst.resolve():
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.copyfile(spec_path, tmp)
+        tmp.replace(dst)  # replaces a link itself, never writes through it
     return dst
 
 
@@ -165,11 +166,3 @@ def land(df: pd.DataFrame, spec: DatasetSpec, store: ObjectStore, source_name: s
             )
         out.append(LandedDay(day, len(events), len(rows), ev_uri, lab_uri))
     return out
-
-
-def check_spec_file(path: Path) -> DatasetSpec:
-    from include.mlops.spec import parse_spec, read_yaml
-
-    if not path.exists():
-        raise SpecError(f"{path}: no such file")
-    return parse_spec(read_yaml(path), str(path))

@@ -5,6 +5,7 @@
 | POST /predict | `{"records": [...]}` (feature rows, or `{"<entity key>": id}` for online-store features), `{"entity_ids": [...]}`, or one record |
 | POST /invocations | MLflow's scoring protocol: `dataframe_split`, `dataframe_records`, `instances`, `inputs` (JSON) or CSV |
 | GET /health, /ping, /ready | liveness; MLflow-style ping and readiness (200 only once a champion is loaded) |
+| GET /ready while the registry fails or hangs | still 200 once a champion is loaded, with `"registry": {"status": "degraded", "error", "since", ...}` and `"degraded": true` (/health adds the same `registry` block) |
 | GET /metrics | Prometheus |
 | POST /admin/reload, /admin/flush | re-read the registry now / write the prediction log now (bearer MLOPS_ADMIN_TOKEN) |
 
@@ -17,6 +18,14 @@ for int64 (a numeric string such as "42" is refused, not coerced); the wrong typ
 the key. Bad input is a 422 with field-level errors (`{"detail": [{"loc", "msg", "type"}]}`), an
 oversized body a 413, never a 500. Handlers are plain `Request` -> `Response` functions: at a
 few milliseconds per model call, pydantic models per request would be a visible tax.
+
+A registry that errors or hangs does not make the service unready: the models in memory keep
+answering /predict, so /ready stays 200 (a load balancer keeps routing to it) and says what is
+wrong instead: `registry.status` is `degraded` from the first failed or timed-out poll (each read
+waits at most MLOPS_SERVE_REGISTRY_TIMEOUT seconds), with the last error, `since` (UTC) and the
+last good read; alias moves are not followed until it answers again. A model version whose
+artifact is refused (a format that can run code, or a type outside the allowlist:
+`include.mlops.model_io`) is listed under `refused` with the reason, and never serves.
 """
 
 from __future__ import annotations
@@ -189,8 +198,12 @@ class Service:
     def status(self) -> dict[str, Any]:
         st = self.manager.state
         ready = st is not None and self.lookup_ready
+        registry = self.manager.registry.describe()
         return {
             "status": "ready" if ready else "loading",
+            "degraded": registry["status"] == "degraded",
+            "registry": registry,
+            "refused": dict(self.manager.refused),
             "model_name": self.name,
             "dataset": self.spec.name,
             "strategy": st.strategy if st else None,
@@ -427,12 +440,16 @@ def create_app(cfg: ServeConfig | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
-        """Liveness: the process answers."""
+        """Liveness: the process answers (and says so when the registry is degraded)."""
+        registry = svc.manager.registry.describe() if hasattr(svc, "manager") else None
+        if registry and registry["status"] == "degraded":
+            return _json({"status": "ok", "registry": registry})
         return _json({"status": "ok"})
 
     @app.get("/ready")
     async def ready() -> Response:
-        """Readiness: 200 only once a champion is loaded (and says which versions serve)."""
+        """Readiness: 200 only once a champion is loaded (and says which versions serve); a
+        degraded registry keeps it 200 and is reported in `registry`/`degraded`."""
         st = svc.status()
         return _json(st, 200 if st["status"] == "ready" else 503)
 

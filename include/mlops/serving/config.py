@@ -33,6 +33,7 @@ class ServeConfig:
     | MLOPS_SERVE_HOST | 127.0.0.1 | bind address |
     | MLOPS_SERVE_PORT | 8000 | port |
     | MLOPS_SERVE_POLL_SECONDS | 5 | how often the registry's aliases are read |
+    | MLOPS_SERVE_REGISTRY_TIMEOUT | 10 | longest wait for one registry read before /ready says `registry: degraded` |
     | MLOPS_ADMIN_TOKEN | (unset: admin endpoints refuse) | bearer token for POST /admin/* |
     | MLOPS_SERVE_MAX_BODY_BYTES | 1048576 | larger bodies get 413 |
     | MLOPS_SERVE_MAX_RECORDS | 1000 | more records in one request get 413 |
@@ -45,12 +46,13 @@ class ServeConfig:
     | MLOPS_SERVE_STRATEGY | (registry tag, then spec) | pins the deployment strategy |
     | MLOPS_SERVE_CANARY_SHARE | (registry tag, then spec) | pins the canary share |
     | MLOPS_SERVE_ACCESS_LOG | false | uvicorn access log |
-    | MLOPS_SERVE_SPEC | (MLOPS_DATASET) | dataset spec name or path |
+    | MLOPS_SERVE_SPEC | (MLOPS_DATASET) | dataset spec name (installed in a spec directory) |
     """
 
     host: str = "127.0.0.1"
     port: int = 8000
     poll_seconds: float = 5.0
+    registry_timeout: float = 10.0
     admin_token: str | None = None
     max_body_bytes: int = 1_048_576
     max_records: int = 1000
@@ -75,6 +77,7 @@ class ServeConfig:
             host=e.get("MLOPS_SERVE_HOST") or "127.0.0.1",
             port=int(e.get("MLOPS_SERVE_PORT") or 8000),
             poll_seconds=float(e.get("MLOPS_SERVE_POLL_SECONDS") or 5),
+            registry_timeout=float(e.get("MLOPS_SERVE_REGISTRY_TIMEOUT") or 10),
             admin_token=e.get("MLOPS_ADMIN_TOKEN") or None,
             max_body_bytes=int(e.get("MLOPS_SERVE_MAX_BODY_BYTES") or 1_048_576),
             max_records=int(e.get("MLOPS_SERVE_MAX_RECORDS") or 1000),

@@ -7,6 +7,17 @@ replaced, by one reference assignment. Requests read the state once and keep the
 were routed to, so a swap never fails or delays a request, and a model that fails to load or
 to pass its smoke test is never served (the old one stays). Recently served versions stay in
 memory, so switching back (blue/green, rollback) is instant.
+
+Models are loaded through `include.mlops.model_io`: only the sklearn flavour in skops format with
+the code's trusted types; anything else is refused unopened (`refused` in /ready says which
+version and why) and the last good model keeps serving.
+
+Every registry read has a deadline (`MLOPS_SERVE_REGISTRY_TIMEOUT`): it runs on a helper thread
+and the poll thread waits for it at most that long, so a registry that hangs cannot hold the
+poll thread (MLflow's own HTTP timeout is 120 s per try, with up to 7 retries); one unanswered
+read at a time, never a pile of them. While reads fail or hang, `registry` in /ready says
+`degraded`, with the last error and since when; requests keep being answered by the models in
+memory.
 """
 
 from __future__ import annotations
@@ -16,8 +27,9 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from include.mlops.scores import scores_from_proba
 from include.mlops.serving.config import CANARY_SHARE_TAG, STRATEGIES, STRATEGY_TAG
@@ -37,8 +49,55 @@ RETRY_FAILED_SECONDS = 60.0
 KEEP_RECENT = 2  # champions kept in memory after they stop serving (instant switch back)
 
 
+T = TypeVar("T")
+
+
 class SmokeTestFailed(Exception):
     """A freshly loaded model gave outputs of the wrong shape or range on known inputs."""
+
+
+class RegistryTimeout(Exception):
+    """A registry read got no answer within MLOPS_SERVE_REGISTRY_TIMEOUT."""
+
+
+def _utc(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class RegistryHealth:
+    """How the last registry reads went: `ok`, `degraded` (failing or hanging) or `unknown`
+    (none finished yet); `since` is when that status began."""
+
+    status: str = "unknown"
+    error: str | None = None
+    since: float | None = None
+    last_ok: float | None = None
+    failures: int = 0
+
+    def ok(self, now: float) -> None:
+        if self.status != "ok":
+            self.status, self.since = "ok", now
+        self.error, self.last_ok, self.failures = None, now, 0
+
+    def failed(self, error: str, now: float) -> None:
+        if self.status != "degraded":
+            self.status, self.since = "degraded", now
+        self.error = error
+        self.failures += 1
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "error": self.error,
+            "since": _utc(self.since),
+            "last_ok": _utc(self.last_ok),
+            "failed_polls": self.failures,
+        }
 
 
 @dataclass
@@ -134,7 +193,10 @@ class ModelManager:
         self.name = spec.model_name
         self.state: ServingState | None = None
         self.last_error: str | None = None
+        self.registry = RegistryHealth()
         self.pending: dict[str, str] = {}  # alias -> why the version it names is not serving
+        self.refused: dict[str, str] = {}  # version -> why its artifact was refused (unsafe format or types)
+        self._inflight: tuple[threading.Thread, float, str] | None = None
         self._cache: dict[str, LoadedModel] = {}
         self._recent: list[str] = []
         self._failed: dict[str, tuple[float, str]] = {}
@@ -148,6 +210,13 @@ class ModelManager:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
+        import math
+        import os
+
+        # MLflow's HTTP client waits 120 s per try and retries 7 times by default: bound its own
+        # calls too (downloads included), unless the operator set these for the process
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, math.ceil(self.cfg.registry_timeout))))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         self._thread = threading.Thread(target=self._run, name="model-manager", daemon=True)
         self._thread.start()
 
@@ -173,17 +242,31 @@ class ModelManager:
         while not self._stop.is_set():
             with self._cond:
                 ticket = self._requested
-            try:
-                self.refresh()
-                self.last_error = None
-            except Exception as exc:  # the registry may be down: keep serving what we have
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("registry refresh failed: %s", self.last_error)
+            self.poll()
             with self._cond:
                 self._done = max(self._done, ticket)
                 self._cond.notify_all()
             self._wake.wait(self.cfg.poll_seconds)
             self._wake.clear()
+
+    def poll(self) -> None:
+        """One registry read and whatever it brings; a failure or a hang (bounded) marks the
+        registry degraded and changes nothing that serves."""
+        try:
+            self.refresh()
+            self.last_error = None
+            if self.registry.status == "degraded":
+                log.info("registry answers again (degraded since %s)", _utc(self.registry.since))
+            self.registry.ok(time.time())
+        except Exception as exc:  # the registry may be down: keep serving what we have
+            self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            self.registry.failed(self.last_error, time.time())
+            log.warning(
+                "registry degraded since %s (serving %s from memory): %s",
+                _utc(self.registry.since),
+                self.state.roles() if self.state else "nothing yet",
+                self.last_error,
+            )
 
     def loaded(self, version: str) -> LoadedModel | None:
         """A version already in memory (serving, standby or recently served), or None: never loads."""
@@ -198,6 +281,38 @@ class ModelManager:
             # serve`) would otherwise look for the versions in MLflow's default registry
             self._client = mlflow_client(self.tracking_uri)
         return self._client
+
+    def _registry_call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on a helper thread, waited for at most `cfg.registry_timeout` seconds. A
+        read still unanswered from an earlier poll makes this one fail at once: at most one
+        thread is ever stuck on a hanging registry."""
+        inflight = self._inflight
+        if inflight is not None and inflight[0].is_alive():
+            age = time.monotonic() - inflight[1]
+            raise RegistryTimeout(
+                f"{inflight[2]} has had no answer from the registry at {self.tracking_uri} for {age:.0f}s"
+            )
+        box: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                box["result"] = fn(*args)
+            except BaseException as exc:  # handed to the poll thread below
+                box["error"] = exc
+
+        worker = threading.Thread(target=call, name="registry-read", daemon=True)
+        self._inflight = (worker, time.monotonic(), what)
+        worker.start()
+        worker.join(self.cfg.registry_timeout)
+        if worker.is_alive():
+            raise RegistryTimeout(
+                f"{what}: no answer from the registry at {self.tracking_uri} within {self.cfg.registry_timeout:g}s "
+                "(MLOPS_SERVE_REGISTRY_TIMEOUT)"
+            )
+        self._inflight = None
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
 
     def _deployment(self, tags: dict[str, str]) -> tuple[str, float]:
         dep = self.spec.deployment
@@ -215,7 +330,7 @@ class ModelManager:
 
     def refresh(self) -> ServingState | None:
         """Read aliases and tags; load what is missing; swap if anything changed."""
-        rm = self.client().get_registered_model(self.name)
+        rm = self._registry_call(f"reading registered model {self.name}", self.client().get_registered_model, self.name)
         aliases = {k: str(v) for k, v in (rm.aliases or {}).items()}
         strategy, share = self._deployment(dict(rm.tags or {}))
         pending: dict[str, str] = {}
@@ -266,7 +381,10 @@ class ModelManager:
         if version in self._cache:
             return self._cache[version].tags
         try:
-            return dict(self.client().get_model_version(self.name, version).tags or {})
+            mv = self._registry_call(
+                f"reading {self.name} v{version}", self.client().get_model_version, self.name, version
+            )
+            return dict(mv.tags or {})
         except Exception:
             return {}
 
@@ -287,8 +405,19 @@ class ModelManager:
         failed = self._failed.get(version)
         if failed and time.monotonic() - failed[0] < RETRY_FAILED_SECONDS:
             return None
+        from include.mlops.model_io import UnsafeModelError
+
         try:
             lm = self.load(version)
+        except RegistryTimeout:
+            raise  # the registry, not the version: the poll fails and /ready says degraded
+        except UnsafeModelError as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:1000]
+            log.error("REFUSED %s v%s; it will not serve, the last good model stays: %s", self.name, version, reason)
+            self._failed[version] = (time.monotonic(), reason)
+            self.refused[version] = reason
+            self.metrics.model_loads.labels(outcome="refused").inc()
+            return None
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"[:500]
             log.error("could not load %s v%s; it will not serve: %s", self.name, version, reason)
@@ -296,6 +425,7 @@ class ModelManager:
             self.metrics.model_loads.labels(outcome="failed").inc()
             return None
         self._failed.pop(version, None)
+        self.refused.pop(version, None)
         self._cache[version] = lm
         # A model and the libraries behind it are millions of long-lived objects; left to the
         # cyclic GC, every full collection walks them all and stalls requests for ~0.3 s.
@@ -305,15 +435,16 @@ class ModelManager:
         return lm
 
     def load(self, version: str) -> LoadedModel:
-        """Download, load, check the signature against the spec, warm up and smoke-test."""
-        import mlflow.sklearn
+        """Download, check the format and types and load (`model_io`), check the signature
+        against the spec, warm up and smoke-test."""
         from mlflow.artifacts import download_artifacts
         from mlflow.models import Model
 
+        from include.mlops import model_io
         from include.mlops.serving.validation import RecordValidator, signature_columns
 
         t0 = time.perf_counter()
-        mv = self.client().get_model_version(self.name, version)
+        mv = self._registry_call(f"reading {self.name} v{version}", self.client().get_model_version, self.name, version)
         with tempfile.TemporaryDirectory(prefix=f"mlops-serve-{version}-") as tmp:
             local = download_artifacts(
                 artifact_uri=f"models:/{self.name}/{version}",
@@ -321,8 +452,8 @@ class ModelManager:
                 tracking_uri=self.tracking_uri,
                 registry_uri=self.tracking_uri,
             )
+            model = model_io.load_local(local, f"{self.name} v{version}")  # refused unopened unless skops + allowlist
             meta = Model.load(local)
-            model = mlflow.sklearn.load_model(local)
             try:
                 example = meta.load_input_example(local)
             except Exception:

@@ -7,6 +7,20 @@ when the caller sent one, else of the request), every few seconds or every N row
 and once more on shutdown, so nothing that was answered is lost. A failed write is retried
 on the next cycle; the buffer is bounded so that a dead object store cannot exhaust memory
 (rows dropped past the bound are counted in a metric and logged).
+
+Every row names what produced it: `model_version` (the registry version that scored it) and
+`variant`, the role of that version for the request:
+
+| variant | answered the caller | written by |
+|---|---|---|
+| champion | yes | the service (the champion's share of traffic), batch scoring |
+| challenger | yes | the service: a canary's share of traffic |
+| pinned | yes | the service: an admin request pinned to one version (deploy checks) |
+| shadow | no: scored in addition, the caller got the champion's answer | the service in a shadow phase (same request id as the answer) |
+
+Monitoring counts every variant but `shadow` as an answer (`is_answer`). Logs written before
+these columns existed are read as the champion's answers of an unknown version
+(`with_variant_columns`).
 """
 
 from __future__ import annotations
@@ -51,6 +65,38 @@ class LogBatch:
 
     def __len__(self) -> int:
         return len(self.request_id)
+
+
+SHADOW_VARIANT = "shadow"  # the one variant that never answered (serving.routing.SHADOW)
+DEFAULT_VARIANT = "champion"  # what a row without a variant was: the champion's answer
+UNKNOWN_VERSION = "unknown"  # the version of a row written before the log named it
+
+
+def is_answer(variant: pd.Series) -> pd.Series:
+    """Which rows answered a caller: every variant but shadow (a shadow row is a second opinion
+    on a request the champion answered, so counting it would count that request twice)."""
+    return variant.astype("object").fillna(DEFAULT_VARIANT).astype(str) != SHADOW_VARIANT
+
+
+def with_variant_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """`variant` and `model_version` as text on every row: a log (or a row) from before the
+    columns existed reads as the champion's answer of an unknown version."""
+    import pandas as pd
+
+    out = df.copy(deep=False)  # new columns replace, never write into, the caller's
+    for col, default in (("variant", DEFAULT_VARIANT), ("model_version", UNKNOWN_VERSION)):
+        values = out[col] if col in out.columns else pd.Series(None, index=out.index, dtype="object")
+        text = values.astype("object").where(values.notna(), None)
+        out[col] = text.map(lambda v, d=default: _label(v, d)).astype("object")
+    return out
+
+
+def _label(value: Any, default: str) -> str:
+    if value is None or str(value).strip() == "":
+        return default
+    if isinstance(value, float) and value.is_integer():  # 3.0: an integer column that met a gap
+        return str(int(value))
+    return str(value).strip()
 
 
 def prediction_prefix(spec: DatasetSpec) -> str:
