@@ -47,5 +47,6 @@ def known_datasets() -> list[str]:
     """Dataset specs that ship with the project (cheap: file names only, nothing parsed)."""
     return sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
 
+
 # A spec's name (and what the `dataset` param and MLOPS_DATASET take): a slug, never a path.
 SPEC_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
