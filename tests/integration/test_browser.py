@@ -35,7 +35,7 @@ DESCRIPTIONS = {
     "ml_retraining": "Train, evaluate, register and deploy again",
     "ml_monitoring": "One day of predictions and late labels",
     "ml_batch_scoring": "scored by the champion",
-    "ml_rollback": "champion back to the previous version",
+    "ml_rollback": "undo the last promotion",
 }
 
 

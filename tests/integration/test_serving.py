@@ -148,6 +148,12 @@ def read_log(store, spec):
 # -- scoring --------------------------------------------------------------------------------------
 def test_ready_health_and_ping(http, home):
     assert http.get("/health").json() == {"status": "ok"}
+    # a test before this one may have just put v1 back in the registry without telling this
+    # service: it follows by its own poll
+    deadline = time.monotonic() + 10 * POLL_SECONDS + 30
+    while (body := http.get("/ready").json())["champion"]["version"] != home["v1"]:
+        assert time.monotonic() < deadline, f"the service did not come back to v{home['v1']}: {body}"
+        time.sleep(0.1)
     ready = http.get("/ready")
     assert ready.status_code == 200
     body = ready.json()
