@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 from mlops_airflow.dates import start_date
-
-from include.mlops.constants import SPEC_NAME_PATTERN
+from mlops_airflow.params import dataset_param
 
 DEFAULT_ARGS = {"owner": "mlops", "retries": 2, "retry_delay": timedelta(seconds=30)}
 
@@ -33,14 +32,7 @@ DEFAULT_ARGS = {"owner": "mlops", "retries": 2, "retry_delay": timedelta(seconds
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
-    params={
-        "dataset": Param(
-            None,
-            type=["null", "string"],
-            pattern=SPEC_NAME_PATTERN,
-            description="Dataset spec name (installed in a spec directory); empty uses MLOPS_DATASET",
-        )
-    },
+    params={"dataset": dataset_param()},
     tags=["mlops", "scoring"],
     doc_md=__doc__,
 )

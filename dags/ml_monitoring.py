@@ -29,13 +29,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import AssetAlias, Param, dag, task
+from airflow.sdk import AssetAlias, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 from mlops_airflow.dates import start_date
 from mlops_airflow.monitoring_operators import MonitoringOperator
 from mlops_airflow.notifiers import DriftDecisionNotifier, TaskFailureNotifier
+from mlops_airflow.params import dataset_param
 
-from include.mlops.constants import SPEC_NAME_PATTERN
 from include.mlops.drift_policy import DRIFT_ALIAS
 
 DRIFT = AssetAlias(DRIFT_ALIAS)
@@ -46,12 +46,7 @@ DEFAULT_ARGS = {
     "on_failure_callback": [TaskFailureNotifier()],
 }
 PARAMS = {
-    "dataset": Param(
-        None,
-        type=["null", "string"],
-        pattern=SPEC_NAME_PATTERN,
-        description="Dataset spec name (installed in a spec directory); empty uses MLOPS_DATASET",
-    ),
+    "dataset": dataset_param(),
 }
 
 

@@ -33,8 +33,9 @@ from airflow.sdk import Asset, AssetAny, Param, dag, task
 from mlops_airflow.dates import start_date
 from mlops_airflow.notifiers import GateDecisionNotifier, TaskFailureNotifier
 from mlops_airflow.operators import MlflowPromoteOperator, MlflowRegisterOperator, mlflow_task
+from mlops_airflow.params import dataset_param
 
-from include.mlops.constants import DATA_STRATEGIES, SPEC_NAME_PATTERN, STRATEGIES, known_datasets
+from include.mlops.constants import DATA_STRATEGIES, STRATEGIES, known_datasets
 from include.mlops.drift_policy import drift_asset_uri
 
 DEFAULT_ARGS = {
@@ -45,12 +46,7 @@ DEFAULT_ARGS = {
 }
 DRIFT_ASSETS = [Asset(drift_asset_uri(name)) for name in known_datasets()]
 PARAMS = {
-    "dataset": Param(
-        None,
-        type=["null", "string"],
-        pattern=SPEC_NAME_PATTERN,
-        description="Dataset spec name; empty uses the drift event's, else MLOPS_DATASET",
-    ),
+    "dataset": dataset_param("the drift event's, else MLOPS_DATASET"),
     "window_end": Param(
         None,
         type=["null", "string"],

@@ -24,8 +24,7 @@ from datetime import timedelta
 from airflow.sdk import Param, dag, task
 from mlops_airflow.dates import start_date
 from mlops_airflow.notifiers import RollbackNotifier, TaskFailureNotifier
-
-from include.mlops.constants import SPEC_NAME_PATTERN
+from mlops_airflow.params import dataset_param
 
 DEFAULT_ARGS = {
     "owner": "mlops",
@@ -42,12 +41,7 @@ DEFAULT_ARGS = {
     catchup=False,
     default_args=DEFAULT_ARGS,
     params={
-        "dataset": Param(
-            None,
-            type=["null", "string"],
-            pattern=SPEC_NAME_PATTERN,
-            description="Dataset spec name (installed in a spec directory); empty uses MLOPS_DATASET",
-        ),
+        "dataset": dataset_param(),
         "to_version": Param(
             None, type=["null", "string"], description="Version to restore; empty undoes the last promotion"
         ),

@@ -43,8 +43,9 @@ from mlops_airflow.operators import (
     MlflowRegisterOperator,
     mlflow_task,
 )
+from mlops_airflow.params import dataset_param
 
-from include.mlops.constants import SPEC_NAME_PATTERN, STRATEGIES
+from include.mlops.constants import STRATEGIES
 
 DEFAULT_ARGS = {
     "owner": "mlops",
@@ -53,12 +54,7 @@ DEFAULT_ARGS = {
     "on_failure_callback": [TaskFailureNotifier()],
 }
 PARAMS = {
-    "dataset": Param(
-        None,
-        type=["null", "string"],
-        pattern=SPEC_NAME_PATTERN,
-        description="Dataset spec name (installed in a spec directory); empty uses MLOPS_DATASET",
-    ),
+    "dataset": dataset_param(),
     "train": Param(True, type="boolean", description="False ingests only (extract, validate, prepare)"),
     "window_days": Param(None, type=["null", "integer"], minimum=1, description="Training window override (days)"),
     "deploy_strategy": Param(

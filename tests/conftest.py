@@ -260,3 +260,15 @@ def busy_cores():
             p.kill()
         for p in procs:
             p.wait(timeout=30)
+
+
+@pytest.fixture
+def keep_mlflow_uris() -> Iterator[None]:
+    """For tests that point MLflow's process-wide tracking and registry URIs at their own home
+    (setup_mlflow, mlflow_client): the URIs are put back for the tests that follow."""
+    import mlflow
+
+    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    yield
+    mlflow.set_tracking_uri(saved[0])
+    mlflow.set_registry_uri(saved[1])

@@ -50,6 +50,17 @@ def test_every_dag_is_documented_tagged_and_retried(dagbag):
             assert task.owner and task.owner != "airflow", f"{dag_id}.{task.task_id} has no owner"
 
 
+def test_the_dataset_param_takes_a_spec_name_never_a_path(dagbag):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    for dag_id, dag in dagbag.dags.items():
+        param = dag.params.get_param("dataset")
+        assert param.resolve(None) is None and param.resolve("churn") == "churn", dag_id
+        for bad in ("/etc/x.yaml", "../../specs/churn", "churn.yaml", "Churn"):
+            with pytest.raises(ParamValidationError):
+                param.resolve(bad)
+
+
 def test_ml_training_shape(dagbag):
     dag = dagbag.get_dag("ml_training")
     chain = ["extract", "validate", "prepare", "train", "evaluate", "register", "deploy"]

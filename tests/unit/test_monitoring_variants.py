@@ -26,15 +26,7 @@ ROWS = 600  # requests of the day: the first half in the shadow phase, the rest 
 CANARY_SHARE = 0.2
 
 
-@pytest.fixture(autouse=True)
-def keep_mlflow_uris():
-    """Monitoring points MLflow's process-wide URIs at the home: put them back afterwards."""
-    import mlflow
-
-    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield
-    mlflow.set_tracking_uri(saved[0])
-    mlflow.set_registry_uri(saved[1])
+pytestmark = pytest.mark.usefixtures("keep_mlflow_uris")
 
 
 def _train(spec, raw, labels, flip: bool):

@@ -20,15 +20,7 @@ PASSED = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
 REJECTED = {"passed": False, "reasons": ["roc_auc 0.6 < 0.7"], "metrics": {"roc_auc": 0.6}}
 
 
-@pytest.fixture(autouse=True)
-def keep_mlflow_uris():
-    """setup_mlflow sets MLflow's process-wide URIs: put them back for the tests that follow."""
-    import mlflow
-
-    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield
-    mlflow.set_tracking_uri(saved[0])
-    mlflow.set_registry_uri(saved[1])
+pytestmark = pytest.mark.usefixtures("keep_mlflow_uris")
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,7 @@ import pytest
 
 from include.mlops.registry import alias_version, mlflow_client
 
-
-@pytest.fixture(autouse=True)
-def keep_mlflow_uris():
-    """mlflow_client sets MLflow's process-wide URIs: put them back for the tests that follow."""
-    import mlflow
-
-    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield
-    mlflow.set_tracking_uri(saved[0])
-    mlflow.set_registry_uri(saved[1])
+pytestmark = pytest.mark.usefixtures("keep_mlflow_uris")
 
 
 def test_missing_model_and_missing_alias_read_as_none(tmp_path):
