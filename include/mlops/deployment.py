@@ -62,7 +62,28 @@ JUDGED_PERCENTILES = ("p50", "p95")
 
 
 class DeploymentCheckFailed(Exception):
-    """The new model failed its smoke or load test; the aliases were moved back."""
+    """The new model failed its smoke or load test; the aliases were moved back.
+
+    Besides the message it carries what the alerts read, never recognised from the text:
+    `model` and `version` (the one being deployed; None where not known, e.g. a check helper),
+    `rolled_back` (this rollout was undone: the champion went back, or a staged version was
+    withdrawn before it went live) and `rolled_back_to` (the champion after that; None when
+    there was none). Constructible with the message alone; pickles with its fields."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        model: str | None = None,
+        version: str | None = None,
+        rolled_back: bool = False,
+        rolled_back_to: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.model = model
+        self.version = None if version is None else str(version)
+        self.rolled_back = rolled_back
+        self.rolled_back_to = None if rolled_back_to is None else str(rolled_back_to)
 
 
 # -- the service under test -----------------------------------------------------------------------
@@ -820,11 +841,13 @@ def rollout(
             "checked": True,
             "resumed": True,
             "move": move.move,
+            "gate_passed": True,
         }
     if move is not None and move.status != R.PENDING:
         raise DeploymentCheckFailed(
             f"this run's promotion of v{version} ended {move.status} at {move.at}: {move.outcome}; "
-            f"it is not promoted again (ledger move {move.move})"
+            f"it is not promoted again (ledger move {move.move})",
+            **_ended_as(model, version, move.status, move.from_version),
         )
     resumed = move is not None
     if move is not None:
@@ -876,7 +899,8 @@ def rollout(
             now = R.move_record(store, model, move.move)
             if now is not None and now.status != R.PENDING:  # a rollback ended the rollout meanwhile
                 raise DeploymentCheckFailed(
-                    f"the rollout of v{version} was ended ({now.status}) at {now.at} before the switch: {now.outcome}"
+                    f"the rollout of v{version} was ended ({now.status}) at {now.at} before the switch: {now.outcome}",
+                    **_ended_as(model, version, now.status, now.from_version),
                 )
 
         baseline = champion_before if champion_before not in (None, version) else None
@@ -890,7 +914,10 @@ def rollout(
         base = {**out, "strategy": strategy, "staged_check": staged, "resumed": resumed}
         if not out["promoted"]:
             if move is not None:  # the pending promotion was closed by someone else meanwhile
-                raise DeploymentCheckFailed(f"v{version} was not promoted: {out['message']}")
+                raise DeploymentCheckFailed(
+                    f"v{version} was not promoted: {out['message']}",
+                    **_ended_as(model, version, out.get("move_status"), out.get("previous")),
+                )
             return {**base, "checked": False}
 
         previous = out.get("previous")
@@ -915,7 +942,8 @@ def rollout(
             final = R.complete_move(client, store, move, outcome=checked)
             if final.status != R.DONE:
                 raise DeploymentCheckFailed(
-                    f"v{version} passed its check, but the rollout was ended ({final.status}) meanwhile: {final.outcome}"
+                    f"v{version} passed its check, but the rollout was ended ({final.status}) meanwhile: {final.outcome}",
+                    **_ended_as(model, version, final.status, final.from_version),
                 )
             log.info(checked)  # the promotion itself was logged by `promote`: each decision once
             msg = f"{out['message']}; {checked}"
@@ -938,12 +966,30 @@ def rollout(
             pass
         raise DeploymentCheckFailed(
             f"v{version} failed its post-deployment check on {where}: {reason}. {back} "
-            f"(ledger action rollback_after_failed_check; report deployment/post_promotion.json in run {mlflow_run})"
+            f"(ledger action rollback_after_failed_check; report deployment/post_promotion.json in run {mlflow_run})",
+            model=model,
+            version=version,
+            rolled_back=True,
+            rolled_back_to=previous,
         )
     finally:
         if handle is not None and handle.started:
             handle.close()
             handle.cleanup()
+
+
+def _ended_as(model: str, version: str, status: str | None, from_version: str | None) -> dict[str, Any]:
+    """The typed fields of the error raised when this run's promotion was ended elsewhere: a
+    rollback when the ledger move says `rolled_back` (the champion then is its `from_version`)."""
+    from include.mlops.registry import ROLLED_BACK
+
+    rolled_back = status == ROLLED_BACK
+    return {
+        "model": model,
+        "version": version,
+        "rolled_back": rolled_back,
+        "rolled_back_to": from_version if rolled_back else None,
+    }
 
 
 def _describe(ld: dict[str, Any]) -> str:
@@ -1230,7 +1276,11 @@ def _staged_failed(
     return DeploymentCheckFailed(
         f"{reason}. v{version} was never promoted; champion stays v{champion}; the rollout ended: the challenger "
         f"alias was removed and the strategy set back to direct, so the service stops routing to it "
-        f"({where}ledger action rollback_after_failed_check)"
+        f"({where}ledger action rollback_after_failed_check)",
+        model=model,
+        version=version,
+        rolled_back=True,
+        rolled_back_to=champion,
     )
 
 

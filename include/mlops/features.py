@@ -36,10 +36,6 @@ def model_features(spec: DatasetSpec) -> list[str]:
     return [*spec.feature_names, *derived_features(spec)]
 
 
-def model_categoricals(spec: DatasetSpec) -> list[str]:
-    return list(spec.categorical_features)
-
-
 def build_features(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """Cast raw columns to their spec types and add the derived features. Pure: no I/O."""
     import pandas as pd

@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCORE, PREDICTION, SOURCE = "score", "prediction", "source"
-REPORTS = ("data_drift", "prediction_drift", "performance", "data_quality")
 
 
 class NoChampion(Exception):
@@ -567,13 +566,6 @@ def quality_numbers(snapshot_dict: dict[str, Any]) -> dict[str, Any]:
             worst = max(worst, share if not math.isnan(share) else 1.0)
             failures.append({"check": f"{kind}({col})", "share": share, "description": t.get("description", "")})
     return {"passed": not failures, "failures": failures, "max_bad_share": worst, "shares": shares}
-
-
-def _report_value(snapshot_dict: dict[str, Any], mtype: str, column: str | None = None) -> Any:
-    for m in _metrics(snapshot_dict):
-        if _mtype(m) == mtype and (column is None or m.get("config", {}).get("column") == column):
-            return m.get("value")
-    return None
 
 
 # -- analysis (pure: frames in, numbers and snapshots out) ---------------------------------------------

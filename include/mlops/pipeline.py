@@ -979,6 +979,7 @@ def promote(
     complete: bool = True,
 ) -> dict[str, Any]:
     """Move `champion` if the gate passed; otherwise keep it and say why (not a failure).
+    `gate_passed` in the result says which: False is a gate rejection (what the gate alert reads).
 
     The move is a ledger transaction (see `registry`): this run's promotion of this version is
     begun once (`pending`), resumed by a retry, and with `complete` closed here (`done`); the
@@ -1005,7 +1006,7 @@ def promote(
         champion = alias_version(client, model, CHAMPION)  # raises when the registry does not answer
         msg = "not promoted: " + "; ".join(eval_out["reasons"])
         log.info("%s (champion stays v%s)", msg, champion)
-        return {"promoted": False, "message": msg, "champion": champion}
+        return {"promoted": False, "message": msg, "champion": champion, "gate_passed": False}
     base = promotion_base(dag_id, run_id, version)
     mine = moves_of(store, model, base)
     move = mine[-1] if mine else None
@@ -1023,13 +1024,14 @@ def promote(
             "previous": move.from_version,
             "move": move.move,
             "move_status": move.status,
+            "gate_passed": True,
         }
     if move is None:
         finish_open_moves(client, store, model)  # another run's interrupted promotion completes first
         if alias_version(client, model, CHAMPION) == version:
             msg = f"v{version} already champion"
             log.info(msg)
-            return {"promoted": False, "message": msg, "champion": version, "previous": None}
+            return {"promoted": False, "message": msg, "champion": version, "previous": None, "gate_passed": True}
         move = begin_move(
             client,
             store,
@@ -1058,4 +1060,5 @@ def promote(
         "move": move.move,
         "move_status": status,
         "resumed": resumed,
+        "gate_passed": True,
     }

@@ -103,8 +103,31 @@ class MlopsNotifier(BaseNotifier):
         self.log.info("alert %r: %s", alert.title, result)
 
 
+def _deploy_failure(exc: BaseException | None) -> BaseException | None:
+    """The deploy step's typed error in `exc` or its causes (the operator re-raises
+    `DeploymentCheckFailed` as `PromotionError` from it), read by its fields, not its text."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if hasattr(exc, "rolled_back"):
+            return exc
+        exc, seen = exc.__cause__, seen + 1  # `raise ... from`: never an unrelated error's context
+    return None
+
+
+def _model_of(dataset: str | None) -> str | None:
+    """The registered model of the task's dataset: its spec, or the default dataset's (the
+    `dataset` param empty), resolved as the steps resolve it; None when it cannot be read."""
+    from include.mlops.config import get_settings
+    from include.mlops.spec import load_spec
+
+    try:
+        return load_spec(dataset or get_settings().dataset).model_name
+    except Exception:  # an alert still goes out without the model's name
+        return None
+
+
 class TaskFailureNotifier(MlopsNotifier):
-    """A task failed for good; a `PromotionError` (post-deployment checks failed) is a rollback."""
+    """A task failed for good; a deploy error whose `rolled_back` is set is a rollback."""
 
     def build(self, context: Any) -> Any:
         from include.mlops.alerts import failure_alert
@@ -112,11 +135,12 @@ class TaskFailureNotifier(MlopsNotifier):
         ti = context["ti"]
         exc = context.get("exception")
         error = f"{type(exc).__name__}: {exc}" if exc is not None else "failed (no exception recorded)"
-        rollback = exc is not None and (type(exc).__name__ == "PromotionError" or "rolled back" in str(exc))
+        deploy = _deploy_failure(exc)
+        rollback = bool(getattr(deploy, "rolled_back", False))
         params = context.get("params") or {}
-        model = None
-        if rollback or params.get("dataset"):
-            model = f"{params.get('dataset') or ''}".rsplit("/", 1)[-1].removesuffix(".yaml") + "_model"
+        model = getattr(deploy, "model", None)
+        if model is None and (rollback or params.get("dataset")):
+            model = _model_of(params.get("dataset"))
         return failure_alert(
             ti.dag_id,
             ti.task_id,
@@ -159,7 +183,7 @@ class GateDecisionNotifier(MlopsNotifier):
         from include.mlops.alerts import gate_alert
 
         value = self.task_value(context)
-        if value.get("promoted") or not str(value.get("message", "")).startswith("not promoted"):
+        if value.get("promoted") or value.get("gate_passed") is not False:  # only a gate rejection
             return None
         eval_out = context["ti"].xcom_pull(task_ids=self.evaluate_task_id) or {}
         links = {"Airflow task log": self.log_url(context), "MLflow run": _mlflow_run_url(value)}

@@ -44,9 +44,7 @@ def test_every_dag_is_documented_tagged_and_retried(dagbag):
         assert dag.tags, f"{dag_id} has no tags"
         assert dag.doc_md and len(dag.doc_md) > 100, f"{dag_id} has no documentation"
         for task in dag.tasks:
-            assert task.retries >= 2 or task.task_id in getattr(dag, "no_retry_tasks", ()), (
-                f"{dag_id}.{task.task_id} retries < 2"
-            )
+            assert task.retries >= 2, f"{dag_id}.{task.task_id} retries < 2"
             assert task.owner and task.owner != "airflow", f"{dag_id}.{task.task_id} has no owner"
 
 

@@ -332,6 +332,7 @@ def test_gate_and_failure_notifiers(airflow_db, webhook, monkeypatch):
         "champion": "1",
         "run_id": "r2",
         "experiment_id": "1",
+        "gate_passed": False,
     }
     GateDecisionNotifier().notify(
         {"ti": FakeTI({"deploy": deploy, "evaluate": {"reasons": ["minimum roc_auc"]}}, "deploy")}
@@ -339,16 +340,8 @@ def test_gate_and_failure_notifiers(airflow_db, webhook, monkeypatch):
     GateDecisionNotifier().notify(
         {"ti": FakeTI({"deploy": {**deploy, "promoted": True, "message": "promoted v2"}}, "deploy")}
     )
-
-    class PromotionError(Exception):
-        pass
-
     TaskFailureNotifier().notify(
-        {
-            "ti": FakeTI({}, "deploy"),
-            "exception": PromotionError("p99 over budget; rolled back to v1"),
-            "params": {"dataset": "churn"},
-        }
+        {"ti": FakeTI({}, "deploy"), "exception": _deploy_error(rolled_back=True), "params": {"dataset": ""}}
     )
     manual = {
         "model": "churn_model",
@@ -364,3 +357,88 @@ def test_gate_and_failure_notifiers(airflow_db, webhook, monkeypatch):
     assert "v2 rejected by the gate" in texts[0]
     assert "churn_model: deployment rolled back" in texts[1]
     assert "churn_model: rolled back from v2 to v1" in texts[2]
+
+
+def _deploy_error(message: str = "v2 failed its post-deployment check: p99 over budget", **fields):
+    """What the deploy step raises: `rollout`'s DeploymentCheckFailed re-raised by the operator as
+    PromotionError from it (both real, raised and caught as Airflow hands them to the callback)."""
+    from mlops_airflow.operators import PromotionError
+
+    from include.mlops.deployment import DeploymentCheckFailed
+
+    try:
+        try:
+            raise DeploymentCheckFailed(message, **fields)
+        except DeploymentCheckFailed as exc:
+            raise PromotionError(str(exc)) from exc
+    except PromotionError as exc:
+        return exc
+
+
+def _failure_alert(exc: BaseException, dataset: str = ""):
+    from mlops_airflow.notifiers import TaskFailureNotifier
+
+    return TaskFailureNotifier().build({"ti": FakeTI({}, "deploy"), "exception": exc, "params": {"dataset": dataset}})
+
+
+def test_a_rollback_alert_names_the_model_the_error_carries_with_an_empty_dataset_param(airflow_db):
+    exc = _deploy_error(model="housing_model", version="4", rolled_back=True, rolled_back_to="3")
+    alert = _failure_alert(exc)
+    assert alert.event == "rollback" and alert.model == "housing_model"
+    assert alert.title.startswith("housing_model: deployment rolled back")
+
+
+@pytest.mark.parametrize(("env", "model"), [("housing", "housing_model"), (None, "churn_model")])
+def test_a_rollback_without_a_model_names_the_default_datasets_model_from_its_spec(airflow_db, monkeypatch, env, model):
+    """An error built from its message (and the rollback flag) alone: the model is the one of the
+    spec the step used, the `dataset` param or else MLOPS_DATASET (default churn), never "_model"."""
+    if env:
+        monkeypatch.setenv("MLOPS_DATASET", env)
+    else:
+        monkeypatch.delenv("MLOPS_DATASET", raising=False)
+    alert = _failure_alert(_deploy_error(rolled_back=True))
+    assert alert.event == "rollback" and alert.model == model
+    assert _failure_alert(_deploy_error(rolled_back=True), dataset="churn").model == "churn_model"
+
+
+def test_a_failure_that_is_not_a_rollback_is_not_flagged_whatever_its_text(airflow_db):
+    not_undone = _deploy_error("v2 was not promoted: ...", model="churn_model", version="2", rolled_back=False)
+    alert = _failure_alert(not_undone)
+    assert alert.event == "task_failed" and alert.model == "churn_model"
+    plain = _failure_alert(RuntimeError("the champion was rolled back by hand earlier"))
+    assert plain.event == "task_failed" and plain.model is None
+    legacy = _failure_alert(_deploy_error("built from a message alone"))  # rolled_back defaults to False
+    assert legacy.event == "task_failed"
+
+
+def test_the_deploy_error_keeps_its_fields_through_pickling():
+    import pickle
+
+    from include.mlops.deployment import DeploymentCheckFailed
+
+    exc = DeploymentCheckFailed("check failed", model="churn_model", version=4, rolled_back=True, rolled_back_to=3)
+    back = pickle.loads(pickle.dumps(exc))
+    assert (str(back), back.model, back.version, back.rolled_back, back.rolled_back_to) == (
+        "check failed",
+        "churn_model",
+        "4",
+        True,
+        "3",
+    )
+    bare = pickle.loads(pickle.dumps(DeploymentCheckFailed("only a message")))
+    assert (str(bare), bare.model, bare.rolled_back, bare.rolled_back_to) == ("only a message", None, False, None)
+
+
+def test_the_gate_alert_reads_the_gate_decision_not_the_message(airflow_db):
+    from mlops_airflow.notifiers import GateDecisionNotifier
+
+    def build(deploy: dict):
+        return GateDecisionNotifier().build({"ti": FakeTI({"deploy": deploy, "evaluate": {}}, "deploy")})
+
+    base = {"model": "churn_model", "version": "3", "champion": "2", "run_id": "r3", "experiment_id": "1"}
+    rejected = build({**base, "promoted": False, "gate_passed": False, "message": "kept v2: roc_auc too low"})
+    assert rejected is not None and "v3 rejected by the gate" in rejected.title
+    # the gate passed but this run's promotion had been ended elsewhere: no gate alert
+    ended = "not promoted: v3: this run's promotion of it was ended (rolled_back: ...)"
+    assert build({**base, "promoted": False, "gate_passed": True, "message": ended}) is None
+    assert build({**base, "promoted": True, "gate_passed": True, "message": "promoted v3"}) is None

@@ -183,6 +183,7 @@ def test_a_rollout_that_deploys_nothing_leaves_the_strategy_tags_alone(reg):
     out = D.rollout({"model": reg["model"], "version": "2"}, REJECTED, "r2", "ml_training", strategy="direct",
                     spec_name="churn")  # fmt: skip
     assert not out["promoted"] and out["message"].startswith("not promoted") and out["champion"] == "1"
+    assert out["gate_passed"] is False  # what the gate alert reads
     assert tags(reg)["mlops.deployment.strategy"] == "canary"
     assert tags(reg)["mlops.deployment.canary_share"] == "0.25"
     assert [e["action"] for e in ledger(reg)] == ["promote"]  # v1's only
@@ -203,9 +204,11 @@ def test_a_rollout_retry_does_not_redo_a_completed_or_rolled_back_promotion(reg)
     R.apply_move(c, failed)
     D._roll_back_failed(c, store, model, "3", "2", "p99 over budget", "r3", "ml_training", "direct", failed)
     assert aliases(reg) == {"champion": "2", "previous": "1", "challenger": None}  # as before the move
-    with pytest.raises(D.DeploymentCheckFailed, match="ended rolled_back .* not promoted again"):
+    with pytest.raises(D.DeploymentCheckFailed, match="ended rolled_back .* not promoted again") as info:
         D.rollout({"model": model, "version": "3"}, PASSED, "r3", "ml_training", spec_name="churn")
     assert aliases(reg)["champion"] == "2"
+    got = info.value  # the fields the rollback alert reads
+    assert (got.model, got.version, got.rolled_back, got.rolled_back_to) == (model, "3", True, "2")
 
 
 # -- rollback -----------------------------------------------------------------------------------------

@@ -298,7 +298,7 @@ class PredictionLog:
         try:
             days = df[self.spec.timestamp].fillna(df["ts"]).dt.strftime("%Y-%m-%d")
             for day in sorted(days.unique()):
-                part = df[days == day].reset_index(drop=True)
+                part = df[(days == day).to_numpy()].reset_index(drop=True)  # by position: days is df's own column
                 self._seq += 1
                 batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}-{self._seq:06d}-{uuid.uuid4().hex[:8]}"
                 key = f"{prediction_prefix(self.spec)}/dt={day}/{batch_id}.parquet"
