@@ -133,9 +133,12 @@ def _multiclass(y_true: Any, scored: Scored) -> dict[str, float]:
     labels = np.asarray(classes, dtype=object)
     out["log_loss"] = m.log_loss(y, proba, labels=labels)
     if len(pd.unique(pd.Series(y))) == len(classes):  # defined only when every class occurs
-        out["roc_auc_ovr"] = m.roc_auc_score(
-            y, proba / proba.sum(axis=1, keepdims=True), multi_class="ovr", labels=labels
-        )
+        proba = proba / proba.sum(axis=1, keepdims=True)
+        if len(classes) == 2:  # sklearn takes two classes as a binary task: one score column
+            # (with two classes both one-vs-rest AUCs are this one, so their mean is too)
+            out["roc_auc_ovr"] = m.roc_auc_score((y == labels[1]).astype(np.int64), proba[:, 1])
+        else:
+            out["roc_auc_ovr"] = m.roc_auc_score(y, proba, multi_class="ovr", labels=labels)
     return out
 
 

@@ -266,6 +266,20 @@ def test_multiclass_metrics_survive_a_class_the_model_never_saw(wine):
     assert met["log_loss"] == pytest.approx(expected)
 
 
+def test_multiclass_roc_auc_of_a_model_and_rows_with_two_classes_only(wine):
+    """A CV fold of a multiclass task where the model and the rows hold two classes: ROC AUC
+    (one-vs-rest) is the binary AUC, not an error (sklearn reads two columns as binary)."""
+    from include.mlops.scores import Scored
+
+    y = np.array(["a", "b", "a", "b", "b", "a"], dtype=object)
+    p_b = np.array([0.2, 0.7, 0.4, 0.9, 0.3, 0.1])
+    pred = np.where(p_b >= 0.5, "b", "a")
+    scored = Scored(pred, np.maximum(p_b, 1 - p_b), proba=np.c_[1 - p_b, p_b], classes=["a", "b"])
+    met = E.metrics(y, scored, _wine_spec(wine))
+    assert met["roc_auc_ovr"] == pytest.approx(skm.roc_auc_score(y == "b", p_b))
+    assert 0 < met["roc_auc_ovr"] < 1
+
+
 # -- the whole evaluate step, and one score function everywhere ---------------------------------------
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
