@@ -14,7 +14,7 @@ SPEC_DIR = Path(__file__).resolve().parent.parent / "specs"
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 
 # Deployment strategies and the retraining data strategies
-STRATEGIES = ("direct", "canary", "shadow", "blue_green")
+STRATEGIES = ("direct", "canary", "shadow", "blue_green", "ab_test")
 DATA_STRATEGIES = ("sliding_window", "all_history", "new_data_only")
 
 # Tasks and the metrics that fit each (the gate, the search and monitoring read these)

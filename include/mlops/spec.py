@@ -24,6 +24,7 @@ from include.mlops.constants import (
     REGRESSORS,
     SPEC_DIR,
     SPEC_NAME_PATTERN,
+    STRATEGIES,
 )
 
 NUMERIC_TYPES = {"int", "float"}
@@ -159,13 +160,86 @@ class LoadTestSpec(_Section):
     warmup: int | None = Field(None, ge=0)
 
 
+class LivePhaseSpec(_Section):
+    """How long a phase on live traffic lasts before it is judged (a canary step, a shadow phase)."""
+
+    soak_seconds: float = Field(60.0, ge=0)  # least time the phase runs
+    min_requests: int = Field(100, ge=0)  # live requests the new version must have taken before judging
+    deadline_seconds: float = Field(1800.0, gt=0)  # longest the phase waits for min_requests, from its start
+    on_deadline: Literal["rollback", "judge"] = "rollback"  # too few requests by then: end it, or judge what came
+    poll_seconds: float = Field(5.0, gt=0)  # how often the waiting trigger counts requests
+
+
+class CanarySpec(LivePhaseSpec):
+    """A canary in steps, each judged against the champion on that step's live traffic."""
+
+    steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5])  # shares before the full switch
+    max_error_rate_increase: float = Field(0.01, ge=0, le=1)  # canary error rate minus the champion's
+    max_latency_ratio: float = Field(1.5, gt=1)  # canary p95 latency over the champion's
+    max_score_distance: float = Field(0.3, gt=0, le=1)  # two-sample KS statistic between their scores
+    max_metric_drop: float = Field(0.05, ge=0)  # primary metric, where labels have arrived
+    min_labelled: int = Field(30, ge=1)  # labelled rows per side before the metric is judged
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_shares(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("give at least one step, e.g. [0.05, 0.25, 0.5]; the full switch follows the last")
+        if any(not 0 < x < 1 for x in v):
+            raise ValueError(f"each step is a share of traffic strictly between 0 and 1, not {v}")
+        if any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError(f"steps must grow, each larger than the one before: {v}")
+        return v
+
+
+class ShadowSpec(LivePhaseSpec):
+    """A shadow phase: the new version scores live requests beside the champion, answers none."""
+
+    min_agreement: float = Field(0.9, ge=0, le=1)  # share of requests with the champion's answer (class)
+    max_mean_score_diff: float = Field(0.1, ge=0)  # mean |shadow score - champion score|
+    max_latency_ratio: float = Field(2.0, gt=1)  # shadow scoring p95 over the champion's
+    max_error_rate: float = Field(0.01, ge=0, le=1)  # shadow rows that failed to score
+
+
+class ABTestSpec(_Section):
+    """An A/B test: champion and challenger split traffic by entity until enough labelled
+    outcomes (or the period ends); a statistical test on the outcome decides."""
+
+    share: float = Field(0.5, gt=0, lt=1)  # the challenger arm's share of entities
+    samples_per_arm: int = Field(200, ge=10)  # labelled outcomes per arm that end the test
+    period_seconds: float = Field(7 * 24 * 3600.0, gt=0)  # the test ends then with what it has
+    metric: Literal["accuracy", "log_loss", "abs_error", "squared_error"] | None = None  # None: by task
+    significance: float = Field(0.05, gt=0, lt=0.5)
+    min_effect: float = Field(0.02, ge=0)  # least improvement (in the metric's units) that counts
+    poll_seconds: float = Field(60.0, gt=0)
+
+
 class DeploymentSpec(_Section):
-    strategy: Literal["direct", "canary", "shadow", "blue_green"] = "direct"
-    canary_share: float = Field(0.1, ge=0, le=1)
+    strategy: str = "direct"  # one of constants.STRATEGIES
+    canary: CanarySpec = Field(default_factory=CanarySpec)
+    shadow: ShadowSpec = Field(default_factory=ShadowSpec)
+    ab_test: ABTestSpec = Field(default_factory=ABTestSpec)
     latency_budget_ms: dict[str, float] = Field(default_factory=dict)  # an explicit SLO, e.g. {p99: 500}
     max_latency_ratio: float = Field(3.0, gt=1)  # new version's p50 and p95 over the current one's, same check
     max_error_rate: float = Field(0.0, ge=0, le=1)
     load_test: LoadTestSpec = Field(default_factory=LoadTestSpec)
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        if v not in STRATEGIES:
+            raise ValueError(f"{v!r} is not a strategy: use one of {', '.join(STRATEGIES)}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "canary_share" in data:
+            raise ValueError(
+                "deployment.canary_share was replaced by deployment.canary.steps, the canary's shares in order "
+                f"(e.g. canary: {{steps: [{data['canary_share']}]}} for one step)"
+            )
+        return data
 
 
 class DriftSpec(_Section):
