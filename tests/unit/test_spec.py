@@ -88,7 +88,15 @@ def test_unknown_spec_names_the_known_ones():
         (lambda r: r["label"].update(classes=["a", "b", "c"]), r"label.positive_class: a multiclass label"),
         (lambda r: r["features"].update({"mean radius": {"type": "float"}}), r"source.rename maps"),
         (lambda r: r["training"].update(holdout_days=20), r"holdout_days \(20\) must be smaller"),
-        (lambda r: r["deployment"].update(strategy="big_bang"), r"deployment.strategy: Input should be"),
+        (
+            lambda r: r["deployment"].update(strategy="big_bang"),
+            r"deployment.strategy: .*'big_bang' is not a strategy: use one of direct, canary",
+        ),
+        (lambda r: r["deployment"].update(canary_share=0.2), r"canary_share was replaced by deployment.canary.steps"),
+        (
+            lambda r: r["deployment"].update(canary={"steps": [0.5, 0.25]}),
+            r"deployment.canary.steps: .*steps must grow",
+        ),
     ],
 )
 def test_bad_specs_name_the_field_and_the_fix(mutate, message):
