@@ -1,28 +1,20 @@
-"""Alerts: what a person needs to act on (model, decision, numbers, links), sent by webhook and e-mail.
+"""Alerts: what a person needs to act on (model, decision, numbers, links), rendered for chat and e-mail.
 
-Plain functions, testable without Airflow: build an `Alert`, render it as a Slack-compatible JSON
-body (`text` plus Block Kit `blocks`, accepted by Slack incoming webhooks and by Mattermost, Teams
-workflows and most chat bridges) or as an e-mail, and deliver it. The Airflow notifiers in
-`plugins/mlops_airflow/notifiers.py` build alerts from a task's context and read the delivery
-settings from Airflow connections at notify time.
+Plain functions, testable without Airflow: build an `Alert` from a step's typed result, render it
+as a Slack-compatible JSON body (`text` plus Block Kit `blocks`, accepted by Slack incoming
+webhooks and by Mattermost, Teams workflows and most chat bridges) or as an e-mail (subject and
+HTML body). Delivery is the Airflow providers' job (Slack, HTTP with retries, SMTP), driven by the
+notifiers in `plugins/mlops_airflow/notifiers.py`.
 """
 
 from __future__ import annotations
 
 import html
-import json
-import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-log = logging.getLogger(__name__)
-
 SEVERITY_ICON = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}
 MAX_BLOCK_TEXT = 2900  # Slack refuses section text over 3000 characters
-
-
-class AlertDeliveryError(Exception):
-    """A configured channel refused the alert or could not be reached; the message says which."""
 
 
 @dataclass
@@ -149,6 +141,22 @@ def failure_alert(
     )
 
 
+def rollback_alert(
+    value: dict[str, Any], links: dict[str, str] | None = None, source: dict[str, str] | None = None
+) -> Alert:
+    """A manual rollback that moved the champion (`delivery.rollback`'s return value)."""
+    return Alert(
+        event="rollback",
+        title=f"{value.get('model')}: rolled back from v{value.get('from_version')} to v{value.get('to_version')}",
+        severity="critical",
+        model=value.get("model"),
+        decision=str(value.get("message", "")),
+        numbers={"from version": value.get("from_version"), "to version": value.get("to_version")},
+        links=dict(links or {}),
+        source=dict(source or {}),
+    )
+
+
 # -- rendering ---------------------------------------------------------------------------------------
 def slack_payload(alert: Alert) -> dict[str, Any]:
     """A Slack-compatible JSON body: `text` (fallback, notifications) and Block Kit `blocks`."""
@@ -179,166 +187,21 @@ def slack_payload(alert: Alert) -> dict[str, Any]:
     return {"text": text, "blocks": blocks}
 
 
-def email_message(alert: Alert, sender: str, recipients: list[str]) -> Any:
-    """A multipart (text + HTML) e-mail with the same content as the webhook."""
-    from email.message import EmailMessage
+def email_subject(alert: Alert) -> str:
+    return f"[mlops][{alert.severity}] {alert.title}"
 
-    msg = EmailMessage()
-    msg["Subject"] = f"[mlops][{alert.severity}] {alert.title}"
-    msg["From"] = sender
-    msg["To"] = ", ".join(recipients)
-    lines = [alert.title, "", f"decision: {alert.decision}"]
-    if alert.model:
-        lines.append(f"model: {alert.model}")
-    lines += [f"{k}: {_fmt(v)}" for k, v in alert.numbers.items() if v not in (None, "", [])]
-    if alert.links:
-        lines += ["", "links:"] + [f"  {k}: {v}" for k, v in alert.links.items() if v]
-    if alert.details:
-        lines += ["", alert.details]
-    msg.set_content("\n".join(lines))
+
+def email_html(alert: Alert) -> str:
+    """The e-mail body (HTML, as the SMTP provider sends it) with the same content as the webhook."""
     rows = "".join(
         f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
         for k, v in ({"model": alert.model} | alert.numbers).items()
         if v not in (None, "", [])
     )
     links = "".join(f"<li><a href='{html.escape(v)}'>{html.escape(k)}</a></li>" for k, v in alert.links.items() if v)
-    body = (
-        f"<h3>{html.escape(alert.title)}</h3><p><b>decision:</b> {html.escape(alert.decision)}</p>"
-        f"<table>{rows}</table><ul>{links}</ul>" + (f"<pre>{html.escape(alert.details)}</pre>" if alert.details else "")
+    details = f"<pre>{html.escape(alert.details)}</pre>" if alert.details else ""
+    return (
+        f"<html><body><h3>{html.escape(alert.title)}</h3>"
+        f"<p><b>decision:</b> {html.escape(alert.decision)}</p>"
+        f"<table>{rows}</table><ul>{links}</ul>{details}</body></html>"
     )
-    msg.add_alternative(f"<html><body>{body}</body></html>", subtype="html")
-    return msg
-
-
-# -- delivery ----------------------------------------------------------------------------------------
-def post_webhook(url: str, payload: dict[str, Any], timeout: float = 10.0) -> int:
-    """POST the JSON body; any non-2xx answer is an AlertDeliveryError (the URL is not echoed: it is a secret)."""
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), method="POST", headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        raise AlertDeliveryError(f"webhook answered HTTP {exc.code}") from exc
-    except OSError as exc:
-        raise AlertDeliveryError(f"webhook unreachable: {type(exc).__name__}") from exc
-
-
-@dataclass(frozen=True)
-class SmtpSettings:
-    host: str
-    port: int = 25
-    sender: str = "mlops@localhost"
-    recipients: tuple[str, ...] = ()
-    login: str | None = None
-    password: str | None = field(default=None, repr=False)
-    starttls: bool = False
-    ssl: bool = False
-    timeout: float = 10.0
-
-
-def send_email(msg: Any, smtp: SmtpSettings) -> None:
-    import smtplib
-
-    cls = smtplib.SMTP_SSL if smtp.ssl else smtplib.SMTP
-    try:
-        with cls(smtp.host, smtp.port, timeout=smtp.timeout) as client:
-            if smtp.starttls and not smtp.ssl:
-                client.starttls()
-            if smtp.login and smtp.password:
-                client.login(smtp.login, smtp.password)
-            client.send_message(msg)
-    except (OSError, smtplib.SMTPException) as exc:
-        raise AlertDeliveryError(f"SMTP {smtp.host}:{smtp.port} failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _truthy(v: Any) -> bool:
-    return str(v).strip().lower() in {"1", "true", "yes", "on"}
-
-
-def webhook_url(
-    conn_type: str | None,
-    host: str | None,
-    port: int | None = None,
-    schema: str | None = None,
-    password: str | None = None,
-    extra: dict[str, Any] | None = None,
-) -> str | None:
-    """The webhook URL from an Airflow connection's fields.
-
-    Accepted forms: extra `webhook_url`; a full URL as password (Slack's `slackwebhook` style) or as
-    host; else `<extra.scheme or http(s)>://host[:port]/schema`.
-    """
-    extra = extra or {}
-    if extra.get("webhook_url"):
-        return str(extra["webhook_url"])
-    if password and str(password).startswith(("http://", "https://")):
-        return str(password)
-    if not host:
-        return None
-    if host.startswith(("http://", "https://")):
-        return host.rstrip("/") + (f"/{schema.lstrip('/')}" if schema else "")
-    scheme = extra.get("scheme") or ("https" if (conn_type or "").lower() in {"https", "slackwebhook"} else "http")
-    netloc = f"{host}:{port}" if port else host
-    return f"{scheme}://{netloc}/{(schema or '').lstrip('/')}"
-
-
-def smtp_settings(
-    host: str | None,
-    port: int | None = None,
-    login: str | None = None,
-    password: str | None = None,
-    extra: dict[str, Any] | None = None,
-) -> SmtpSettings | None:
-    """SMTP settings from an Airflow connection's fields; recipients in extra `to` (comma-separated or a list)."""
-    extra = extra or {}
-    if not host:
-        return None
-    to = extra.get("to") or extra.get("recipients") or []
-    recipients = tuple(x.strip() for x in (to.split(",") if isinstance(to, str) else to) if x.strip())
-    if not recipients:
-        log.warning("SMTP connection has no recipients (extra 'to'); no e-mail sent")
-        return None
-    return SmtpSettings(
-        host=host,
-        port=int(port or (465 if _truthy(extra.get("ssl")) else 25)),
-        sender=str(extra.get("from") or login or "mlops@localhost"),
-        recipients=recipients,
-        login=login or None,
-        password=password or None,
-        starttls=_truthy(extra.get("starttls")),
-        ssl=_truthy(extra.get("ssl")),
-        timeout=float(extra.get("timeout", 10)),
-    )
-
-
-def dispatch(alert: Alert, webhook: str | None = None, smtp: SmtpSettings | None = None) -> dict[str, str]:
-    """Send through every configured channel; a channel's failure does not stop the others.
-
-    Returns channel -> "sent" | "not configured" | "failed: ..."; raises AlertDeliveryError after
-    trying all of them if any configured channel failed.
-    """
-    out = {"webhook": "not configured", "email": "not configured"}
-    errors = []
-    if webhook:
-        try:
-            post_webhook(webhook, slack_payload(alert))
-            out["webhook"] = "sent"
-        except AlertDeliveryError as exc:
-            out["webhook"] = f"failed: {exc}"
-            errors.append(str(exc))
-    if smtp:
-        try:
-            send_email(email_message(alert, smtp.sender, list(smtp.recipients)), smtp)
-            out["email"] = "sent"
-        except AlertDeliveryError as exc:
-            out["email"] = f"failed: {exc}"
-            errors.append(str(exc))
-    log.info("alert %r (%s): %s", alert.title, alert.event, out)
-    if errors:
-        raise AlertDeliveryError("; ".join(errors))
-    return out

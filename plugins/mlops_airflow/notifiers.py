@@ -1,15 +1,20 @@
 """Airflow notifiers for the platform's alerts: task failure, rollback, gate rejection, drift decision.
 
-Each builds an `include.mlops.alerts.Alert` from the task's context (its return value, its
-exception, its log URL) and sends it through the channels configured as Airflow connections,
-read at notify time, never at parse time:
+Each builds an `include.mlops.alerts.Alert` from the task's context (its typed return value, its
+exception's fields, its log URL) and hands it to the Airflow providers, which read the channels'
+connections at notify time, never at parse time:
 
-- `mlops_alerts_webhook`: a Slack-compatible webhook. The URL is the connection's password (as
-  Slack's `slackwebhook` type keeps it), or extra `webhook_url`, or `http(s)://host:port/schema`.
-- `mlops_alerts_smtp` (optional): host, port, login, password; extra `to` (comma-separated),
-  `from`, `starttls`, `ssl`.
+- `mlops_alerts_webhook` of type `slackwebhook`: sent by the Slack provider (the webhook URL as
+  the password, or host plus token), retried on connection errors, 429 and 5xx.
+- `mlops_alerts_webhook` of any other type (`http`): the same Slack-compatible JSON POSTed by the
+  HTTP provider to the connection's URL (`host` holding the full URL; extra keys are headers),
+  retried with backoff on connection errors, 429 and 5xx.
+- `mlops_alerts_smtp` (type `smtp`): sent by the SMTP provider (host, port, login, password;
+  extra `from_email`, `disable_ssl`, `disable_tls`, `timeout`), to the extra's `to`.
 
 A missing connection means that channel is off; nothing fails because alerting is not set up.
+A configured channel that refuses the alert raises `AlertDeliveryError` after every channel
+was tried.
 """
 
 from __future__ import annotations
@@ -17,20 +22,135 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import BaseNotifier
+from airflow.sdk.exceptions import AirflowException
 
 WEBHOOK_CONN_ID = "mlops_alerts_webhook"
 SMTP_CONN_ID = "mlops_alerts_smtp"
+TIMEOUT_S = 10
+WEBHOOK_ATTEMPTS = 4  # the first try and 3 retries, waiting 0.5, 1, 2 s
+BACKOFF_S = 0.5
+DEFAULT_SENDER = "mlops@localhost"
+
+
+class AlertDeliveryError(AirflowException):
+    """A configured channel refused the alert or could not be reached; the message says which."""
 
 
 def _connection(conn_id: str | None) -> Any:
     if not conn_id:
         return None
     from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
         return Connection.get(conn_id)
-    except Exception:  # not defined: the channel is off
+    except AirflowNotFoundException:  # not defined: the channel is off
         return None
+
+
+def _safe_reason(exc: BaseException) -> str:
+    """What went wrong, without the URL (a webhook URL is a secret): the providers' own status
+    messages carry none; any other error is named by its type only."""
+    return str(exc) if isinstance(exc, AirflowException) else type(exc).__name__
+
+
+def send_slack(conn_id: str, alert: Any, context: Any) -> None:
+    """Through the Slack provider's notifier, retrying connection errors, 429 and 500/503."""
+    from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+    from slack_sdk.http_retry import BackoffRetryIntervalCalculator
+    from slack_sdk.http_retry.builtin_handlers import (
+        ConnectionErrorRetryHandler,
+        RateLimitErrorRetryHandler,
+        ServerErrorRetryHandler,
+    )
+
+    from include.mlops.alerts import slack_payload
+
+    backoff = BackoffRetryIntervalCalculator(backoff_factor=BACKOFF_S)
+    retries = WEBHOOK_ATTEMPTS - 1
+    handlers = [
+        h(max_retry_count=retries, interval_calculator=backoff)
+        for h in (ConnectionErrorRetryHandler, ServerErrorRetryHandler)
+    ]
+    payload = slack_payload(alert)
+    SlackWebhookNotifier(
+        slack_webhook_conn_id=conn_id,
+        text=payload["text"],
+        blocks=payload["blocks"],
+        timeout=TIMEOUT_S,
+        retry_handlers=[*handlers, RateLimitErrorRetryHandler(max_retry_count=retries)],
+    ).notify(context)
+
+
+def _retryable(response: Any) -> bool:
+    return response.status_code == 429 or response.status_code >= 500
+
+
+def post_webhook(conn_id: str, alert: Any) -> int:
+    """POST the Slack-compatible JSON through the HTTP provider, with exponential backoff on
+    connection errors, timeouts, 429 and 5xx; any other answer is final. Returns the status."""
+    import requests
+    import tenacity
+    from airflow.providers.http.hooks.http import HttpHook
+
+    from include.mlops.alerts import slack_payload
+
+    retry = dict(
+        stop=tenacity.stop_after_attempt(WEBHOOK_ATTEMPTS),
+        wait=tenacity.wait_exponential(multiplier=BACKOFF_S, max=8),
+        retry=tenacity.retry_if_exception_type((requests.ConnectionError, requests.Timeout))
+        | tenacity.retry_if_result(_retryable),
+        retry_error_callback=lambda state: state.outcome.result(),  # the last answer, or its error
+    )
+    response = HttpHook(method="POST", http_conn_id=conn_id).run_with_advanced_retry(
+        _retry_args=retry,
+        json=slack_payload(alert),
+        extra_options={"timeout": TIMEOUT_S, "check_response": False},
+    )
+    if not response.ok:
+        tries = f" after {WEBHOOK_ATTEMPTS} tries" if _retryable(response) else " (not retried)"
+        raise AlertDeliveryError(f"webhook answered HTTP {response.status_code}{tries}")
+    return int(response.status_code)
+
+
+def send_email(conn: Any, alert: Any, context: Any) -> None:
+    """Through the SMTP provider's notifier, to the connection's extra `to`."""
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    from include.mlops.alerts import email_html, email_subject
+
+    extra = conn.extra_dejson
+    SmtpNotifier(
+        to=extra["to"],
+        from_email=extra.get("from_email") or extra.get("from") or conn.login or DEFAULT_SENDER,  # "from": older name
+        subject=email_subject(alert),
+        html_content=email_html(alert),
+        smtp_conn_id=conn.conn_id,
+    ).notify(context)
+
+
+def _misconfigured(conn: Any) -> str | None:
+    """What to change in a connection the providers would misread (most likely one written for the
+    hand-made delivery these replaced: its extras `ssl`, `starttls`, `webhook_url`, the path in
+    `schema`), or None."""
+    extra = conn.extra_dejson
+    if conn.conn_type == "smtp":
+        if not extra.get("to"):
+            return f"{conn.conn_id}: no recipients; set extra 'to' (comma-separated addresses)"
+        if {"ssl", "starttls"} & set(extra):
+            return (
+                f"{conn.conn_id}: extras 'ssl'/'starttls' are not read; the SMTP provider uses SSL and "
+                "STARTTLS unless extra 'disable_ssl'/'disable_tls' is true"
+            )
+        return None
+    if conn.conn_type != "slackwebhook" and (
+        "webhook_url" in extra or (conn.schema or "http") not in ("http", "https")
+    ):
+        return (
+            f"{conn.conn_id}: the HTTP provider reads the URL from 'host' (the full URL, path included) "
+            "and 'schema' as http/https; move 'webhook_url' or the path in 'schema' into 'host'"
+        )
+    return None
 
 
 def _mlflow_run_url(value: dict[str, Any]) -> str:
@@ -40,8 +160,34 @@ def _mlflow_run_url(value: dict[str, Any]) -> str:
     return f"{mlflow_ui_url()}/#/experiments/{value.get('experiment_id') or 0}/runs/{run_id}" if run_id else ""
 
 
+def deliver(alert: Any, context: Any, webhook: Any, smtp: Any) -> dict[str, str]:
+    """Send through every configured channel (a connection, or None: off); one channel's failure
+    does not stop the others. Returns channel -> "sent" | "not configured" | "failed: ...";
+    raises AlertDeliveryError after trying all of them if any configured channel failed."""
+    out = {"webhook": "not configured", "email": "not configured"}
+    for name, conn in (("webhook", webhook), ("email", smtp)):
+        if conn is None:
+            continue
+        try:
+            if problem := _misconfigured(conn):
+                raise AlertDeliveryError(problem)
+            if name == "email":
+                send_email(conn, alert, context)
+            elif conn.conn_type == "slackwebhook":
+                send_slack(conn.conn_id, alert, context)
+            else:
+                post_webhook(conn.conn_id, alert)
+            out[name] = "sent"
+        except Exception as exc:  # a channel's failure, reported with the others'
+            why = f"{type(exc).__name__}: {exc}" if name == "email" else _safe_reason(exc)
+            out[name] = f"failed: {why}"
+    if any(v.startswith("failed") for v in out.values()):
+        raise AlertDeliveryError(f"alert {alert.title!r} not delivered everywhere: {out}")
+    return out
+
+
 class MlopsNotifier(BaseNotifier):
-    """Base: resolve the channels, build the alert (subclasses), send it."""
+    """Base: build the alert (subclasses), send it through the configured channels."""
 
     template_fields = ("webhook_conn_id", "smtp_conn_id")
 
@@ -71,36 +217,20 @@ class MlopsNotifier(BaseNotifier):
     def log_url(context: Any) -> str:
         try:
             return str(context["ti"].log_url)
-        except Exception:
+        except Exception:  # a context without a task instance's URL: the alert goes out without the link
             return ""
 
-    def channels(self) -> tuple[str | None, Any]:
-        from include.mlops.alerts import smtp_settings, webhook_url
-
-        url = None
-        conn = _connection(self.webhook_conn_id)
-        if conn is not None:
-            url = webhook_url(conn.conn_type, conn.host, conn.port, conn.schema, conn.password, conn.extra_dejson)
-        smtp = None
-        conn = _connection(self.smtp_conn_id)
-        if conn is not None:
-            smtp = smtp_settings(conn.host, conn.port, conn.login, conn.password, conn.extra_dejson)
-        return url, smtp
-
     def notify(self, context: Any) -> None:
-        from include.mlops.alerts import dispatch
-
         alert = self.build(context)
         if alert is None:
             return
-        url, smtp = self.channels()
-        if not url and not smtp:
+        webhook, smtp = _connection(self.webhook_conn_id), _connection(self.smtp_conn_id)
+        if webhook is None and smtp is None:
             self.log.info(
                 "alert %r not sent: no %s or %s connection", alert.title, self.webhook_conn_id, self.smtp_conn_id
             )
             return
-        result = dispatch(alert, url, smtp)
-        self.log.info("alert %r: %s", alert.title, result)
+        self.log.info("alert %r (%s): %s", alert.title, alert.event, deliver(alert, context, webhook, smtp))
 
 
 def _deploy_failure(exc: BaseException | None) -> BaseException | None:
@@ -191,21 +321,12 @@ class GateDecisionNotifier(MlopsNotifier):
 
 
 class RollbackNotifier(MlopsNotifier):
-    """After a manual rollback task (`deployment.rollback`'s return value): alert when the champion moved."""
+    """After a manual rollback task (`delivery.rollback.rollback`'s return value): alert when the champion moved."""
 
     def build(self, context: Any) -> Any:
-        from include.mlops.alerts import Alert
+        from include.mlops.alerts import rollback_alert
 
         value = self.task_value(context)
         if not value.get("changed"):
             return None
-        return Alert(
-            event="rollback",
-            title=f"{value.get('model')}: rolled back from v{value.get('from_version')} to v{value.get('to_version')}",
-            severity="critical",
-            model=value.get("model"),
-            decision=str(value.get("message", "")),
-            numbers={"from version": value.get("from_version"), "to version": value.get("to_version")},
-            links={"Airflow task log": self.log_url(context)},
-            source=self.source(context),
-        )
+        return rollback_alert(value, {"Airflow task log": self.log_url(context)}, self.source(context))

@@ -1,9 +1,11 @@
-"""Alert payloads and delivery, asserted through a local HTTP receiver and a local SMTP server."""
+"""Alerts: payloads rendered by the project, delivered by the Airflow providers (Slack, HTTP with
+retries, SMTP) to real receivers on loopback: an HTTP server thread and an aiosmtpd server."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -31,14 +33,26 @@ DECISION = {
     "run_id": "r1",
     "experiment_id": "7",
 }
+DEPLOY = {
+    "promoted": False,
+    "message": "not promoted: minimum roc_auc",
+    "model": "churn_model",
+    "version": "2",
+    "champion": "1",
+    "run_id": "r2",
+    "experiment_id": "1",
+    "gate_passed": False,
+}
 
 
 class Receiver:
-    """A webhook endpoint on 127.0.0.1 that records every JSON body (and can be told to fail)."""
+    """A webhook endpoint on 127.0.0.1 that records every JSON body; it answers `fail_status` to
+    the first `fail_first` requests (or to all of them when `fail_first` is None), then 200."""
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, fail_status: int = 500, fail_first: int | None = 0) -> None:
         self.bodies: list[dict] = []
-        self.status = status
+        self.answers: list[int] = []
+        self.fail_status, self.fail_first = fail_status, fail_first
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,7 +61,9 @@ class Receiver:
                 outer.bodies.append(
                     {"path": self.path, "json": json.loads(body), "content_type": self.headers["Content-Type"]}
                 )
-                self.send_response(outer.status)
+                failing = outer.fail_first is None or len(outer.bodies) <= outer.fail_first
+                outer.answers.append(outer.fail_status if failing else 200)
+                self.send_response(outer.answers[-1])
                 self.end_headers()
                 self.wfile.write(b"ok")
 
@@ -66,6 +82,9 @@ class Receiver:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def texts(self) -> list[str]:
+        return [b["json"]["text"] for b in self.bodies]
 
 
 @pytest.fixture
@@ -138,15 +157,7 @@ def test_quarantine_payload_is_critical():
 
 
 def test_gate_payload_names_both_versions_and_the_reasons():
-    deploy = {
-        "promoted": False,
-        "message": "not promoted: regression of roc_auc vs champion: ...",
-        "model": "churn_model",
-        "version": "4",
-        "champion": "3",
-        "run_id": "r4",
-        "experiment_id": "1",
-    }
+    deploy = {**DEPLOY, "message": "not promoted: regression of roc_auc vs champion: ...", "version": "4"}
     evaluate = {
         "metrics": {"roc_auc": 0.71, "f1": 0.4},
         "champion_metrics": {"roc_auc": 0.76, "f1": 0.41},
@@ -179,99 +190,24 @@ def test_failure_and_rollback_payloads():
     assert fail.event == "task_failed" and fail.title == "ml_monitoring.monitor failed"
     assert fail.source["error"] == "ValueError: boom"
     rb = A.failure_alert(
-        "ml_retraining",
-        "deploy",
-        "r",
-        "PromotionError: smoke test failed; rolled back to v3",
-        model="churn_model",
-        rollback=True,
+        "ml_retraining", "deploy", "r", "PromotionError: smoke test failed", model="churn_model", rollback=True
     )
     assert rb.event == "rollback" and "rolled back" in rb.title and rb.model == "churn_model"
+    manual = A.rollback_alert({"model": "churn_model", "from_version": "2", "to_version": "1", "message": "m"})
+    assert manual.title == "churn_model: rolled back from v2 to v1" and manual.severity == "critical"
 
 
-def test_email_has_text_and_html_parts():
-    msg = A.email_message(A.drift_alert(DECISION, {"drift report": DECISION["report_html"]}), "mlops@x", ["a@x", "b@x"])
-    assert msg["Subject"].startswith("[mlops][warning] churn: drift decision RETRAIN")
-    assert msg["To"] == "a@x, b@x"
-    kinds = [p.get_content_type() for p in msg.iter_parts()]
-    assert kinds == ["text/plain", "text/html"]
-    assert "drift share: 0.3889" in msg.get_body(("plain",)).get_content()
+def test_email_subject_and_html_carry_the_alert():
+    alert = A.drift_alert(DECISION, {"drift report": DECISION["report_html"]})
+    assert A.email_subject(alert).startswith("[mlops][warning] churn: drift decision RETRAIN")
+    body = A.email_html(alert)
+    for needle in ("<th align='left'>drift share</th><td>0.3889</td>", "churn_model", DECISION["report_html"]):
+        assert needle in body, needle
+    assert "<pre>rule  value" in body
+    assert "&lt;script&gt;" in A.email_html(A.Alert(event="drift", title="<script>"))
 
 
-# -- connection fields ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("fields", "url"),
-    [
-        (("http", "127.0.0.1", 8080, "hooks/x", None, {}), "http://127.0.0.1:8080/hooks/x"),
-        (
-            ("slackwebhook", "hooks.slack.com", None, None, "https://hooks.slack.com/services/T/B/X", {}),
-            "https://hooks.slack.com/services/T/B/X",
-        ),
-        (("http", "chat.local", None, "hook", None, {"scheme": "https"}), "https://chat.local/hook"),
-        (("http", None, None, None, None, {"webhook_url": "http://h/w"}), "http://h/w"),
-        (("http", "https://chat.local", None, "api/hook", None, {}), "https://chat.local/api/hook"),
-        (("http", None, None, None, None, {}), None),
-    ],
-)
-def test_webhook_url_from_connection_fields(fields, url):
-    assert A.webhook_url(*fields) == url
-
-
-def test_smtp_settings_from_connection_fields():
-    s = A.smtp_settings("mail", 2525, "bot", "pw", {"to": "a@x, b@x", "from": "mlops@x", "starttls": "true"})
-    assert (s.host, s.port, s.sender, s.recipients, s.starttls, s.ssl) == (
-        "mail",
-        2525,
-        "mlops@x",
-        ("a@x", "b@x"),
-        True,
-        False,
-    )
-    assert "pw" not in repr(s)
-    assert A.smtp_settings("mail", 25, extra={}) is None  # nobody to send to
-    assert A.smtp_settings(None) is None
-
-
-# -- delivery -----------------------------------------------------------------------------------------
-def test_webhook_delivery_to_a_local_receiver(webhook):
-    assert A.post_webhook(webhook.url, A.slack_payload(A.drift_alert(DECISION))) == 200
-    [got] = webhook.bodies
-    assert got["path"] == "/hooks/mlops" and got["content_type"] == "application/json"
-    assert got["json"]["text"].endswith("churn: drift decision RETRAIN for window 2026-10-14")
-
-
-def test_email_delivery_to_a_local_smtp_server(smtp_server):
-    ctl, sink = smtp_server
-    smtp = A.SmtpSettings(
-        host="127.0.0.1", port=ctl.port, sender="mlops@example.org", recipients=("oncall@example.org",)
-    )
-    A.send_email(A.email_message(A.drift_alert(DECISION), smtp.sender, list(smtp.recipients)), smtp)
-    [m] = sink.messages
-    assert m["from"] == "mlops@example.org" and m["to"] == ["oncall@example.org"]
-    assert "drift decision RETRAIN" in m["msg"]["Subject"]
-
-
-def test_dispatch_tries_every_channel_and_reports_failures(smtp_server):
-    ctl, sink = smtp_server
-    smtp = A.SmtpSettings(host="127.0.0.1", port=ctl.port, recipients=("oncall@example.org",))
-    with Receiver(status=500) as broken:
-        with pytest.raises(A.AlertDeliveryError, match="HTTP 500"):
-            A.dispatch(A.drift_alert(DECISION), broken.url, smtp)
-        assert len(broken.bodies) == 1
-    assert len(sink.messages) == 1, "the e-mail still goes out when the webhook fails"
-    assert A.dispatch(A.drift_alert(DECISION)) == {"webhook": "not configured", "email": "not configured"}
-
-
-def test_unreachable_webhook_does_not_leak_its_url():
-    from tests.conftest import free_port
-
-    url = f"http://127.0.0.1:{free_port()}/secret-token-123"
-    with pytest.raises(A.AlertDeliveryError) as info:
-        A.post_webhook(url, {"text": "x"}, timeout=2)
-    assert "secret-token-123" not in str(info.value)
-
-
-# -- the Airflow notifiers, with connections from the environment (as Airflow reads them) -------------------
+# -- delivery through the providers, with connections from the environment (as Airflow reads them) --------
 # `airflow_db` first: it points Airflow at the project before anything imports airflow in this session.
 class FakeTI:
     dag_id, run_id, task_id, try_number = "ml_monitoring", "scheduled__2026-10-15", "decide", 1
@@ -285,60 +221,139 @@ class FakeTI:
         return self.values.get(task_ids)
 
 
-def test_drift_notifier_sends_to_webhook_and_smtp_connections(airflow_db, webhook, smtp_server, monkeypatch):
+def _http_conn(url: str) -> str:
+    return json.dumps({"conn_type": "http", "host": url})
+
+
+def _slack_conn(url: str) -> str:
+    return json.dumps({"conn_type": "slackwebhook", "password": url})
+
+
+def _smtp_conn(port: int, **extra) -> str:
+    extra = {"to": "oncall@example.org", "disable_ssl": True, "disable_tls": True, **extra}
+    return json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": extra})
+
+
+@pytest.fixture
+def channels(airflow_db, monkeypatch):
+    """Set the alert connections (None: that channel off), as `AIRFLOW_CONN_*` variables."""
+
+    def use(webhook: str | None = None, smtp: str | None = None) -> None:
+        for name, value in (("AIRFLOW_CONN_MLOPS_ALERTS_WEBHOOK", webhook), ("AIRFLOW_CONN_MLOPS_ALERTS_SMTP", smtp)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+
+    return use
+
+
+def _notify_drift(decision: dict = DECISION) -> None:
     from mlops_airflow.notifiers import DriftDecisionNotifier
 
+    DriftDecisionNotifier().notify({"ti": FakeTI({"decide": decision})})
+
+
+@pytest.mark.parametrize("conn", [_slack_conn, _http_conn], ids=["slack-provider", "http-provider"])
+def test_drift_notifier_sends_to_the_webhook_and_smtp_connections(channels, webhook, smtp_server, conn):
     ctl, sink = smtp_server
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_MLOPS_ALERTS_WEBHOOK",
-        json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": webhook.port, "schema": "hooks/mlops"}),
-    )
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_MLOPS_ALERTS_SMTP",
-        json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": ctl.port, "extra": {"to": "oncall@example.org"}}),
-    )
-    DriftDecisionNotifier().notify({"ti": FakeTI({"decide": DECISION})})
+    channels(webhook=conn(webhook.url), smtp=_smtp_conn(ctl.port, from_email="mlops@example.org"))
+    _notify_drift()
     [got] = webhook.bodies
+    assert got["path"] == "/hooks/mlops" and got["content_type"].startswith("application/json")
+    assert got["json"]["text"].endswith("churn: drift decision RETRAIN for window 2026-10-14")
     body = json.dumps(got["json"])
     assert "churn_model" in body and FakeTI.log_url in body and DECISION["report_html"] in body
     assert "http://localhost:5000/#/experiments/7/runs/r1" in body
-    assert len(sink.messages) == 1
-    # a quiet decision sends nothing
-    DriftDecisionNotifier().notify({"ti": FakeTI({"decide": {**DECISION, "action": "no_drift", "alert": False}})})
-    assert len(webhook.bodies) == 1
+    [m] = sink.messages
+    assert m["from"] == "mlops@example.org" and m["to"] == ["oncall@example.org"]
+    assert "drift decision RETRAIN" in m["msg"]["Subject"]
+    html = m["msg"].get_payload()[0].get_payload(decode=True).decode()
+    assert "<td>0.3889</td>" in html
+    _notify_drift({**DECISION, "action": "no_drift", "alert": False})  # a quiet decision sends nothing
+    assert len(webhook.bodies) == 1 and len(sink.messages) == 1
 
 
-def test_notifiers_without_connections_send_nothing_and_do_not_fail(airflow_db, monkeypatch):
-    from mlops_airflow.notifiers import DriftDecisionNotifier, TaskFailureNotifier
+@pytest.mark.parametrize("conn", [_slack_conn, _http_conn], ids=["slack-provider", "http-provider"])
+def test_a_webhook_that_fails_twice_then_answers_gets_the_alert_once(channels, monkeypatch, conn):
+    from mlops_airflow import notifiers
 
-    monkeypatch.delenv("AIRFLOW_CONN_MLOPS_ALERTS_WEBHOOK", raising=False)
-    monkeypatch.delenv("AIRFLOW_CONN_MLOPS_ALERTS_SMTP", raising=False)
-    DriftDecisionNotifier().notify({"ti": FakeTI({"decide": DECISION})})
+    monkeypatch.setattr(notifiers, "BACKOFF_S", 0.1)  # waits 0.1 s, then 0.2 s (and Slack's jitter)
+    with Receiver(fail_status=503, fail_first=2) as flaky:
+        channels(webhook=conn(flaky.url))
+        started = time.monotonic()
+        _notify_drift()
+        elapsed = time.monotonic() - started
+    assert flaky.answers == [503, 503, 200]
+    assert len({json.dumps(b["json"], sort_keys=True) for b in flaky.bodies}) == 1, "the same alert each try"
+    assert elapsed >= 0.3, "the retries back off"
+
+
+def test_a_refused_webhook_is_not_retried_and_the_email_still_goes_out(channels, smtp_server):
+    from mlops_airflow.notifiers import AlertDeliveryError
+
+    ctl, sink = smtp_server
+    with Receiver(fail_status=400, fail_first=None) as broken:
+        channels(webhook=_http_conn(broken.url), smtp=_smtp_conn(ctl.port))
+        with pytest.raises(AlertDeliveryError, match="HTTP 400") as info:
+            _notify_drift()
+    assert broken.answers == [400], "a 4xx is final"
+    assert "'email': 'sent'" in str(info.value)
+    [m] = sink.messages
+    assert m["from"] == "mlops@localhost"
+
+
+def test_an_unreachable_webhook_does_not_leak_its_url(channels, monkeypatch):
+    from mlops_airflow import notifiers
+    from mlops_airflow.notifiers import AlertDeliveryError
+
+    from tests.conftest import free_port
+
+    monkeypatch.setattr(notifiers, "BACKOFF_S", 0.01)  # the retries still happen, quickly
+    channels(webhook=_http_conn(f"http://127.0.0.1:{free_port()}/secret-token-123"))
+    with pytest.raises(AlertDeliveryError, match="ConnectionError") as info:
+        _notify_drift()
+    assert "secret-token-123" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("webhook", "smtp", "fix"),
+    [
+        ({"conn_type": "http", "host": "127.0.0.1", "port": 9, "schema": "hooks/x"}, None, "into 'host'"),
+        ({"conn_type": "http", "extra": {"webhook_url": "http://h/w"}}, None, "into 'host'"),
+        (None, {"conn_type": "smtp", "host": "127.0.0.1", "extra": {"to": "a@x", "ssl": "true"}}, "disable_ssl"),
+        (None, {"conn_type": "smtp", "host": "127.0.0.1", "extra": {}}, "extra 'to'"),
+    ],
+)
+def test_a_connection_in_the_old_form_is_refused_with_the_fix(channels, webhook, smtp, fix):
+    from mlops_airflow.notifiers import AlertDeliveryError
+
+    channels(webhook=webhook and json.dumps(webhook), smtp=smtp and json.dumps(smtp))
+    with pytest.raises(AlertDeliveryError, match=fix):
+        _notify_drift()
+
+
+def test_notifiers_without_connections_send_nothing_and_do_not_fail(channels):
+    from mlops_airflow.notifiers import TaskFailureNotifier
+
+    channels()
+    _notify_drift()
     TaskFailureNotifier().notify({"ti": FakeTI({}), "exception": RuntimeError("x")})
 
 
-def test_gate_and_failure_notifiers(airflow_db, webhook, monkeypatch):
+def test_gate_rollback_and_failure_notifiers(channels, webhook):
     from mlops_airflow.notifiers import GateDecisionNotifier, RollbackNotifier, TaskFailureNotifier
 
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_MLOPS_ALERTS_WEBHOOK", json.dumps({"conn_type": "http", "extra": {"webhook_url": webhook.url}})
-    )
-    monkeypatch.delenv("AIRFLOW_CONN_MLOPS_ALERTS_SMTP", raising=False)
-    deploy = {
-        "promoted": False,
-        "message": "not promoted: minimum roc_auc",
-        "model": "churn_model",
-        "version": "2",
-        "champion": "1",
-        "run_id": "r2",
-        "experiment_id": "1",
-        "gate_passed": False,
-    }
+    channels(webhook=_slack_conn(webhook.url))
     GateDecisionNotifier().notify(
-        {"ti": FakeTI({"deploy": deploy, "evaluate": {"reasons": ["minimum roc_auc"]}}, "deploy")}
+        {"ti": FakeTI({"deploy": DEPLOY, "evaluate": {"reasons": ["minimum roc_auc"]}}, "deploy")}
     )
     GateDecisionNotifier().notify(
-        {"ti": FakeTI({"deploy": {**deploy, "promoted": True, "message": "promoted v2"}}, "deploy")}
+        {
+            "ti": FakeTI(
+                {"deploy": {**DEPLOY, "promoted": True, "gate_passed": True, "message": "promoted v2"}}, "deploy"
+            )
+        }
     )
     TaskFailureNotifier().notify(
         {"ti": FakeTI({}, "deploy"), "exception": _deploy_error(rolled_back=True), "params": {"dataset": ""}}
@@ -352,19 +367,20 @@ def test_gate_and_failure_notifiers(airflow_db, webhook, monkeypatch):
     }
     RollbackNotifier().notify({"ti": FakeTI({"rollback": manual}, "rollback")})
     RollbackNotifier().notify({"ti": FakeTI({"rollback": {**manual, "changed": False}}, "rollback")})
-    texts = [b["json"]["text"] for b in webhook.bodies]
+    texts = webhook.texts()
     assert len(texts) == 3
-    assert "v2 rejected by the gate" in texts[0]
+    assert "churn_model: v2 rejected by the gate" in texts[0]
     assert "churn_model: deployment rolled back" in texts[1]
     assert "churn_model: rolled back from v2 to v1" in texts[2]
 
 
+# -- decisions read from typed fields, never from a message or a class name ------------------------------
 def _deploy_error(message: str = "v2 failed its post-deployment check: p99 over budget", **fields):
     """What the deploy step raises: `rollout`'s DeploymentCheckFailed re-raised by the operator as
     PromotionError from it (both real, raised and caught as Airflow hands them to the callback)."""
     from mlops_airflow.operators import PromotionError
 
-    from include.mlops.deployment import DeploymentCheckFailed
+    from include.mlops.delivery.rollout import DeploymentCheckFailed
 
     try:
         try:
@@ -414,7 +430,7 @@ def test_a_failure_that_is_not_a_rollback_is_not_flagged_whatever_its_text(airfl
 def test_the_deploy_error_keeps_its_fields_through_pickling():
     import pickle
 
-    from include.mlops.deployment import DeploymentCheckFailed
+    from include.mlops.delivery.rollout import DeploymentCheckFailed
 
     exc = DeploymentCheckFailed("check failed", model="churn_model", version=4, rolled_back=True, rolled_back_to=3)
     back = pickle.loads(pickle.dumps(exc))
