@@ -315,6 +315,99 @@ def _sample(value: Any, text: bool) -> str:
     return "None" if text and pd.api.types.is_scalar(value) and pd.isna(value) else str(value)
 
 
+def _pandas_checks(df: pd.DataFrame, spec: DatasetSpec, day: date | None) -> list[dict[str, Any]]:
+    """The column set and, with `day`, the event times, checked in pandas and reported in plain words."""
+    columns = check_columns(df.columns, spec)
+    checks: list[dict[str, Any]] = []
+    if not columns.ok:
+        checks.append(_failure(COLUMN_SET, None, columns.message()))
+    if day is not None and spec.timestamp in df.columns:
+        timing = check_event_times(df[spec.timestamp], day, spec.validation.time_tolerance_hours, spec.timestamp)
+        if timing is not None:
+            checks.append(timing)
+    return checks
+
+
+def _text_columns(df: pd.DataFrame, spec: DatasetSpec) -> set[str]:
+    """Categorical features (and a string entity key) whose values are all text: checked as text."""
+    text = {c for c in spec.categorical_features if c in df.columns and _all_text(df[c])}
+    if spec.entity_is_string and spec.entity_key in df.columns and _all_text(df[spec.entity_key]):
+        text.add(spec.entity_key)
+    return text
+
+
+def _run_batches(
+    df: pd.DataFrame, spec: DatasetSpec, expectations: list[Any], text: set[str]
+) -> tuple[list[Any], dict[str, Any]]:
+    """(results, batch markers): each GX batch's suite run on its own slice of `df`, in an ephemeral context."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch_def = (
+        ctx.data_sources.add_pandas(f"{spec.name}_pandas")
+        .add_dataframe_asset(f"{spec.name}_batch")
+        .add_batch_definition_whole_dataframe("whole")
+    )
+    groups: dict[str, list[Any]] = {}
+    for exp in expectations:
+        groups.setdefault(_batch_of(exp, spec, text), []).append(exp)
+    results, metas = [], {}
+    for batch, exps in groups.items():
+        # the suite is built whole: adding expectations one by one re-serialises it each time
+        suite = ctx.suites.add(gx.ExpectationSuite(name=f"{spec.name}_contract.{batch}", expectations=exps))
+        vd = ctx.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{spec.name}_validation.{batch}", data=batch_def, suite=suite)
+        )
+        run = vd.run(batch_parameters={"dataframe": _batch_frame(df, batch, spec, text)}, result_format="SUMMARY")
+        results.extend(run.results)
+        metas[batch] = run.meta.get("batch_markers", {})
+    return results, metas
+
+
+def _merged_result(
+    spec: DatasetSpec, expectations: list[Any], results: list[Any], metas: dict[str, Any], rows: int
+) -> Any:
+    """The batches' results as one suite result, in suite order, with the suite's statistics."""
+    import great_expectations as gx
+    from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
+
+    order = {exp.id: i for i, exp in enumerate(expectations)}
+    results.sort(key=lambda r: order.get(r.expectation_config.id, len(order)))
+    passed = sum(1 for r in results if r.success)
+    return ExpectationSuiteValidationResult(
+        success=passed == len(results),
+        results=results,
+        suite_name=f"{spec.name}_contract",
+        statistics={
+            "evaluated_expectations": len(results),
+            "successful_expectations": passed,
+            "unsuccessful_expectations": len(results) - passed,
+            "success_percent": passed / len(results) * 100 if results else None,
+        },
+        meta={"great_expectations_version": gx.__version__, "rows": rows, "batches": metas},
+    )
+
+
+def _finding(r: Any, text: set[str]) -> dict[str, Any]:
+    """One failed expectation as the report lists it: what, where, how many and a sample of values."""
+    cfg = r.expectation_config
+    return {
+        "label": _label(cfg),
+        "type": cfg.type,
+        "column": cfg.kwargs.get("column"),
+        "severity": str(getattr(cfg.severity, "value", cfg.severity)),
+        "unexpected_count": r.result.get("unexpected_count"),
+        "unexpected_percent": r.result.get("unexpected_percent"),
+        "observed": r.result.get("observed_value"),
+        "sample": [
+            _sample(v, cfg.kwargs.get("column") in text) for v in (r.result.get("partial_unexpected_list") or [])[:5]
+        ],
+        "error": (r.exception_info or {}).get("exception_message") if r.exception_info else None,
+    }
+
+
 def validate_frame(df: pd.DataFrame, spec: DatasetSpec, day: date | None = None) -> ValidationOutcome:
     """Run the spec's suite on one DataFrame with an ephemeral GX context.
 
@@ -331,79 +424,18 @@ def validate_frame(df: pd.DataFrame, spec: DatasetSpec, day: date | None = None)
     ~11 s and this ~2 s, of which ~1 s is GX's own cost per expectation whatever the rows
     (`python -m bench.validate`).
     """
-    import great_expectations as gx
-    from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch_def = (
-        ctx.data_sources.add_pandas(f"{spec.name}_pandas")
-        .add_dataframe_asset(f"{spec.name}_batch")
-        .add_batch_definition_whole_dataframe("whole")
-    )
-    columns = check_columns(df.columns, spec)
-    checks: list[dict[str, Any]] = []
-    if not columns.ok:
-        checks.append(_failure(COLUMN_SET, None, columns.message()))
-    if day is not None and spec.timestamp in df.columns:
-        timing = check_event_times(df[spec.timestamp], day, spec.validation.time_tolerance_hours, spec.timestamp)
-        if timing is not None:
-            checks.append(timing)
+    checks = _pandas_checks(df, spec, day)
     expectations = build_expectations(spec, df.columns)
-    text = {c for c in spec.categorical_features if c in df.columns and _all_text(df[c])}
-    if spec.entity_is_string and spec.entity_key in df.columns and _all_text(df[spec.entity_key]):
-        text.add(spec.entity_key)
-    groups: dict[str, list[Any]] = {}
-    for exp in expectations:
-        groups.setdefault(_batch_of(exp, spec, text), []).append(exp)
-    results, metas = [], {}
-    for batch, exps in groups.items():
-        # the suite is built whole: adding expectations one by one re-serialises it each time
-        suite = ctx.suites.add(gx.ExpectationSuite(name=f"{spec.name}_contract.{batch}", expectations=exps))
-        vd = ctx.validation_definitions.add(
-            gx.ValidationDefinition(name=f"{spec.name}_validation.{batch}", data=batch_def, suite=suite)
-        )
-        run = vd.run(batch_parameters={"dataframe": _batch_frame(df, batch, spec, text)}, result_format="SUMMARY")
-        results.extend(run.results)
-        metas[batch] = run.meta.get("batch_markers", {})
-    order = {exp.id: i for i, exp in enumerate(expectations)}
-    results.sort(key=lambda r: order.get(r.expectation_config.id, len(order)))
-    passed = sum(1 for r in results if r.success)
-    result = ExpectationSuiteValidationResult(
-        success=passed == len(results),
-        results=results,
-        suite_name=f"{spec.name}_contract",
-        statistics={
-            "evaluated_expectations": len(results),
-            "successful_expectations": passed,
-            "unsuccessful_expectations": len(results) - passed,
-            "success_percent": passed / len(results) * 100 if results else None,
-        },
-        meta={"great_expectations_version": gx.__version__, "rows": len(df), "batches": metas},
-    )
-
+    text = _text_columns(df, spec)
+    results, metas = _run_batches(df, spec, expectations, text)
+    result = _merged_result(spec, expectations, results, metas, len(df))
     failures, warnings = list(checks), []
     for r in result.results:
         if r.success:
             continue
-        cfg = r.expectation_config
-        if cfg.type == COLUMN_SET and any(c["type"] == COLUMN_SET for c in checks):
+        if r.expectation_config.type == COLUMN_SET and any(c["type"] == COLUMN_SET for c in checks):
             continue  # reported by check_columns, in plain words
-        item = {
-            "label": _label(cfg),
-            "type": cfg.type,
-            "column": cfg.kwargs.get("column"),
-            "severity": str(getattr(cfg.severity, "value", cfg.severity)),
-            "unexpected_count": r.result.get("unexpected_count"),
-            "unexpected_percent": r.result.get("unexpected_percent"),
-            "observed": r.result.get("observed_value"),
-            "sample": [
-                _sample(v, cfg.kwargs.get("column") in text)
-                for v in (r.result.get("partial_unexpected_list") or [])[:5]
-            ],
-            "error": (r.exception_info or {}).get("exception_message") if r.exception_info else None,
-        }
+        item = _finding(r, text)
         (warnings if item["severity"] == "warning" else failures).append(item)
     return ValidationOutcome(
         success=not failures,

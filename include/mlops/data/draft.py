@@ -158,43 +158,34 @@ def _feature(s: pd.Series, rows: int) -> tuple[dict[str, Any] | None, str | None
     return {"type": "category", "values": sorted(text.unique().tolist()), "required": required}, None
 
 
-def draft_spec(
-    df: pd.DataFrame,
-    *,
-    name: str,
-    source_format: str = "parquet",
-    label: str | None = None,
-    key: str | None = None,
-    time: str | None = None,
-    task: str | None = None,
-) -> Draft:
-    """A spec for `df`'s table; raises DraftError when the key, time or label cannot be told."""
+def _roles(df: pd.DataFrame, label: str | None, key: str | None, time: str | None) -> tuple[str, str, str]:
+    """(time, key, label) columns: the ones given, or the only candidate by name and shape."""
+    cols = list(df.columns)
+    time_col = _pick(cols, time, "event time", "--time", _time_candidates(df))
+    keys = [c for c in cols if (KEY_NAME.search(_slug(c)) or KEY_CAMEL.search(c)) and c != time_col]
+    key_col = _pick(cols, key, "entity key", "--key", keys)
+    label_col = _pick(cols, label, "label", "--label", [c for c in cols if _slug(c) in LABEL_NAMES])
+    return time_col, key_col, label_col
+
+
+def _task(y: pd.Series, label_col: str, task: str | None) -> str:
+    """The task given, or classification for text labels and few integer values, else regression."""
     import pandas as pd
 
-    if df.empty:
-        raise DraftError("the sample has no rows")
-    cols = [str(c) for c in df.columns]
-    df = df.set_axis(cols, axis=1)
-    notes: list[str] = []
-    time_col = _pick(cols, time, "event time", "--time", _time_candidates(df))
-    key_col = _pick(
-        cols,
-        key,
-        "entity key",
-        "--key",
-        [c for c in cols if (KEY_NAME.search(_slug(c)) or KEY_CAMEL.search(c)) and c != time_col],
-    )
-    label_col = _pick(cols, label, "label", "--label", [c for c in cols if _slug(c) in LABEL_NAMES])
-    y = df[label_col]
+    numeric = pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y)
     if task is None:
-        numeric = pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y)
         few = y.nunique() <= 20
         task = "classification" if (not numeric or (few and pd.api.types.is_integer_dtype(y))) else "regression"
-    if task == "regression" and (not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y)):
+    if task == "regression" and not numeric:
         raise DraftError(
             f"--label {label_col!r} holds {y.dtype} values such as {y.dropna().iloc[0]!r}, not numbers: "
             "a regression needs a numeric label; use --task classification"
         )
+    return task
+
+
+def _days(df: pd.DataFrame, time_col: str) -> int:
+    """How many distinct days the event times cover; raises when they do not parse or cover under 3."""
     ts = to_utc(df[time_col])
     if ts.isna().mean() > 0.05:
         raise DraftError(
@@ -202,20 +193,22 @@ def draft_spec(
             "(the pipeline reads ISO 8601, e.g. 2026-10-01T08:30:00Z, or epoch seconds)"
         )
     days = int(ts.dt.normalize().nunique())
-    rows = len(df)
-    per_day = max(1, rows // max(days, 1))
     if days < 3:
         raise DraftError(
             f"the event times span {days} day(s); the pipeline trains on daily batches with a time-based holdout, "
             "so it needs at least 3 days"
         )
+    return days
 
+
+def _features(df: pd.DataFrame, roles: tuple[str, ...], notes: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(features, rename): a definition per usable column, and new names for columns that are not identifiers."""
     rename: dict[str, str] = {}
     features: dict[str, Any] = {}
-    for col in cols:
-        if col in (time_col, key_col, label_col):
+    for col in df.columns:
+        if col in roles:
             continue
-        definition, why = _feature(df[col], rows)
+        definition, why = _feature(df[col], len(df))
         if definition is None:
             notes.append(f"left out {col!r}: it {why}")
             continue
@@ -223,54 +216,55 @@ def draft_spec(
         if fname != col:
             rename[col] = fname
         features[fname] = definition
-    for special in (key_col, time_col, label_col):
+    for special in roles:
         if not COLUMN.match(special):
             rename[special] = _slug(special)
     if not features:
         raise DraftError("no usable feature columns besides the key, the time and the label")
+    return features, rename
 
+
+def _label(y: pd.Series, label_col: str, task: str, rename: dict[str, str], notes: list[str]) -> tuple[dict, str]:
+    """(label section, kind): kind is binary, multiclass or regression; classes come from the sample."""
     label_spec: dict[str, Any] = {"name": rename.get(label_col, label_col), "feed": "separate", "delay_days": 0}
-    kind = "regression"
-    if task == "classification":
-        classes = _classes(y)
-        if len(classes) < 2:
-            raise DraftError(f"--label {label_col!r} has one class only ({classes}); a classifier needs two or more")
-        label_spec["classes"] = classes
-        if len(classes) == 2:
-            label_spec["positive_class"] = _positive(classes, y)
-            notes.append(f"label.positive_class is {label_spec['positive_class']!r}: check it is the class to detect")
-            kind = "binary"
-        else:
-            kind = "multiclass"
+    if task != "classification":
+        return label_spec, "regression"
+    classes = _classes(y)
+    if len(classes) < 2:
+        raise DraftError(f"--label {label_col!r} has one class only ({classes}); a classifier needs two or more")
+    label_spec["classes"] = classes
+    if len(classes) > 2:
+        return label_spec, "multiclass"
+    label_spec["positive_class"] = _positive(classes, y)
+    notes.append(f"label.positive_class is {label_spec['positive_class']!r}: check it is the class to detect")
+    return label_spec, "binary"
 
+
+def _search(rows: int) -> tuple[str, dict[str, list[Any]]]:
+    """(model family, search space): a random forest for small samples, boosting for larger ones."""
+    if rows < 20_000:
+        return "random_forest", {"n_estimators": [100, 200], "max_depth": [None, 8], "min_samples_leaf": [1, 3]}
+    return "hist_gradient_boosting", {
+        "learning_rate": [0.05, 0.1],
+        "max_leaf_nodes": [15, 31, 63],
+        "max_iter": [100, 200],
+    }
+
+
+def _lifecycle(kind: str, features: dict[str, Any], rows: int, days: int, notes: list[str]) -> dict[str, Any]:
+    """The training, model, gate, deployment and monitoring sections, scaled to the sample's rows and days."""
+    per_day = max(1, rows // max(days, 1))
     window = max(3, min(14, days - 1))
     holdout = max(1, window // 5)
     folds = 3 if per_day * (window - holdout) >= 300 else 2
     min_rows = max(folds * 10, min(500, int(0.5 * per_day * window)))
-    small = rows < 20_000
-    if small:
-        family = "random_forest"
-        space = {"n_estimators": [100, 200], "max_depth": [None, 8], "min_samples_leaf": [1, 3]}
-    else:
-        family = "hist_gradient_boosting"
-        space = {"learning_rate": [0.05, 0.1], "max_leaf_nodes": [15, 31, 63], "max_iter": [100, 200]}
+    family, space = _search(rows)
     metric = {"binary": "roc_auc", "multiclass": "f1_macro", "regression": "r2"}[kind]
     minimum = {"binary": 0.6, "multiclass": 0.4, "regression": 0.2}[kind]
     slices = [f for f, d in features.items() if d["type"] == "category" and len(d.get("values", [])) <= 10][:2]
-    entity_name = re.sub(r"_?(id|key|uuid)$", "", key_col, flags=re.IGNORECASE) or "entity"
-    spec: dict[str, Any] = {
-        "name": name,
-        "description": f"Drafted by `mlops spec init` from a sample of {rows} rows over {days} days.",
-        "task": task,
-        "source": {"format": source_format, **({"rename": rename} if rename else {})},
-        "entity": {
-            "name": _slug(entity_name),
-            "key": rename.get(key_col, key_col),
-            "dtype": "int64" if pd.api.types.is_integer_dtype(df[key_col]) else "string",
-        },
-        "timestamp": rename.get(time_col, time_col),
-        "label": label_spec,
-        "features": features,
+    if rows < 20_000:
+        notes.append(f"a {rows}-row sample: the search tries {family} with 4 candidates, {folds}-fold CV")
+    return {
         "validation": {"max_bad_fraction": 0.01, "time_tolerance_hours": 0},
         "training": {"window_days": window, "holdout_days": holdout, "min_rows": min_rows},
         "model": {
@@ -291,8 +285,48 @@ def draft_spec(
             "policy": {"min_rows": max(30, per_day // 2), "min_labelled_rows": max(30, per_day // 4)},
         },
     }
-    if small:
-        notes.append(f"a {rows}-row sample: the search tries {family} with 4 candidates, {folds}-fold CV")
+
+
+def draft_spec(
+    df: pd.DataFrame,
+    *,
+    name: str,
+    source_format: str = "parquet",
+    label: str | None = None,
+    key: str | None = None,
+    time: str | None = None,
+    task: str | None = None,
+) -> Draft:
+    """A spec for `df`'s table; raises DraftError when the key, time or label cannot be told."""
+    import pandas as pd
+
+    if df.empty:
+        raise DraftError("the sample has no rows")
+    df = df.set_axis([str(c) for c in df.columns], axis=1)
+    notes: list[str] = []
+    time_col, key_col, label_col = _roles(df, label, key, time)
+    y = df[label_col]
+    task = _task(y, label_col, task)
+    days = _days(df, time_col)
+    rows = len(df)
+    features, rename = _features(df, (key_col, time_col, label_col), notes)
+    label_spec, kind = _label(y, label_col, task, rename, notes)
+    entity_name = re.sub(r"_?(id|key|uuid)$", "", key_col, flags=re.IGNORECASE) or "entity"
+    spec: dict[str, Any] = {
+        "name": name,
+        "description": f"Drafted by `mlops spec init` from a sample of {rows} rows over {days} days.",
+        "task": task,
+        "source": {"format": source_format, **({"rename": rename} if rename else {})},
+        "entity": {
+            "name": _slug(entity_name),
+            "key": rename.get(key_col, key_col),
+            "dtype": "int64" if pd.api.types.is_integer_dtype(df[key_col]) else "string",
+        },
+        "timestamp": rename.get(time_col, time_col),
+        "label": label_spec,
+        "features": features,
+        **_lifecycle(kind, features, rows, days, notes),
+    }
     return Draft(spec=spec, notes=notes, rows=rows, days=days)
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-    from include.mlops.spec import DatasetSpec
+    from include.mlops.spec import DatasetSpec, Feature
     from include.mlops.storage import ObjectStore
 
 
@@ -49,12 +49,8 @@ def install_spec(spec_path: Path, home: Path) -> Path:
     return dst
 
 
-def conform(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
-    """The spec's columns in the spec's types, or an IngestError naming what does not fit."""
-    import pandas as pd
-
-    from include.mlops.data.draft import to_utc
-
+def _spec_columns(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """A copy of the spec's columns (after `source.rename`); raises naming the missing ones."""
     df = df.rename(columns={str(k): v for k, v in spec.source.rename.items()})
     wanted = [spec.entity_key, spec.timestamp, *spec.feature_names, spec.label]
     missing = [c for c in wanted if c not in df.columns]
@@ -62,77 +58,113 @@ def conform(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
         extra = sorted(set(map(str, df.columns)) - set(wanted))
         hint = f"; columns the spec does not name: {extra} (source.rename maps a file column to a spec name)"
         raise IngestError(f"the file lacks the spec's column(s) {missing}{hint if extra else ''}")
-    out = df[wanted].copy()
-    ts = to_utc(out[spec.timestamp])
+    return df[wanted].copy()
+
+
+def _event_times(col: pd.Series, name: str) -> pd.Series:
+    """The event times as UTC; raises on values that are not times or lie more than a day ahead."""
+    import pandas as pd
+
+    from include.mlops.data.draft import to_utc
+
+    ts = to_utc(col)
     bad = int(ts.isna().sum())
     if bad:
         raise IngestError(
-            f"{bad} value(s) of {spec.timestamp!r} are not dates or times, e.g. {out[spec.timestamp][ts.isna()].iloc[0]!r}; "
+            f"{bad} value(s) of {name!r} are not dates or times, e.g. {col[ts.isna()].iloc[0]!r}; "
             "write ISO 8601 (2026-10-01T08:30:00Z) or epoch seconds"
         )
     future = ts > pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=1)
     if future.any():
         raise IngestError(
-            f"{int(future.sum())} value(s) of {spec.timestamp!r} are in the future, e.g. "
-            f"{out[spec.timestamp][future].iloc[0]!r} on data row {int(future.to_numpy().argmax()) + 1}; "
+            f"{int(future.sum())} value(s) of {name!r} are in the future, e.g. "
+            f"{col[future].iloc[0]!r} on data row {int(future.to_numpy().argmax()) + 1}; "
             "fix or drop those rows (each event day becomes a batch to train on)"
         )
-    out[spec.timestamp] = ts
-    key = out[spec.entity_key]
+    return ts
+
+
+def _entity_keys(key: pd.Series, spec: DatasetSpec) -> pd.Series:
+    """The keys as text, or as int64 for an integer entity (raising on values that are not integers)."""
+    import pandas as pd
+
     if spec.entity_is_string:
-        out[spec.entity_key] = key.astype(str)
-    else:
-        as_int = pd.to_numeric(key, errors="coerce")
-        if as_int.isna().any() or not (as_int % 1 == 0).all():
-            raise IngestError(
-                f"entity key {spec.entity_key!r} holds values that are not integers (e.g. {key[as_int.isna()].iloc[0]!r}); "
-                "set entity.dtype: string"
-            )
-        out[spec.entity_key] = as_int.astype("int64")
+        return key.astype(str)
+    as_int = pd.to_numeric(key, errors="coerce")
+    if as_int.isna().any() or not (as_int % 1 == 0).all():
+        raise IngestError(
+            f"entity key {spec.entity_key!r} holds values that are not integers (e.g. {key[as_int.isna()].iloc[0]!r}); "
+            "set entity.dtype: string"
+        )
+    return as_int.astype("int64")
+
+
+def _feature_values(col: pd.Series, feature: Feature) -> pd.Series:
+    """A category's values as text (gaps kept), a numeric feature's as numbers; raises on what does not fit."""
+    import pandas as pd
+
+    if not feature.is_numeric:
+        return col.where(col.isna(), col.astype(str)).astype(object)
+    if pd.api.types.is_bool_dtype(col):
+        raise IngestError(
+            f"feature {feature.name!r} is {feature.type} in the spec but true/false in the file; make it a category"
+        )
+    if pd.api.types.is_numeric_dtype(col):
+        return col
+    as_num = pd.to_numeric(col, errors="coerce")
+    wrong = as_num.isna() & col.notna()
+    if wrong.any():
+        raise IngestError(
+            f"feature {feature.name!r} is {feature.type} in the spec but {int(wrong.sum())} value(s) are not numbers, "
+            f"e.g. {col[wrong].iloc[0]!r}; fix the values or make it a category"
+        )
+    return as_num
+
+
+def _regression_label(y: pd.Series, name: str) -> pd.Series:
+    """A regression's label as numbers; true/false and text values raise."""
+    import pandas as pd
+
+    as_num = (
+        pd.Series(float("nan"), index=y.index) if pd.api.types.is_bool_dtype(y) else pd.to_numeric(y, errors="coerce")
+    )
+    if as_num.isna().any():
+        raise IngestError(
+            f"label {name!r} of a regression holds values that are not numbers, e.g. "
+            f"{y[as_num.isna()].iloc[0]!r}; fix them, or set task: classification with label.classes"
+        )
+    return as_num
+
+
+def _check_classes(y: pd.Series, spec: DatasetSpec) -> None:
+    """Raises when the label holds values outside `label.classes` (when the spec lists them)."""
+    classes = spec.label_spec.classes if spec.is_classification else None
+    if not classes:
+        return
+
+    def text(v: object) -> str:  # 1.0 read from a file is the class 1
+        return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+    unknown = sorted({text(v) for v in y.unique()} - {text(c) for c in classes})
+    if unknown:
+        raise IngestError(
+            f"label {spec.label!r} has value(s) {unknown[:10]} that are not in label.classes {classes}; "
+            "add them to label.classes (3 or more classes make a multiclass task) or fix the rows"
+        )
+
+
+def conform(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """The spec's columns in the spec's types, or an IngestError naming what does not fit."""
+    out = _spec_columns(df, spec)
+    out[spec.timestamp] = _event_times(out[spec.timestamp], spec.timestamp)
+    out[spec.entity_key] = _entity_keys(out[spec.entity_key], spec)
     for f in spec.features:
-        col = out[f.name]
-        if not f.is_numeric:
-            out[f.name] = col.where(col.isna(), col.astype(str)).astype(object)
-            continue
-        if pd.api.types.is_bool_dtype(col):
-            raise IngestError(
-                f"feature {f.name!r} is {f.type} in the spec but true/false in the file; make it a category"
-            )
-        if not pd.api.types.is_numeric_dtype(col):
-            as_num = pd.to_numeric(col, errors="coerce")
-            wrong = as_num.isna() & col.notna()
-            if wrong.any():
-                raise IngestError(
-                    f"feature {f.name!r} is {f.type} in the spec but {int(wrong.sum())} value(s) are not numbers, "
-                    f"e.g. {col[wrong].iloc[0]!r}; fix the values or make it a category"
-                )
-            out[f.name] = as_num
+        out[f.name] = _feature_values(out[f.name], f)
     if out[spec.label].isna().any():
         raise IngestError(f"{int(out[spec.label].isna().sum())} row(s) have no label {spec.label!r}")
     if not spec.is_classification:
-        y = out[spec.label]
-        if pd.api.types.is_bool_dtype(y):
-            as_num = pd.Series(float("nan"), index=y.index)
-        else:
-            as_num = pd.to_numeric(y, errors="coerce")
-        if as_num.isna().any():
-            raise IngestError(
-                f"label {spec.label!r} of a regression holds values that are not numbers, e.g. "
-                f"{y[as_num.isna()].iloc[0]!r}; fix them, or set task: classification with label.classes"
-            )
-        out[spec.label] = as_num
-    classes = spec.label_spec.classes if spec.is_classification else None
-    if classes:
-
-        def text(v: object) -> str:  # 1.0 read from a file is the class 1
-            return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
-
-        unknown = sorted({text(v) for v in out[spec.label].unique()} - {text(c) for c in classes})
-        if unknown:
-            raise IngestError(
-                f"label {spec.label!r} has value(s) {unknown[:10]} that are not in label.classes {classes}; "
-                "add them to label.classes (3 or more classes make a multiclass task) or fix the rows"
-            )
+        out[spec.label] = _regression_label(out[spec.label], spec.label)
+    _check_classes(out[spec.label], spec)
     return out
 
 
