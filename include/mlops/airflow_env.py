@@ -8,12 +8,12 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from include.mlops.config import PROJECT_ROOT, get_settings
+from include.mlops.config import PROJECT_ROOT, get_settings, get_timeouts
 
 
 def bind_address() -> str:
     """The address local services listen on: MLOPS_BIND_ADDRESS, loopback unless told otherwise."""
-    return os.environ.get("MLOPS_BIND_ADDRESS", "").strip() or "127.0.0.1"
+    return get_settings().bind_address
 
 
 def airflow_env(home: Path | None = None, **overrides: str) -> dict[str, str]:
@@ -21,9 +21,11 @@ def airflow_env(home: Path | None = None, **overrides: str) -> dict[str, str]:
 
     On a busy laptop the execution API answers a task process slowly: Airflow's 5 s timeout made
     a try fail before its first line (an empty log). MLOPS_EXECUTION_API_TIMEOUT (60 s) and 10
-    retries give it time; a try that still fails then says so in its own log."""
-    mlops_home = home or get_settings().home
-    airflow_home = Path(os.environ.get("AIRFLOW_HOME") or mlops_home / "airflow")
+    retries give it time; a try that still fails then says so in its own log. An AIRFLOW_HOME in
+    the environment wins over `<home>/airflow`."""
+    s = get_settings()
+    mlops_home = home or s.home
+    airflow_home = s.airflow_home or mlops_home / "airflow"
     env = {
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
@@ -35,10 +37,10 @@ def airflow_env(home: Path | None = None, **overrides: str) -> dict[str, str]:
             airflow_home / "simple_auth_manager_passwords.json.generated"
         ),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "AIRFLOW__API__HOST": bind_address(),  # the api-server listens on 0.0.0.0 by default
+        "AIRFLOW__API__HOST": s.bind_address,  # the api-server listens on 0.0.0.0 by default
         # the scheduler's health server, should anyone turn it on ([scheduler] enable_health_check)
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": bind_address(),
-        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": os.environ.get("MLOPS_EXECUTION_API_TIMEOUT") or "60",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": s.bind_address,
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": f"{get_timeouts().execution_api:g}",
         "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "10",
         "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p),
         "MLOPS_HOME": str(mlops_home),
@@ -53,8 +55,9 @@ def airflow_env(home: Path | None = None, **overrides: str) -> dict[str, str]:
 def apply_airflow_env(home: Path | None = None, **overrides: str) -> dict[str, str]:
     """Set the variables in this process (before `airflow` is imported) and return them."""
     env = airflow_env(home, **overrides)
+    airflow_home_set = get_settings().airflow_home is not None
     for k, v in env.items():
-        if k == "AIRFLOW_HOME" and os.environ.get(k):
+        if k == "AIRFLOW_HOME" and airflow_home_set:
             continue
         os.environ.setdefault(k, v) if k.startswith("AIRFLOW__CORE__SIMPLE") else os.environ.__setitem__(k, v)
     plugins = str(PROJECT_ROOT / "plugins")

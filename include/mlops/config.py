@@ -1,6 +1,7 @@
-"""One settings object: every environment variable the platform reads is a field here.
+"""Every environment variable the platform reads is a field of a settings model here.
 
-Only the environment differs between the embedded default and the production stack:
+`Settings` (`get_settings()`): where things are and how the platform behaves. Only the
+environment differs between the embedded default and the production stack:
 
 | variable | embedded default | production stack |
 |---|---|---|
@@ -16,32 +17,48 @@ Only the environment differs between the embedded default and the production sta
 | MLOPS_SERVE_URL / MLOPS_ADMIN_TOKEN | set by `make up` / the demo | http://scoring:8000 / a secret |
 
 The others (spec directories, extra trusted model types, the MLflow UI address for links, bind
-address, log level) are described on their fields. The scoring service's own knobs
-(`MLOPS_SERVE_*`) are `serving.config.ServeConfig`; the waits' deadlines are `waits.DEFAULTS`.
-Settings are read when asked for (`get_settings()`), never at import time, so tests can change
-the environment. An empty variable counts as unset.
+address, log level, the DAGs' start date, Feast's type checks, Airflow's home) are described on
+their fields. `Timeouts` (`get_timeouts()`) holds the bounded waits' deadlines, `LocalPorts`
+(`get_ports()`) the ports of `make up`, `DemoOverrides` (`get_demo_overrides()`) the demo's
+DEMO_* variables. The scoring service's own knobs (`MLOPS_SERVE_*`) are
+`serving.config.ServeConfig`.
+
+Every model is read when asked for, never at import time, so tests can change the environment.
+An empty variable counts as unset. A value that does not parse raises `SettingsError` naming the
+variable, what it holds and its default.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_START_DATE = date(2020, 1, 1)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+_CONFIG = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True, case_sensitive=True)
+S = TypeVar("S", bound=BaseSettings)
 
 
-def _env(*names: str, default: str | None = "") -> Any:
-    return Field(default=default, validation_alias=AliasChoices(*names))
+class SettingsError(ValueError):
+    """An environment variable holds a value its setting cannot take; the message names it."""
+
+
+def _env(*names: str, default: Any = "", **kw: Any) -> Any:
+    alias = names[0] if len(names) == 1 else AliasChoices(*names)
+    return Field(default=default, validation_alias=alias, **kw)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True, case_sensitive=True)
+    model_config = _CONFIG
 
-    home: Path = Field(default=PROJECT_ROOT / ".mlops", validation_alias="MLOPS_HOME")
+    home: Path = _env("MLOPS_HOME", default=PROJECT_ROOT / ".mlops")
     store_uri: str = _env("MLOPS_STORE_URI")  # default: file://<home>/store
     s3_endpoint_url: str | None = _env("MLOPS_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", default=None)
     tracking_uri: str = _env("MLFLOW_TRACKING_URI")  # default: sqlite:///<home>/mlflow.db
@@ -49,18 +66,59 @@ class Settings(BaseSettings):
     # MLflow writes ./mlruns wherever the process happens to start.
     mlflow_artifacts: str | None = _env("MLOPS_MLFLOW_ARTIFACTS", default=None)
     feast_registry_path: str = _env("FEAST_REGISTRY_PATH")
-    feast_online_store: str = Field(default="sqlite", validation_alias="FEAST_ONLINE_STORE")
+    feast_online_store: str = _env("FEAST_ONLINE_STORE", default="sqlite")
     feast_online_path: str = _env("FEAST_ONLINE_PATH")
-    feast_repo: Path = Field(default=PROJECT_ROOT / "feature_repo", validation_alias="MLOPS_FEAST_REPO")
-    dataset: str = Field(default="churn", validation_alias="MLOPS_DATASET")
+    feast_repo: Path = _env("MLOPS_FEAST_REPO", default=PROJECT_ROOT / "feature_repo")
+    # MLOPS_FEAST_TYPECHECKS=1 keeps typeguard's checks in Feast, and its slow import (feast_import)
+    feast_typechecks: bool = _env("MLOPS_FEAST_TYPECHECKS", default=False)
+    dataset: str = _env("MLOPS_DATASET", default="churn")
     git_commit: str = _env("MLOPS_GIT_COMMIT")  # default: read from .git
-    spec_dirs: str = Field(default="", validation_alias="MLOPS_SPEC_DIRS")  # extra spec directories, os.pathsep
+    # extra spec directories (os.pathsep-separated), looked in before $MLOPS_HOME/specs
+    spec_dirs: Annotated[tuple[Path, ...], NoDecode] = _env("MLOPS_SPEC_DIRS", default=())
     serve_url: str | None = _env("MLOPS_SERVE_URL", default=None)  # the live scoring service, if one runs
     admin_token: str | None = _env("MLOPS_ADMIN_TOKEN", default=None)  # its admin token (reload, flush, pin)
-    mlflow_ui_url: str = Field(default="http://localhost:5000", validation_alias="MLOPS_MLFLOW_UI_URL")
-    trusted_types_extra: str = Field(default="", validation_alias="MLOPS_TRUSTED_TYPES_EXTRA")
-    bind_address: str = Field(default="127.0.0.1", validation_alias="MLOPS_BIND_ADDRESS")
-    log_level: str = Field(default="INFO", validation_alias="MLOPS_LOG_LEVEL")
+    mlflow_ui_url: str = _env("MLOPS_MLFLOW_UI_URL", default="http://localhost:5000")  # for Airflow's links
+    # the operator's own estimator classes the model loader may construct (comma-separated; model_io)
+    trusted_types_extra: Annotated[tuple[str, ...], NoDecode] = _env("MLOPS_TRUSTED_TYPES_EXTRA", default=())
+    bind_address: str = _env("MLOPS_BIND_ADDRESS", default="127.0.0.1")  # what local services listen on
+    log_level: str = _env("MLOPS_LOG_LEVEL", default="INFO")  # the scoring service's log level
+    start_date: date = _env("MLOPS_START_DATE", default=DEFAULT_START_DATE)  # the DAGs' start_date (UTC)
+    airflow_home: Path | None = _env("AIRFLOW_HOME", default=None)  # default: <home>/airflow (airflow_env)
+
+    @field_validator("spec_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, v: Any) -> Any:
+        return tuple(p for p in v.split(os.pathsep) if p.strip()) if isinstance(v, str) else v
+
+    @field_validator("trusted_types_extra", mode="before")
+    @classmethod
+    def _split_types(cls, v: Any) -> Any:
+        return tuple(t.strip() for t in v.split(",") if t.strip()) if isinstance(v, str) else v
+
+    @field_validator("bind_address", "mlflow_ui_url", mode="before")
+    @classmethod
+    def _strip(cls, v: Any, info: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        v = v.strip().rstrip("/") if info.field_name == "mlflow_ui_url" else v.strip()
+        return v or cls.model_fields[info.field_name].default
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().upper() not in LOG_LEVELS:  # names uvicorn knows too
+            raise ValueError(f"not a log level (one of {', '.join(LOG_LEVELS)})")
+        return v.strip().upper() if isinstance(v, str) else v
+
+    @field_validator("start_date", mode="before")
+    @classmethod
+    def _iso_day(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        try:
+            return date.fromisoformat(v.strip()[:10])  # a timestamp counts for its day
+        except ValueError:
+            raise ValueError("not an ISO date (YYYY-MM-DD)") from None
 
     @model_validator(mode="after")
     def _defaults_under_home(self) -> Settings:
@@ -86,6 +144,109 @@ class Settings(BaseSettings):
         return self.store_uri.startswith("s3://")
 
 
+def _seconds(var: str, default: float, what: str) -> Any:
+    return _env(var, default=default, gt=0, description=what)
+
+
+class Timeouts(BaseSettings):
+    """The deadlines of the bounded waits (`waits.Wait`), in seconds, each positive."""
+
+    model_config = _CONFIG
+
+    up: float = _seconds("MLOPS_UP_TIMEOUT", 600.0, "`make up`: each service becoming ready")
+    service_start: float = _seconds(
+        "MLOPS_SERVICE_START_TIMEOUT", 300.0, "a scoring service started for a check (or by the demo) becoming ready"
+    )
+    deploy_wait: float = _seconds(
+        "MLOPS_DEPLOY_WAIT_TIMEOUT", 300.0, "the deploy step: the service serving the expected versions"
+    )
+    deploy_request: float = _seconds(
+        "MLOPS_DEPLOY_REQUEST_TIMEOUT", 60.0, "one request of the deploy check (a slower answer counts as an error)"
+    )
+    airflow_start: float = _seconds(
+        "MLOPS_AIRFLOW_START_TIMEOUT", 600.0, "the demo's `airflow standalone` answering its API"
+    )
+    airflow_run: float = _seconds("MLOPS_AIRFLOW_RUN_TIMEOUT", 3600.0, "the demo's `ml_retraining` run finishing")
+    api_call: float = _seconds(
+        "MLOPS_API_CALL_TIMEOUT", 60.0, "one Airflow REST call (retried until the wait's deadline)"
+    )
+    progress: float = _seconds("MLOPS_PROGRESS_SECONDS", 15.0, "how often a wait says it is still waiting")
+    # Airflow's own default (5 s) failed a task's first try on a busy laptop before its first log line
+    execution_api: float = _seconds(
+        "MLOPS_EXECUTION_API_TIMEOUT", 60.0, "a task process's calls to Airflow's execution API"
+    )
+
+
+def _port(var: str, default: int) -> Any:
+    return _env(var, default=default, ge=1, le=65535)
+
+
+class LocalPorts(BaseSettings):
+    """The ports `make up` (`local_stack`) serves on; the same variables set docker compose's."""
+
+    model_config = _CONFIG
+
+    airflow: int = _port("AIRFLOW_PORT", 8080)
+    mlflow: int = _port("MLFLOW_PORT", 5000)
+    serve: int = _port("MLOPS_SERVE_PORT", 8000)
+    evidently: int = _port("EVIDENTLY_PORT", 8001)
+
+
+class DemoOverrides(BaseSettings):
+    """`make demo`'s story where the environment overrides the spec's `demo` section (`spec.DemoSpec`,
+    same field names); None: the spec's value. `DEMO_SCENARIO=none make demo` trains and deploys only."""
+
+    model_config = _CONFIG
+
+    scenario: str | None = _env("DEMO_SCENARIO", default=None)
+    history_days: int | None = _env("DEMO_HISTORY_DAYS", default=None, ge=1)
+    monitor_days: int | None = _env("DEMO_MONITOR_DAYS", default=None, ge=0)
+    drift_days: int | None = _env("DEMO_DRIFT_DAYS", default=None, ge=0)
+    rows_per_day: int | None = _env("DEMO_ROWS_PER_DAY", default=None, ge=10)
+
+
+def variable(cls: type[BaseSettings], field: str) -> str:
+    """The environment variable behind `cls.field` (its first name, if it has several)."""
+    alias = cls.model_fields[field].validation_alias
+    return alias.choices[0] if isinstance(alias, AliasChoices) else str(alias or field)
+
+
+def _read(cls: type[S]) -> S:
+    """`cls()` from the environment; a value that does not parse is a SettingsError naming it."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        by_var = {variable(cls, name): f for name, f in cls.model_fields.items()}
+        problems = []
+        for err in exc.errors():
+            var = str(err["loc"][0]) if err["loc"] else cls.__name__
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            f = by_var.get(var)
+            default = f"; unset it for the default ({f.default})" if f is not None and f.default is not None else ""
+            problems.append(f"{var}={err.get('input')!r}: {msg}{default}")
+        raise SettingsError("; ".join(problems)) from None
+
+
+def get_settings() -> Settings:
+    """Read the settings now (never at import time), so tests can change the environment."""
+    return _read(Settings)
+
+
+def get_timeouts() -> Timeouts:
+    """The waits' deadlines, read now."""
+    return _read(Timeouts)
+
+
+def get_ports() -> LocalPorts:
+    """`make up`'s ports, read now."""
+    return _read(LocalPorts)
+
+
+def get_demo_overrides() -> DemoOverrides:
+    """The demo's overrides of the spec's `demo` section, read now."""
+    return _read(DemoOverrides)
+
+
 def _git_commit() -> str:
     head = PROJECT_ROOT / ".git" / "HEAD"
     try:
@@ -103,11 +264,6 @@ def _git_commit() -> str:
     except OSError:
         pass
     return "unknown"
-
-
-def get_settings() -> Settings:
-    """Read the settings now (never at import time), so tests can change the environment."""
-    return Settings()
 
 
 def embedded_env(home: Path) -> dict[str, str]:

@@ -16,7 +16,6 @@ checks, and the slow import.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -30,7 +29,9 @@ def without_typeguard() -> bool:
     """Make typeguard's decorator a no-op for Feast; True if it is one now."""
     if "feast" in sys.modules:  # too late for this process: Feast kept what it had
         return getattr(sys.modules.get("typeguard"), "typechecked", None) is _identity
-    if os.environ.get("MLOPS_FEAST_TYPECHECKS", "").strip().lower() in ("1", "true", "yes"):
+    from include.mlops.config import get_settings
+
+    if get_settings().feast_typechecks:
         return False
     import typeguard
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from include.mlops.airflow_env import airflow_env, bind_address, migrate_db
-from include.mlops.config import get_settings
-from include.mlops.waits import Wait, WaitTimeout, seconds
+from include.mlops.config import get_ports, get_settings, get_timeouts
+from include.mlops.waits import Wait, WaitTimeout
 
 
 class Stopped(BaseException):  # not an Exception: no `except Exception` may swallow it
@@ -165,14 +165,9 @@ def up(check: bool, timeout: float | None = None) -> int:
 
     A service that is not ready by the deadline is reported with its log and left running (it
     may still come up); the ready ones keep serving. `check`: report and stop everything."""
-    timeout = timeout if timeout is not None else seconds("MLOPS_UP_TIMEOUT")
+    timeout = timeout if timeout is not None else get_timeouts().up
     s = get_settings()
-    ports = {
-        "airflow": int(os.environ.get("AIRFLOW_PORT", 8080)),
-        "mlflow": int(os.environ.get("MLFLOW_PORT", 5000)),
-        "serve": int(os.environ.get("MLOPS_SERVE_PORT", 8000)),
-        "evidently": int(os.environ.get("EVIDENTLY_PORT", 8001)),
-    }
+    ports = get_ports().model_dump()  # AIRFLOW_PORT, MLFLOW_PORT, MLOPS_SERVE_PORT, EVIDENTLY_PORT
     svcs, env = services(ports)
     logs = s.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -273,8 +268,8 @@ def _serve(svcs: list[Service], pending: set[str], logs: Path) -> None:
 def _list_dags(port: int, pw_file: Path) -> list[dict]:
     """The DAGs the api-server lists, with their paused flag (proves the UI has them)."""
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + seconds("MLOPS_UP_TIMEOUT")
-    call = seconds("MLOPS_API_CALL_TIMEOUT")
+    t = get_timeouts()
+    deadline, call = time.time() + t.up, t.api_call
     while time.time() < deadline:
         try:
             password = json.loads(pw_file.read_text())["admin"]
@@ -329,7 +324,7 @@ class AirflowStandalone:
         before the api-server, and a task it starts meanwhile fails to reach the execution API
         (a wasted try and a retry delay); runs queued for these DAGs wait instead.
         """
-        timeout = timeout if timeout is not None else seconds("MLOPS_AIRFLOW_START_TIMEOUT")
+        timeout = timeout if timeout is not None else get_timeouts().airflow_start
         if hold:
             from include.mlops.airflow_env import set_paused
 
@@ -374,7 +369,7 @@ class AirflowStandalone:
         api-server), for up to MLOPS_API_CALL_TIMEOUT x 3; a 4xx is an answer and raises."""
         import urllib.error
 
-        per_call = seconds("MLOPS_API_CALL_TIMEOUT")
+        per_call = get_timeouts().api_call
         wait = Wait(f"{method} {path} on {self.url}", per_call * 3, say=_say, log_hint=str(self.log))
         while True:
             headers = {"Content-Type": "application/json"}
@@ -409,7 +404,7 @@ class AirflowStandalone:
 
         Waits at most `timeout` s (MLOPS_AIRFLOW_RUN_TIMEOUT); a slow or failed API call is retried,
         not a failure; progress says which tasks are where."""
-        timeout = timeout if timeout is not None else seconds("MLOPS_AIRFLOW_RUN_TIMEOUT")
+        timeout = timeout if timeout is not None else get_timeouts().airflow_run
         wait = Wait(f"a finished {run_type or ''} run of {dag_id}", timeout, say=_say, log_hint=str(self.log))
         seen = None
         status = "no run yet"

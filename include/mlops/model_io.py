@@ -19,17 +19,18 @@ qualified names): configuration of the process, never of the artifact.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from include.mlops.config import Settings, get_settings, variable
+
 FLAVOR = "sklearn"
 FORMAT = "skops"
+EXTRA_TYPES_ENV = variable(Settings, "trusted_types_extra")  # MLOPS_TRUSTED_TYPES_EXTRA
 ACCEPTED = (
     "MLflow's sklearn flavour with serialization_format 'skops' "
     "(mlflow.sklearn.log_model(..., serialization_format='skops'), as include/mlops/pipeline.py log_model writes it)"
 )
-EXTRA_TYPES_ENV = "MLOPS_TRUSTED_TYPES_EXTRA"
 
 # The types the platform's fitted pipelines hold beyond skops' own trusted set (builtins, numpy
 # scalars and arrays, scikit-learn estimators and losses): derived from build_pipeline for every
@@ -50,8 +51,7 @@ class UnsafeModelError(Exception):
 
 def trusted_types() -> list[str]:
     """The allowlist in force: `TRUSTED_TYPES` plus the operator's MLOPS_TRUSTED_TYPES_EXTRA."""
-    extra = [t.strip() for t in os.environ.get(EXTRA_TYPES_ENV, "").split(",") if t.strip()]
-    return sorted({*TRUSTED_TYPES, *extra})
+    return sorted({*TRUSTED_TYPES, *get_settings().trusted_types_extra})
 
 
 def _refuse(what: str, found: str, fix: str = "") -> UnsafeModelError:
@@ -112,7 +112,7 @@ def check_types(path: str | Path, what: str) -> None:
 
     from skops.io import get_untrusted_types
 
-    from include.mlops.pipeline import quiet_deprecations
+    from include.mlops.tracking import quiet_deprecations
 
     try:
         with quiet_deprecations(f"checked the types in {what}"):
@@ -133,7 +133,7 @@ def load_local(local_dir: str | Path, what: str) -> Any:
     """A downloaded MLflow model directory, checked (format, then types) and loaded with skops."""
     import skops.io
 
-    from include.mlops.pipeline import quiet_deprecations
+    from include.mlops.tracking import quiet_deprecations
 
     path = model_file(local_dir, what)
     check_types(path, what)

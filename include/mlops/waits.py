@@ -2,56 +2,33 @@
 waiting, and a message on giving up that says what was awaited and where its log is.
 
 Every wait of `make up`, `make demo` and the deploy step goes through `Wait`. A slow answer or a
-timeout of one call is not a failure: the caller retries until the deadline.
-
-| variable | default | bounds |
-|---|---|---|
-| MLOPS_UP_TIMEOUT | 600 | `make up`: each service becoming ready |
-| MLOPS_SERVICE_START_TIMEOUT | 300 | a scoring service started for a check (or by the demo) becoming ready |
-| MLOPS_DEPLOY_WAIT_TIMEOUT | 300 | the deploy step: the service serving the expected versions |
-| MLOPS_DEPLOY_REQUEST_TIMEOUT | 60 | one request of the deploy check (a slower answer counts as an error) |
-| MLOPS_AIRFLOW_START_TIMEOUT | 600 | the demo's `airflow standalone` answering its API |
-| MLOPS_AIRFLOW_RUN_TIMEOUT | 3600 | the demo's `ml_retraining` run finishing |
-| MLOPS_API_CALL_TIMEOUT | 60 | one Airflow REST call (retried until the wait's deadline) |
-| MLOPS_PROGRESS_SECONDS | 15 | how often a wait says it is still waiting |
+timeout of one call is not a failure: the caller retries until the deadline. The deadlines
+(MLOPS_*_TIMEOUT, MLOPS_PROGRESS_SECONDS) are `config.Timeouts`, one field per variable with its
+default and meaning; `seconds(variable)` reads one, `DEFAULTS` lists them by variable.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 
-DEFAULTS: dict[str, float] = {
-    "MLOPS_UP_TIMEOUT": 600.0,
-    "MLOPS_SERVICE_START_TIMEOUT": 300.0,
-    "MLOPS_DEPLOY_WAIT_TIMEOUT": 300.0,
-    "MLOPS_DEPLOY_REQUEST_TIMEOUT": 60.0,
-    "MLOPS_AIRFLOW_START_TIMEOUT": 600.0,
-    "MLOPS_AIRFLOW_RUN_TIMEOUT": 3600.0,
-    "MLOPS_API_CALL_TIMEOUT": 60.0,
-    "MLOPS_PROGRESS_SECONDS": 15.0,
-}
+from include.mlops.config import Timeouts, get_timeouts, variable
+
+_FIELDS: dict[str, str] = {variable(Timeouts, name): name for name in Timeouts.model_fields}
+DEFAULTS: dict[str, float] = {var: Timeouts.model_fields[name].default for var, name in _FIELDS.items()}
 
 
 class WaitTimeout(TimeoutError):
     """A bounded wait gave up; the message says what it waited for and where to look."""
 
 
-def seconds(name: str, default: float | None = None) -> float:
-    """A duration from the environment (`name`), else the documented default."""
-    raw = os.environ.get(name, "").strip()
-    fallback = DEFAULTS.get(name, 60.0) if default is None else default
-    if not raw:
-        return fallback
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name}={raw!r} is not a number of seconds") from exc
-    if value <= 0:
-        raise ValueError(f"{name}={raw!r} must be a positive number of seconds")
-    return value
+def seconds(name: str) -> float:
+    """The deadline in the environment variable `name` (one of `DEFAULTS`), else its default; a value
+    that is not a positive number raises `config.SettingsError` naming the variable."""
+    if name not in _FIELDS:
+        raise KeyError(f"{name} is not a wait deadline; the deadlines are {sorted(_FIELDS)} (config.Timeouts)")
+    return float(getattr(get_timeouts(), _FIELDS[name]))
 
 
 class Wait:
@@ -72,7 +49,7 @@ class Wait:
     ) -> None:
         self.what, self.timeout, self.log_hint = what, timeout, log_hint
         self.say = say or logging.getLogger(__name__).info
-        self.every = every if every is not None else seconds("MLOPS_PROGRESS_SECONDS")
+        self.every = every if every is not None else get_timeouts().progress
         self.t0 = time.monotonic()
         self._next = self.t0 + self.every
 

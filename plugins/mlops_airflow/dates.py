@@ -1,10 +1,11 @@
 """When the DAGs start, and which data interval a run is for.
 
 Light on purpose: DAG files import this at parse time, so nothing here imports more than the
-standard library (and Airflow's exception, which every task pays for anyway).
+standard library and the settings (`include.mlops.config`: pydantic, which Airflow loads anyway),
+and Airflow's exception inside the function that raises it.
 
-- `start_date()`: the DAGs' `start_date`, from `MLOPS_START_DATE` (an ISO date, UTC; default
-  2020-01-01). A run for a day before it would "succeed" with no task run, so the default lies
+- `start_date()`: the DAGs' `start_date`, from `MLOPS_START_DATE` (`config.Settings.start_date`:
+  an ISO date, UTC; default 2020-01-01). A run for a day before it would "succeed" with no task run, so the default lies
   far enough in the past for users' historical data.
 - `daily_interval(context)`: the run's data interval. A scheduled run, a backfill or a trigger
   with a `logical_date` carries one; a run triggered through the REST API with
@@ -14,21 +15,16 @@ standard library (and Airflow's exception, which every task pays for anyway).
 
 from __future__ import annotations
 
-import os
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-START_DATE_VAR = "MLOPS_START_DATE"
-DEFAULT_START_DATE = date(2020, 1, 1)
+from include.mlops.config import get_settings
 
 
 def start_date() -> datetime:
-    """`MLOPS_START_DATE` (YYYY-MM-DD) at 00:00 UTC; a value that is not an ISO date is a parse error."""
-    raw = (os.environ.get(START_DATE_VAR) or "").strip()
-    try:
-        day = date.fromisoformat(raw[:10]) if raw else DEFAULT_START_DATE
-    except ValueError as exc:
-        raise ValueError(f"{START_DATE_VAR}={raw!r} is not an ISO date (YYYY-MM-DD)") from exc
+    """`MLOPS_START_DATE` (YYYY-MM-DD) at 00:00 UTC; a value that is not an ISO date is a parse error
+    (`config.SettingsError`, naming the variable)."""
+    day = get_settings().start_date
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 

@@ -17,14 +17,16 @@ per-task-instance endpoint above is the one to ask (the UI and tests/integration
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from airflow.sdk import BaseOperatorLink
 
 
 def mlflow_ui_url() -> str:
-    return os.environ.get("MLOPS_MLFLOW_UI_URL", "http://localhost:5000").rstrip("/")
+    """MLOPS_MLFLOW_UI_URL (config.Settings), without a trailing slash."""
+    from include.mlops.config import get_settings
+
+    return get_settings().mlflow_ui_url
 
 
 def _xcom(ti_key: Any) -> dict[str, Any]:

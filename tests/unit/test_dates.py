@@ -16,7 +16,7 @@ def test_start_date_defaults_far_back_and_follows_the_variable(monkeypatch):
     monkeypatch.setenv("MLOPS_START_DATE", "2018-03-04")
     assert start_date() == datetime(2018, 3, 4, tzinfo=UTC)
     monkeypatch.setenv("MLOPS_START_DATE", "last tuesday")
-    with pytest.raises(ValueError, match="MLOPS_START_DATE='last tuesday' is not an ISO date"):
+    with pytest.raises(ValueError, match="MLOPS_START_DATE='last tuesday': not an ISO date"):
         start_date()
 
 

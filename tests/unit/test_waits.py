@@ -1,4 +1,4 @@
-"""Bounded waits: deadlines from the environment, progress while waiting, a useful give-up."""
+"""Bounded waits: deadlines from the environment (config.Timeouts), progress while waiting, a useful give-up."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ def test_deadlines_come_from_the_environment_with_documented_defaults(monkeypatc
         monkeypatch.setenv("MLOPS_UP_TIMEOUT", bad)
         with pytest.raises(ValueError, match="MLOPS_UP_TIMEOUT"):
             seconds("MLOPS_UP_TIMEOUT")
+
+
+def test_a_misspelt_deadline_is_refused_with_the_known_ones():
+    with pytest.raises(KeyError, match="MLOPS_UP_TIMEOUT"):
+        seconds("MLOPS_UP_TIMEOT")
 
 
 def test_every_documented_variable_is_in_the_readme():

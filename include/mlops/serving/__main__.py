@@ -14,24 +14,23 @@ import os
 def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the log
-    from include.mlops.config import quiet_telemetry
+    from include.mlops.config import get_settings, quiet_telemetry
 
     quiet_telemetry()
+    level = get_settings().log_level
     import uvicorn
 
     from include.mlops.serving.app import create_app
     from include.mlops.serving.config import ServeConfig
 
     cfg = ServeConfig.from_env()
-    logging.basicConfig(
-        level=os.environ.get("MLOPS_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         create_app(cfg),
         host=cfg.host,
         port=cfg.port,
         access_log=cfg.access_log,
-        log_level=os.environ.get("MLOPS_LOG_LEVEL", "info").lower(),
+        log_level=level.lower(),
         timeout_graceful_shutdown=30,
     )
 
