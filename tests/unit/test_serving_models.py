@@ -83,6 +83,8 @@ def test_no_champion_means_not_ready(manager):
         ("direct", "passed", None),
         ("canary", "passed", "2"),
         ("canary", "failed", None),
+        ("ab_test", "passed", "2"),
+        ("ab_test", "failed", None),
         ("shadow", "failed", "2"),
         ("blue_green", "passed", None),
     ],
@@ -98,6 +100,37 @@ def test_what_each_strategy_serves(manager, strategy, gate, challenger):
     assert st.canary_share == 0.25
     if strategy == "blue_green":
         assert st.standby == ("2",)  # warm beside the champion, not serving
+
+
+@pytest.mark.parametrize(
+    ("strategy", "tag", "share"),
+    [
+        ("canary", None, 0.1),  # no tag: the spec's first canary step
+        ("ab_test", None, 0.4),  # no tag: the spec's A/B share
+        ("ab_test", "0.3", 0.3),  # the deploy step's tag wins over the spec
+        ("ab_test", "not a number", 0.4),  # a broken tag: the spec's share, not a crash
+        ("ab_test", "nan", 0.4),
+        ("canary", "7", 1.0),  # clipped to [0, 1]
+        ("direct", None, 0.0),
+    ],
+)
+def test_the_share_comes_from_the_tag_else_the_spec(manager, strategy, tag, share):
+    m, reg = manager.m, manager.reg
+    dep = m.spec.deployment
+    m.spec = m.spec.model_copy(
+        update={
+            "deployment": dep.model_copy(
+                update={
+                    "canary": dep.canary.model_copy(update={"steps": [0.1, 0.5]}),
+                    "ab_test": dep.ab_test.model_copy(update={"share": 0.4}),
+                }
+            )
+        }
+    )
+    reg.aliases = {"champion": "1", "challenger": "2"}
+    reg.tags = {STRATEGY_TAG: strategy, **({CANARY_SHARE_TAG: tag} if tag is not None else {})}
+    st = m.refresh()
+    assert (st.strategy, st.canary_share) == (strategy, share)
 
 
 def test_the_environment_pins_the_strategy(manager):

@@ -1,9 +1,12 @@
-"""Canary routing: a stable, sticky split close to the configured share."""
+"""Canary and A/B routing: a stable, sticky split close to the configured share."""
 
 from __future__ import annotations
 
-from include.mlops.serving.config import ServeConfig
+import pytest
+
+from include.mlops.serving.config import ServeConfig, spec_share
 from include.mlops.serving.routing import bucket, choose
+from include.mlops.spec import load_spec
 
 
 def test_bucket_is_stable_and_uniform():
@@ -13,10 +16,21 @@ def test_bucket_is_stable_and_uniform():
     assert abs(sum(v < 0.1 for v in values) / len(values) - 0.1) < 0.01
 
 
-def test_canary_share_and_stickiness():
-    picks = [choose("canary", 0.2, True, e, "r") for e in range(20_000)]
-    assert abs(picks.count("challenger") / len(picks) - 0.2) < 0.015
-    assert picks == [choose("canary", 0.2, True, e, "other request") for e in range(20_000)]  # per entity
+@pytest.mark.parametrize(("strategy", "share"), [("canary", 0.2), ("ab_test", 0.5), ("ab_test", 0.1)])
+def test_split_share_and_stickiness(strategy, share):
+    picks = [choose(strategy, share, True, e, "r") for e in range(20_000)]
+    assert abs(picks.count("challenger") / len(picks) - share) < 0.015
+    assert picks == [choose(strategy, share, True, e, "other request") for e in range(20_000)]  # per entity
+
+
+def test_an_ab_test_and_a_canary_of_the_same_share_pick_the_same_entities():
+    """One hash for both splits: an entity in a canary's 50% is in the A/B test's 50% arm too,
+    and a growing share only adds entities (no one leaves the challenger between steps)."""
+    ids = range(5_000)
+    assert [choose("ab_test", 0.5, True, e, "r") for e in ids] == [choose("canary", 0.5, True, e, "r") for e in ids]
+    small = {e for e in ids if choose("canary", 0.05, True, e, "r") == "challenger"}
+    large = {e for e in ids if choose("canary", 0.25, True, e, "r") == "challenger"}
+    assert small < large
 
 
 def test_without_entity_the_request_id_decides():
@@ -24,11 +38,30 @@ def test_without_entity_the_request_id_decides():
     assert picks == {"champion", "challenger"}
 
 
-def test_only_canary_with_a_challenger_splits():
+def test_only_canary_and_ab_test_with_a_challenger_split():
     for strategy in ("direct", "shadow", "blue_green"):
         assert {choose(strategy, 1.0, True, e, "r") for e in range(50)} == {"champion"}
-    assert {choose("canary", 1.0, False, e, "r") for e in range(50)} == {"champion"}
-    assert {choose("canary", 0.0, True, e, "r") for e in range(50)} == {"champion"}
+    for strategy in ("canary", "ab_test"):
+        assert {choose(strategy, 1.0, False, e, "r") for e in range(50)} == {"champion"}
+        assert {choose(strategy, 0.0, True, e, "r") for e in range(50)} == {"champion"}
+        assert {choose(strategy, 1.0, True, e, "r") for e in range(50)} == {"challenger"}
+
+
+def test_the_spec_share_each_strategy_falls_back_to():
+    dep = load_spec("churn").deployment
+    dep = dep.model_copy(
+        update={
+            "canary": dep.canary.model_copy(update={"steps": [0.1, 0.3]}),
+            "ab_test": dep.ab_test.model_copy(update={"share": 0.4}),
+        }
+    )
+    assert [spec_share(dep, s) for s in ("canary", "ab_test", "direct", "shadow", "blue_green")] == [
+        0.1,
+        0.4,
+        0.0,
+        0.0,
+        0.0,
+    ]
 
 
 def test_config_from_env():

@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from include.mlops.constants import STRATEGIES
 
+if TYPE_CHECKING:
+    from include.mlops.spec import DeploymentSpec
+
 STRATEGY_TAG = "mlops.deployment.strategy"
+# The challenger's share of the entities while traffic is split (canary step, A/B test), set by
+# the deploy step; the name is kept from when only the canary split traffic.
 CANARY_SHARE_TAG = "mlops.deployment.canary_share"
 SYNTHETIC_HEADER = "x-mlops-traffic"  # value "synthetic": deploy checks, never written to the prediction log
 # A version in memory answers the request whatever the routing says (admin token required): the
 # deploy check measures the new and the current version side by side through it.
 VERSION_HEADER = "x-mlops-model-version"
 PINNED = "pinned"  # the variant such answers carry
+
+
+def spec_share(deployment: DeploymentSpec, strategy: str) -> float:
+    """The challenger's share when neither the environment nor the registry tag sets one: the
+    canary's first step, the A/B test's share, else 0 (no split)."""
+    if strategy == "canary":
+        return float(deployment.canary.steps[0])
+    if strategy == "ab_test":
+        return float(deployment.ab_test.share)
+    return 0.0
 
 
 def _bool(value: str | None, default: bool) -> bool:
@@ -44,7 +60,7 @@ class ServeConfig:
     | MLOPS_SERVE_LOG_FLUSH_SECONDS | 5 | prediction log flush interval |
     | MLOPS_SERVE_LOG_MAX_ROWS | 10000 | prediction log rows per object |
     | MLOPS_SERVE_STRATEGY | (registry tag, then spec) | pins the deployment strategy |
-    | MLOPS_SERVE_CANARY_SHARE | (registry tag, then spec) | pins the canary share |
+    | MLOPS_SERVE_CANARY_SHARE | (registry tag, then spec) | pins the challenger's share (canary, A/B test) |
     | MLOPS_SERVE_ACCESS_LOG | false | uvicorn access log |
     | MLOPS_SERVE_SPEC | (MLOPS_DATASET) | dataset spec name (installed in a spec directory) |
     """

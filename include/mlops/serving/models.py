@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import tempfile
 import threading
 import time
@@ -32,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from include.mlops.scores import scores_from_proba
-from include.mlops.serving.config import CANARY_SHARE_TAG, STRATEGIES, STRATEGY_TAG
+from include.mlops.serving.config import CANARY_SHARE_TAG, STRATEGIES, STRATEGY_TAG, spec_share
+from include.mlops.serving.routing import SPLIT_STRATEGIES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -150,7 +152,7 @@ class ServingState:
     champion: LoadedModel
     challenger: LoadedModel | None
     strategy: str
-    canary_share: float
+    canary_share: float  # the challenger's share of the entities (canary step or A/B test)
     standby: tuple[str, ...] = ()  # versions warm in memory but not serving (blue/green)
     aliases: dict[str, str] = field(default_factory=dict)
     since: float = 0.0
@@ -210,7 +212,6 @@ class ModelManager:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        import math
         import os
 
         # MLflow's HTTP client waits 120 s per try and retries 7 times by default: bound its own
@@ -315,6 +316,8 @@ class ModelManager:
         return box["result"]
 
     def _deployment(self, tags: dict[str, str]) -> tuple[str, float]:
+        """(strategy, challenger share): the environment pins, else the registry's tags (the
+        deploy step's), else the spec (`spec_share`)."""
         dep = self.spec.deployment
         strategy = self.cfg.strategy or tags.get(STRATEGY_TAG) or dep.strategy
         if strategy not in STRATEGIES:
@@ -322,10 +325,14 @@ class ModelManager:
             strategy = "direct"
         share = self.cfg.canary_share
         if share is None:
+            tagged = tags.get(CANARY_SHARE_TAG)
             try:
-                share = float(tags.get(CANARY_SHARE_TAG) or dep.canary_share)
+                share = float(tagged) if tagged else spec_share(dep, strategy)
             except ValueError:
-                share = dep.canary_share
+                share = math.nan
+            if math.isnan(share):
+                log.warning("registry tag %s=%r is not a share: using the spec's", CANARY_SHARE_TAG, tagged)
+                share = spec_share(dep, strategy)
         return strategy, min(max(share, 0.0), 1.0)
 
     def refresh(self) -> ServingState | None:
@@ -347,10 +354,10 @@ class ModelManager:
             return current  # keep serving the old champion
         challenger = None
         chall_v = aliases.get("challenger")
-        if strategy in ("canary", "shadow") and chall_v and chall_v != champ_v:
+        if strategy in (*SPLIT_STRATEGIES, "shadow") and chall_v and chall_v != champ_v:
             gate = self._version_tags(chall_v).get("gate")
-            if strategy == "canary" and gate == "failed":
-                pending["challenger"] = f"v{chall_v} failed the gate: no canary traffic"
+            if strategy in SPLIT_STRATEGIES and gate == "failed":  # it would answer callers: never
+                pending["challenger"] = f"v{chall_v} failed the gate: no {strategy} traffic"
             else:
                 challenger = self._get(chall_v)
                 if challenger is None:
@@ -367,7 +374,9 @@ class ModelManager:
             self.state = new  # the atomic switch: one reference assignment
             self.metrics.swaps.inc()
             self.metrics.set_serving(new.roles())
-            log.info("serving %s (strategy %s, canary share %.2f, standby %s)", new.roles(), strategy, share, standby)
+            log.info(
+                "serving %s (strategy %s, challenger share %.2f, standby %s)", new.roles(), strategy, share, standby
+            )
             if current is not None and current.champion.version != champion.version:
                 self._recent = [v for v in [current.champion.version, *self._recent] if v != champion.version][
                     :KEEP_RECENT
