@@ -8,7 +8,6 @@ The README's "Bring your own data" section documents each field; `mlops spec che
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -446,11 +445,17 @@ def metrics_for(kind: str) -> tuple[str, ...]:
 
 def _problems(spec: DatasetSpec) -> list[str]:
     """Cross-field rules pydantic's types cannot say, each as 'field: problem; fix'."""
+    return [problem for check in _CHECKS for problem in check(spec)]
+
+
+def _check_name(spec: DatasetSpec) -> list[str]:
+    if SLUG.match(spec.name):
+        return []
+    return [f"name: {spec.name!r} is not a slug; use lowercase letters, digits and underscores, starting with a letter"]
+
+
+def _check_prefixes(spec: DatasetSpec) -> list[str]:
     out: list[str] = []
-    if not SLUG.match(spec.name):
-        out.append(
-            f"name: {spec.name!r} is not a slug; use lowercase letters, digits and underscores, starting with a letter"
-        )
     for field, prefix in (
         ("source.landing_prefix", spec.source.landing_prefix),
         ("label.feed_prefix", spec.label_spec.feed_prefix),
@@ -463,20 +468,34 @@ def _problems(spec: DatasetSpec) -> list[str]:
                 f"{field}: {prefix!r} must be a relative folder in the store (names separated by '/', "
                 "no '.', '..' or empty parts); e.g. raw/my_dataset"
             )
-    for fname in spec.feature_map:
-        if not COLUMN.match(fname):
-            out.append(
-                f"features.{fname}: a feature name must be letters, digits and underscores; rename the column "
-                f"(source.rename maps a file's column to a new name, e.g. {{{fname!r}: {_slug(fname)!r}}})"
-            )
+    return out
+
+
+def _check_feature_names(spec: DatasetSpec) -> list[str]:
+    return [
+        f"features.{fname}: a feature name must be letters, digits and underscores; rename the column "
+        f"(source.rename maps a file's column to a new name, e.g. {{{fname!r}: {_slug(fname)!r}}})"
+        for fname in spec.feature_map
+        if not COLUMN.match(fname)
+    ]
+
+
+def _check_special_columns(spec: DatasetSpec) -> list[str]:
     special = {"entity.key": spec.entity.key, "timestamp": spec.timestamp, "label.name": spec.label_spec.name}
-    for where, col in special.items():
-        if col in spec.feature_map:
-            out.append(f"{where}: {col!r} is also listed under features; a column is a feature or the {where}")
+    out = [
+        f"{where}: {col!r} is also listed under features; a column is a feature or the {where}"
+        for where, col in special.items()
+        if col in spec.feature_map
+    ]
     if len(set(special.values())) < len(special):
         out.append(f"entity.key, timestamp and label.name must be three different columns, not {special}")
+    return out
+
+
+def _check_derived_features(spec: DatasetSpec) -> list[str]:
     from include.mlops.expressions import ExpressionError, parse_expression
 
+    out: list[str] = []
     usable = set(spec.numeric_features)
     for name, expr in spec.derived_features.items():
         if not COLUMN.match(name) or name in spec.feature_map:
@@ -486,39 +505,58 @@ def _problems(spec: DatasetSpec) -> list[str]:
         except ExpressionError as exc:
             out.append(f"derived_features.{name}: {exc}; use numeric features, numbers, arithmetic and comparisons")
         usable.add(name)
-    kind = spec.task_kind
+    return out
+
+
+def _check_label_classes(spec: DatasetSpec) -> list[str]:
     lab = spec.label_spec
-    if spec.is_classification:
-        if lab.classes is not None and len({str(c) for c in lab.classes}) != len(lab.classes or ()):
-            out.append(f"label.classes: {lab.classes} lists a class twice")
-        if lab.classes is not None and len(lab.classes) < 2:
-            out.append("label.classes: a classification needs at least two classes")
-        if kind == "multiclass" and lab.positive_class is not None:
-            out.append(
-                f"label.positive_class: a multiclass label ({len(lab.classes or [])} classes) has no positive class; "
-                "remove it"
-            )
-        if (
-            lab.positive_class is not None
-            and lab.classes is not None
-            and str(lab.positive_class) not in {str(c) for c in lab.classes}
-        ):
-            out.append(f"label.positive_class: {lab.positive_class!r} is not one of label.classes {lab.classes}")
-    else:
-        for key in ("positive_class", "classes"):
-            if getattr(lab, key) is not None:
-                out.append(f"label.{key}: a regression label has no classes; remove it")
+    if not spec.is_classification:
+        return [
+            f"label.{key}: a regression label has no classes; remove it"
+            for key in ("positive_class", "classes")
+            if getattr(lab, key) is not None
+        ]
+    out: list[str] = []
+    if lab.classes is not None and len({str(c) for c in lab.classes}) != len(lab.classes or ()):
+        out.append(f"label.classes: {lab.classes} lists a class twice")
+    if lab.classes is not None and len(lab.classes) < 2:
+        out.append("label.classes: a classification needs at least two classes")
+    if spec.task_kind == "multiclass" and lab.positive_class is not None:
+        out.append(
+            f"label.positive_class: a multiclass label ({len(lab.classes or [])} classes) has no positive class; "
+            "remove it"
+        )
+    if (
+        lab.positive_class is not None
+        and lab.classes is not None
+        and str(lab.positive_class) not in {str(c) for c in lab.classes}
+    ):
+        out.append(f"label.positive_class: {lab.positive_class!r} is not one of label.classes {lab.classes}")
+    return out
+
+
+def _check_model(spec: DatasetSpec) -> list[str]:
+    out: list[str] = []
     families = CLASSIFIERS if spec.is_classification else REGRESSORS
     if spec.model.family not in families:
         out.append(f"model.family: {spec.model.family!r} does not fit a {spec.task}; choose one of {sorted(families)}")
+    kind = spec.task_kind
     allowed = metrics_for(kind)
     if spec.model.primary_metric is not None and spec.model.primary_metric not in allowed:
         out.append(
             f"model.primary_metric: {spec.model.primary_metric!r} does not fit a {kind} task; choose one of {list(allowed)}"
         )
-    for metric in spec.gate.minimums:
-        if metric not in allowed:
-            out.append(f"gate.minimums.{metric}: not a metric of a {kind} task; choose from {list(allowed)}")
+    return out
+
+
+def _check_gate(spec: DatasetSpec) -> list[str]:
+    kind = spec.task_kind
+    allowed = metrics_for(kind)
+    out = [
+        f"gate.minimums.{metric}: not a metric of a {kind} task; choose from {list(allowed)}"
+        for metric in spec.gate.minimums
+        if metric not in allowed
+    ]
     for col in spec.gate.slices:
         if col not in spec.feature_map:
             out.append(f"gate.slices: {col!r} is not a feature; slice by one of {spec.categorical_features}")
@@ -527,12 +565,29 @@ def _problems(spec: DatasetSpec) -> list[str]:
                 f"gate.slices: {col!r} is a numeric ({spec.feature_map[col].type}) feature; slices must be category features "
                 f"({spec.categorical_features})"
             )
-    if spec.training.min_rows < spec.model.search.cv_folds * 2:
-        out.append(
-            f"training.min_rows ({spec.training.min_rows}) must be at least twice model.search.cv_folds "
-            f"({spec.model.search.cv_folds})"
-        )
     return out
+
+
+def _check_training_rows(spec: DatasetSpec) -> list[str]:
+    if spec.training.min_rows >= spec.model.search.cv_folds * 2:
+        return []
+    return [
+        f"training.min_rows ({spec.training.min_rows}) must be at least twice model.search.cv_folds "
+        f"({spec.model.search.cv_folds})"
+    ]
+
+
+_CHECKS = (
+    _check_name,
+    _check_prefixes,
+    _check_feature_names,
+    _check_special_columns,
+    _check_derived_features,
+    _check_label_classes,
+    _check_model,
+    _check_gate,
+    _check_training_rows,
+)
 
 
 def _slug(text: str) -> str:
@@ -640,8 +695,8 @@ def spec_dirs() -> list[Path]:
     """Where specs are looked up by name: MLOPS_SPEC_DIRS, then $MLOPS_HOME/specs, then the shipped ones."""
     from include.mlops.config import get_settings
 
-    extra = [Path(p) for p in (os.environ.get("MLOPS_SPEC_DIRS") or "").split(os.pathsep) if p]
-    return [*extra, get_settings().home / "specs", SPEC_DIR]
+    s = get_settings()
+    return [*s.spec_dirs, s.home / "specs", SPEC_DIR]
 
 
 def _where_specs_live() -> str:
