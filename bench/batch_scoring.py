@@ -2,7 +2,7 @@
 
 A champion is made the platform's way, quickly: the spec's model (one candidate of its
 search space, two folds) fitted by `training.fit` on a few generated days, logged by
-`pipeline.log_model`, registered by `registry.register` and promoted by `registry.move_champion`.
+`tracking.log_model`, registered by `registry.register` and promoted by `registry.move_champion`.
 One generated churn day of N rows is staged as `extract` leaves it. In one process, after a
 warm-up on a small day (imports and first-call costs, reported as `first_call_s`), each round
 times side by side:
@@ -63,8 +63,8 @@ def champion(spec, store) -> dict:
     from include.mlops.config import get_settings
     from include.mlops.data.generator import generate_day
     from include.mlops.features import build_features, model_features
-    from include.mlops.pipeline import log_model
     from include.mlops.registry import ensure_experiment, move_champion, register, setup_mlflow
+    from include.mlops.tracking import log_model
 
     frames = []
     for i in range(TRAIN_DAYS):
@@ -146,13 +146,13 @@ def main(argv: list[str] | None = None) -> dict:
     from include.mlops import batch as B
     from include.mlops import features as F
     from include.mlops import model_io
+    from include.mlops.context import context
     from include.mlops.data.generator import generate_day
-    from include.mlops.pipeline import staging_key
-    from include.mlops.spec import load_spec
-    from include.mlops.storage import ObjectStore, ensure_bucket, get_store
+    from include.mlops.layout import staging_key
+    from include.mlops.storage import ObjectStore, ensure_bucket
 
-    spec = load_spec(spec_path)
-    store = get_store()
+    ctx = context(spec_path)
+    spec, store = ctx.spec, ctx.store
     ensure_bucket(store)
     t0 = time.perf_counter()
     model_info = champion(spec, store)

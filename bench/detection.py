@@ -4,7 +4,7 @@ Not a test: prints figures and writes bench/results_detection.json.
 
 A champion is trained the way `pipeline.train` does (the spec's search, time split, holdout
 metric), without Airflow, MLflow or Feast: this measures the detection logic, which is the same
-code the `monitor` and `decide` tasks run (`monitoring.analyse`, `drift_policy.decide`), on the
+code the `monitor` and `decide` tasks run (`monitoring.window.analyse`, `drift_policy.decide`), on the
 shipped spec's `monitoring` section. Daily windows of `demo.rows_per_day` requests are scored by
 the champion; labels arrive `label.delay_days` late, exactly as in the platform.
 
@@ -66,17 +66,20 @@ def run_scenario(
     import pandas as pd
 
     from include.mlops import drift_policy as P
-    from include.mlops import monitoring as M
     from include.mlops.data.generator import Scenario
+    from include.mlops.data.predictions import simulate_predictions
+    from include.mlops.monitoring.reading import join_labels
+    from include.mlops.monitoring.step import MonitoringConfig
+    from include.mlops.monitoring.window import analyse
 
-    cfg = M.MonitoringConfig.from_spec(spec)
+    cfg = MonitoringConfig.from_spec(spec)
     policy = P.DriftPolicy.from_spec(spec)
     sc = Scenario(scenario, drift_start)
     logs, labels = {}, {}
 
     def day_data(d: date):
         if d not in logs:
-            logs[d], labels[d] = M.simulate_predictions(spec, model, d, sc, rows=rows, seed=None)
+            logs[d], labels[d] = simulate_predictions(spec, model, d, sc, rows=rows, seed=None)
         return logs[d], labels[d]
 
     history, out = [], []
@@ -94,9 +97,9 @@ def run_scenario(
         )
         if not lab.empty:
             lab[spec.timestamp] = pd.to_datetime(lab[spec.timestamp], utc=True)
-        labelled = M.join_labels(preds, lab, spec)
+        labelled = join_labels(preds, lab, spec)
         t = time.perf_counter()
-        a = M.analyse(ref, cur, labelled, spec, cfg, day=d.isoformat())
+        a = analyse(ref, cur, labelled, spec, cfg, day=d.isoformat())
         seconds = time.perf_counter() - t
         perf = a.performance.get(policy.primary_metric)
         obs = P.Observation(

@@ -40,7 +40,7 @@ def scored_days(spec, model, first: date, days: int, rows_per_day: int, scenario
     import pandas as pd
 
     from include.mlops.data.generator import Scenario
-    from include.mlops.monitoring import simulate_predictions
+    from include.mlops.data.predictions import simulate_predictions
 
     frames = []
     for i in range(days):
@@ -52,14 +52,15 @@ def scored_days(spec, model, first: date, days: int, rows_per_day: int, scenario
 
 
 def analysis(ref, cur, spec, cfg):
-    """The label-free part of `monitoring.analyse`: data quality, data drift, prediction drift."""
-    from include.mlops import monitoring as M
+    """The label-free part of `monitoring.window.analyse`: data quality, data drift, prediction drift."""
+    from include.mlops.monitoring import reports as R
+    from include.mlops.monitoring.reading import sample
 
-    cur_s = M.sample(cur, cfg.sample_rows, cfg.sample_seed)
-    ref_s = M.sample(ref, cfg.sample_rows, cfg.sample_seed)
-    dq = M.quality_numbers(M.data_quality_report(cur_s, spec, cfg).dict())
-    drift = M.drift_numbers(M.data_drift_report(ref_s, cur_s, spec, cfg).dict(), cfg)
-    pred = M.drift_numbers(M.prediction_drift_report(ref_s, cur_s, spec, cfg).dict(), cfg)["columns"]["score"]
+    cur_s = sample(cur, cfg.sample_rows, cfg.sample_seed)
+    ref_s = sample(ref, cfg.sample_rows, cfg.sample_seed)
+    dq = R.quality_numbers(R.data_quality_report(cur_s, spec, cfg).dict())
+    drift = R.drift_numbers(R.data_drift_report(ref_s, cur_s, spec, cfg).dict(), cfg)
+    pred = R.drift_numbers(R.prediction_drift_report(ref_s, cur_s, spec, cfg).dict(), cfg)["columns"]["score"]
     return {
         "rows_used": len(cur_s),
         "drift_share": drift["share"],
@@ -94,7 +95,7 @@ def main() -> None:
 
     from bench.detection import champion
     from include.mlops.config import quiet_telemetry
-    from include.mlops.monitoring import MonitoringConfig
+    from include.mlops.monitoring.step import MonitoringConfig
     from include.mlops.spec import load_spec
 
     quiet_telemetry()

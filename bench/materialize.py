@@ -40,15 +40,14 @@ OUT = out_path("materialize")
 
 
 def _context():
-    from include.mlops.config import get_settings, quiet_telemetry
-    from include.mlops.spec import load_spec
-    from include.mlops.storage import ObjectStore, ensure_bucket
+    from include.mlops.config import quiet_telemetry
+    from include.mlops.context import context
+    from include.mlops.storage import ensure_bucket
 
     quiet_telemetry()
-    settings = get_settings()
-    store = ObjectStore(settings.store_uri, settings.s3_endpoint_url)
-    ensure_bucket(store)
-    return load_spec("churn"), store, settings
+    ctx = context("churn")
+    ensure_bucket(ctx.store)
+    return ctx.spec, ctx.store, ctx.settings
 
 
 def phase_data(rows: str) -> dict:

@@ -59,12 +59,12 @@ def bench_spec(home: Path, rows: int) -> str:
 
 def phase_ingest(spec_path: str) -> dict:
     from include.mlops import pipeline as P
+    from include.mlops.context import context
     from include.mlops.data.generator import write_days
-    from include.mlops.spec import load_spec
-    from include.mlops.storage import ensure_bucket, get_store
+    from include.mlops.storage import ensure_bucket
 
-    spec = load_spec(spec_path)
-    store = get_store()
+    ctx = context(spec_path)
+    spec, store = ctx.spec, ctx.store
     ensure_bucket(store)
     write_days(store, spec, START, INGEST_DAYS + 1)
     for i in range(INGEST_DAYS):
@@ -89,7 +89,7 @@ def phase_dag(spec_path: str) -> dict:
     from airflow.dag_processing.dagbag import DagBag
 
     from bench.common import ROOT
-    from include.mlops.deployment import start_service
+    from include.mlops.delivery.service import start_service
 
     dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("ml_training")
     day = START + timedelta(days=INGEST_DAYS)

@@ -70,12 +70,12 @@ def build_home(home: Path, days: int = 10, rows: int = 400) -> dict[str, Any]:
     os.environ.update(home_env(home))
 
     from include.mlops import pipeline as P
+    from include.mlops.context import context
     from include.mlops.data.generator import write_days
-    from include.mlops.spec import load_spec
-    from include.mlops.storage import ObjectStore, ensure_bucket
+    from include.mlops.storage import ensure_bucket
 
-    spec = load_spec(spec_path)
-    store = ObjectStore(f"file://{home / 'store'}")
+    ctx = context(spec_path)  # the home's settings: its spec directory and file://<home>/store
+    spec, store = ctx.spec, ctx.store
     ensure_bucket(store)
     write_days(store, spec, START, days, rows=rows)
     iv = None

@@ -49,7 +49,7 @@ def interval(day: date):
 def stage(store, spec, day: date, rows: int, scenario: str = "none") -> None:
     """A generated day in the landing zone and in staging/, as `extract` leaves it."""
     from include.mlops.data.generator import Scenario, events_key, generate_day
-    from include.mlops.pipeline import staging_key
+    from include.mlops.layout import staging_key
 
     events, _ = generate_day(spec, day, Scenario(scenario, day), rows=rows)
     store.put_parquet(events_key(spec, day), events)
@@ -86,7 +86,7 @@ def one_batch(df, spec) -> float:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    from include.mlops.validation import build_expectations
+    from include.mlops.validation_suite import build_expectations
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -111,12 +111,12 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.update(embedded_env(home))
 
     from include.mlops import pipeline as P
-    from include.mlops.pipeline import staging_key
-    from include.mlops.spec import load_spec
-    from include.mlops.storage import ObjectStore, ensure_bucket, get_store
+    from include.mlops.context import context
+    from include.mlops.layout import staging_key
+    from include.mlops.storage import ObjectStore, ensure_bucket
 
-    spec = load_spec("churn")
-    store = get_store()
+    ctx = context("churn")
+    spec, store = ctx.spec, ctx.store
     ensure_bucket(store)
     t0 = time.perf_counter()
     stage(store, spec, WARM_DAY, 1000)
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     import_gx_s = time.perf_counter() - t
 
     from include.mlops import validation as V
+    from include.mlops.validation_suite import build_expectations
 
     probe = Probe()
     probe.wrap(ObjectStore, "get_parquet", "read_s")
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         "import_gx_s": round(import_gx_s, 3),
         "rounds": args.rounds,
         "rows": n,
-        "expectations": len(V.build_expectations(spec)),
+        "expectations": len(build_expectations(spec)),
         "columns": len(spec.raw_columns),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],

@@ -94,7 +94,7 @@ def ml_retraining():
         """Choose dataset, interval and training window from params, drift event and spec."""
         import logging
 
-        from include.mlops.drift_policy import plan_retraining
+        from include.mlops.retraining import plan_retraining
 
         events = [
             {**dict(e.extra or {}), "emitted_at": e.timestamp.isoformat() if e.timestamp else ""}

@@ -56,8 +56,8 @@ def ml_rollback():
         """Undo the last promotion (or move `champion` to `to_version`), end the rollout, record it."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from include.mlops.deployment import RollbackRefused
-        from include.mlops.deployment import rollback as run
+        from include.mlops.delivery.rollback import RollbackRefused
+        from include.mlops.delivery.rollback import rollback as run
 
         params = context["params"]
         dag_run = context["dag_run"]

@@ -143,7 +143,7 @@ def lifecycle_env(lifecycle, monkeypatch):
 
 def free_port() -> int:
     """A free loopback port (the one the deploy step uses)."""
-    from include.mlops.deployment import free_port as library_free_port
+    from include.mlops.delivery.service import free_port as library_free_port
 
     return library_free_port()
 

@@ -21,17 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from include.mlops.pipeline import Interval
-    from include.mlops.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
 
 
 class NoChampion(Exception):
     """There is no champion to score with yet."""
-
-
-def batch_key(spec: DatasetSpec, day: str) -> str:
-    return f"predictions/batch/{spec.name}/dt={day}/predictions.parquet"
 
 
 def probability_column(cls: Any) -> str:
@@ -43,16 +38,16 @@ def score_batch(interval: Interval, spec_name: str | None = None) -> dict[str, A
     """Score every staged event of the interval with the champion; returns uri, rows, version."""
     import numpy as np
 
-    from include.mlops import model_io
+    from include.mlops import layout, model_io
+    from include.mlops.context import context
     from include.mlops.features import build_features, model_features
-    from include.mlops.monitoring import registry_error
-    from include.mlops.pipeline import _ctx, staging_key
-    from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
+    from include.mlops.monitoring.window import registry_error
+    from include.mlops.registry import CHAMPION, alias_version
     from include.mlops.scores import score_model
     from include.mlops.serving.predlog import DEFAULT_VARIANT
 
-    spec, store, settings = _ctx(spec_name)
-    client = setup_mlflow(settings)
+    ctx = context(spec_name)
+    spec, store, client = ctx.spec, ctx.store, ctx.client
     model_name = spec.model_name
     try:
         version = alias_version(client, model_name, CHAMPION)
@@ -65,7 +60,7 @@ def score_batch(interval: Interval, spec_name: str | None = None) -> dict[str, A
     cols = model_features(spec)
     uris, rows, days = [], 0, []
     for day in interval.days:
-        key = staging_key(spec, day)
+        key = layout.staging_events_key(spec, day)
         if not store.exists(key):
             raise FileNotFoundError(
                 f"no staged batch of {spec.name} for {day}: expected {store.uri(key)} "
@@ -83,7 +78,7 @@ def score_batch(interval: Interval, spec_name: str | None = None) -> dict[str, A
         out["model_version"] = str(version)
         out["variant"] = DEFAULT_VARIANT
         out["interval"] = interval.label
-        uri = store.put_parquet(batch_key(spec, day.isoformat()), out)
+        uri = store.put_parquet(layout.batch_predictions_key(spec, day), out)
         uris.append(uri)
         rows += len(out)
         days.append(day.isoformat())

@@ -131,16 +131,16 @@ def ingest(
 ) -> None:
     """Land a file as daily event batches and a label feed, where ml_training reads them."""
     from include.mlops.config import get_settings
+    from include.mlops.context import open_store
     from include.mlops.data.draft import DraftError, read_table
     from include.mlops.data.ingest import IngestError, install_spec, land
     from include.mlops.spec import SpecError
-    from include.mlops.storage import ObjectStore, ensure_bucket
+    from include.mlops.storage import ensure_bucket
 
     parsed = _load_spec(spec)
     try:
         frame = read_table(file, parsed.source.csv_delimiter)
-        settings = get_settings()
-        store = ObjectStore(settings.store_uri, settings.s3_endpoint_url)
+        store = open_store(get_settings())
         ensure_bucket(store)
         landed = land(frame, parsed, store, file.name)  # checks the whole file before writing a day
         parsed_name = str(install_spec(Path(parsed.path), _home()))  # installed once its data fits

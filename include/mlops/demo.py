@@ -25,33 +25,21 @@ go to `$MLOPS_HOME/logs/`.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from include.mlops.airflow_env import apply_airflow_env, migrate_db, pause_all_but, reserialize_dags
 from include.mlops.config import get_settings
+from include.mlops.demo_summary import Timeline, finish, monitoring_window
 from include.mlops.waits import Wait, seconds
 
 SCORE_CHUNK = 500  # records per /predict request
-
-
-class Timeline:
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.events: list[dict[str, Any]] = []
-
-    def add(self, step: str, **info: Any) -> float:
-        elapsed = round(time.perf_counter() - self.t0, 1)
-        self.events.append({"t_s": elapsed, "step": step, **info})
-        detail = " ".join(f"{k}={v}" for k, v in info.items())
-        print(f"[demo {elapsed:7.1f}s] {step} {detail}".rstrip(), flush=True)
-        return elapsed
 
 
 @contextlib.contextmanager
@@ -176,21 +164,46 @@ def main() -> int:
         print(f"[demo] unpaused again: {','.join(paused)}", flush=True)
 
 
-def _story(settings: Any, env: dict[str, str], timeline: Timeline) -> int:
-    """Days 1 to N of the story; the summary is written whatever happens after the history."""
-    from include.mlops.data.generator import Scenario, write_days
-    from include.mlops.spec import load_spec
-    from include.mlops.storage import ObjectStore, ensure_bucket
+@dataclass
+class Story:
+    """What the story works with, and what it has gathered so far (kept when a later step fails)."""
 
-    spec = load_spec(settings.dataset)
-    store = ObjectStore(settings.store_uri, settings.s3_endpoint_url)
+    settings: Any
+    env: dict[str, str]
+    timeline: Timeline
+    spec: Any
+    store: Any
+    plan: dict[str, Any]
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    retraining: dict[str, Any] = field(default_factory=dict)
+    first_drift_t: float | None = None
+
+    @property
+    def logs(self) -> Path:
+        return self.settings.home / "logs"
+
+    def run(self, dag: Any, day: date, **conf: Any) -> dict[str, Any]:
+        """One DAG run for the day, recorded; stops the story unless it succeeded."""
+        r = run_day(dag, day, {"dataset": self.spec.name, **conf}, self.logs / f"{dag.dag_id}-{day}.log")
+        self.runs.append(r)
+        if r["state"] != "success":
+            raise SystemExit(f"{dag.dag_id} for {day} ended {r['state']}: see {r['log']}")
+        return r
+
+
+def generate_demo_data(story: Story) -> None:
+    """Every day of the story written to the landing area, drifted from the plan's drift start."""
+    from include.mlops.data.generator import Scenario, write_days
+    from include.mlops.storage import ensure_bucket
+
+    plan, store, spec = story.plan, story.store, story.spec
     ensure_bucket(store)
-    plan = demo_plan(spec)
     days_total = (plan["last_day"] - plan["start"]).days + 1
     write_days(
         store, spec, plan["start"], days_total, Scenario(plan["scenario"], plan["drift_start"]), rows=plan["rows"]
     )
-    timeline.add(
+    story.timeline.add(
         "demo data generated",
         days=days_total,
         rows_per_day=plan["rows"],
@@ -199,6 +212,9 @@ def _story(settings: Any, env: dict[str, str], timeline: Timeline) -> int:
         landing=store.uri(spec.landing_prefix),
     )
 
+
+def load_story_dags() -> tuple[Any, Any]:
+    """(ml_training, ml_monitoring) parsed from the project's dags folder; stops on import errors."""
     from airflow.dag_processing.dagbag import DagBag
 
     from include.mlops.config import PROJECT_ROOT
@@ -206,124 +222,112 @@ def _story(settings: Any, env: dict[str, str], timeline: Timeline) -> int:
     bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
     if bag.import_errors:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
-    training, monitoring = bag.get_dag("ml_training"), bag.get_dag("ml_monitoring")
-    logs = settings.home / "logs"
-    runs: list[dict[str, Any]] = []
+    return bag.get_dag("ml_training"), bag.get_dag("ml_monitoring")
 
-    def run(dag: Any, day: date, **conf: Any) -> dict[str, Any]:
-        r = run_day(dag, day, {"dataset": spec.name, **conf}, logs / f"{dag.dag_id}-{day}.log")
-        runs.append(r)
-        if r["state"] != "success":
-            raise SystemExit(f"{dag.dag_id} for {day} ended {r['state']}: see {r['log']}")
-        return r
 
-    # 1. history
-    for i in range(plan["history_days"]):
-        r = run(training, plan["start"] + timedelta(days=i), train=False)
+def ingest_history(story: Story, training: Any) -> None:
+    """Step 1: the history days through ml_training without training, as a backfill would."""
+    for i in range(story.plan["history_days"]):
+        r = story.run(training, story.plan["start"] + timedelta(days=i), train=False)
         print(f"  ingested {r['day']} in {r['seconds']} s", flush=True)
-    timeline.add(
+    story.timeline.add(
         "history ingested (ml_training, train=false)",
-        days=plan["history_days"],
-        seconds=round(sum(r["seconds"] for r in runs), 1),
+        days=story.plan["history_days"],
+        seconds=round(sum(r["seconds"] for r in story.runs), 1),
     )
+
+
+def train_first_champion(story: Story, training: Any, service: Any) -> None:
+    """Step 3: a full ml_training day whose deploy step must load and check v1 in the running service."""
+    r = story.run(training, story.plan["train_day"], train=True)
+    deploy = r["outputs"].get("deploy") or {}
+    story.timeline.add(
+        "ml_training",
+        day=r["day"],
+        seconds=r["seconds"],
+        tasks=",".join(f"{t}:{v['state']}" for t, v in r["tasks"].items()),
+        deployed=deploy.get("message", ""),
+    )
+    if deploy.get("service_url") != service.url:
+        raise SystemExit(f"the first champion was checked on {deploy.get('service_url')}, not on {service.url}")
+    story.timeline.add("scoring service ready", url=service.url)
+
+
+def production_day(story: Story, day: date, dags: tuple[Any, Any], service: Any) -> bool:
+    """Step 4 for one day: ingest, score through the service, monitor; retrains and returns True if it fires."""
+    training, monitoring = dags
+    plan = story.plan
+    drifted = plan["scenario"] != "none" and day >= plan["drift_start"]
+    data = plan["scenario"] if drifted else "normal"
+    t_day = story.timeline.add("day", day=day, data=data)
+    if drifted and story.first_drift_t is None:
+        story.first_drift_t = t_day
+    story.run(training, day, train=False)
+    scored = score_day(service, story.store, story.spec, day)
+    story.timeline.add("scored through the service", day=day, rows=scored["rows"], versions=scored["versions"])
+    m = story.run(monitoring, day)
+    window = monitoring_window(day, data, scored, m)
+    story.windows.append(window)
+    story.timeline.add(
+        "ml_monitoring",
+        day=day,
+        action=window["action"],
+        drift_share=window["drift_share"],
+        report=(m["outputs"].get("monitor") or {}).get("report_html"),
+    )
+    if not (m["outputs"].get("decide") or {}).get("fire"):
+        return False
+    story.retraining = retrain_on_the_scheduler(
+        story.env, story.settings, story.spec, service, scored["probe"], story.timeline, story.logs
+    )
+    return True
+
+
+def run_with_service(story: Story, dags: tuple[Any, Any]) -> str | None:
+    """Steps 2 to 4 around one scoring service; returns why they failed, or None."""
+    from include.mlops.delivery.service import start_service
+
     # 2. the scoring service, up before any champion exists, as `make up` and compose run it
-    from include.mlops.deployment import start_service
-
-    service = start_service({"MLOPS_SERVE_SPEC": spec.name}, until_ready=False)
+    service = start_service({"MLOPS_SERVE_SPEC": story.spec.name}, until_ready=False)
     os.environ["MLOPS_SERVE_URL"], os.environ["MLOPS_ADMIN_TOKEN"] = service.url, service.token or ""
-    timeline.add("scoring service up, no champion yet", url=service.url)
-    windows: list[dict[str, Any]] = []
-    retraining: dict[str, Any] = {}
-    first_drift_t: float | None = None
-    failure: str | None = None
+    story.timeline.add("scoring service up, no champion yet", url=service.url)
     try:
-        # 3. the first champion: deploy loads it into that service and checks it there
-        r = run(training, plan["train_day"], train=True)
-        deploy = r["outputs"].get("deploy") or {}
-        timeline.add(
-            "ml_training",
-            day=r["day"],
-            seconds=r["seconds"],
-            tasks=",".join(f"{t}:{v['state']}" for t, v in r["tasks"].items()),
-            deployed=deploy.get("message", ""),
-        )
-        if deploy.get("service_url") != service.url:
-            raise SystemExit(f"the first champion was checked on {deploy.get('service_url')}, not on {service.url}")
-        timeline.add("scoring service ready", url=service.url)
-
-        # 4. production: each day is ingested, scored and monitored
-        day = plan["train_day"]
-        while day < plan["last_day"]:
+        train_first_champion(story, dags[0], service)
+        day = story.plan["train_day"]
+        while day < story.plan["last_day"]:
             day += timedelta(days=1)
-            drifted = plan["scenario"] != "none" and day >= plan["drift_start"]
-            t_day = timeline.add("day", day=day, data=plan["scenario"] if drifted else "normal")
-            if drifted and first_drift_t is None:
-                first_drift_t = t_day
-            run(training, day, train=False)
-            scored = score_day(service, store, spec, day)
-            timeline.add("scored through the service", day=day, rows=scored["rows"], versions=scored["versions"])
-            m = run(monitoring, day)
-            decision = m["outputs"].get("decide") or {}
-            summary = m["outputs"].get("monitor") or {}
-            window = {
-                "day": day.isoformat(),
-                "data": plan["scenario"] if drifted else "normal",
-                "scored": {k: v for k, v in scored.items() if k != "probe"},
-                "action": decision.get("action", "skipped"),
-                "reason": decision.get("reason"),
-                "drift_share": decision.get("drift_share"),
-                "drifted_features": decision.get("drifted_features"),
-                "performance": summary.get("performance"),
-                "reports": summary.get("reports") or {"data_drift": summary.get("report_html")},
-                "decision_uri": decision.get("decision_uri"),
-            }
-            windows.append(window)
-            timeline.add(
-                "ml_monitoring",
-                day=day,
-                action=window["action"],
-                drift_share=window["drift_share"],
-                report=summary.get("report_html"),
-            )
-            if decision.get("fire"):
-                retraining = retrain_on_the_scheduler(env, settings, spec, service, scored["probe"], timeline, logs)
+            if production_day(story, day, dags, service):
                 break
-        if plan["scenario"] == "none":
-            timeline.add("control: no drift event, no ml_retraining run", **no_retraining_evidence())
+        if story.plan["scenario"] == "none":
+            story.timeline.add("control: no drift event, no ml_retraining run", **no_retraining_evidence())
     except (Exception, SystemExit) as exc:  # the summary is written whatever failed, with why
         failure = str(exc) or type(exc).__name__
-        timeline.add("FAILED", reason=failure)
+        story.timeline.add("FAILED", reason=failure)
+        return failure
     finally:
         service.close()
-
-    summary = build_summary(spec, store, settings, timeline, runs, windows, retraining, plan, first_drift_t)
-    summary["failure"] = failure
-    out = settings.home / "demo-summary.json"
-    out.write_text(json.dumps(summary, indent=2, default=str))
-    print_summary(summary, out)
-    if failure:
-        print(f"the demo failed: {failure}", file=sys.stderr)
-        return 1
-    if plan["scenario"] != "none" and not retraining.get("new_champion_answering"):
-        print("the drift story did not complete: see the timeline above", file=sys.stderr)
-        return 1
-    return 0
+    return None
 
 
-def retrain_on_the_scheduler(
-    env: dict[str, str], settings: Any, spec: Any, service: Any, probe: dict[str, Any], timeline: Timeline, logs: Path
-) -> dict[str, Any]:
-    """Start a real scheduler, let it run `ml_retraining` for the queued drift event, and wait until
-    the service answers with the champion it promoted."""
-    import httpx
+def _story(settings: Any, env: dict[str, str], timeline: Timeline) -> int:
+    """Days 1 to N of the story; the summary is written whatever happens after the history."""
+    from include.mlops.context import context
 
+    ctx = context(settings.dataset, settings)
+    story = Story(settings, env, timeline, ctx.spec, ctx.store, demo_plan(ctx.spec))
+    generate_demo_data(story)
+    dags = load_story_dags()
+    ingest_history(story, dags[0])
+    return finish(story, run_with_service(story, dags))
+
+
+def run_retraining_on_scheduler(
+    env: dict[str, str], service: Any, timeline: Timeline, logs: Path
+) -> tuple[dict[str, Any], Path]:
+    """(the finished ml_retraining run, the scheduler's log): `airflow standalone` runs the queued
+    asset-triggered run and is stopped again; a run it gave up on is marked failed."""
     from include.mlops.local_stack import AirflowStandalone
-    from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
 
-    client = setup_mlflow(settings)
-    before = alias_version(client, spec.model_name, CHAMPION)
-    queued = queued_retraining()
-    timeline.add("drift Asset event queued", consumers=",".join(queued) or "none")
     airflow = AirflowStandalone(
         {**os.environ, **env, "MLOPS_SERVE_URL": service.url, "MLOPS_ADMIN_TOKEN": service.token or ""},
         logs / "airflow-standalone.log",
@@ -338,14 +342,14 @@ def retrain_on_the_scheduler(
             raise
     finally:
         airflow.stop()
-    tasks = {t["task_id"]: t for t in done["task_instances"]}
-    timeline.add(
-        "ml_retraining (asset_triggered)",
-        run_id=done["dag_run_id"],
-        state=done["state"],
-        tasks=",".join(f"{t}:{v['state']}" for t, v in sorted(tasks.items())),
-    )
-    after = alias_version(client, spec.model_name, CHAMPION)
+    return done, airflow.log
+
+
+def wait_for_champion(service: Any, probe: dict[str, Any], before: Any, after: Any) -> Any:
+    """The model version the service answers `probe` with, asking (and reloading it) until that is
+    `after` or MLOPS_DEPLOY_WAIT_TIMEOUT passes; None when the champion did not change."""
+    import httpx
+
     answering = None
     wait = Wait(
         f"the service at {service.url} to answer with v{after}",
@@ -365,6 +369,30 @@ def retrain_on_the_scheduler(
             print(f"[demo] the service did not answer ({type(exc).__name__}); asking again", flush=True)
         wait.tick(f"it answers with v{answering}")
         time.sleep(1)
+    return answering
+
+
+def retrain_on_the_scheduler(
+    env: dict[str, str], settings: Any, spec: Any, service: Any, probe: dict[str, Any], timeline: Timeline, logs: Path
+) -> dict[str, Any]:
+    """Start a real scheduler, let it run `ml_retraining` for the queued drift event, and wait until
+    the service answers with the champion it promoted."""
+    from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
+
+    client = setup_mlflow(settings)
+    before = alias_version(client, spec.model_name, CHAMPION)
+    queued = queued_retraining()
+    timeline.add("drift Asset event queued", consumers=",".join(queued) or "none")
+    done, airflow_log = run_retraining_on_scheduler(env, service, timeline, logs)
+    tasks = {t["task_id"]: t for t in done["task_instances"]}
+    timeline.add(
+        "ml_retraining (asset_triggered)",
+        run_id=done["dag_run_id"],
+        state=done["state"],
+        tasks=",".join(f"{t}:{v['state']}" for t, v in sorted(tasks.items())),
+    )
+    after = alias_version(client, spec.model_name, CHAMPION)
+    answering = wait_for_champion(service, probe, before, after)
     ok = answering is not None and str(answering) == str(after) and after != before
     t = timeline.add(
         "new champion answering" if ok else "champion unchanged",
@@ -380,7 +408,7 @@ def retrain_on_the_scheduler(
         "service_answers": answering,
         "new_champion_answering": ok,
         "answering_at_s": t,
-        "log": str(airflow.log),
+        "log": str(airflow_log),
     }
 
 
@@ -416,90 +444,6 @@ def no_retraining_evidence() -> dict[str, Any]:
             "queued": ",".join(queued_retraining()) or "none",
             "ml_retraining_runs": s.query(DagRun).filter(DagRun.dag_id == "ml_retraining").count(),
         }
-
-
-def build_summary(
-    spec: Any,
-    store: Any,
-    settings: Any,
-    timeline: Timeline,
-    runs: list[dict[str, Any]],
-    windows: list[dict[str, Any]],
-    retraining: dict[str, Any],
-    plan: dict[str, Any],
-    first_drift_t: float | None,
-) -> dict[str, Any]:
-    from include.mlops.registry import CHAMPION, PREVIOUS, alias_version, read_ledger, setup_mlflow
-
-    client = setup_mlflow(settings)
-    version = alias_version(client, spec.model_name, CHAMPION)
-    champ: dict[str, Any] = {"name": spec.model_name, "version": version}
-    if version:
-        mv = client.get_model_version(spec.model_name, version)
-        run = client.get_run(mv.run_id)
-        champ.update(
-            run_id=mv.run_id,
-            metrics={k: round(v, 4) for k, v in run.data.metrics.items() if k.startswith("holdout_")},
-            model_uri=run.data.tags.get("mlops.model_uri"),
-            artifact_uri=run.info.artifact_uri,
-            lineage=dict(mv.tags.items()),
-            previous=alias_version(client, spec.model_name, PREVIOUS),
-        )
-    train_day = plan["train_day"].isoformat()
-    drift_to_answer = None
-    if retraining.get("new_champion_answering") and first_drift_t is not None:
-        drift_to_answer = round(retraining["answering_at_s"] - first_drift_t, 1)
-    return {
-        "dataset": spec.name,
-        "scenario": plan["scenario"],
-        "plan": {k: str(v) for k, v in plan.items()},
-        "champion": champ,
-        "tracking_uri": settings.tracking_uri,
-        "store_uri": settings.store_uri,
-        "reports": {
-            "validation": store.uri(f"reports/validation/{spec.name}/dt={train_day}/validation.html"),
-            "validation_json": store.uri(f"reports/validation/{spec.name}/dt={train_day}/validation.json"),
-        },
-        "monitoring": windows,
-        "retraining": retraining,
-        "drift_to_new_champion_answering_s": drift_to_answer,
-        "ledger": read_ledger(store, spec.model_name),
-        "runs": runs,
-        "timeline": timeline.events,
-        "total_seconds": round(time.perf_counter() - timeline.t0, 1),
-    }
-
-
-def print_summary(s: dict[str, Any], path: Path) -> None:
-    c = s["champion"]
-    print("\n=== demo summary ===")
-    print(f"champion      : {c['name']} v{c['version']} (previous: v{c.get('previous')})")
-    for k, v in sorted((c.get("metrics") or {}).items()):
-        print(f"  {k:<26} {v}")
-    print(f"model uri     : {c.get('model_uri')}")
-    print(f"artifacts     : {c.get('artifact_uri')}")
-    print(f"tracking uri  : {s['tracking_uri']}  (make up: MLflow UI on http://127.0.0.1:5000)")
-    print(f"validation    : {s['reports']['validation']}")
-    print(f"scenario      : {s['scenario']}")
-    for w in s["monitoring"]:
-        share = "-" if w["drift_share"] is None else f"{w['drift_share']:.2f}"
-        print(f"monitoring    : {w['day']} {w['data']:<16} drift share {share:<5} -> {w['action']}")
-        for kind, uri in (w.get("reports") or {}).items():
-            if uri and kind in ("data_drift", "performance"):
-                print(f"                {kind}: {uri}")
-    r = s["retraining"]
-    if r:
-        print(f"retraining    : {r['run_id']} {r['state']}; champion v{r['champion_before']} -> v{r['champion_after']}")
-        print(f"service       : answers with v{r['service_answers']}")
-        print(f"drift -> new champion answering: {s['drift_to_new_champion_answering_s']} s")
-    else:
-        print("retraining    : none (no drift event)")
-    for e in s["ledger"]:
-        print(
-            f"ledger        : {e['at']} {e['action']} ({e.get('status', 'done')}) v{e['from_version']} -> "
-            f"v{e['to_version']} ({e['reason'][:60]})"
-        )
-    print(f"total         : {s['total_seconds']} s; summary written to {path}")
 
 
 if __name__ == "__main__":

@@ -18,19 +18,22 @@ Shadow rows are never counted (they answered no one); a canary's or a pinned ver
 are reported per version in the summary's `variants`, and judged by the rollout, not here: a
 retrain is about the champion.
 
-No signal at all is `no_drift`. The pure function `decide` is what the tests exercise; `decide_window`
-adds the I/O: the decision history in the object store and the deployment ledger.
+No signal at all is `no_drift`. Each row of the table is one rule function (`EVIDENCE_RULES`, then
+`PERSISTENCE_RULES`); the pure function `decide` runs them and combines their checks, and is what the
+tests exercise. `decide_window` adds the I/O: the decision history in the object store and the
+deployment ledger. What a retrain then trains on is `retraining.plan_retraining`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.constants import DATA_STRATEGIES, lower_is_better
+from include.mlops.constants import lower_is_better
 
 if TYPE_CHECKING:
     from include.mlops.spec import DatasetSpec
@@ -126,13 +129,30 @@ def _num(v: Any) -> float | None:
     return None if math.isnan(f) else f
 
 
+def as_utc(v: str | datetime) -> datetime:
+    """An ISO timestamp (a trailing `Z` too) or a datetime, as an aware UTC datetime (naive is read as UTC)."""
+    dt = v if isinstance(v, datetime) else datetime.fromisoformat(str(v).replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+PASS, SIGNAL, BLOCK, SKIP = "pass", "SIGNAL", "BLOCK", "skip"
+
+
 @dataclass
 class RuleCheck:
+    """One row of the decision table; `action` and `reason` are what the decision takes from it."""
+
     rule: str
     value: str
     threshold: str
     result: str  # pass | SIGNAL | BLOCK | skip
     note: str = ""
+    action: str = ""  # BLOCK: the action it forces (quarantine, watch, …)
+    reason: str = ""  # BLOCK: why; SIGNAL: its clause of the retrain reason
+
+    def row(self) -> dict[str, str]:
+        """The check as stored and shown (the decision's own fields stay out)."""
+        return {k: getattr(self, k) for k in ("rule", "value", "threshold", "result", "note")}
 
 
 @dataclass
@@ -172,7 +192,7 @@ class DriftDecision:
             "fire": self.fire,
             "alert": self.alert,
             "performance_drop": self.performance_drop,
-            "checks": [asdict(c) for c in self.checks],
+            "checks": [c.row() for c in self.checks],
         }
 
 
@@ -181,9 +201,141 @@ def _drop(metric: str, champion: float, window: float) -> float:
     return window - champion if lower_is_better(metric) else champion - window
 
 
-def _as_utc(v: str | datetime) -> datetime:
-    dt = v if isinstance(v, datetime) else datetime.fromisoformat(str(v).replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+def _listed(items: tuple[str, ...], most: int) -> str:
+    return ", ".join(items[:most]) + ("…" if len(items) > most else "")
+
+
+# -- the rules ----------------------------------------------------------------------------------------
+def _performance_drop(obs: Observation, policy: DriftPolicy) -> float | None:
+    """The primary metric's drop from the champion's holdout; None when it cannot be judged."""
+    if obs.champion_metric is None or obs.labelled_rows < policy.min_labelled_rows or obs.window_metric is None:
+        return None
+    return _drop(policy.primary_metric, obs.champion_metric, obs.window_metric)
+
+
+def _streak(day: date, history: list[dict[str, Any]], need: int) -> int:
+    """Windows in a row that signalled, `day`'s included, counted up to `need` (a gap breaks it)."""
+    by_day = {h["day"]: h for h in history}  # of two decisions for one day, the later
+    streak, d = 1, day - timedelta(days=1)
+    while streak < need and by_day.get(d.isoformat(), {}).get("signal"):
+        streak, d = streak + 1, d - timedelta(days=1)
+    return streak
+
+
+@dataclass
+class RuleInputs:
+    """What the rules read: the window, the policy, earlier decisions, the ledger, and two derived numbers."""
+
+    obs: Observation
+    policy: DriftPolicy
+    history: tuple[dict[str, Any], ...]  # decisions of earlier windows only, oldest first
+    ledger: tuple[dict[str, Any], ...]
+    end: datetime  # the window's end: a promotion after it (a backfill) does not count
+    drop: float | None  # `_performance_drop`
+    streak: int  # `_streak`
+
+    @classmethod
+    def of(
+        cls,
+        obs: Observation,
+        policy: DriftPolicy,
+        history: list[dict[str, Any]] | None,
+        ledger: list[dict[str, Any]] | None,
+        window_end: datetime | None,
+    ) -> RuleInputs:
+        day = obs.day.isoformat()
+        earlier = sorted((h for h in history or [] if h.get("day", "") < day), key=lambda h: h["day"])
+        end = window_end or datetime(obs.day.year, obs.day.month, obs.day.day, tzinfo=UTC) + timedelta(days=1)
+        drop, streak = _performance_drop(obs, policy), _streak(obs.day, earlier, policy.consecutive_windows)
+        return cls(obs, policy, tuple(earlier), tuple(ledger or ()), end, drop, streak)
+
+    def last_change(self) -> tuple[float, str] | None:
+        """(age in days, what) of the latest retrain decision or done promotion before the window's end."""
+        changes = [
+            (float((self.obs.day - date.fromisoformat(h["day"])).days), f"retrain decided for window {h['day']}")
+            for h in self.history
+            if h.get("action") == RETRAIN
+        ]
+        for e in self.ledger:
+            if e.get("action") == "promote" and e.get("status", "done") == "done" and e.get("at"):
+                age = (self.end - as_utc(e["at"])).total_seconds() / 86400
+                if age >= 0:
+                    changes.append((age, f"v{e.get('to_version')} promoted at {e['at']}"))
+        return min(changes, key=lambda c: c[0], default=None)  # the first of equals, as listed
+
+
+def data_quality_rule(w: RuleInputs) -> RuleCheck | None:
+    """A failed data-quality check blocks everything: alert, never retrain on broken inputs."""
+    threshold = f"<= {w.policy.max_bad_fraction:.3f} bad"
+    failures = w.obs.data_quality_failures
+    if w.obs.data_quality_passed:
+        return RuleCheck("data quality", "passed", threshold, PASS)
+    failed = _listed(failures, 4)
+    why = f"data-quality check failed ({failed}): quarantined, not retraining"
+    return RuleCheck("data quality", f"{len(failures)} failed", threshold, BLOCK, failed, QUARANTINE, why)
+
+
+def minimum_rows_rule(w: RuleInputs) -> RuleCheck | None:
+    """Too few rows to judge blocks the window."""
+    rows, need = w.obs.rows, w.policy.min_rows
+    if rows >= need:
+        return RuleCheck("minimum rows", str(rows), f">= {need}", PASS)
+    why = f"{rows} rows < minimum {need}"
+    return RuleCheck("minimum rows", str(rows), f">= {need}", BLOCK, "too few to judge", INSUFFICIENT, why)
+
+
+def drift_share_rule(w: RuleInputs) -> RuleCheck | None:
+    """A share of drifted features at or above the threshold is a signal."""
+    share, limit = w.obs.drift_share, w.policy.drift_share
+    drifted = share >= limit
+    top = _listed(w.obs.drifted_features, 5)
+    why = f"drift share {share:.3f} >= {limit:.3f}" if drifted else ""
+    return RuleCheck("drift share", f"{share:.3f}", f">= {limit:.3f}", SIGNAL if drifted else PASS, top, reason=why)
+
+
+def performance_drop_rule(w: RuleInputs) -> RuleCheck | None:
+    """The champion's holdout metric minus the window's, at or above the threshold, is a signal."""
+    o, p = w.obs, w.policy
+    rule, threshold = f"{p.primary_metric} drop", f">= {p.performance_drop:.3f}"
+    if o.champion_metric is None:
+        return RuleCheck(rule, "-", threshold, SKIP, "champion has no holdout metric")
+    if w.drop is None:
+        return RuleCheck(rule, "-", threshold, SKIP, f"{o.labelled_rows} labelled rows < {p.min_labelled_rows}")
+    dropped = w.drop >= p.performance_drop
+    note = f"champion {o.champion_metric:.4f}, window {o.window_metric:.4f} on {o.labelled_rows} labelled"
+    why = f"{p.primary_metric} dropped {w.drop:.4f} >= {p.performance_drop:.3f}" if dropped else ""
+    return RuleCheck(rule, f"{w.drop:+.4f}", threshold, SIGNAL if dropped else PASS, note, reason=why)
+
+
+def consecutive_windows_rule(w: RuleInputs) -> RuleCheck | None:
+    """A signal must persist for N windows in a row (a gap in the history breaks the streak)."""
+    need = w.policy.consecutive_windows
+    if w.streak >= need:
+        return RuleCheck("consecutive windows", str(w.streak), f">= {need}", PASS)
+    why = f"signal in {w.streak} window(s) in a row, policy wants {need}"
+    note = "waiting for the signal to persist"
+    return RuleCheck("consecutive windows", str(w.streak), f">= {need}", BLOCK, note, WATCH, why)
+
+
+def cooldown_rule(w: RuleInputs) -> RuleCheck | None:
+    """A retrain decision or a promotion less than N days before blocks."""
+    days = w.policy.cooldown_days
+    threshold = f">= {days:g} d"
+    last = w.last_change()
+    if last is None:
+        return RuleCheck("cooldown", "-", threshold, PASS)
+    age, what = last
+    if age >= days:
+        return RuleCheck("cooldown", f"{age:.1f} d", threshold, PASS, what)
+    why = f"{what}, {age:.1f} d ago: within the {days:g}-day cooldown"
+    return RuleCheck("cooldown", f"{age:.1f} d", threshold, BLOCK, what, COOLDOWN, why)
+
+
+Rule = Callable[[RuleInputs], RuleCheck | None]
+# Always checked, in order of precedence: the gates, then the evidence.
+EVIDENCE_RULES: tuple[Rule, ...] = (data_quality_rule, minimum_rows_rule, drift_share_rule, performance_drop_rule)
+# Checked only when the evidence signals and no gate blocked: does the signal warrant acting now?
+PERSISTENCE_RULES: tuple[Rule, ...] = (consecutive_windows_rule, cooldown_rule)
 
 
 def decide(
@@ -193,151 +345,23 @@ def decide(
     ledger: list[dict[str, Any]] | None = None,
     window_end: datetime | None = None,
 ) -> DriftDecision:
-    """Apply the policy to one window.
+    """Apply the policy to one window: the first BLOCK decides, else any SIGNAL retrains.
 
     `history`: earlier decisions (`to_dict()` of earlier windows, with `day`); only windows before
     `obs.day` count. `ledger`: deployment ledger entries (`at`, `action`); a promotion counts for
     the cooldown only if it happened before the window's end, so a backfill of old windows is not
     blocked by a promotion made later.
     """
-    history = sorted((h for h in history or [] if h.get("day", "") < obs.day.isoformat()), key=lambda h: h["day"])
-    end = window_end or datetime(obs.day.year, obs.day.month, obs.day.day, tzinfo=UTC) + timedelta(days=1)
-    checks: list[RuleCheck] = []
-    blocked_by: list[tuple[str, str]] = []
-
-    # 1. data quality
-    if obs.data_quality_passed:
-        checks.append(RuleCheck("data quality", "passed", f"<= {policy.max_bad_fraction:.3f} bad", "pass"))
-    else:
-        failed = ", ".join(obs.data_quality_failures[:4]) + ("…" if len(obs.data_quality_failures) > 4 else "")
-        checks.append(
-            RuleCheck(
-                "data quality",
-                f"{len(obs.data_quality_failures)} failed",
-                f"<= {policy.max_bad_fraction:.3f} bad",
-                "BLOCK",
-                failed,
-            )
-        )
-        blocked_by.append((QUARANTINE, f"data-quality check failed ({failed}): quarantined, not retraining"))
-
-    # 2. minimum sample size
-    if obs.rows >= policy.min_rows:
-        checks.append(RuleCheck("minimum rows", str(obs.rows), f">= {policy.min_rows}", "pass"))
-    else:
-        checks.append(RuleCheck("minimum rows", str(obs.rows), f">= {policy.min_rows}", "BLOCK", "too few to judge"))
-        blocked_by.append((INSUFFICIENT, f"{obs.rows} rows < minimum {policy.min_rows}"))
-
-    # 3. drift share
-    drifted = obs.drift_share >= policy.drift_share
-    top = ", ".join(obs.drifted_features[:5]) + ("…" if len(obs.drifted_features) > 5 else "")
-    checks.append(
-        RuleCheck(
-            "drift share",
-            f"{obs.drift_share:.3f}",
-            f">= {policy.drift_share:.3f}",
-            "SIGNAL" if drifted else "pass",
-            top,
-        )
-    )
-
-    # 4. performance drop against the champion's own evaluation
-    drop = None
-    perf_signal = False
-    metric = policy.primary_metric
-    if obs.champion_metric is None:
-        checks.append(
-            RuleCheck(
-                f"{metric} drop", "-", f">= {policy.performance_drop:.3f}", "skip", "champion has no holdout metric"
-            )
-        )
-    elif obs.labelled_rows < policy.min_labelled_rows or obs.window_metric is None:
-        checks.append(
-            RuleCheck(
-                f"{metric} drop",
-                "-",
-                f">= {policy.performance_drop:.3f}",
-                "skip",
-                f"{obs.labelled_rows} labelled rows < {policy.min_labelled_rows}",
-            )
-        )
-    else:
-        drop = _drop(metric, obs.champion_metric, obs.window_metric)
-        perf_signal = drop >= policy.performance_drop
-        checks.append(
-            RuleCheck(
-                f"{metric} drop",
-                f"{drop:+.4f}",
-                f">= {policy.performance_drop:.3f}",
-                "SIGNAL" if perf_signal else "pass",
-                f"champion {obs.champion_metric:.4f}, window {obs.window_metric:.4f} on {obs.labelled_rows} labelled",
-            )
-        )
-    signal = (drifted or perf_signal) and not blocked_by
-
-    # 5. consecutive windows (a gap in the history breaks the streak)
-    streak = 0
+    w = RuleInputs.of(obs, policy, history, ledger, window_end)
+    checks = [c for rule in EVIDENCE_RULES if (c := rule(w)) is not None]
+    signal = any(c.result == SIGNAL for c in checks) and not any(c.result == BLOCK for c in checks)
     if signal:
-        streak = 1
-        by_day = {h["day"]: h for h in history}
-        d = obs.day - timedelta(days=1)
-        while streak < policy.consecutive_windows and by_day.get(d.isoformat(), {}).get("signal"):
-            streak += 1
-            d -= timedelta(days=1)
-        ok = streak >= policy.consecutive_windows
-        checks.append(
-            RuleCheck(
-                "consecutive windows",
-                str(streak),
-                f">= {policy.consecutive_windows}",
-                "pass" if ok else "BLOCK",
-                "" if ok else "waiting for the signal to persist",
-            )
-        )
-        if not ok:
-            blocked_by.append(
-                (WATCH, f"signal in {streak} window(s) in a row, policy wants {policy.consecutive_windows}")
-            )
-
-    # 6. cooldown after a retrain decision or a promotion
-    if signal:
-        last: tuple[float, str] | None = None
-        for h in history:
-            if h.get("action") == RETRAIN:
-                age = (obs.day - date.fromisoformat(h["day"])).days
-                if last is None or age < last[0]:
-                    last = (float(age), f"retrain decided for window {h['day']}")
-        for e in ledger or []:
-            if e.get("action") != "promote" or e.get("status", "done") != "done" or not e.get("at"):
-                continue
-            age = (end - _as_utc(e["at"])).total_seconds() / 86400
-            if 0 <= age and (last is None or age < last[0]):
-                last = (age, f"v{e.get('to_version')} promoted at {e['at']}")
-        if last is not None and last[0] < policy.cooldown_days:
-            checks.append(RuleCheck("cooldown", f"{last[0]:.1f} d", f">= {policy.cooldown_days:g} d", "BLOCK", last[1]))
-            blocked_by.append(
-                (COOLDOWN, f"{last[1]}, {last[0]:.1f} d ago: within the {policy.cooldown_days:g}-day cooldown")
-            )
-        else:
-            checks.append(
-                RuleCheck(
-                    "cooldown",
-                    "-" if last is None else f"{last[0]:.1f} d",
-                    f">= {policy.cooldown_days:g} d",
-                    "pass",
-                    "" if last is None else last[1],
-                )
-            )
-
-    if blocked_by:
-        action, reason = blocked_by[0]
+        checks += [c for rule in PERSISTENCE_RULES if (c := rule(w)) is not None]
+    blocks = [c for c in checks if c.result == BLOCK]
+    if blocks:
+        action, reason = blocks[0].action, blocks[0].reason
     elif signal:
-        parts = []
-        if drifted:
-            parts.append(f"drift share {obs.drift_share:.3f} >= {policy.drift_share:.3f}")
-        if perf_signal:
-            parts.append(f"{metric} dropped {drop:.4f} >= {policy.performance_drop:.3f}")
-        action, reason = RETRAIN, " and ".join(parts)
+        action, reason = RETRAIN, " and ".join(c.reason for c in checks if c.result == SIGNAL)
     else:
         action, reason = NO_DRIFT, "no rule signalled"
     return DriftDecision(
@@ -345,9 +369,9 @@ def decide(
         day=obs.day.isoformat(),
         reason=reason,
         signal=signal,
-        streak=streak,
+        streak=w.streak if signal else 0,
         checks=checks,
-        performance_drop=drop,
+        performance_drop=w.drop,
     )
 
 
@@ -388,11 +412,11 @@ def event_extra(summary: dict[str, Any], decision: DriftDecision, spec_ref: str)
 
 def quarantine_window(store: ObjectStore, spec: DatasetSpec, summary: dict[str, Any], decision: DriftDecision) -> str:
     """Copy the window's prediction log and its data-quality result under quarantine/ (overwrite)."""
-    from include.mlops.monitoring import prediction_keys
+    from include.mlops.monitoring.reading import prediction_keys
     from include.mlops.pipeline import Interval
 
     day = summary["window"]["day"]
-    iv = Interval(_as_utc(summary["window"]["start"]), _as_utc(summary["window"]["end"]))
+    iv = Interval(as_utc(summary["window"]["start"]), as_utc(summary["window"]["end"]))
     prefix = f"quarantine/{spec.name}/monitoring/dt={day}"
     store.delete_prefix(f"{prefix}/")
     for i, (source, key) in enumerate(prediction_keys(store, spec, iv.days)):
@@ -413,20 +437,17 @@ def decide_window(summary: dict[str, Any], spec_name: str | None = None) -> dict
 
     Returns the decision dict plus `event_extra` (when it fires) and the summary's links.
     """
-    from include.mlops.config import get_settings
+    from include.mlops.context import context
     from include.mlops.registry import read_ledger
-    from include.mlops.spec import load_spec
-    from include.mlops.storage import ObjectStore
 
-    settings = get_settings()
-    spec = load_spec(spec_name or settings.dataset)
-    store = ObjectStore(settings.store_uri, settings.s3_endpoint_url)
+    ctx = context(spec_name)
+    spec, store = ctx.spec, ctx.store
     policy = DriftPolicy.from_spec(spec)
     obs = Observation.from_summary(summary, policy.primary_metric)
     lookback = max(policy.consecutive_windows, math.ceil(policy.cooldown_days)) + 1
     history = read_history(store, spec.name, obs.day, lookback)
     ledger = read_ledger(store, spec.model_name)
-    decision = decide(obs, policy, history, ledger, _as_utc(summary["window"]["end"]))
+    decision = decide(obs, policy, history, ledger, as_utc(summary["window"]["end"]))
     out: dict[str, Any] = {
         **decision.to_dict(),
         "dataset": spec.name,
@@ -456,100 +477,3 @@ def decide_window(summary: dict[str, Any], spec_name: str | None = None) -> dict
         decision_key(spec.name, obs.day), {k: v for k, v in out.items() if k != "table"}
     )
     return out
-
-
-# -- retraining: which data the retrain uses -----------------------------------------------------------
-ALL_HISTORY_DAYS = 3650  # "everything": the label feed of ten years
-
-
-def training_window_days(strategy: str, n_days: int, end_day: date, champion_end_day: date | None) -> int:
-    """The `window_days` for `pipeline.train` under a data strategy.
-
-    sliding_window: the last N days; all_history: everything; new_data_only: the days since the
-    champion's training interval ended (labelled events it could not have seen), at least one.
-    """
-    if strategy == "sliding_window":
-        return max(1, int(n_days))
-    if strategy == "all_history":
-        return ALL_HISTORY_DAYS
-    if strategy == "new_data_only":
-        if champion_end_day is None:
-            return max(1, int(n_days))
-        return max(1, (end_day - champion_end_day).days)
-    raise ValueError(f"unknown data strategy {strategy!r} (known: {', '.join(DATA_STRATEGIES)})")
-
-
-def _interval_end_day(interval_key: str | None) -> date | None:
-    """The last day of a `pipeline.Interval.key` (`YYYYmmddTHHMMSS_YYYYmmddTHHMMSS`, end exclusive)."""
-    if not interval_key or "_" not in interval_key:
-        return None
-    end = datetime.strptime(interval_key.split("_")[1], "%Y%m%dT%H%M%S")
-    return (end - timedelta(microseconds=1)).date()
-
-
-def plan_retraining(params: dict[str, Any], events: list[dict[str, Any]], run_after: datetime | None) -> dict[str, Any]:
-    """What `ml_retraining` trains on: dataset, interval, window and strategies, and why.
-
-    `events`: the `extra` of the triggering drift events (empty for a manual run), each with the
-    time it was emitted as `emitted_at`. Precedence: the run's params, then the newest event (the
-    latest window; of a window monitored twice, the later decision), then the spec
-    (`monitoring.retraining`), then the run date.
-    """
-    from include.mlops.config import get_settings
-    from include.mlops.spec import load_spec
-    from include.mlops.storage import ObjectStore
-
-    settings = get_settings()
-    newest = max(events, key=lambda e: (str(e.get("window_end", "")), str(e.get("emitted_at", ""))), default=None)
-    event = {k: v for k, v in (newest or {}).items() if k != "emitted_at"}
-    spec_ref = params.get("dataset") or event.get("spec") or event.get("dataset") or settings.dataset
-    spec = load_spec(spec_ref)
-    if params.get("window_end"):
-        last = date.fromisoformat(str(params["window_end"])[:10])
-        end = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
-    elif event.get("window_end"):
-        end = _as_utc(event["window_end"])
-    else:
-        ra = _as_utc(run_after or datetime.now(UTC))
-        end = datetime(ra.year, ra.month, ra.day, tzinfo=UTC)
-    start = end - timedelta(days=1)
-    rcfg = spec.monitoring.retraining
-    strategy = params.get("data_strategy") or rcfg.data_strategy
-    n = int(params.get("window_days") or rcfg.window_days or spec.training.window_days)
-    champion_end = None
-    if strategy == "new_data_only":
-        champion_end = champion_interval_end(settings, spec)
-    last_day = (end - timedelta(microseconds=1)).date()
-    window = training_window_days(strategy, n, last_day, champion_end)
-    store = ObjectStore(settings.store_uri, settings.s3_endpoint_url)
-    gx = f"reports/validation/{spec.name}/dt={last_day.isoformat()}/validation.json"
-    return {
-        "dataset": spec_ref,
-        "dataset_name": spec.name,
-        "model": spec.model_name,
-        "interval_start": start.isoformat(),
-        "interval_end": end.isoformat(),
-        "data_strategy": strategy,
-        "window_days": window,
-        "champion_interval_end": champion_end.isoformat() if champion_end else None,
-        "deploy_strategy": params.get("deploy_strategy") or None,
-        "trigger": "drift" if event else "manual",
-        "event": event,
-        "report_uri": store.uri(gx) if store.exists(gx) else "",
-    }
-
-
-def champion_interval_end(settings: Any, spec: DatasetSpec) -> date | None:
-    """The last day of the data interval the current champion was trained for (run tag `mlops.interval`)."""
-    from include.mlops.monitoring import registry_error
-    from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
-
-    client = setup_mlflow(settings)
-    try:
-        version = alias_version(client, spec.model_name, CHAMPION)  # None only when there is none
-        if version is None:
-            return None
-        run = client.get_run(client.get_model_version(spec.model_name, version).run_id)
-    except Exception as exc:  # a fault must not widen the window as if there were no champion
-        raise registry_error(f"the champion of {spec.model_name} and its training interval", exc) from exc
-    return _interval_end_day(run.data.tags.get("mlops.interval"))

@@ -2,7 +2,7 @@
 
 The gate compares the challenger, on its holdout, with the current champion and with a
 reference: the best, on the same holdout, of the recent champions and the baseline (see
-`reference_versions`). Every model the gate must compare with is loaded and scored, or the gate
+`comparison.reference_versions`). Every model the gate must compare with is loaded and scored, or the gate
 raises `GateError`: a registry or artifact fault fails the task, it never decides as if the
 model did not exist. On small holdouts a regression is judged by a paired bootstrap of the
 metric difference (`paired_bootstrap`), not by the bare difference.
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+    from include.mlops.comparison import Reference
     from include.mlops.spec import DatasetSpec
 
 from include.mlops.constants import LOWER_IS_BETTER
@@ -316,173 +317,6 @@ def paired_bootstrap(
     )
 
 
-# -- the models the gate compares with ------------------------------------------------------------
-@dataclass
-class VersionScore:
-    """A registered version scored on the challenger's holdout."""
-
-    version: str
-    scored: Scored
-    metrics: dict[str, float]
-    slices: dict[str, dict[str, float]]
-
-
-def score_version(
-    spec: DatasetSpec,
-    version: str,
-    holdout: pd.DataFrame,
-    load: Callable[[str], Any],
-    *,
-    role: str,
-    missing_ok: bool = False,
-) -> VersionScore | str:
-    """Load version `version` of the spec's model and score the holdout with it.
-
-    Returns a string saying why it cannot score this holdout in exactly two cases, both explicit:
-    the model needs features the holdout does not have (the spec's features changed since it was
-    trained), or (with `missing_ok`) the registry says the version no longer exists. A model
-    trained on fewer features than the spec now has scores the same rows with its own columns.
-    Anything else (a registry error, a download error, a refused artifact format, a scoring
-    error) raises `GateError` naming the version and the cause."""
-    from include.mlops.features import model_features
-    from include.mlops.registry import is_not_found
-
-    uri = f"models:/{spec.model_name}/{version}"
-    try:
-        model = load(uri)
-    except Exception as exc:
-        if missing_ok and is_not_found(exc):
-            return f"v{version} no longer exists in the registry"
-        raise GateError(
-            f"cannot load the {role} {spec.model_name} v{version} ({uri}): {type(exc).__name__}: {exc}. "
-            "The gate does not decide without it: fix the registry or the artifact, then re-run evaluate"
-        ) from exc
-    needed = getattr(model, "feature_names_in_", None)
-    columns = [str(c) for c in needed] if needed is not None else model_features(spec)
-    missing = [c for c in columns if c not in holdout.columns]
-    if missing:
-        return (
-            f"v{version} was trained on features this holdout does not have ({', '.join(missing[:8])}"
-            f"{', ...' if len(missing) > 8 else ''}): the spec's features changed"
-        )
-    try:
-        scored = score_model(model, holdout[columns], spec)
-        return VersionScore(
-            str(version), scored, metrics(holdout[spec.label], scored, spec), slice_metrics(holdout, scored, spec)
-        )
-    except Exception as exc:
-        raise GateError(
-            f"the {role} {spec.model_name} v{version} could not score the holdout: {type(exc).__name__}: {exc}"
-        ) from exc
-
-
-DONE = (None, "done")  # ledger entries without a status (before pending/done) or completed
-
-
-def champion_history(ledger: list[dict[str, Any]]) -> tuple[list[str], str | None]:
-    """From the ledger: the versions that were champion, newest first (a version a rollback moved
-    away from is left out, unless it was made champion again later), and the baseline: the
-    version a person last put in place with `ml_rollback` (action "rollback"), else the first
-    champion. Entries still pending are ignored."""
-    entries = sorted(
-        (e for e in ledger if e.get("to_version") and e.get("status") in DONE), key=lambda e: str(e.get("at", ""))
-    )
-    order: list[str] = []
-    dropped: set[str] = set()
-    baseline: str | None = None
-    for e in entries:
-        to, frm, action = str(e["to_version"]), e.get("from_version"), str(e.get("action", ""))
-        if action.startswith("rollback") and frm:
-            dropped.add(str(frm))
-        dropped.discard(to)
-        order.append(to)
-        if baseline is None or action == "rollback":
-            baseline = to
-    recent: list[str] = []
-    for v in reversed(order):
-        if v not in recent and v not in dropped:
-            recent.append(v)
-    return recent, (baseline if baseline not in dropped else None)
-
-
-def was_champion(ledger: list[dict[str, Any]], version: str) -> bool:
-    """Whether a completed ledger entry ever made `version` champion."""
-    return any(str(e.get("to_version")) == str(version) and e.get("status") in DONE for e in ledger)
-
-
-def champion_before(ledger: list[dict[str, Any]], version: str) -> str | None:
-    """The champion in force before `version` was first made champion (None: it was the first)."""
-    entries = sorted((e for e in ledger if e.get("status") in DONE), key=lambda e: str(e.get("at", "")))
-    for e in entries:
-        if str(e.get("to_version")) == str(version):
-            frm = e.get("from_version")
-            return None if frm in (None, "", "None") else str(frm)
-    return None
-
-
-def reference_versions(spec: DatasetSpec, ledger: list[dict[str, Any]], champion: str | None) -> list[str]:
-    """The versions the reference is chosen from: the current champion, the last
-    `gate.reference_champions` champions and the baseline (see `champion_history`)."""
-    n = spec.gate.reference_champions
-    if n <= 0:
-        return []
-    recent, baseline = champion_history(ledger)
-    out: list[str] = []
-    for v in [*([champion] if champion else []), *recent]:
-        if v not in out and len(out) < n:
-            out.append(v)
-    if baseline and baseline not in out:
-        out.append(baseline)
-    return out
-
-
-@dataclass
-class Reference:
-    """The best of the reference versions on this holdout, and the challenger's regression."""
-
-    version: str
-    value: float  # its primary metric on this holdout
-    ci: RegressionCI | None
-    considered: list[str]
-    skipped: list[str] = field(default_factory=list)  # why some could not be scored
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def find_reference(
-    spec: DatasetSpec,
-    candidates: list[str],
-    holdout: pd.DataFrame,
-    challenger: Scored,
-    load: Callable[[str], Any],
-    scored: dict[str, VersionScore | str],
-) -> Reference | str | None:
-    """Score each candidate version (reusing `scored`, filled in) and return the best one with
-    the challenger's paired-bootstrap regression against it; a string when no candidate can
-    score this holdout (why); None when there is no candidate."""
-    if not candidates:
-        return None
-    primary = spec.primary_metric
-    usable: list[VersionScore] = []
-    skipped: list[str] = []
-    for v in candidates:
-        if v not in scored:
-            scored[v] = score_version(spec, v, holdout, load, role="reference version", missing_ok=True)
-        got = scored[v]
-        if isinstance(got, str):
-            skipped.append(got)
-        elif not math.isnan(got.metrics.get(primary, float("nan"))):
-            usable.append(got)
-    if not usable:
-        return "no earlier champion can score this holdout" + (f" ({'; '.join(skipped)})" if skipped else "")
-    lower = primary.split(".")[-1] in LOWER_IS_BETTER
-    best = (min if lower else max)(usable, key=lambda s: s.metrics[primary])
-    g = spec.gate
-    ci = paired_bootstrap(holdout[spec.label], challenger, best.scored, spec, g.bootstrap_resamples, g.confidence)
-    return Reference(best.version, best.metrics[primary], ci, list(candidates), skipped)
-
-
 # -- the gate -----------------------------------------------------------------------------------
 def _regression_check(
     check: str, primary: str, challenger: float, other: float, tol: float, ci: RegressionCI | None, who: str
@@ -520,77 +354,82 @@ def gate(
     changed): then `gate.feature_change` decides, "minimums" (the champion check passes, noted)
     or "refuse". `reference` is a `Reference`, a string (why there is none to score: noted), or
     None (no reference check)."""
-    primary = spec.primary_metric
-    g = spec.gate
-    checks = [
-        GateCheck(
-            "no NaN predictions",
-            float(nan_predictions),
-            0.0,
-            nan_predictions == 0,
-            "" if nan_predictions == 0 else f"{nan_predictions} NaN predictions",
-        )
-    ]
-    for metric, minimum in (g.minimums).items():
+    who = f"champion v{champion_version}" if champion_version else "champion"
+    checks = _minimum_checks(spec, challenger, nan_predictions)
+    if champion_unscorable is not None:
+        checks.append(_feature_change_check(spec, who, champion_unscorable))
+    elif champion is None:
+        checks.append(GateCheck("vs champion", None, None, True, "no champion yet"))
+    else:
+        checks += _champion_checks(spec, challenger, challenger_slices, champion, champion_slices, champion_ci, who)
+    if isinstance(reference, str):
+        checks.append(GateCheck("vs reference", None, None, True, reference))
+    elif reference is not None:
+        checks.append(_reference_check(spec, challenger, reference))
+    return GateDecision(all(c.passed for c in checks), checks)
+
+
+def _minimum_checks(spec: DatasetSpec, challenger: dict[str, float], nan_predictions: int) -> list[GateCheck]:
+    """No NaN prediction, and every `gate.minimums` metric at or beyond its minimum."""
+    nan_note = "" if nan_predictions == 0 else f"{nan_predictions} NaN predictions"
+    checks = [GateCheck("no NaN predictions", float(nan_predictions), 0.0, nan_predictions == 0, nan_note)]
+    for metric, minimum in spec.gate.minimums.items():
         v = challenger.get(metric, float("nan"))
         ok = not math.isnan(v) and (v <= minimum if metric in LOWER_IS_BETTER else v >= minimum)
         checks.append(
             GateCheck(f"minimum {metric}", v, float(minimum), ok, "" if ok else f"{v:.4f} vs minimum {minimum}")
         )
-    who = f"champion v{champion_version}" if champion_version else "champion"
-    if champion_unscorable is not None:
-        ok = g.feature_change == "minimums"
-        rule = (
-            "decided on the minimums and the reference (gate.feature_change: minimums)"
-            if ok
-            else "refused until a person promotes a model of the new features (gate.feature_change: refuse)"
-        )
-        checks.append(
-            GateCheck("vs champion", None, None, ok, f"{who} cannot score this holdout: {champion_unscorable}; {rule}")
-        )
-    elif champion is None:
-        checks.append(GateCheck("vs champion", None, None, True, "no champion yet"))
-    else:
-        tol = g.max_regression
-        checks.append(
-            _regression_check(
-                f"regression of {primary} vs champion",
-                primary,
-                challenger[primary],
-                champion[primary],
-                tol,
-                champion_ci,
-                who,
-            )
-        )
-        stol = float(g.slice_max_regression if g.slice_max_regression is not None else tol)
-        for name, m in sorted(challenger_slices.items()):
-            ref = (champion_slices or {}).get(name)
-            if ref is None or math.isnan(ref.get(primary, float("nan"))) or math.isnan(m.get(primary, float("nan"))):
-                continue
-            worse = _worse_by(primary, m[primary], ref[primary])
-            checks.append(
-                GateCheck(
-                    f"slice {name} {primary} regression",
-                    worse,
-                    stol,
-                    worse <= stol,
-                    "" if worse <= stol else f"champion {ref[primary]:.4f}, challenger {m[primary]:.4f}",
-                )
-            )
-    if isinstance(reference, str):
-        checks.append(GateCheck("vs reference", None, None, True, reference))
-    elif reference is not None:
-        tol = float(g.cumulative_max_regression if g.cumulative_max_regression is not None else g.max_regression)
-        considered = ", ".join(f"v{v}" for v in reference.considered)
-        check = _regression_check(
-            f"regression of {primary} vs reference v{reference.version}",
-            primary,
-            challenger[primary],
-            reference.value,
-            tol,
-            reference.ci,
-            f"best of {considered}: v{reference.version}",
-        )
-        checks.append(check)
-    return GateDecision(all(c.passed for c in checks), checks)
+    return checks
+
+
+def _feature_change_check(spec: DatasetSpec, who: str, why: str) -> GateCheck:
+    """The champion cannot score this holdout (the spec's features changed): `gate.feature_change` decides."""
+    ok = spec.gate.feature_change == "minimums"
+    rule = (
+        "decided on the minimums and the reference (gate.feature_change: minimums)"
+        if ok
+        else "refused until a person promotes a model of the new features (gate.feature_change: refuse)"
+    )
+    return GateCheck("vs champion", None, None, ok, f"{who} cannot score this holdout: {why}; {rule}")
+
+
+def _champion_checks(
+    spec: DatasetSpec,
+    challenger: dict[str, float],
+    challenger_slices: dict[str, dict[str, float]],
+    champion: dict[str, float],
+    champion_slices: dict[str, dict[str, float]] | None,
+    ci: RegressionCI | None,
+    who: str,
+) -> list[GateCheck]:
+    """No regression against the champion overall (`gate.max_regression`) or on any slice both
+    scored (`gate.slice_max_regression`)."""
+    primary, g = spec.primary_metric, spec.gate
+    tol = g.max_regression
+    check = f"regression of {primary} vs champion"
+    checks = [_regression_check(check, primary, challenger[primary], champion[primary], tol, ci, who)]
+    stol = float(g.slice_max_regression if g.slice_max_regression is not None else tol)
+    for name, m in sorted(challenger_slices.items()):
+        ref = (champion_slices or {}).get(name)
+        if ref is None or math.isnan(ref.get(primary, float("nan"))) or math.isnan(m.get(primary, float("nan"))):
+            continue
+        worse = _worse_by(primary, m[primary], ref[primary])
+        note = "" if worse <= stol else f"champion {ref[primary]:.4f}, challenger {m[primary]:.4f}"
+        checks.append(GateCheck(f"slice {name} {primary} regression", worse, stol, worse <= stol, note))
+    return checks
+
+
+def _reference_check(spec: DatasetSpec, challenger: dict[str, float], reference: Reference) -> GateCheck:
+    """No regression against the best reference version beyond `gate.cumulative_max_regression`."""
+    primary, g = spec.primary_metric, spec.gate
+    tol = float(g.cumulative_max_regression if g.cumulative_max_regression is not None else g.max_regression)
+    considered = ", ".join(f"v{v}" for v in reference.considered)
+    return _regression_check(
+        f"regression of {primary} vs reference v{reference.version}",
+        primary,
+        challenger[primary],
+        reference.value,
+        tol,
+        reference.ci,
+        f"best of {considered}: v{reference.version}",
+    )

@@ -55,6 +55,22 @@ def staging_labels_key(spec: DatasetSpec, day: date) -> str:
     return staging_labels_prefix(spec, day) + "labels.parquet"
 
 
+def staging_key(spec: DatasetSpec, day: date, what: str = "events") -> str:
+    """The day's staged `events` or `labels`."""
+    return staging_labels_key(spec, day) if what == "labels" else staging_events_key(spec, day)
+
+
+def staging_labels_root(spec: DatasetSpec) -> str:
+    """Every day's staged labels (`dt=YYYY-MM-DD/` below it: the day they arrived)."""
+    return f"staging/{spec.name}/labels/"
+
+
+# -- training (train's output, evaluate's input) --------------------------------------------------
+def training_split_key(spec: DatasetSpec, interval_key: str, split: str) -> str:
+    """An interval's `train` or `holdout` split as trained on (`Interval.key` names the interval)."""
+    return f"training/{spec.name}/{interval_key}/{split}.parquet"
+
+
 # -- rejected data and reports --------------------------------------------------------------------
 def quarantine_prefix(spec: DatasetSpec, day: date) -> str:
     """A rejected day: the batch (or the unreadable raw files) and why it was rejected."""
@@ -74,3 +90,38 @@ def features_prefix(spec: DatasetSpec) -> str:
 def features_key(spec: DatasetSpec, day: date) -> str:
     """The day's offline feature rows; a day has features once `prepare` ran for it."""
     return f"{features_prefix(spec)}part-{day.isoformat()}.parquet"
+
+
+# -- the prediction log (the service's and batch scoring's output, monitoring's input) ------------
+def predictions_prefix(spec: DatasetSpec) -> str:
+    """Every online prediction-log object of the dataset (`serving.predlog` writes under it)."""
+    return f"predictions/{spec.name}/"
+
+
+def online_predictions_prefix(spec: DatasetSpec, day: date) -> str:
+    """The online requests whose event time falls on `day`, one parquet per flushed batch."""
+    return f"{predictions_prefix(spec)}dt={day.isoformat()}/"
+
+
+def online_predictions_key(spec: DatasetSpec, day: date, part: str = "part-0") -> str:
+    return f"{online_predictions_prefix(spec, day)}{part}.parquet"
+
+
+def batch_predictions_prefix(spec: DatasetSpec, day: date) -> str:
+    return f"predictions/batch/{spec.name}/dt={day.isoformat()}/"
+
+
+def batch_predictions_key(spec: DatasetSpec, day: date) -> str:
+    """The day's batch scores (ml_batch_scoring overwrites it on a re-run)."""
+    return batch_predictions_prefix(spec, day) + "predictions.parquet"
+
+
+# -- monitoring ----------------------------------------------------------------------------------
+def monitoring_report_prefix(spec: DatasetSpec, day: date) -> str:
+    """A window's Evidently reports (`<kind>.html`, `<kind>.json`), `variants.md` and `summary.json`."""
+    return f"reports/monitoring/{spec.name}/dt={day.isoformat()}/"
+
+
+def reference_key(spec: DatasetSpec, version: str) -> str:
+    """The champion's training set scored by that version: monitoring's reference, cached per version."""
+    return f"monitoring/{spec.name}/reference/v{version}.parquet"

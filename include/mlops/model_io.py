@@ -1,7 +1,7 @@
 """Model artifacts are data, never code: the one way the platform writes and reads a model.
 
 The platform logs its scikit-learn Pipelines with MLflow's sklearn flavour in the skops format
-(`pipeline.log_model`), and that is all it loads. Before any model is deserialized (by the scoring
+(`tracking.log_model`), and that is all it loads. Before any model is deserialized (by the scoring
 service, by `evaluate`), its MLmodel metadata must say flavour `sklearn` with
 `serialization_format: skops`; a pickle or cloudpickle artifact, a pyfunc `python_model` or a
 model that ships code (`code_paths`) is refused without being opened, because opening it runs
@@ -29,7 +29,7 @@ FORMAT = "skops"
 EXTRA_TYPES_ENV = variable(Settings, "trusted_types_extra")  # MLOPS_TRUSTED_TYPES_EXTRA
 ACCEPTED = (
     "MLflow's sklearn flavour with serialization_format 'skops' "
-    "(mlflow.sklearn.log_model(..., serialization_format='skops'), as include/mlops/pipeline.py log_model writes it)"
+    "(mlflow.sklearn.log_model(..., serialization_format='skops'), as include/mlops/tracking.py log_model writes it)"
 )
 
 # The types the platform's fitted pipelines hold beyond skops' own trusted set (builtins, numpy

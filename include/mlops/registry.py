@@ -32,6 +32,10 @@ move (rollbacks, undos, promotions without a check) whoever touches the model's 
 (`finish_open_moves`). While a promotion awaits its check no other move begins (`MoveInProgress`),
 except the rollback that ends it.
 
+A live rollout also writes *step* events of its pending move (`record_step`, status `step`):
+each canary step's verdict, the shadow report, the A/B decision, with the figures judged. They
+never change the move's status; `read_ledger(..., history=True)` lists them among its events.
+
 `read_ledger` gives one record per move (its latest event: `status`, `at` when it began, `ended_at`
 when it completed); `read_ledger(..., history=True)` every event. Entries written before moves
 had ids read as `done` moves.
@@ -57,6 +61,7 @@ log = logging.getLogger(__name__)
 
 PENDING, DONE, ROLLED_BACK = "pending", "done", "rolled_back"
 STATUSES = (PENDING, DONE, ROLLED_BACK)
+STEP = "step"  # an event of a pending move that records a live phase's verdict; not a status change
 # Variant routing when no rollout runs: the service answers with the champion only.
 IDLE_STRATEGY, IDLE_SHARE = "direct", 0.0
 
@@ -241,14 +246,18 @@ class _Event:
     move: str
 
 
-def _events(store: ObjectStore, model: str) -> list[_Event]:
-    """The ledger's events in time order, told apart by their keys (one LIST, no object read)."""
+def _events(store: ObjectStore, model: str, *, steps: bool = False) -> list[_Event]:
+    """The ledger's events in time order, told apart by their keys (one LIST, no object read);
+    a move's step events only with `steps` (they never change its status)."""
     out = []
     for k in store.list(ledger_prefix(model)):
         if not k.endswith(".json"):
             continue
         parts = k.rsplit("/", 1)[-1][: -len(".json")].split(".", 3)
-        if len(parts) == 4 and parts[1] in STATUSES:
+        if len(parts) == 4 and parts[1] == STEP:
+            if steps:
+                out.append(_Event(k, STEP, parts[3]))
+        elif len(parts) == 4 and parts[1] in STATUSES:
             out.append(_Event(k, parts[1], parts[3]))
         else:
             out.append(_Event(k, None, k))
@@ -269,9 +278,9 @@ def _entry(store: ObjectStore, ev: _Event) -> LedgerEntry:
 def read_ledger(store: ObjectStore, model: str, *, history: bool = False) -> list[dict[str, Any]]:
     """One record per move, in the order they began: its latest event (`status`), `at` when it
     began and `ended_at` when it completed. `history=True`: every event as written."""
-    events = _events(store, model)
     if history:
-        return [{"status": DONE, **store.get_json(e.key)} for e in events]
+        return [{"status": DONE, **store.get_json(e.key)} for e in _events(store, model, steps=True)]
+    events = _events(store, model)
     out = []
     for evs in _by_move(events).values():
         d = {"status": DONE, **store.get_json(evs[-1].key)}
@@ -280,6 +289,22 @@ def read_ledger(store: ObjectStore, model: str, *, history: bool = False) -> lis
             d["at"] = d.get("started_at") or d["at"]
         out.append(d)
     return out
+
+
+def record_step(store: ObjectStore, entry: LedgerEntry, what: str, step: dict[str, Any]) -> str:
+    """Write a step event of the move `entry` (a canary step, the shadow report, the A/B
+    decision: `what`), holding `step` (the verdict and the figures judged)."""
+    at = now()
+    stamp = at.replace(":", "").replace(".", "")
+    body = {**step, "at": at, "model": entry.model, "move": entry.move, "status": STEP, "action": what,
+            "from_version": entry.from_version, "to_version": entry.to_version, "strategy": entry.strategy,
+            "run_id": entry.run_id, "dag_id": entry.dag_id}  # fmt: skip
+    return store.put_json(f"{ledger_prefix(entry.model)}/{stamp}.{STEP}.{_slug(what)}.{_slug(entry.move)}.json", body)
+
+
+def steps_of(store: ObjectStore, model: str, move: str) -> list[dict[str, Any]]:
+    """The step events of one move, oldest first."""
+    return [store.get_json(e.key) for e in _events(store, model, steps=True) if e.status == STEP and e.move == move]
 
 
 def move_record(store: ObjectStore, model: str, move: str) -> LedgerEntry | None:

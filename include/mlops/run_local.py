@@ -74,14 +74,13 @@ def run_training(
     spec_name: str, day: date, *, backfill: bool = True, train: bool = True, say: Callable[[str], None] = print
 ) -> TrainingReport:
     from include.mlops.airflow_env import apply_airflow_env, migrate_db
-    from include.mlops.config import PROJECT_ROOT, get_settings
+    from include.mlops.config import PROJECT_ROOT
+    from include.mlops.context import context
     from include.mlops.demo import run_day as demo_run_day
-    from include.mlops.spec import load_spec
-    from include.mlops.storage import ObjectStore, ensure_bucket
+    from include.mlops.storage import ensure_bucket
 
-    settings = get_settings()
-    spec = load_spec(spec_name)
-    store = ObjectStore(settings.store_uri, settings.s3_endpoint_url)
+    ctx = context(spec_name)
+    settings, spec, store = ctx.settings, ctx.spec, ctx.store
     ensure_bucket(store)
     check_landed(spec, store, day)
     report = TrainingReport(spec.name, day)

@@ -1,7 +1,7 @@
 """The monitoring operator: one window of the prediction log against the champion's reference.
 
 Thin like the others: assigns in `__init__`, templated interval and dataset, and calls
-`include.mlops.monitoring.monitor` in `execute` (Evidently, MLflow and pandas are imported there).
+`include.mlops.monitoring.step.monitor` in `execute` (Evidently, MLflow and pandas are imported there).
 Its extra links open the drift report (logged to the window's MLflow run, shown by the MLflow UI)
 and the window's MLflow run.
 """
@@ -23,7 +23,8 @@ class MonitoringOperator(_IntervalOperator):
     operator_extra_links = (ReportLink(), MlflowRunLink())
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from include.mlops.monitoring import NoChampion, monitor
+        from include.mlops.monitoring.step import monitor
+        from include.mlops.monitoring.window import NoChampion
 
         interval = self.interval_of(context)
         self.log.info("monitoring %s for %s", self.dataset or "(default dataset)", interval.label)

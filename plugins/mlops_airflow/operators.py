@@ -154,8 +154,11 @@ class MlflowRegisterOperator(_IntervalOperator):
 class MlflowPromoteOperator(BaseOperator):
     """Move `champion` to the registered version if the gate passed; keep it otherwise.
 
-    A rejected challenger ends the task successfully with "not promoted: ..."; a promoted one
-    that fails its post-deployment checks is rolled back and the task fails.
+    A rejected challenger ends the task successfully with "not promoted: ...". A canary, shadow
+    or A/B rollout has live phases: the task defers to `LiveTrafficTrigger` while each soaks (no
+    worker slot held) and resumes in `resume` to judge it. A rollout that fails a check or a
+    phase is rolled back and the task fails; an A/B test the champion wins (or an inconclusive
+    one) ends the task successfully with the champion kept.
     """
 
     template_fields = ("dataset", "strategy", "register_task_id", "evaluate_task_id")
@@ -178,14 +181,14 @@ class MlflowPromoteOperator(BaseOperator):
         self.evaluate_task_id = evaluate_task_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from include.mlops import deployment
+        from include.mlops.delivery.rollout import DeploymentCheckFailed, start
 
         ti = context["ti"]
         reg_out = ti.xcom_pull(task_ids=self.register_task_id)
         eval_out = ti.xcom_pull(task_ids=self.evaluate_task_id)
         dag_run = context["dag_run"]
         try:
-            out = deployment.rollout(
+            out = start(
                 reg_out,
                 eval_out,
                 dag_run.run_id,
@@ -193,8 +196,38 @@ class MlflowPromoteOperator(BaseOperator):
                 strategy=self.strategy or None,
                 spec_name=self.dataset or None,
             )
-        except deployment.DeploymentCheckFailed as exc:
+        except DeploymentCheckFailed as exc:
             raise PromotionError(str(exc)) from exc
+        return self._next(context, out)
+
+    def resume(self, context: Any, event: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> Any:
+        """The trigger fired: judge the phase, then defer again for the next one or finish."""
+        from include.mlops.delivery.rollout import DeploymentCheckFailed, resume
+
+        event = dict(event or {})
+        state = state or event.pop("state", None)
+        if state is None:
+            raise PromotionError(f"resumed without the rollout's phase (event {event}): re-run the deploy task")
+        try:
+            out = resume(state, event)
+        except DeploymentCheckFailed as exc:
+            raise PromotionError(str(exc)) from exc
+        return self._next(context, out)
+
+    def _next(self, context: Any, out: Any) -> dict[str, Any]:
+        """Defer for a phase (never returns), or the final result for XCom."""
+        from include.mlops.delivery.phases import Phase
+        from mlops_airflow.triggers import LiveTrafficTrigger
+
+        if isinstance(out, Phase):
+            self.log.info("deferring until the live phase is judged: %s", out.describe())
+            state = out.to_dict()
+            self.defer(
+                trigger=LiveTrafficTrigger(state, out.soak_until, out.deadline, out.poll_seconds),
+                method_name="resume",
+                kwargs={"state": state},
+            )
+        reg_out = context["ti"].xcom_pull(task_ids=self.register_task_id)
         # rollout and promote log each decision once; repeating their message here doubled it
         return {
             **out,

@@ -29,10 +29,9 @@ def artifact_url(experiment_id: str | None, run_id: str, path: str) -> str:
 def _log_reports(client: Any, run_id: str, report_uris: list[str]) -> list[str]:
     """Copy each report (an object-store URI) into the run under `reports/`; returns artifact paths."""
     from include.mlops.config import get_settings
-    from include.mlops.storage import ObjectStore
+    from include.mlops.context import open_store
 
-    s = get_settings()
-    store = ObjectStore(s.store_uri, s.s3_endpoint_url)
+    store = open_store(get_settings())
     paths = []
     with tempfile.TemporaryDirectory(prefix="mlops-report-") as tmp:
         for uri in report_uris:
@@ -47,13 +46,11 @@ def _log_reports(client: Any, run_id: str, report_uris: list[str]) -> list[str]:
 def publish_validation(report_uris: list[str], dataset: str | None, interval: Any, lineage: dict[str, str]) -> str:
     """Log the interval's validation reports (HTML) to its run in `<dataset>-validation`; the URL to the
     last one. Idempotent: the interval's run is found by its tag and its artifacts overwritten."""
-    from include.mlops.config import get_settings
-    from include.mlops.registry import ensure_experiment, setup_mlflow
-    from include.mlops.spec import load_spec
+    from include.mlops.context import context
+    from include.mlops.registry import ensure_experiment
 
-    settings = get_settings()
-    spec = load_spec(dataset or settings.dataset)
-    client = setup_mlflow(settings)
+    ctx = context(dataset)
+    spec, settings, client = ctx.spec, ctx.settings, ctx.client
     exp_id = ensure_experiment(client, f"{spec.name}-validation", settings)
     found = client.search_runs([exp_id], filter_string=f"tags.`mlops.interval` = '{interval.key}'", max_results=1)
     if found:

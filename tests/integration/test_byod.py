@@ -87,7 +87,7 @@ def test_a_csv_becomes_a_serving_champion(kind, tmp_path):
     holdout = client.get_run(champion.run_id).data.metrics
     assert holdout[f"holdout_{metric}"] >= floor, holdout
 
-    from include.mlops.deployment import start_service
+    from include.mlops.delivery.service import start_service
 
     service = start_service({**env, "MLOPS_SERVE_SPEC": kind})
     try:

@@ -108,18 +108,21 @@ PASSED = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
 
 def test_an_equally_fast_version_passes_on_a_busy_machine(env, client, busy_cores, monkeypatch):
     """The running service (as in the demo) holds both versions; the check compares them there."""
-    from include.mlops import deployment as D
+    from include.mlops.delivery.checks import sample_inputs
+    from include.mlops.delivery.rollback import rollback
+    from include.mlops.delivery.rollout import rollout
+    from include.mlops.delivery.service import start_service
     from include.mlops.registry import CHAMPION, alias_version
 
     name = env["spec"].model_name
     before = alias_version(client, name, CHAMPION)
     new = same_model_version(client, name)
-    service = D.start_service(env["env"])
+    service = start_service(env["env"])
     try:
         monkeypatch.setenv("MLOPS_SERVE_URL", service.url)
         monkeypatch.setenv("MLOPS_ADMIN_TOKEN", service.token)
         reg = {"model": name, "version": new, "run_id": env["run_id"]}
-        out = D.rollout(reg, PASSED, "check-same", "test", strategy="direct", spec_name=env["spec_name"])
+        out = rollout(reg, PASSED, "check-same", "test", strategy="direct", spec_name=env["spec_name"])
         assert out["promoted"] and out["checked"] and out["champion"] == new, out
         load = out["check"]["load"]
         assert load["interleaved"] and load["arms"]["current"]["version"] == before
@@ -130,7 +133,7 @@ def test_an_equally_fast_version_passes_on_a_busy_machine(env, client, busy_core
         assert f"ratio p50 {judged['ratios']['p50']}, p95 {judged['ratios']['p95']}" in out["message"]
         assert httpx.get(f"{service.url}/ready", timeout=30).json()["champion"]["version"] == new
         # pinning a version is for the check only: admin token, and only versions in memory
-        record = {"records": [D.sample_inputs(env["spec"], _store())[0][0]]}
+        record = {"records": [sample_inputs(env["spec"], _store())[0][0]]}
         pin = {"X-MLOps-Model-Version": before}
         assert httpx.post(f"{service.url}/predict", json=record, headers=pin, timeout=60).status_code == 403
         auth = {**pin, **service.headers()}
@@ -141,12 +144,12 @@ def test_an_equally_fast_version_passes_on_a_busy_machine(env, client, busy_core
     finally:
         service.close()
         service.cleanup()
-        D.rollback(before, "restore", "test", spec_name=env["spec_name"])
+        rollback(before, "restore", "test", spec_name=env["spec_name"])
 
 
 def test_a_really_slower_version_is_rolled_back_on_a_busy_machine(env, client, busy_cores):
     """No service runs: the check starts one, which serves the current champion before the switch."""
-    from include.mlops import deployment as D
+    from include.mlops.delivery.rollout import DeploymentCheckFailed, rollout
     from include.mlops.registry import CHAMPION, alias_version, read_ledger
     from include.mlops.storage import get_store
 
@@ -154,8 +157,8 @@ def test_a_really_slower_version_is_rolled_back_on_a_busy_machine(env, client, b
     before = alias_version(client, name, CHAMPION)
     slow, run_id = slow_model_version(client, name)
     reg = {"model": name, "version": slow, "run_id": run_id}
-    with pytest.raises(D.DeploymentCheckFailed) as failed:
-        D.rollout(reg, PASSED, "check-slow", "test", strategy="direct", spec_name=env["spec_name"])
+    with pytest.raises(DeploymentCheckFailed) as failed:
+        rollout(reg, PASSED, "check-slow", "test", strategy="direct", spec_name=env["spec_name"])
     msg = str(failed.value)
     print(msg)  # the verdict with its figures, shown with `pytest -rP`
     assert f"v{slow} failed its post-deployment check" in msg and "x the current version's" in msg, msg

@@ -76,7 +76,7 @@ def _log(spec, model, train: pd.DataFrame, holdout_uri: str, tag: str) -> dict:
     """What `pipeline.train` hands on, for a model fitted here: a run with the logged model."""
     import mlflow
 
-    from include.mlops import pipeline as P
+    from include.mlops import tracking as P
     from include.mlops.config import get_settings
     from include.mlops.features import model_features
     from include.mlops.registry import ensure_experiment, setup_mlflow

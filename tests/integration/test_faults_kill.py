@@ -87,7 +87,7 @@ def test_kill_in_train_after_the_run_started_then_retry_leaves_one_finished_run(
 
     iv = _day_before(home["c"]["interval"])  # an interval no run has trained yet
     code = _interval_code(iv) + f"P.train(iv, {LINEAGE!r}, {SPEC!r})\n"
-    _kill(home, code, KillPoint("include.mlops.pipeline:log_model", when="before", name="train: inside the run"))
+    _kill(home, code, KillPoint("include.mlops.tracking:log_model", when="before", name="train: inside the run"))
 
     client = _client()
     before = _runs(client, iv.key)
@@ -162,7 +162,7 @@ def _retry_promote(home: dict[str, Any]) -> dict[str, Any]:
 def _assert_promotion_complete(ledger_before: list[dict[str, Any]]) -> None:
     """v2 champion, v1 previous, the ledger's new entries end in a completed 1 -> 2 promotion
     (nothing left pending), and a rollback lands on v1 (as a completed ledger entry)."""
-    from include.mlops.deployment import rollback
+    from include.mlops.delivery.rollback import rollback
 
     client = _client()
     aliases = _aliases(client)

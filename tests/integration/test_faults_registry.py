@@ -138,18 +138,20 @@ def _worse_challenger(train_out: dict[str, Any]) -> dict[str, Any]:
     import mlflow
     import numpy as np
 
-    from include.mlops import pipeline as P
     from include.mlops import training as T
+    from include.mlops.context import context
     from include.mlops.features import model_features
     from include.mlops.registry import ensure_experiment, setup_mlflow
+    from include.mlops.tracking import log_model
 
-    spec, store, settings = P._ctx(SPEC)
+    ctx = context(SPEC)
+    spec, store, settings = ctx.spec, ctx.store, ctx.settings
     df = store.get_parquet(store.key_of(train_out["train_uri"]))
     df[spec.label] = np.random.default_rng(7).permutation(df[spec.label].to_numpy())
     model, _ = T.fit(spec, df)
     exp = ensure_experiment(setup_mlflow(settings), spec.name, settings)
     with mlflow.start_run(experiment_id=exp, run_name="worse-challenger", tags={"mlops.interval": "worse"}) as run:
-        info = P.log_model(model, spec, df.head(5)[model_features(spec)])
+        info = log_model(model, spec, df.head(5)[model_features(spec)])
         mlflow.set_tag("mlops.model_uri", info.model_uri)
     return {**train_out, "run_id": run.info.run_id, "model_uri": info.model_uri, "data_hash": "shuffled-labels"}
 
@@ -313,7 +315,7 @@ def test_alias_write_failing_mid_promotion_then_the_retry_completes_it(faults):
 def _promote_then_roll_back(faults: dict[str, Any], b: dict[str, Any], ev: dict[str, Any], run_id: str) -> None:
     """The (retried) promotion of v2 over the champion, the end state, then a rollback to it."""
     from include.mlops import pipeline as P
-    from include.mlops.deployment import rollback
+    from include.mlops.delivery.rollback import rollback
 
     champion = faults["before"]["champion"]
     assert champion == "1", faults["before"]
@@ -328,7 +330,7 @@ def _promote_then_roll_back(faults: dict[str, Any], b: dict[str, Any], ev: dict[
 
 
 def test_alias_reads_failing_during_rollback_fail_it_and_change_nothing(faults):
-    from include.mlops.deployment import rollback
+    from include.mlops.delivery.rollback import rollback
 
     proxy = faults["proxy"]
     rule = proxy.add(method="GET", path=ALIAS, status=500)

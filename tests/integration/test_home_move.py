@@ -69,6 +69,7 @@ def test_rebased_copy_loads_models_features_and_reruns_a_step(moved, monkeypatch
 
     from include.mlops import features as F
     from include.mlops import pipeline as P
+    from include.mlops import tracking
     from include.mlops.config import get_settings
     from include.mlops.registry import setup_mlflow
     from include.mlops.spec import load_spec
@@ -79,7 +80,7 @@ def test_rebased_copy_loads_models_features_and_reruns_a_step(moved, monkeypatch
     # the champion through its alias, and a run's artifacts
     champion = client.get_model_version_by_alias(spec.model_name, "champion")
     assert str(champion.version) == "1" and str(new) in champion.source
-    model = P.load_sklearn(f"models:/{spec.model_name}@champion")
+    model = tracking.load_sklearn(f"models:/{spec.model_name}@champion")
     assert hasattr(model, "predict_proba")
     run_a = outs["a"]["train"]["run_id"]
     listed = [a.path for a in MlflowClient().list_artifacts(run_a)]

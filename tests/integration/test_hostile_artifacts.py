@@ -135,7 +135,7 @@ def experiment(client, home) -> str:
 
 @pytest.fixture(scope="module")
 def service(home, proxy):
-    from include.mlops.deployment import start_service
+    from include.mlops.delivery.service import start_service
 
     env = {
         **home["env"],
@@ -213,7 +213,7 @@ def test_a_cloudpickle_champion_that_runs_code_is_refused_and_never_runs(
     from sklearn.dummy import DummyClassifier
 
     from include.mlops.model_io import UnsafeModelError
-    from include.mlops.pipeline import load_sklearn
+    from include.mlops.tracking import load_sklearn
 
     name = champion_restored
     marker = tmp_path / "marker"

@@ -101,7 +101,7 @@ def mon(lifecycle, airflow_db, channels, tmp_path_factory):
 
     from include.mlops.config import get_settings
     from include.mlops.data.generator import Scenario
-    from include.mlops.monitoring import simulate_predictions, write_prediction_log
+    from include.mlops.data.predictions import simulate_predictions, write_prediction_log
     from include.mlops.registry import setup_mlflow
     from include.mlops.spec import load_spec
     from include.mlops.storage import get_store
@@ -113,7 +113,7 @@ def mon(lifecycle, airflow_db, channels, tmp_path_factory):
     use_home(mp, home)
     mp.setenv(
         "AIRFLOW_CONN_MLOPS_ALERTS_WEBHOOK",
-        json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": hook.port, "schema": "hooks/mlops"}),
+        json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{hook.port}/hooks/mlops"}),
     )
     mp.setenv(
         "AIRFLOW_CONN_MLOPS_ALERTS_SMTP",
@@ -122,7 +122,12 @@ def mon(lifecycle, airflow_db, channels, tmp_path_factory):
                 "conn_type": "smtp",
                 "host": "127.0.0.1",
                 "port": smtp_port,
-                "extra": {"to": "oncall@example.org", "from": "mlops@example.org"},
+                "extra": {
+                    "to": "oncall@example.org",
+                    "from_email": "mlops@example.org",
+                    "disable_ssl": True,  # the loopback sink speaks plain SMTP
+                    "disable_tls": True,
+                },
             }
         ),
     )
@@ -414,7 +419,7 @@ def test_drift_event_runs_ml_retraining_on_a_real_scheduler_and_the_champion_mov
 def test_labels_join_on_event_time_else_on_the_request_day():
     import pandas as pd
 
-    from include.mlops.monitoring import join_labels, sample
+    from include.mlops.monitoring.reading import join_labels, sample
     from include.mlops.spec import load_spec
 
     spec = load_spec("churn")

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.delivery_home import set_delivery
+
 pytestmark = [pytest.mark.serving, pytest.mark.integration]
 
 POLL_SECONDS = 1
@@ -30,7 +32,12 @@ def home(lifecycle, tmp_path_factory) -> dict:
     shutil.copytree(src, dst)
     env = {k: v.replace(str(src), str(dst)) for k, v in lifecycle["env"].items()}
     env["MLOPS_DATASET"] = lifecycle["spec"].name
-    return {"path": dst, "env": env, "spec": lifecycle["spec"], "v1": lifecycle["register"]["version"]}
+    home = {"path": dst, "env": env, "spec": lifecycle["spec"], "v1": lifecycle["register"]["version"],
+            "spec_path": dst / Path(lifecycle["spec_path"]).relative_to(src)}  # fmt: skip
+    # one canary step judged at once (no soak, no minimum of live requests): these tests are
+    # about what a rollback ends; the live phases are tested in test_progressive_canary
+    set_delivery(home, canary={"steps": [0.5], "soak_seconds": 0, "min_requests": 0})
+    return home
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +70,7 @@ def v2(home, client) -> str:
 
 @pytest.fixture(scope="module")
 def server(home, v2):
-    from include.mlops.deployment import start_service
+    from include.mlops.delivery.service import start_service
 
     h = start_service({**home["env"], "MLOPS_SERVE_POLL_SECONDS": str(POLL_SECONDS)}, timeout=240)
     yield h
@@ -74,8 +81,8 @@ def server(home, v2):
 @pytest.fixture
 def env(lifecycle_env, home, client, store, monkeypatch):
     """The process environment on the copy; afterwards v1 champion again and no rollout under way."""
-    from include.mlops import deployment as D
     from include.mlops import registry as R
+    from include.mlops.delivery.rollback import rollback
 
     for k, v in home["env"].items():
         monkeypatch.setenv(k, v)
@@ -85,7 +92,7 @@ def env(lifecycle_env, home, client, store, monkeypatch):
     for m in R.open_moves(store, name):
         R.undo_move(client, store, m, action="rollback", reason="test cleanup", run_id="cleanup", dag_id="test")
     if R.alias_version(client, name, R.CHAMPION) != home["v1"]:
-        D.rollback(home["v1"], "cleanup", "test", spec_name=home["spec"].name)
+        rollback(home["v1"], "cleanup", "test", spec_name=home["spec"].name)
     R.end_routing(client, name)
 
 
@@ -104,7 +111,7 @@ def serving(server, *, champion: str, challenger: str | None, timeout: float = 1
 
 def probe(server, spec, store) -> list[tuple[str, str]]:
     """(variant, version) of the answers to one request per entity, for ENTITIES entities."""
-    from include.mlops.deployment import sample_inputs
+    from include.mlops.delivery.checks import sample_inputs
 
     base = sample_inputs(spec, store, n=1)[0][0]
     records = [{**base, spec.entity_key: 700_000 + i} for i in range(ENTITIES)]
@@ -117,7 +124,7 @@ def probe(server, spec, store) -> list[tuple[str, str]]:
 
 
 def shadow_scored(server, version: str) -> float:
-    from include.mlops.deployment import service_metric
+    from include.mlops.delivery.service import service_metric
 
     return service_metric(server, "mlops_serving_predictions_total", variant="shadow", model_version=version)
 
@@ -131,21 +138,22 @@ def test_rollback_after_a_canary_rollout_ends_it_and_a_second_click_is_refused(e
                                                                                monkeypatch):  # fmt: skip
     """The issue's case: canary of v2 promoted, then ml_rollback. Before, the aliases ended as
     champion 1, previous 2, challenger 2 and the service kept answering ~10% with v2."""
-    from include.mlops import deployment as D
     from include.mlops import registry as R
+    from include.mlops.delivery.rollback import RollbackRefused, rollback
+    from include.mlops.delivery.rollout import rollout
 
     spec, v1, name = env["spec"], env["v1"], env["spec"].model_name
     monkeypatch.setenv("MLOPS_SERVE_URL", server.url)
     monkeypatch.setenv("MLOPS_ADMIN_TOKEN", server.token)
     client.set_registered_model_alias(name, R.CHALLENGER, v2)  # as `register` leaves it
     reg = {"model": name, "version": v2, "run_id": client.get_model_version(name, v2).run_id}
-    out = D.rollout(reg, PASSED, "canary-ok", "test", strategy="canary", spec_name=spec.name)
+    out = rollout(reg, PASSED, "canary-ok", "test", strategy="canary", spec_name=spec.name)
     assert out["promoted"] and out["checked"] and out["staged_check"]["load"]["variants"].get("challenger", 0) > 0
     promoted = R.read_ledger(store, name)[-1]
     assert (promoted["action"], promoted["status"], promoted["strategy"]) == ("promote", "done", "canary")
 
     monkeypatch.delenv("MLOPS_SERVE_URL")  # no reload request: the service must follow by its poll
-    back = D.rollback(None, "rb-canary", "ml_rollback", spec_name=spec.name, reason="test")
+    back = rollback(None, "rb-canary", "ml_rollback", spec_name=spec.name, reason="test")
     assert (back["from_version"], back["to_version"], back["strategy"]) == (v2, v1, "canary")
     aliases = {a: R.alias_version(client, name, a) for a in (R.CHAMPION, R.PREVIOUS, R.CHALLENGER)}
     assert aliases == {"champion": v1, "previous": v2, "challenger": None}
@@ -161,8 +169,8 @@ def test_rollback_after_a_canary_rollout_ends_it_and_a_second_click_is_refused(e
     answers = probe(server, spec, store)
     assert set(answers) == {("champion", v1)}, f"{sum(a[1] == v2 for a in answers)} answers from v{v2}"
 
-    with pytest.raises(D.RollbackRefused, match=rf"nothing new to roll back.*re-promote v{v2}"):
-        D.rollback(None, "rb-again", "ml_rollback", spec_name=spec.name)
+    with pytest.raises(RollbackRefused, match=rf"nothing new to roll back.*re-promote v{v2}"):
+        rollback(None, "rb-again", "ml_rollback", spec_name=spec.name)
     assert R.alias_version(client, name, R.CHAMPION) == v1
 
 
@@ -171,15 +179,16 @@ def test_rollback_during_a_staged_phase_stops_the_challenger_answering_and_scori
                                                                                   strategy):  # fmt: skip
     """The rollout is in its canary or shadow phase (its promotion pending, v1 still champion):
     rollback ends it; the service stops routing to / shadow-scoring v2 at its next poll."""
-    from include.mlops import deployment as D
     from include.mlops import registry as R
+    from include.mlops.delivery.rollback import rollback
+    from include.mlops.delivery.rollout import publish_strategy
 
     spec, v1, name = env["spec"], env["v1"], env["spec"].model_name
     move = R.begin_move(
         client, store, name, v2, action="promote", reason="gate passed", run_id=f"staged-{strategy}",
         dag_id="test", strategy=strategy, base=R.promotion_base("test", f"staged-{strategy}", v2), awaits_check=True,
     )  # fmt: skip
-    D.publish_strategy(client, name, strategy, 0.5)
+    publish_strategy(client, name, strategy, 0.5)
     client.set_registered_model_alias(name, R.CHALLENGER, v2)
     serving(server, champion=v1, challenger=v2)
     scored = shadow_scored(server, v2)
@@ -193,7 +202,7 @@ def test_rollback_during_a_staged_phase_stops_the_challenger_answering_and_scori
             assert time.monotonic() < deadline, f"shadow v{v2} scored {shadow_scored(server, v2) - scored}"
             time.sleep(0.2)
 
-    back = D.rollback(None, f"rb-{strategy}", "ml_rollback", spec_name=spec.name)
+    back = rollback(None, f"rb-{strategy}", "ml_rollback", spec_name=spec.name)
     assert (back["from_version"], back["to_version"], back["strategy"]) == (v2, v1, strategy)
     assert R.move_record(store, name, move.move).status == "rolled_back"
     assert R.alias_version(client, name, R.CHALLENGER) is None and strategy_tag(client, name)[0] == "direct"
@@ -210,8 +219,9 @@ def test_a_rollout_retried_after_a_crash_past_the_switch_runs_its_checks(env, se
     """Killed after `champion` moved, before the checks and the ledger: the retry of the same run
     does not answer "already champion"; it checks v2 on the service, completes the promotion, and
     a rollback then lands on v1."""
-    from include.mlops import deployment as D
     from include.mlops import registry as R
+    from include.mlops.delivery.rollback import rollback
+    from include.mlops.delivery.rollout import rollout
 
     spec, v1, name = env["spec"], env["v1"], env["spec"].model_name
     monkeypatch.setenv("MLOPS_SERVE_URL", server.url)
@@ -223,9 +233,9 @@ def test_a_rollout_retried_after_a_crash_past_the_switch_runs_its_checks(env, se
     R.set_previous(client, move)
     R.set_champion(client, move)  # the kill point
     reg = {"model": name, "version": v2, "run_id": client.get_model_version(name, v2).run_id}
-    out = D.rollout(reg, PASSED, "crashed", "test", spec_name=spec.name)
+    out = rollout(reg, PASSED, "crashed", "test", spec_name=spec.name)
     assert out["promoted"] and out["resumed"] and out["checked"] and out["check"]["smoke"]["passed"]
     assert out["deploy_errors"] == 0 and out["previous"] == v1
     assert R.move_record(store, name, move.move).status == "done"
-    back = D.rollback(None, "rb-crashed", "ml_rollback", spec_name=spec.name)
+    back = rollback(None, "rb-crashed", "ml_rollback", spec_name=spec.name)
     assert (back["from_version"], back["to_version"]) == (v2, v1)

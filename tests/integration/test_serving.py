@@ -77,7 +77,7 @@ def v2(home, client) -> str:
 
 @pytest.fixture(scope="module")
 def server(home, v2):
-    from include.mlops.deployment import start_service
+    from include.mlops.delivery.service import start_service
 
     env = {
         **home["env"],
@@ -135,7 +135,7 @@ def admin(server, path: str, **params) -> dict:
 
 
 def set_strategy(server, client, home, strategy: str, share: float = 0.1) -> dict:
-    from include.mlops.deployment import publish_strategy
+    from include.mlops.delivery.rollout import publish_strategy
 
     publish_strategy(client, home["spec"].model_name, strategy, share)
     return admin(server, "/admin/reload")
@@ -279,10 +279,12 @@ def test_oversized_bodies_are_413(http, samples):
     assert r.status_code == 413
 
 
-def test_metrics_parse_and_name_versions_and_variants(http, home):
+def test_metrics_parse_and_name_versions_and_variants(http, home, samples):
     from prometheus_client.parser import text_string_to_metric_families
 
-    http.post("/predict", json={"customer_id": 1})  # a 422
+    assert http.post("/predict", json={"records": samples["records"][:1]}).status_code == 200
+    assert http.post("/predict", json={"customer_id": 1}).status_code == 422  # unknown entity, found after routing
+    assert http.post("/predict", json={"records": [{"customer_id": "x"}]}).status_code == 422  # refused before
     fams = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
     for name in (
         "mlops_serving_requests",
@@ -298,6 +300,12 @@ def test_metrics_parse_and_name_versions_and_variants(http, home):
     ]
     assert any(s.labels["model_version"] == home["v1"] and s.labels["variant"] == "champion" for s in ok)
     assert any(s.labels["kind"] == "value_error.unknown_entity" for s in fams["mlops_serving_errors"].samples)
+    failed = {
+        (s.labels["model_version"], s.labels["variant"])
+        for s in fams["mlops_serving_requests"].samples
+        if s.name.endswith("_total") and s.labels["status"] == "422"
+    }
+    assert (home["v1"], "champion") in failed and ("", "") in failed  # routed: its version; refused first: none
     loads = {s.labels["model_version"]: s.value for s in fams["mlops_serving_model_load_seconds"].samples}
     assert loads[home["v1"]] > 0
     buckets = [s for s in fams["mlops_serving_request_latency_seconds"].samples if s.name.endswith("_bucket")]
@@ -485,7 +493,7 @@ def test_blue_green_keeps_the_next_and_last_version_warm(server, client, store, 
     try:
         status = set_strategy(server, client, home, "blue_green")
         assert status["strategy"] == "blue_green" and v2 in status["standby"] and status["challenger"] is None
-        from include.mlops.deployment import service_metric
+        from include.mlops.delivery.service import service_metric
 
         for to in (v2, v1):  # green goes live, then back to blue: both already in memory
             move_champion(
@@ -504,7 +512,8 @@ def test_blue_green_keeps_the_next_and_last_version_warm(server, client, store, 
 def test_rollout_checks_the_running_service_and_rolls_back_a_failed_check(env, server, client, store, v2, monkeypatch):
     import yaml
 
-    from include.mlops import deployment as D
+    from include.mlops.delivery.rollback import rollback
+    from include.mlops.delivery.rollout import DeploymentCheckFailed, rollout
     from include.mlops.registry import CHAMPION, alias_version, read_ledger
 
     spec, v1 = env["spec"], env["v1"]
@@ -514,7 +523,7 @@ def test_rollout_checks_the_running_service_and_rolls_back_a_failed_check(env, s
     reg = {"model": name, "version": v2, "run_id": env["run_id"]}
     ev = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
 
-    out = D.rollout(reg, ev, "rollout-ok", "test", strategy="direct", spec_name=env["spec_name"])
+    out = rollout(reg, ev, "rollout-ok", "test", strategy="direct", spec_name=env["spec_name"])
     assert out["promoted"] and out["checked"] and out["champion"] == v2 and out["service_url"] == server.url
     assert out["deploy_errors"] == 0 and out["deploy_rps"] > 0
     metrics = client.get_run(env["run_id"]).data.metrics
@@ -522,7 +531,7 @@ def test_rollout_checks_the_running_service_and_rolls_back_a_failed_check(env, s
         assert metrics[k] > 0
     assert httpx.get(f"{server.url}/ready").json()["champion"]["version"] == v2
 
-    back = D.rollback(None, "manual-rollback", "ml_rollback", spec_name=env["spec_name"])
+    back = rollback(None, "manual-rollback", "ml_rollback", spec_name=env["spec_name"])
     assert (back["from_version"], back["to_version"], back["changed"]) == (v2, v1, True)
     assert httpx.get(f"{server.url}/ready").json()["champion"]["version"] == v1  # told to reload
 
@@ -532,8 +541,8 @@ def test_rollout_checks_the_running_service_and_rolls_back_a_failed_check(env, s
     strict_dir.mkdir(exist_ok=True)
     (strict_dir / f"{env['spec_name']}.yaml").write_text(yaml.safe_dump(strict))
     monkeypatch.setenv("MLOPS_SPEC_DIRS", str(strict_dir))
-    with pytest.raises(D.DeploymentCheckFailed, match=r"p99 .* over the budget .* rolled back to v" + v1):
-        D.rollout(reg, ev, "rollout-slow", "test", strategy="direct", spec_name=env["spec_name"])
+    with pytest.raises(DeploymentCheckFailed, match=r"p99 .* over the budget .* rolled back to v" + v1):
+        rollout(reg, ev, "rollout-slow", "test", strategy="direct", spec_name=env["spec_name"])
     monkeypatch.delenv("MLOPS_SPEC_DIRS")
     assert alias_version(client, name, CHAMPION) == v1
     ledger = {e["run_id"]: e for e in read_ledger(store, name)}
@@ -544,7 +553,8 @@ def test_rollout_checks_the_running_service_and_rolls_back_a_failed_check(env, s
 
 
 def test_shadow_rollout_watches_the_challenger_before_promoting(env, server, client, v2, monkeypatch):
-    from include.mlops import deployment as D
+    from include.mlops.delivery.rollback import rollback
+    from include.mlops.delivery.rollout import publish_strategy, rollout
     from include.mlops.registry import CHALLENGER
 
     spec, v1 = env["spec"], env["v1"]
@@ -555,7 +565,7 @@ def test_shadow_rollout_watches_the_challenger_before_promoting(env, server, cli
     reg = {"model": name, "version": v2, "run_id": env["run_id"]}
     ev = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
     try:
-        rejected = D.rollout(
+        rejected = rollout(
             reg,
             {**ev, "passed": False, "reasons": ["roc_auc 0.6 < 0.7"]},
             "rollout-shadow-rejected",
@@ -565,7 +575,7 @@ def test_shadow_rollout_watches_the_challenger_before_promoting(env, server, cli
         )
         assert not rejected["promoted"] and rejected["champion"] == v1 and "roc_auc" in rejected["message"]
         assert rejected["staged_check"]["passed"]  # a rejected challenger may still shadow: it was watched
-        out = D.rollout(reg, ev, "rollout-shadow", "test", strategy="shadow", spec_name=env["spec_name"])
+        out = rollout(reg, ev, "rollout-shadow", "test", strategy="shadow", spec_name=env["spec_name"])
         staged = out["staged_check"]
         assert staged["passed"] and staged["load"]["shadow_scored"] >= staged["load"]["requests"]
         assert staged["load"]["warmup_requests"] == 2 * staged["load"]["concurrency"]  # uncounted, first
@@ -574,8 +584,8 @@ def test_shadow_rollout_watches_the_challenger_before_promoting(env, server, cli
         }
         assert out["promoted"] and out["checked"] and out["champion"] == v2
     finally:
-        D.rollback(v1, "restore", "test", spec_name=env["spec_name"])
-        D.publish_strategy(client, name, "direct", 0.1)
+        rollback(v1, "restore", "test", spec_name=env["spec_name"])
+        publish_strategy(client, name, "direct", 0.1)
         admin(server, "/admin/reload")
 
 
@@ -584,7 +594,8 @@ def test_the_first_champion_is_checked_on_the_running_service(lifecycle, tmp_pat
     loads its champion there and checks it, instead of starting a service of its own."""
     from mlflow import MlflowClient
 
-    from include.mlops import deployment as D
+    from include.mlops.delivery.rollout import rollout
+    from include.mlops.delivery.service import start_service, usable_service
     from include.mlops.registry import CHAMPION, alias_version
 
     src = Path(lifecycle["home"])
@@ -604,16 +615,16 @@ def test_the_first_champion_is_checked_on_the_running_service(lifecycle, tmp_pat
     client.delete_registered_model_alias(name, CHAMPION)  # as before the first ml_training run
 
     # started as `make serve` and the demo start it: MLOPS_HOME set, no MLflow URI in the environment
-    service = D.start_service(env, timeout=240, until_ready=False)
+    service = start_service(env, timeout=240, until_ready=False)
     try:
         waiting = httpx.get(f"{service.url}/ready", timeout=10)
         assert waiting.status_code == 503 and waiting.json()["champion"] is None, waiting.json()
-        assert D.usable_service(503, waiting.json(), name), waiting.json()
+        assert usable_service(503, waiting.json(), name), waiting.json()
         monkeypatch.setenv("MLOPS_SERVE_URL", service.url)
         monkeypatch.setenv("MLOPS_ADMIN_TOKEN", service.token)
         reg = {"model": name, "version": v1, "run_id": lifecycle["register"]["run_id"]}
         ev = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
-        out = D.rollout(reg, ev, "first-deploy", "test", strategy="direct", spec_name=lifecycle["spec_name"])
+        out = rollout(reg, ev, "first-deploy", "test", strategy="direct", spec_name=lifecycle["spec_name"])
         assert out["promoted"] and out["checked"] and out["service_url"] == service.url
         assert out["deploy_errors"] == 0 and alias_version(client, name, CHAMPION) == v1
         assert httpx.get(f"{service.url}/ready", timeout=10).json()["champion"]["version"] == v1
@@ -624,7 +635,8 @@ def test_the_first_champion_is_checked_on_the_running_service(lifecycle, tmp_pat
 
 
 def test_canary_rollout_starts_its_own_service_when_none_runs(env, client, store, v2, monkeypatch):
-    from include.mlops import deployment as D
+    from include.mlops.delivery.rollback import rollback
+    from include.mlops.delivery.rollout import publish_strategy, rollout
     from include.mlops.registry import CHALLENGER, CHAMPION, alias_version
 
     spec, v1 = env["spec"], env["v1"]
@@ -635,7 +647,7 @@ def test_canary_rollout_starts_its_own_service_when_none_runs(env, client, store
     reg = {"model": name, "version": v2, "run_id": env["run_id"]}
     ev = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
     try:
-        out = D.rollout(reg, ev, "rollout-canary", "test", strategy="canary", spec_name=env["spec_name"])
+        out = rollout(reg, ev, "rollout-canary", "test", strategy="canary", spec_name=env["spec_name"])
         assert out["promoted"] and out["checked"] and out["strategy"] == "canary"
         assert out["staged_check"]["passed"] and out["staged_check"]["load"]["variants"].get("challenger", 0) > 0
         assert out["service_url"].startswith("http://127.0.0.1:")
@@ -644,8 +656,8 @@ def test_canary_rollout_starts_its_own_service_when_none_runs(env, client, store
         metrics = client.get_run(env["run_id"]).data.metrics
         assert "deploy_canary_p99_ms" in metrics and "deploy_p99_ms" in metrics
     finally:
-        D.rollback(v1, "restore", "test", spec_name=env["spec_name"])
-        D.publish_strategy(client, name, "direct", 0.1)
+        rollback(v1, "restore", "test", spec_name=env["spec_name"])
+        publish_strategy(client, name, "direct", 0.1)
 
 
 def test_score_batch_scores_the_staged_interval_with_the_champion(env, client, store):

@@ -213,9 +213,9 @@ def string_lifecycle(tmp_path_factory):
 
 
 def test_a_string_keyed_champion_serves_lookups_by_string_id(string_lifecycle):
-    from include.mlops.deployment import start_service
-    from include.mlops.monitoring import join_labels, read_labels, read_predictions
-    from include.mlops.pipeline import staging_key
+    from include.mlops.delivery.service import start_service
+    from include.mlops.layout import staging_key
+    from include.mlops.monitoring.reading import join_labels, read_labels, read_predictions
 
     spec, store = string_lifecycle["spec"], string_lifecycle["store"]
     key = spec.entity_key
@@ -298,7 +298,7 @@ def test_ml_training_runs_end_to_end_on_string_keys(training_dag, string_dag_hom
     deploy (whose smoke test looks up string ids in the online store through the service)."""
     from include.mlops.config import get_settings
     from include.mlops.features import get_feature_store, online_features
-    from include.mlops.pipeline import staging_key
+    from include.mlops.layout import staging_key
     from include.mlops.registry import alias_version, setup_mlflow
     from include.mlops.storage import get_store
 

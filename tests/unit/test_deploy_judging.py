@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from include.mlops.deployment import judge_load, load_test
+from include.mlops.delivery.checks import judge_load, load_test
 
 
 def arm(p95: float, errors: int = 0, requests: int = 200, **more: float) -> dict:
@@ -82,7 +82,7 @@ def test_the_load_test_interleaves_both_versions_in_blocks_from_the_same_clients
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from include.mlops.deployment import ServiceHandle
+    from include.mlops.delivery.service import ServiceHandle
 
     seen: list[str] = []
     lock = threading.Lock()

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from include.mlops.deployment import service_for_check, usable_service
+from include.mlops.delivery.service import service_for_check, usable_service
 
 NO_CHAMPION = {"champion": "the registered model has no champion alias"}
 

@@ -1,14 +1,12 @@
-"""The drift policy, one rule at a time, plus its I/O (decision history) and the retraining plan."""
+"""The drift policy, one rule at a time, plus its I/O (decision history); the plan is test_retraining's."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from include.mlops.drift_policy import (
-    ALL_HISTORY_DAYS,
     COOLDOWN,
     INSUFFICIENT,
     NO_DRIFT,
@@ -19,7 +17,6 @@ from include.mlops.drift_policy import (
     Observation,
     decide,
     drift_asset_uri,
-    training_window_days,
 )
 
 DAY = date(2026, 10, 20)
@@ -69,6 +66,14 @@ def test_drift_share_threshold(share, action):
     assert d.fire is (action == RETRAIN) and d.alert is (action == RETRAIN)
 
 
+def test_many_drifted_features_are_listed_up_to_five():
+    features = tuple(f"f{i}" for i in range(7))
+    d = decide(obs(drift_share=0.5, drifted_features=features), POLICY)
+    check = next(c for c in d.checks if c.rule == "drift share")
+    assert check.note == "f0, f1, f2, f3, f4…"
+    assert d.reason == "drift share 0.500 >= 0.250"
+
+
 # -- minimum sample size --------------------------------------------------------------------------
 def test_too_few_rows_blocks_even_a_strong_drift():
     d = decide(obs(rows=499, drift_share=0.9), POLICY)
@@ -104,6 +109,32 @@ def test_performance_drop_respects_metric_direction():
     assert worse.action == RETRAIN and better.action == NO_DRIFT
 
 
+def test_performance_is_skipped_when_the_champion_has_no_holdout_metric():
+    d = decide(obs(labelled_rows=300, window_metric=0.10, champion_metric=None), POLICY)
+    check = next(c for c in d.checks if c.rule == "roc_auc drop")
+    assert (check.result, check.note) == ("skip", "champion has no holdout metric")
+    assert d.action == NO_DRIFT and d.performance_drop is None
+
+
+def test_performance_is_skipped_without_a_window_metric_even_with_labels():
+    d = decide(obs(labelled_rows=300, window_metric=None, champion_metric=0.80), POLICY)
+    assert result(d, "roc_auc drop") == "skip" and d.performance_drop is None and d.action == NO_DRIFT
+
+
+def test_log_loss_is_lower_is_better():
+    pol = DriftPolicy(**{**POLICY.__dict__, "primary_metric": "log_loss", "performance_drop": 0.05})
+    worse = decide(obs(labelled_rows=300, window_metric=0.50, champion_metric=0.40), pol)
+    better = decide(obs(labelled_rows=300, window_metric=0.30, champion_metric=0.40), pol)
+    assert worse.action == RETRAIN and worse.performance_drop == pytest.approx(0.10)
+    assert better.action == NO_DRIFT and better.performance_drop == pytest.approx(-0.10)
+
+
+def test_drift_and_a_performance_drop_are_both_named():
+    d = decide(obs(drift_share=0.5, labelled_rows=300, window_metric=0.70, champion_metric=0.80), POLICY)
+    assert d.action == RETRAIN
+    assert d.reason == "drift share 0.500 >= 0.250 and roc_auc dropped 0.1000 >= 0.050"
+
+
 # -- data quality -------------------------------------------------------------------------------------
 def test_data_quality_failure_quarantines_instead_of_retraining():
     d = decide(
@@ -116,6 +147,14 @@ def test_data_quality_failure_quarantines_instead_of_retraining():
     )
     assert d.action == QUARANTINE and not d.fire and d.alert and not d.signal
     assert result(d, "data quality") == "BLOCK" and "tenure_months" in d.reason
+
+
+def test_many_data_quality_failures_are_listed_up_to_four():
+    failures = tuple(f"check{i}" for i in range(6))
+    d = decide(obs(data_quality_passed=False, data_quality_failures=failures), POLICY)
+    check = next(c for c in d.checks if c.rule == "data quality")
+    assert (check.value, check.note) == ("6 failed", "check0, check1, check2, check3…")
+    assert d.reason == "data-quality check failed (check0, check1, check2, check3…): quarantined, not retraining"
 
 
 # -- consecutive windows --------------------------------------------------------------------------------
@@ -169,6 +208,29 @@ def test_no_cooldown_check_without_a_signal():
     assert d.action == NO_DRIFT and not any(c.rule == "cooldown" for c in d.checks)
 
 
+def test_only_done_promotions_with_a_time_count_for_the_cooldown():
+    end = datetime(2026, 10, 21, tzinfo=UTC)
+    pending = [{"action": "promote", "to_version": "3", "at": "2026-10-20T06:00:00Z", "status": "pending"}]
+    undated = [{"action": "promote", "to_version": "3"}]
+    for ledger in (pending, undated):
+        d = decide(obs(drift_share=0.5), POLICY, ledger=ledger, window_end=end)
+        assert d.action == RETRAIN
+        assert next(c for c in d.checks if c.rule == "cooldown").value == "-"
+
+
+def test_the_cooldown_names_the_latest_change_and_its_age():
+    end = datetime(2026, 10, 21, tzinfo=UTC)
+    ledger = [{"action": "promote", "to_version": "5", "at": "2026-10-20T12:00:00Z"}]
+    d = decide(obs(drift_share=0.5), POLICY, history=[past(1, RETRAIN, True)], ledger=ledger, window_end=end)
+    check = next(c for c in d.checks if c.rule == "cooldown")
+    assert d.action == COOLDOWN and (check.value, check.note) == ("0.5 d", "v5 promoted at 2026-10-20T12:00:00Z")
+    assert d.reason == "v5 promoted at 2026-10-20T12:00:00Z, 0.5 d ago: within the 2-day cooldown"
+    over = decide(obs(drift_share=0.5), POLICY, history=[past(3, RETRAIN, True)])
+    check = next(c for c in over.checks if c.rule == "cooldown")
+    assert over.action == RETRAIN and (check.result, check.value) == ("pass", "3.0 d")
+    assert check.note == f"retrain decided for window {DAY - timedelta(days=3)}"
+
+
 # -- precedence and presentation ---------------------------------------------------------------------
 def test_quarantine_outranks_everything():
     d = decide(
@@ -177,6 +239,19 @@ def test_quarantine_outranks_everything():
         history=[past(1, RETRAIN, True)],
     )
     assert d.action == QUARANTINE
+
+
+def test_waiting_for_persistence_outranks_the_cooldown():
+    pol = DriftPolicy(**{**POLICY.__dict__, "consecutive_windows": 2})
+    d = decide(obs(drift_share=0.5), pol, history=[past(3, WATCH, True), past(1, RETRAIN, False)])
+    assert [c.result for c in d.checks][-2:] == ["BLOCK", "BLOCK"]
+    assert d.action == WATCH and d.signal and d.streak == 1
+
+
+def test_stored_checks_keep_their_five_columns():
+    d = decide(obs(rows=10, drift_share=0.5), POLICY)
+    assert d.action == INSUFFICIENT
+    assert [set(c) for c in d.to_dict()["checks"]] == [{"rule", "value", "threshold", "result", "note"}] * 4
 
 
 def test_table_lists_every_rule_and_the_decision():
@@ -208,17 +283,6 @@ def test_policy_from_the_shipped_spec():
 def test_drift_asset_uri_is_a_name_without_secrets():
     uri = drift_asset_uri("churn")
     assert uri == "x-mlops://drift/churn" and "@" not in uri
-
-
-# -- data strategies --------------------------------------------------------------------------------
-def test_training_window_per_data_strategy():
-    end = date(2026, 10, 20)
-    assert training_window_days("sliding_window", 7, end, date(2026, 10, 10)) == 7
-    assert training_window_days("all_history", 7, end, None) == ALL_HISTORY_DAYS
-    assert training_window_days("new_data_only", 7, end, date(2026, 10, 10)) == 10
-    assert training_window_days("new_data_only", 7, end, end) == 1
-    with pytest.raises(ValueError, match="unknown data strategy"):
-        training_window_days("everything", 7, end, None)
 
 
 # -- I/O: the decision history in the object store -------------------------------------------------------
@@ -275,44 +339,3 @@ def test_decide_window_keeps_a_history_and_fires_on_the_second_window(policy_hom
     # re-running a window overwrites its decision; it does not see itself in its own history
     again = decide_window(summary_for(DAY + timedelta(days=1), 0.4), policy_home)
     assert again["action"] == RETRAIN
-
-
-def test_plan_retraining_from_params_and_from_an_event(policy_home):
-    from include.mlops.drift_policy import plan_retraining
-
-    manual = plan_retraining(
-        {
-            "dataset": policy_home,
-            "window_end": "2026-10-12",
-            "data_strategy": "sliding_window",
-            "window_days": 5,
-            "deploy_strategy": "canary",
-        },
-        [],
-        None,
-    )
-    assert (
-        manual["interval_start"] == "2026-10-12T00:00:00+00:00"
-        and manual["interval_end"] == "2026-10-13T00:00:00+00:00"
-    )
-    assert (manual["window_days"], manual["deploy_strategy"], manual["trigger"]) == (5, "canary", "manual")
-    event = {"spec": policy_home, "dataset": "churn", "window_end": "2026-10-15T00:00:00+00:00"}
-    auto = plan_retraining({}, [event], None)
-    assert auto["interval_end"] == "2026-10-15T00:00:00+00:00" and auto["trigger"] == "drift"
-    assert (auto["data_strategy"], auto["window_days"]) == (
-        "sliding_window",
-        7,
-    )  # from the spec's monitoring.retraining
-    # one window monitored twice (a re-run with another spec): the later decision is the one acted on
-    from include.mlops.spec import load_spec
-    from tests.conftest import write_spec
-
-    churn = load_spec(policy_home)
-    write_spec(Path(churn.path).parent, {**churn.to_dict(), "name": "other"})
-    rerun = {**event, "spec": "other", "emitted_at": "2026-11-02T10:00:00+00:00"}
-    first = {**event, "emitted_at": "2026-11-01T10:00:00+00:00"}
-    assert plan_retraining({}, [rerun, first], None)["dataset"] == "other"
-    older_window = {**event, "window_end": "2026-10-14T00:00:00+00:00", "emitted_at": "2026-11-03T00:00:00+00:00"}
-    assert plan_retraining({}, [first, older_window], None)["interval_end"] == "2026-10-15T00:00:00+00:00"
-    whenever = plan_retraining({"dataset": policy_home}, [], datetime(2026, 10, 30, 13, 5, tzinfo=UTC))
-    assert whenever["interval_end"] == "2026-10-30T00:00:00+00:00"

@@ -162,7 +162,7 @@ def test_the_prediction_log_records_ids_in_their_own_type(spec, int_spec):
 
 
 def test_monitoring_joins_logged_string_ids_to_their_labels(tmp_path, spec):
-    from include.mlops.monitoring import join_labels, read_labels, read_predictions
+    from include.mlops.monitoring.reading import join_labels, read_labels, read_predictions
     from include.mlops.serving.predlog import PredictionLog
 
     store = ObjectStore(f"file://{tmp_path}")

@@ -87,7 +87,7 @@ def test_every_parquet_file_of_the_day_is_read_in_name_order(home, caplog):
     store.put_bytes(_events(spec, "_SUCCESS"), b"")
     store.put_text(_events(spec, "notes.txt"), "hello")
 
-    with caplog.at_level(logging.INFO, logger="include.mlops.pipeline"):
+    with caplog.at_level(logging.INFO, logger="include.mlops"):
         out = P.extract(day_interval(DAY), spec_name)
 
     staged = store.get_parquet(layout.staging_events_key(spec, DAY))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from include.mlops import comparison as C
 from include.mlops import evaluation as E
 from include.mlops.scores import Scored
 from include.mlops.spec import SpecError, load_spec, parse_spec
@@ -78,7 +79,7 @@ def test_small_holdout_regression_is_judged_by_its_confidence_bound():
 def test_reference_row_refuses_a_slide_the_champion_check_lets_through():
     spec = _spec(max_regression=0.02, cumulative_max_regression=0.03)
     ch = {"roc_auc": 0.74}
-    ref = E.Reference("1", 0.78, None, ["6", "5", "4", "3", "2", "1"])
+    ref = C.Reference("1", 0.78, None, ["6", "5", "4", "3", "2", "1"])
     d = E.gate(spec, ch, {}, 0, {"roc_auc": 0.75}, {}, champion_version="6", reference=ref)
     assert not d.passed
     assert [r.split(":")[0] for r in d.reasons] == ["regression of roc_auc vs reference v1"]
@@ -118,16 +119,16 @@ def test_champion_history_from_old_and_new_ledger_entries():
         _entry("2026-10-04T00", "promote", "2", "4", "done"),
         _entry("2026-10-05T00", "promote", "4", "5", "pending"),  # not (yet) done: ignored
     ]
-    recent, baseline = E.champion_history(list(reversed(ledger)))  # the order read does not matter
+    recent, baseline = C.champion_history(list(reversed(ledger)))  # the order read does not matter
     assert recent == ["4", "2", "1"] and baseline == "1"
-    assert E.reference_versions(_spec(reference_champions=2), ledger, "4") == ["4", "2", "1"]
-    assert E.reference_versions(_spec(reference_champions=0), ledger, "4") == []
-    assert E.was_champion(ledger, "3") and not E.was_champion(ledger, "5")
-    assert E.champion_before(ledger, "4") == "2" and E.champion_before(ledger, "1") is None
+    assert C.reference_versions(_spec(reference_champions=2), ledger, "4") == ["4", "2", "1"]
+    assert C.reference_versions(_spec(reference_champions=0), ledger, "4") == []
+    assert C.was_champion(ledger, "3") and not C.was_champion(ledger, "5")
+    assert C.champion_before(ledger, "4") == "2" and C.champion_before(ledger, "1") is None
 
     # a person's rollback sets the baseline: the slide is measured from what they chose
     ledger.append(_entry("2026-10-06T00", "rollback", "4", "2", "done"))
-    recent, baseline = E.champion_history(ledger)
+    recent, baseline = C.champion_history(ledger)
     assert recent == ["2", "1"] and baseline == "2"
 
 

@@ -308,7 +308,7 @@ def _train_and_log(home: Path, spec_name: str, spec, df: pd.DataFrame) -> dict:
     """What pipeline.train hands to evaluate, without Feast: a fitted model logged in a run."""
     import mlflow
 
-    from include.mlops import pipeline as P
+    from include.mlops import tracking as P
     from include.mlops.config import get_settings
     from include.mlops.registry import ensure_experiment, setup_mlflow
     from include.mlops.storage import ObjectStore
@@ -364,7 +364,7 @@ def test_evaluate_step_on_mlflow(home, cancer, wine, which):
 def test_batch_scoring_and_the_service_agree_with_positive_scores(home, cancer, wine):
     from include.mlops import batch
     from include.mlops.config import get_settings
-    from include.mlops.pipeline import staging_key
+    from include.mlops.layout import staging_key
     from include.mlops.registry import setup_mlflow
     from include.mlops.serving.config import ServeConfig
     from include.mlops.serving.frames import FrameBuilder
@@ -436,7 +436,9 @@ def test_batch_scoring_and_the_service_agree_with_positive_scores(home, cancer, 
 # -- monitoring: Evidently's pos_label and the multiclass definition ----------------------------------
 @pytest.mark.parametrize("which", ["cancer", "wine"])
 def test_monitoring_performance_for_text_and_multiclass_labels(cancer, wine, which):
-    from include.mlops.monitoring import PREDICTION, SCORE, MonitoringConfig, analyse
+    from include.mlops.monitoring.reading import PREDICTION, SCORE
+    from include.mlops.monitoring.step import MonitoringConfig
+    from include.mlops.monitoring.window import analyse
 
     if which == "cancer":
         df, spec = cancer, _cancer_spec(cancer, "no")

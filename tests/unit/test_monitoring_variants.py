@@ -45,7 +45,7 @@ def _train(spec, raw, labels, flip: bool):
 def _register(client, spec, model, X, tags: dict[str, str]) -> str:
     import mlflow
 
-    from include.mlops.pipeline import log_model
+    from include.mlops.tracking import log_model
 
     with mlflow.start_run(tags=tags) as run:
         info = log_model(model, spec, X)
@@ -143,7 +143,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def monitored(world):
-    from include.mlops.monitoring import monitor
+    from include.mlops.monitoring.step import monitor
 
     handler = _Capture()
     logger = logging.getLogger("include.mlops.monitoring")
@@ -168,7 +168,7 @@ class _Capture(logging.Handler):
 
 
 def test_the_log_separates_answers_from_shadow_rows(world):
-    from include.mlops.monitoring import read_predictions
+    from include.mlops.monitoring.reading import read_predictions
 
     store, spec, exp = world["store"], world["spec"], world["expected"]
     answered, keys = read_predictions(store, spec, [DAY])
@@ -237,7 +237,8 @@ def test_the_drift_policy_decides_on_the_champions_answers(world, monitored):
 def test_old_logs_read_as_champion_answers_of_an_unknown_version(tmp_path):
     import pandas as pd
 
-    from include.mlops.monitoring import online_prefix, read_predictions
+    from include.mlops import layout
+    from include.mlops.monitoring.reading import read_predictions
     from include.mlops.serving.predlog import with_variant_columns
     from include.mlops.spec import load_spec
     from include.mlops.storage import ObjectStore
@@ -255,8 +256,8 @@ def test_old_logs_read_as_champion_answers_of_an_unknown_version(tmp_path):
             "variant": ["champion", "shadow", None],
         }
     )
-    store.put_parquet(f"{online_prefix(spec, DAY)}old.parquet", old)
-    store.put_parquet(f"{online_prefix(spec, DAY)}new.parquet", new)
+    store.put_parquet(layout.online_predictions_key(spec, DAY, "old"), old)
+    store.put_parquet(layout.online_predictions_key(spec, DAY, "new"), new)
     answered, _ = read_predictions(store, spec, [DAY])
     got = dict(
         zip(answered["request_id"], zip(answered["variant"], answered["model_version"], strict=True), strict=True)
@@ -331,8 +332,9 @@ def _point_at(monkeypatch, home: Path, tracking_uri: str) -> None:
 def test_a_registry_fault_fails_monitoring_batch_and_planning(fault, failing_registry, tmp_path, monkeypatch):
     from include.mlops.batch import score_batch
     from include.mlops.config import get_settings
-    from include.mlops.drift_policy import champion_interval_end
-    from include.mlops.monitoring import NoChampion, RegistryUnavailable, monitor
+    from include.mlops.monitoring.step import monitor
+    from include.mlops.monitoring.window import NoChampion, RegistryUnavailable
+    from include.mlops.retraining import champion_interval_end
     from include.mlops.spec import load_spec
     from include.mlops.storage import ObjectStore
 
@@ -362,7 +364,7 @@ def test_the_monitor_task_fails_on_a_registry_fault_and_skips_only_without_a_cha
     from airflow.sdk.exceptions import AirflowSkipException
     from mlops_airflow.monitoring_operators import MonitoringOperator
 
-    from include.mlops.monitoring import RegistryUnavailable
+    from include.mlops.monitoring.window import RegistryUnavailable
 
     start = datetime(DAY.year, DAY.month, DAY.day).isoformat() + "+00:00"
     end = (datetime(DAY.year, DAY.month, DAY.day) + timedelta(days=1)).isoformat() + "+00:00"
@@ -379,9 +381,10 @@ def test_the_monitor_task_fails_on_a_registry_fault_and_skips_only_without_a_cha
 def test_no_champion_is_read_from_the_registry_as_not_found(tmp_path, monkeypatch):
     from include.mlops import batch
     from include.mlops.config import get_settings
-    from include.mlops.drift_policy import champion_interval_end
-    from include.mlops.monitoring import NoChampion, monitor
+    from include.mlops.monitoring.step import monitor
+    from include.mlops.monitoring.window import NoChampion
     from include.mlops.registry import setup_mlflow
+    from include.mlops.retraining import champion_interval_end
     from include.mlops.spec import load_spec
 
     use_home(monkeypatch, tmp_path)

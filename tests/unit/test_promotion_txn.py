@@ -52,14 +52,13 @@ def reg(template, tmp_path, monkeypatch) -> dict[str, Any]:
     import shutil
 
     from include.mlops import pipeline as P
-    from include.mlops.pipeline import _ctx
-    from include.mlops.registry import setup_mlflow
+    from include.mlops.context import context
 
     home = tmp_path / "home"
     shutil.copytree(template, home)
     use_home(monkeypatch, home)
-    spec, store, settings = _ctx("churn")
-    client = setup_mlflow(settings)
+    ctx = context("churn")
+    spec, store, client = ctx.spec, ctx.store, ctx.client
     name = spec.model_name
     P.promote({"model": name, "version": "1"}, PASSED, "first", "ml_training", spec_name="churn")
     return {"client": client, "store": store, "model": name, "spec": spec}
@@ -161,15 +160,15 @@ def test_an_interrupted_promotion_without_a_check_is_finished_by_the_next_one(re
 
 
 def test_a_promotion_awaiting_its_check_blocks_another_until_it_is_ended(reg):
-    from include.mlops import deployment as D
     from include.mlops import pipeline as P
     from include.mlops import registry as R
+    from include.mlops.delivery.rollback import rollback
 
     begin_rollout(reg, "2", "r2")
     with pytest.raises(R.MoveInProgress, match=r"v1 -> v2 .* run r2 .* ml_rollback"):
         P.promote({"model": reg["model"], "version": "3"}, PASSED, "r3", "ml_training", spec_name="churn")
     assert aliases(reg)["champion"] == "1"
-    D.rollback(None, "rb", "ml_rollback", spec_name="churn")
+    rollback(None, "rb", "ml_rollback", spec_name="churn")
     assert P.promote({"model": reg["model"], "version": "3"}, PASSED, "r3", "ml_training", spec_name="churn")[
         "promoted"
     ]
@@ -177,10 +176,10 @@ def test_a_promotion_awaiting_its_check_blocks_another_until_it_is_ended(reg):
 
 # -- the deploy step's own retries (no service needed: these end before any check) -----------------
 def test_a_rollout_that_deploys_nothing_leaves_the_strategy_tags_alone(reg):
-    from include.mlops import deployment as D
+    from include.mlops.delivery.rollout import publish_strategy, rollout
 
-    D.publish_strategy(reg["client"], reg["model"], "canary", 0.25)
-    out = D.rollout({"model": reg["model"], "version": "2"}, REJECTED, "r2", "ml_training", strategy="direct",
+    publish_strategy(reg["client"], reg["model"], "canary", 0.25)
+    out = rollout({"model": reg["model"], "version": "2"}, REJECTED, "r2", "ml_training", strategy="direct",
                     spec_name="churn")  # fmt: skip
     assert not out["promoted"] and out["message"].startswith("not promoted") and out["champion"] == "1"
     assert out["gate_passed"] is False  # what the gate alert reads
@@ -190,22 +189,22 @@ def test_a_rollout_that_deploys_nothing_leaves_the_strategy_tags_alone(reg):
 
 
 def test_a_rollout_retry_does_not_redo_a_completed_or_rolled_back_promotion(reg):
-    from include.mlops import deployment as D
     from include.mlops import registry as R
+    from include.mlops.delivery.rollout import DeploymentCheckFailed, _roll_back_failed, rollout
 
     c, store, model = reg["client"], reg["store"], reg["model"]
     done = begin_rollout(reg, "2", "r2", "canary")
     R.apply_move(c, done)
     R.complete_move(c, store, done, outcome="checked")
-    out = D.rollout({"model": model, "version": "2"}, PASSED, "r2", "ml_training", spec_name="churn")
+    out = rollout({"model": model, "version": "2"}, PASSED, "r2", "ml_training", spec_name="churn")
     assert out["promoted"] and out["checked"] and out["resumed"] and out["strategy"] == "canary"
 
     failed = begin_rollout(reg, "3", "r3")
     R.apply_move(c, failed)
-    D._roll_back_failed(c, store, model, "3", "2", "p99 over budget", "r3", "ml_training", "direct", failed)
+    _roll_back_failed(c, store, model, "3", "2", "p99 over budget", "r3", "ml_training", "direct", failed)
     assert aliases(reg) == {"champion": "2", "previous": "1", "challenger": None}  # as before the move
-    with pytest.raises(D.DeploymentCheckFailed, match="ended rolled_back .* not promoted again") as info:
-        D.rollout({"model": model, "version": "3"}, PASSED, "r3", "ml_training", spec_name="churn")
+    with pytest.raises(DeploymentCheckFailed, match="ended rolled_back .* not promoted again") as info:
+        rollout({"model": model, "version": "3"}, PASSED, "r3", "ml_training", spec_name="churn")
     assert aliases(reg)["champion"] == "2"
     got = info.value  # the fields the rollback alert reads
     assert (got.model, got.version, got.rolled_back, got.rolled_back_to) == (model, "3", True, "2")
@@ -213,13 +212,14 @@ def test_a_rollout_retry_does_not_redo_a_completed_or_rolled_back_promotion(reg)
 
 # -- rollback -----------------------------------------------------------------------------------------
 def test_rollback_undoes_the_last_promotion_and_a_second_click_is_refused(reg):
-    from include.mlops import deployment as D
     from include.mlops import pipeline as P
+    from include.mlops.delivery.rollback import RollbackRefused, rollback
+    from include.mlops.delivery.rollout import publish_strategy
 
     P.promote({"model": reg["model"], "version": "2"}, PASSED, "r2", "ml_training", "canary", spec_name="churn")
     reg["client"].set_registered_model_alias(reg["model"], "challenger", "2")
-    D.publish_strategy(reg["client"], reg["model"], "canary", 0.1)
-    back = D.rollback(None, "rb1", "ml_rollback", spec_name="churn", reason="bad answers")
+    publish_strategy(reg["client"], reg["model"], "canary", 0.1)
+    back = rollback(None, "rb1", "ml_rollback", spec_name="churn", reason="bad answers")
     assert (back["from_version"], back["to_version"], back["changed"], back["strategy"]) == ("2", "1", True, "canary")
     assert aliases(reg) == {"champion": "1", "previous": "2", "challenger": None}
     assert (tags(reg)["mlops.deployment.strategy"], tags(reg)["mlops.deployment.canary_share"]) == ("direct", "0.0")
@@ -227,61 +227,62 @@ def test_rollback_undoes_the_last_promotion_and_a_second_click_is_refused(reg):
     assert (entry["action"], entry["strategy"], entry["undo"], entry["status"]) == ("rollback", "canary", True, "done")
     assert "bad answers" in entry["reason"]
 
-    with pytest.raises(D.RollbackRefused, match=r"nothing new to roll back.*re-promote v2.*to_version"):
-        D.rollback(None, "rb2", "ml_rollback", spec_name="churn")
+    with pytest.raises(RollbackRefused, match=r"nothing new to roll back.*re-promote v2.*to_version"):
+        rollback(None, "rb2", "ml_rollback", spec_name="churn")
     assert aliases(reg)["champion"] == "1" and len(ledger(reg)) == 3
     # the same request retried after it completed: nothing more, not an error
-    assert D.rollback(None, "rb1", "ml_rollback", spec_name="churn")["to_version"] == "1"
+    assert rollback(None, "rb1", "ml_rollback", spec_name="churn")["to_version"] == "1"
     # a named version is always possible, and a rollback without one then undoes that move
-    assert D.rollback("2", "rb3", "ml_rollback", spec_name="churn")["to_version"] == "2"
+    assert rollback("2", "rb3", "ml_rollback", spec_name="churn")["to_version"] == "2"
     assert aliases(reg)["previous"] == "1"
-    assert D.rollback(None, "rb4", "ml_rollback", spec_name="churn")["to_version"] == "1"
+    assert rollback(None, "rb4", "ml_rollback", spec_name="churn")["to_version"] == "1"
 
 
 def test_rollback_refuses_the_first_champion_and_aliases_moved_outside_the_ledger(reg):
-    from include.mlops import deployment as D
+    from include.mlops.delivery.rollback import RollbackRefused, rollback
 
-    with pytest.raises(D.RollbackRefused, match="v1 is the first champion"):
-        D.rollback(None, "rb", "ml_rollback", spec_name="churn")
+    with pytest.raises(RollbackRefused, match="v1 is the first champion"):
+        rollback(None, "rb", "ml_rollback", spec_name="churn")
     reg["client"].set_registered_model_alias(reg["model"], "champion", "3")  # by hand, in the MLflow UI
-    with pytest.raises(D.RollbackRefused, match="champion of churn_model is v3, but .* went to v1"):
-        D.rollback(None, "rb", "ml_rollback", spec_name="churn")
+    with pytest.raises(RollbackRefused, match="champion of churn_model is v3, but .* went to v1"):
+        rollback(None, "rb", "ml_rollback", spec_name="churn")
     with pytest.raises(ValueError, match="no version '9'"):
-        D.rollback("9", "rb", "ml_rollback", spec_name="churn")
+        rollback("9", "rb", "ml_rollback", spec_name="churn")
 
 
 @pytest.mark.parametrize("stop_after", ["begin_move", "set_previous", "set_champion"])
 def test_rollback_after_a_crash_mid_rollout_goes_back_to_the_version_it_replaced(reg, stop_after):
     """The rollout's promotion of v3 (v2 champion) crashed: rollback targets v2 whatever moved,
     ends the rollout and closes the promotion as rolled_back; nothing re-promotes v3."""
-    from include.mlops import deployment as D
     from include.mlops import pipeline as P
     from include.mlops import registry as R
+    from include.mlops.delivery.rollback import rollback
+    from include.mlops.delivery.rollout import DeploymentCheckFailed, publish_strategy, rollout
 
     c, store, model = reg["client"], reg["store"], reg["model"]
     P.promote({"model": model, "version": "2"}, PASSED, "r2", "ml_training", spec_name="churn")
     c.set_registered_model_alias(model, "challenger", "3")
-    D.publish_strategy(c, model, "canary", 0.2)
+    publish_strategy(c, model, "canary", 0.2)
     move = begin_rollout(reg, "3", "r3", "canary")
     if stop_after != "begin_move":
         R.set_previous(c, move)
     if stop_after == "set_champion":
         R.set_champion(c, move)
-    back = D.rollback(None, "rb", "ml_rollback", spec_name="churn")
+    back = rollback(None, "rb", "ml_rollback", spec_name="churn")
     assert (back["from_version"], back["to_version"], back["strategy"]) == ("3", "2", "canary")
     assert aliases(reg) == {"champion": "2", "previous": "1", "challenger": None}
     assert R.move_record(store, model, move.move).status == "rolled_back"
     assert tags(reg)["mlops.deployment.strategy"] == "direct"
-    with pytest.raises(D.DeploymentCheckFailed, match="not promoted again"):  # the run's retry stops there
-        D.rollout({"model": model, "version": "3"}, PASSED, "r3", "ml_training", spec_name="churn")
+    with pytest.raises(DeploymentCheckFailed, match="not promoted again"):  # the run's retry stops there
+        rollout({"model": model, "version": "3"}, PASSED, "r3", "ml_training", spec_name="churn")
     # v2's promotion is still the last one in force: a rollback now would undo it (to v1)
     assert R.last_move_in_force(store, model).to_version == "2"
 
 
 def test_an_interrupted_rollback_is_finished_by_its_retry(reg):
-    from include.mlops import deployment as D
     from include.mlops import pipeline as P
     from include.mlops import registry as R
+    from include.mlops.delivery.rollback import rollback
 
     c, store, model = reg["client"], reg["store"], reg["model"]
     P.promote({"model": model, "version": "2"}, PASSED, "r2", "ml_training", spec_name="churn")
@@ -290,14 +291,14 @@ def test_an_interrupted_rollback_is_finished_by_its_retry(reg):
         undoes=R.last_move_in_force(store, model),
     )  # fmt: skip
     R.set_previous(c, undo)  # killed here: champion still v2
-    back = D.rollback(None, "rb", "ml_rollback", spec_name="churn")
+    back = rollback(None, "rb", "ml_rollback", spec_name="churn")
     assert back["to_version"] == "1" and aliases(reg) == {"champion": "1", "previous": "2", "challenger": None}
     assert R.move_record(store, model, undo.move).status == "done" and not R.open_moves(store, model)
 
 
 def test_entries_written_before_moves_had_ids_read_as_done_moves(reg):
     """A home from before this change: its ledger objects have no status; rollback still finds its target."""
-    from include.mlops import deployment as D
+    from include.mlops.delivery.rollback import rollback
 
     c, store, model = reg["client"], reg["store"], reg["model"]
     c.set_registered_model_alias(model, "champion", "2")
@@ -305,13 +306,13 @@ def test_entries_written_before_moves_had_ids_read_as_done_moves(reg):
            "to_version": "2", "reason": "gate passed", "run_id": "old", "dag_id": "ml_training", "strategy": "direct"}  # fmt: skip
     store.put_json(f"ledger/{model}/2099-01-01T000000.000000Z_promote_old.json", old)
     assert ledger(reg)[-1]["status"] == "done"
-    assert D.rollback(None, "rb", "ml_rollback", spec_name="churn")["to_version"] == "1"
+    assert rollback(None, "rb", "ml_rollback", spec_name="churn")["to_version"] == "1"
 
 
 # -- fail closed ----------------------------------------------------------------------------------------
 def test_a_registry_that_does_not_answer_decides_nothing(reg, monkeypatch):
-    from include.mlops import deployment as D
     from include.mlops import pipeline as P
+    from include.mlops.delivery.rollback import rollback
 
     before = ledger(reg, history=True)
     with socket.socket() as s:  # a port nothing listens on
@@ -326,8 +327,8 @@ def test_a_registry_that_does_not_answer_decides_nothing(reg, monkeypatch):
     if hasattr(get_settings, "cache_clear"):
         get_settings.cache_clear()
     for call in (
-        lambda: D.rollback(None, "rb", "ml_rollback", spec_name="churn"),
-        lambda: D.rollback("1", "rb", "ml_rollback", spec_name="churn"),
+        lambda: rollback(None, "rb", "ml_rollback", spec_name="churn"),
+        lambda: rollback("1", "rb", "ml_rollback", spec_name="churn"),
         lambda: P.promote({"model": reg["model"], "version": "2"}, REJECTED, "r2", "d", spec_name="churn"),
     ):
         with pytest.raises(Exception) as err:

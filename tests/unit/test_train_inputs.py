@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from include.mlops import layout, tracking
 from include.mlops import pipeline as P
 from include.mlops.spec import load_spec
 from include.mlops.storage import ObjectStore
@@ -37,7 +38,7 @@ def test_labelled_events_window_and_feature_days(tmp_path, churn):
     for i in range(12):
         event_day = END - timedelta(days=i)
         arrival = event_day + timedelta(days=delay)
-        store.put_parquet(P.staging_key(churn, arrival, "labels"), _labels(churn, event_day))
+        store.put_parquet(layout.staging_labels_key(churn, arrival), _labels(churn, event_day))
         if i != 5:  # one day has no features (quarantined)
             store.put_bytes(f"features/{churn.name}/part-{event_day.isoformat()}.parquet", b"")
     iv = P.Interval(datetime(2026, 10, 9, tzinfo=UTC), datetime(2026, 10, 10, tzinfo=UTC))
@@ -80,9 +81,9 @@ def test_training_dataset_schema_is_mlflows_own(tmp_path):
         }
     )
     source = f"file://{tmp_path}/train.parquet"
-    ours = P.training_dataset(df, source, "train", "y", "abc")
+    ours = tracking.training_dataset(df, source, "train", "y", "abc")
     theirs = mlflow.data.from_pandas(df, source=source, name="train", targets="y", digest="abc")
     assert ours.to_dict() == theirs.to_dict()
     required = {c.name: c.required for c in ours.schema.inputs}
     assert required["x_missing"] is False and required["region"] is False and required["plan"] is True
-    assert len(P.schema_probe(df)) < 10
+    assert len(tracking.schema_probe(df)) < 10

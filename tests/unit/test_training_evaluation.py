@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from include.mlops import comparison as C
 from include.mlops import evaluation as E
 from include.mlops import training as T
 from include.mlops.constants import BINARY_METRICS
@@ -157,11 +158,11 @@ def test_champion_load_or_scoring_errors_fail_the_gate(spec, frame):
         raise RuntimeError(f"API request to {uri} failed with error code 500")
 
     with pytest.raises(E.GateError, match=r"cannot load the champion churn_model v3 .*error code 500"):
-        E.score_version(s, "3", frame, registry_down, role="champion")
+        C.score_version(s, "3", frame, registry_down, role="champion")
     broken = frame.assign(tenure_months="not a number")  # the champion cannot score these rows
     with pytest.raises(E.GateError, match=r"champion churn_model v3 could not score the holdout"):
-        E.score_version(s, "3", broken, lambda uri: model, role="champion")
-    got = E.score_version(s, "3", frame, lambda uri: model, role="champion")
+        C.score_version(s, "3", broken, lambda uri: model, role="champion")
+    got = C.score_version(s, "3", frame, lambda uri: model, role="champion")
     assert got.version == "3" and 0.6 < got.metrics["roc_auc"] < 1
 
 
@@ -170,9 +171,9 @@ def test_champion_on_other_features_scores_what_it_can(spec, frame):
     columns; one that needs a feature the holdout lacks says so (the feature_change rule)."""
     narrow = _lr(spec, drop=("region",))
     old = T.build_pipeline(narrow).fit(frame[model_features(narrow)], frame[narrow.label])
-    got = E.score_version(_lr(spec), "2", frame, lambda uri: old, role="champion")
-    assert isinstance(got, E.VersionScore)
+    got = C.score_version(_lr(spec), "2", frame, lambda uri: old, role="champion")
+    assert isinstance(got, C.VersionScore)
     full = _lr(spec)
     wide = T.build_pipeline(full).fit(frame[model_features(full)], frame[full.label])
-    why = E.score_version(narrow, "2", frame.drop(columns=["region"]), lambda uri: wide, role="champion")
+    why = C.score_version(narrow, "2", frame.drop(columns=["region"]), lambda uri: wide, role="champion")
     assert why == "v2 was trained on features this holdout does not have (region): the spec's features changed"

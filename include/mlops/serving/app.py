@@ -45,7 +45,7 @@ from fastapi import FastAPI, Request, Response
 
 from include.mlops.serving.batcher import Batcher, FeatureLookup, FeatureStoreUnavailable, Job, ModelError, Task
 from include.mlops.serving.config import PINNED, SYNTHETIC_HEADER, VERSION_HEADER, ServeConfig
-from include.mlops.serving.routing import CHALLENGER, choose
+from include.mlops.serving.routing import CHALLENGER, CHAMPION, choose, splits
 from include.mlops.serving.validation import (
     RequestTooLarge,
     ValidationFailed,
@@ -259,17 +259,46 @@ class Service:
             ]
         has_challenger = state.challenger is not None
         shadow = state.challenger if state.strategy == "shadow" else None
-        canary = state.strategy == "canary" and has_challenger
+        split = splits(state.strategy) and has_challenger  # canary or A/B test: sticky by entity
         multi = len(items) > 1
         tasks = []
         for it in items:
             rid_i = f"{rid}-{it.index}" if multi else rid
             variant = (
-                choose(state.strategy, state.canary_share, has_challenger, it.entity, rid_i) if canary else "champion"
+                choose(state.strategy, state.canary_share, has_challenger, it.entity, rid_i) if split else CHAMPION
             )
             model = state.challenger if variant == CHALLENGER else state.champion
             tasks.append(Task(it.entity, it.row, (*loc, it.index), rid_i, variant, model, shadow, it.event_ts))
         return tasks
+
+    async def _admit(self, request: Request, endpoint: str, rid: str) -> list[Task]:
+        """Read, parse, validate and route one request's records (the tasks to score)."""
+        self.batcher.arriving += 1
+        try:
+            body = await read_body(request, self.cfg.max_body_bytes)
+            if endpoint == "predict":
+                records = predict_records(parse_json(body), self.spec.entity_key)
+                loc: tuple[Any, ...] = ("body", "records")
+            else:
+                ctype = (request.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
+                if ctype == "text/csv":
+                    text_key = self.spec.entity_key if self.spec.entity_is_string else None
+                    records, loc = parse_csv(body, text_key), ("body", "csv")
+                elif ctype in ("application/json", ""):
+                    records, fmt = invocation_records(parse_json(body))
+                    loc = ("body", fmt)
+                else:
+                    raise UnsupportedMediaType(f"content type {ctype!r}: use application/json or text/csv")
+            if len(records) > self.cfg.max_records:
+                raise RequestTooLarge(f"{len(records)} records exceed the limit of {self.cfg.max_records} per request")
+            state = self.manager.state
+            if state is None:
+                raise NotReady("no model loaded yet")
+            pinned = self._pinned(request)
+            items = (pinned or state.champion).validator.check(records, loc)
+            return self._route(items, state, rid, loc, pinned)
+        finally:
+            self.batcher.arriving -= 1
 
     async def handle(self, request: Request, endpoint: str) -> Response:
         t0 = time.perf_counter()
@@ -278,98 +307,60 @@ class Service:
         if not _RID.match(rid):
             rid = uuid.uuid4().hex
         headers = {"X-Request-ID": rid}
-        served: list[tuple[str, str]] = []
-        status, kind = 200, ""
+        status, kind, labels = 200, "", []
+        tasks: list[Task] = []
         try:
-            self.batcher.arriving += 1
-            try:
-                body = await read_body(request, self.cfg.max_body_bytes)
-                if endpoint == "predict":
-                    records = predict_records(parse_json(body), self.spec.entity_key)
-                    loc: tuple[Any, ...] = ("body", "records")
-                else:
-                    ctype = (request.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
-                    if ctype == "text/csv":
-                        text_key = self.spec.entity_key if self.spec.entity_is_string else None
-                        records, loc = parse_csv(body, text_key), ("body", "csv")
-                    elif ctype in ("application/json", ""):
-                        records, fmt = invocation_records(parse_json(body))
-                        loc = ("body", fmt)
-                    else:
-                        raise UnsupportedMediaType(f"content type {ctype!r}: use application/json or text/csv")
-                if len(records) > self.cfg.max_records:
-                    raise RequestTooLarge(
-                        f"{len(records)} records exceed the limit of {self.cfg.max_records} per request"
-                    )
-                state = self.manager.state
-                if state is None:
-                    raise NotReady("no model loaded yet")
-                pinned = self._pinned(request)
-                items = (pinned or state.champion).validator.check(records, loc)
-                tasks = self._route(items, state, rid, loc, pinned)
-            finally:
-                self.batcher.arriving -= 1
+            tasks = await self._admit(request, endpoint, rid)
             synthetic = request.headers.get(SYNTHETIC_HEADER, "").lower() == "synthetic"
             results = await self.batcher.submit(Job(tasks, ts, log=not synthetic))
-            for r in results:
-                pair = (r[3].version, r[4])
-                if pair not in served:
-                    served.append(pair)
+            labels = list(dict.fromkeys((r[3].version, r[4]) for r in results))
             if endpoint == "predict":
                 content = self._predict_body(rid, tasks, results)
             else:
                 content = self._invocations_body(results)
                 headers["X-Model-Name"] = self.name
-                headers["X-Model-Version"] = ",".join(dict.fromkeys(v for v, _ in served))
-                headers["X-Model-Variant"] = ",".join(dict.fromkeys(k for _, k in served))
+                headers["X-Model-Version"] = ",".join(dict.fromkeys(v for v, _ in labels))
+                headers["X-Model-Variant"] = ",".join(dict.fromkeys(k for _, k in labels))
             return Response(content, media_type="application/json", headers=headers)
-        except ValidationFailed as exc:
-            status, kind = 422, exc.errors[0]["type"] if exc.errors else "validation"
-            return self._error(status, exc.errors, str(exc), headers, endpoint)
-        except RequestTooLarge as exc:
-            status, kind = 413, "too_large"
-            return self._error(
-                status, [error(("body",), str(exc), "value_error.too_large")], str(exc), headers, endpoint
+        except Exception as exc:
+            status, kind, errors, message = self._failure(exc, endpoint)
+            labels = list(getattr(exc, "failed", ())) or list(
+                dict.fromkeys((t.model.version, t.variant) for t in tasks)
             )
-        except UnsupportedMediaType as exc:
-            status, kind = 415, "media_type"
-            return self._error(
-                status,
-                [error(("header", "content-type"), str(exc), "value_error.media_type")],
-                str(exc),
-                headers,
-                endpoint,
-            )
-        except PinRefused as exc:
-            status, kind = exc.status, "pinned_version"
-            return self._error(status, [], str(exc), headers, endpoint)
-        except NotReady as exc:
-            status, kind = 503, "not_ready"
-            return self._error(status, [], str(exc), headers, endpoint)
-        except FeatureStoreUnavailable as exc:
-            status, kind = 503, "feature_store"
-            return self._error(status, [], str(exc), headers, endpoint)
-        except TimeoutError:
-            status, kind = 504, "timeout"
-            return self._error(status, [], "scoring timed out", headers, endpoint)
-        except ModelError as exc:
-            status, kind = 500, "model_error"
-            return self._error(status, [], str(exc), headers, endpoint)
-        except Exception as exc:  # a bug: say so, keep serving
-            log.exception("unexpected error on %s", endpoint)
-            status, kind = 500, "internal"
-            return self._error(status, [], f"internal error: {type(exc).__name__}", headers, endpoint)
+            return self._error(status, errors, message, headers, endpoint)
         finally:
-            elapsed = time.perf_counter() - t0
-            m = self.metrics
-            if status == 200:
-                for version, variant in served:
-                    m.requests.labels(endpoint=endpoint, status="200", model_version=version, variant=variant).inc()
-                    m.latency.labels(endpoint=endpoint, model_version=version, variant=variant).observe(elapsed)
-            else:
-                m.requests.labels(endpoint=endpoint, status=str(status), model_version="", variant="").inc()
-                m.latency.labels(endpoint=endpoint, model_version="", variant="").observe(elapsed)
-                m.errors.labels(endpoint=endpoint, kind=kind).inc()
+            self._count(endpoint, status, kind, labels, time.perf_counter() - t0)
+
+    @staticmethod
+    def _failure(exc: Exception, endpoint: str) -> tuple[int, str, list[dict[str, Any]], str]:
+        """(HTTP status, error kind for the metrics, field errors, message) of a failed request."""
+        msg = str(exc)
+        if isinstance(exc, ValidationFailed):
+            return 422, exc.errors[0]["type"] if exc.errors else "validation", exc.errors, msg
+        if isinstance(exc, RequestTooLarge):
+            return 413, "too_large", [error(("body",), msg, "value_error.too_large")], msg
+        if isinstance(exc, UnsupportedMediaType):
+            return 415, "media_type", [error(("header", "content-type"), msg, "value_error.media_type")], msg
+        if isinstance(exc, PinRefused):
+            return exc.status, "pinned_version", [], msg
+        if isinstance(exc, NotReady | FeatureStoreUnavailable):
+            return 503, "not_ready" if isinstance(exc, NotReady) else "feature_store", [], msg
+        if isinstance(exc, TimeoutError):
+            return 504, "timeout", [], "scoring timed out"
+        if isinstance(exc, ModelError):
+            return 500, "model_error", [], msg
+        log.error("unexpected error on %s", endpoint, exc_info=exc)  # a bug: say so, keep serving
+        return 500, "internal", [], f"internal error: {type(exc).__name__}"
+
+    def _count(self, endpoint: str, status: int, kind: str, labels: list[tuple[str, str]], elapsed: float) -> None:
+        """Requests and latency per (version, variant) that answered, or was routed and failed;
+        a request that failed before routing counts with empty labels."""
+        m = self.metrics
+        for version, variant in labels or ([("", "")] if status != 200 else []):  # 200 unrouted: cancelled
+            m.requests.labels(endpoint=endpoint, status=str(status), model_version=version, variant=variant).inc()
+            m.latency.labels(endpoint=endpoint, model_version=version, variant=variant).observe(elapsed)
+        if status != 200:
+            m.errors.labels(endpoint=endpoint, kind=kind).inc()
 
     def _predict_body(self, rid: str, tasks: list[Task], results: list[tuple[Any, ...]]) -> bytes:
         """Per record: `prediction` (a class value such as "yes", 1 or True, or the regression

@@ -4,7 +4,9 @@ The model call costs a few milliseconds whether it scores one row or sixty-four,
 service's throughput comes from scoring concurrent requests in one call. Requests queue their
 validated records; one scorer thread takes everything queued (up to `max_rows`), looks up the
 entity features of the whole batch in one online-store call, builds one frame, calls each
-model once, and resolves every request's future. While it scores, the event loop keeps
+model once, and resolves every request's future. A batch mixing champion and challenger
+requests is scored in two parts, the champion's first: a slow or failing canary delays or
+fails only the requests routed to it. While it scores, the event loop keeps
 parsing and validating the next requests, which form the next batch. A lone request is scored
 at once; only when others are in flight does a batch wait (up to `wait_ms`) for stragglers.
 Shadow scoring runs after the answers are sent, and the prediction log is written by its own
@@ -16,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.serving.predlog import LogBatch
-from include.mlops.serving.routing import SHADOW
+from include.mlops.serving.routing import CHALLENGER, SHADOW
 from include.mlops.serving.validation import ValidationFailed, error
 
 if TYPE_CHECKING:
@@ -41,7 +44,14 @@ class FeatureStoreUnavailable(Exception):
 
 
 class ModelError(Exception):
-    """The model raised on validated input (500: a bug or a broken model, not bad input)."""
+    """The model raised on validated input (500: a bug or a broken model, not bad input).
+
+    `failed`: the (model version, variant) pairs that raised, so the request is counted against
+    the version that failed, not against every version its records were routed to."""
+
+    def __init__(self, message: str, failed: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.failed = failed
 
 
 @dataclass(slots=True)
@@ -66,6 +76,11 @@ class Job:
     ts: float
     log: bool = True
     future: Any = None
+
+
+def _challenged(job: Job) -> bool:
+    """Whether any record of the request is routed to the challenger (canary or A/B arm)."""
+    return any(t.variant == CHALLENGER for t in job.tasks)
 
 
 class FeatureLookup:
@@ -177,7 +192,6 @@ class Batcher:
         return sum(len(j.tasks) for j in self._pending)
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         assert self._event is not None
         while True:
             while not self._pending:
@@ -192,37 +206,52 @@ class Batcher:
                 jobs.append(job)
                 rows += len(job.tasks)
             self._last_jobs = len(jobs)
-            shadow = None
-            # A lone request with its features in hand, nothing else arriving or queued: score it
-            # right here. Handing it to the scorer thread and back costs two thread wake-ups,
-            # which on a busy machine are the tail of single-request latency. Lookups stay on the
-            # scorer thread (the online store's connection lives there).
-            inline = (
-                self.inline
-                and rows <= 8
-                and self.arriving == 0
-                and not self._pending
-                and all(t.row is not None for j in jobs for t in j.tasks)
-            )
-            try:
-                if inline:
-                    results, shadow = self._score(jobs)
-                else:
-                    results, shadow = await loop.run_in_executor(self.executor, self._score, jobs)
-            except Exception as exc:  # a bug in scoring must fail these requests, not the loop
-                log.exception("scoring a batch of %d rows failed", rows)
-                results = [ModelError(f"{type(exc).__name__}: {exc}")] * len(jobs)
-            for job, res in zip(jobs, results, strict=True):
-                if job.future.done():
-                    continue
-                if isinstance(res, BaseException):
-                    job.future.set_exception(res)
-                else:
-                    job.future.set_result(res)
-            if shadow is not None:
-                fut = loop.run_in_executor(self.executor, self._score_shadow, shadow)
-                self._background.add(fut)
-                fut.add_done_callback(self._background.discard)
+            # The champion's answers never wait on the challenger: a batch that mixes them scores
+            # and answers the requests without a challenger record first. A slow or failing canary
+            # costs its own requests only, and the latency measured for each side is its own.
+            plain = [j for j in jobs if not _challenged(j)]
+            if plain and len(plain) < len(jobs):
+                await self._run(plain)
+                await self._run([j for j in jobs if _challenged(j)])
+            else:
+                await self._run(jobs)
+
+    async def _run(self, jobs: list[Job]) -> None:
+        """Score some jobs, resolve their futures, queue their shadow scoring."""
+        loop = asyncio.get_running_loop()
+        rows = sum(len(j.tasks) for j in jobs)
+        shadow = None
+        # A lone request with its features in hand, nothing else arriving or queued: score it
+        # right here. Handing it to the scorer thread and back costs two thread wake-ups, which
+        # on a busy machine are the tail of single-request latency. Lookups stay on the scorer
+        # thread (the online store's connection lives there), and so does a challenger's record:
+        # a slow canary must not hold the event loop that every other request needs.
+        inline = (
+            self.inline
+            and rows <= 8
+            and self.arriving == 0
+            and not self._pending
+            and all(t.row is not None and t.variant != CHALLENGER for j in jobs for t in j.tasks)
+        )
+        try:
+            if inline:
+                results, shadow = self._score(jobs)
+            else:
+                results, shadow = await loop.run_in_executor(self.executor, self._score, jobs)
+        except Exception as exc:  # a bug in scoring must fail these requests, not the loop
+            log.exception("scoring a batch of %d rows failed", rows)
+            results = [ModelError(f"{type(exc).__name__}: {exc}")] * len(jobs)
+        for job, res in zip(jobs, results, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(res, BaseException):
+                job.future.set_exception(res)
+            else:
+                job.future.set_result(res)
+        if shadow is not None:
+            fut = loop.run_in_executor(self.executor, self._score_shadow, shadow)
+            self._background.add(fut)
+            fut.add_done_callback(self._background.discard)
 
     # -- scoring (scorer thread) ----------------------------------------------------------------
     def _score(self, jobs: list[Job]) -> tuple[list[Any], Any]:
@@ -265,29 +294,7 @@ class Batcher:
         frame = self.builder.frame(rows)
         n = len(rows)
         self.metrics.batch_rows.observe(n)
-        pred: list[Any] = [None] * n
-        score: list[Any] = [None] * n
-        proba: list[Any] = [None] * n
-        groups: dict[int, tuple[LoadedModel, str, list[int]]] = {}
-        for i, (_, t) in enumerate(owners):
-            groups.setdefault(id(t.model), (t.model, t.variant, []))[2].append(i)
-        for model, variant, idx in groups.values():
-            X = frame if len(idx) == n else frame.iloc[idx]
-            try:
-                p, s, pr = model.score(X)
-            except Exception as exc:
-                log.exception("%s v%s failed on %d validated rows", model.name, model.version, len(idx))
-                bad = ModelError(f"v{model.version} could not score the request: {type(exc).__name__}")
-                for i in idx:
-                    results[owners[i][0]] = bad
-                continue
-            self.metrics.predictions.labels(model_version=model.version, variant=variant).inc(len(idx))
-            pl, sl = p.tolist(), s.tolist()
-            prl = pr.tolist() if pr is not None else None
-            for k, i in enumerate(idx):
-                pred[i], score[i] = pl[k], sl[k]
-                if prl is not None:
-                    proba[i] = prl[k]
+        pred, score, proba = self._score_groups(frame, owners, results)
         answered: list[int] = []
         for i, (ji, t) in enumerate(owners):
             res = results[ji]
@@ -302,6 +309,61 @@ class Batcher:
             self._log(rows, logged, owners, jobs, pred, score, None)
         shadowed = [i for i in answered if owners[i][1].shadow is not None]  # synthetic traffic too: checks watch it
         return results, ((frame, rows, shadowed, owners, jobs) if shadowed else None)
+
+    def _score_groups(
+        self, frame: Any, owners: list[tuple[int, Task]], results: list[Any]
+    ) -> tuple[list[Any], list[Any], list[Any]]:
+        """One model call per (model, variant) for the batch's rows; (predictions, scores,
+        probabilities) by row. A call that raises is retried request by request, so one bad
+        request fails alone; a request that still fails gets a ModelError naming the version and
+        variant, and no other model's requests are touched."""
+        n = len(owners)
+        out: tuple[list[Any], list[Any], list[Any]] = ([None] * n, [None] * n, [None] * n)
+        groups: dict[tuple[int, str], tuple[LoadedModel, str, list[int]]] = {}
+        for i, (_, t) in enumerate(owners):
+            groups.setdefault((id(t.model), t.variant), (t.model, t.variant, []))[2].append(i)
+        for model, variant, idx in groups.values():
+            if self._score_one(model, variant, frame, idx, out):
+                continue
+            by_job: dict[int, list[int]] = {}
+            for i in idx:
+                by_job.setdefault(owners[i][0], []).append(i)
+            for ji, jidx in by_job.items():
+                if len(by_job) > 1 and self._score_one(model, variant, frame, jidx, out, quiet=True):
+                    continue
+                prior = results[ji].failed if isinstance(results[ji], ModelError) else ()
+                results[ji] = ModelError(
+                    f"v{model.version} could not score the request",
+                    tuple(dict.fromkeys((*prior, (model.version, variant)))),
+                )
+        return out
+
+    def _score_one(
+        self,
+        model: LoadedModel,
+        variant: str,
+        frame: Any,
+        idx: list[int],
+        out: tuple[list[Any], ...],
+        quiet: bool = False,
+    ) -> bool:
+        """Score rows `idx` of the frame with `model` into `out`; False if the model raised."""
+        t0 = time.perf_counter()
+        try:
+            p, s, pr = model.score(frame if len(idx) == len(frame) else frame.iloc[idx])
+        except Exception:
+            if not quiet:
+                log.exception("%s v%s failed on %d validated rows", model.name, model.version, len(idx))
+            return False
+        self.metrics.scoring.labels(model_version=model.version, variant=variant).observe(time.perf_counter() - t0)
+        self.metrics.predictions.labels(model_version=model.version, variant=variant).inc(len(idx))
+        pl, sl = p.tolist(), s.tolist()  # class values may be text: plain Python values, not .item()
+        prl = pr.tolist() if pr is not None else None
+        for k, i in enumerate(idx):
+            out[0][i], out[1][i] = pl[k], sl[k]
+            if prl is not None:
+                out[2][i] = prl[k]
+        return True
 
     def _log(
         self,
@@ -340,12 +402,14 @@ class Batcher:
         pred: list[Any] = [None] * n
         score: list[Any] = [None] * n
         for model, gidx in groups.values():
+            t0 = time.perf_counter()
             try:
                 p, s, _ = model.score(frame if len(gidx) == n else frame.iloc[gidx])
             except Exception:
                 log.exception("shadow v%s failed on %d rows (answers were not affected)", model.version, len(gidx))
-                self.metrics.shadow_errors.inc(len(gidx))
+                self.metrics.shadow_errors.labels(model_version=model.version).inc(len(gidx))
                 continue
+            self.metrics.shadow_latency.labels(model_version=model.version).observe(time.perf_counter() - t0)
             self.metrics.predictions.labels(model_version=model.version, variant=SHADOW).inc(len(gidx))
             pl, sl = p.tolist(), s.tolist()  # class values may be text: plain Python values, not .item()
             for k, i in enumerate(gidx):

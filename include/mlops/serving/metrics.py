@@ -1,4 +1,10 @@
-"""Prometheus metrics of the service, in a registry of its own (one per app instance)."""
+"""Prometheus metrics of the service, in a registry of its own (one per app instance).
+
+Requests and their latency carry the `model_version` and `variant` that answered them, failed
+ones too once they were routed (a model that raised, a timeout), so a canary's error rate and
+latency can be read apart from the champion's (`include.mlops.delivery.live`). Requests that
+failed before routing (bad input, no model yet) carry empty labels. Shadow scoring has its own
+latency histogram and error counter per version: it answers no request."""
 
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ class Metrics:
         self.predictions = Counter(
             f"{p}predictions", "Records scored, by model version and variant", ["model_version", "variant"], registry=r
         )
-        self.shadow_errors = Counter(f"{p}shadow_errors", "Rows the shadow model failed to score", registry=r)
+        self._scoring_metrics(r, p)
         self.batch_rows = Histogram(
             f"{p}batch_rows",
             "Rows scored together in one micro-batch",
@@ -59,6 +65,29 @@ class Metrics:
             f"{p}prediction_log_dropped_rows", "Rows dropped because the log buffer was full", registry=r
         )
         self.log_pending = Gauge(f"{p}prediction_log_pending_rows", "Rows waiting to be written", registry=r)
+
+    def _scoring_metrics(self, r: Any, p: str) -> None:
+        """Model calls: answers per (version, variant), and the shadow's own figures per version."""
+        from prometheus_client import Counter, Histogram
+
+        self.scoring = Histogram(
+            f"{p}scoring_seconds",
+            "Seconds one model call took on a micro-batch of answers (the model's share of latency)",
+            ["model_version", "variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # shadow scoring answers no request: its own figures, per version, for the shadow report
+        self.shadow_latency = Histogram(
+            f"{p}shadow_latency_seconds",
+            "Seconds one shadow model call took (the same rows the champion scored)",
+            ["model_version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shadow_errors = Counter(
+            f"{p}shadow_errors", "Rows the shadow model failed to score", ["model_version"], registry=r
+        )
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -1,0 +1,580 @@
+"""The deploy step: promotion through the gate by strategy, checks against the service, undo on failure."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from include.mlops.constants import STRATEGIES
+from include.mlops.delivery import phases
+from include.mlops.delivery.checks import CheckResult, _describe, _log_check, run_check
+from include.mlops.delivery.phases import Phase
+from include.mlops.delivery.service import ServiceHandle, refresh, service_for_check, wait_for
+
+if TYPE_CHECKING:
+    from include.mlops.context import Context
+    from include.mlops.spec import DatasetSpec
+    from include.mlops.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class DeploymentCheckFailed(Exception):
+    """The new model failed its smoke or load test; the aliases were moved back.
+
+    Besides the message it carries what the alerts read, never recognised from the text:
+    `model` and `version` (the one being deployed; None where not known, e.g. a check helper),
+    `rolled_back` (this rollout was undone: the champion went back, or a staged version was
+    withdrawn before it went live) and `rolled_back_to` (the champion after that; None when
+    there was none). Constructible with the message alone; pickles with its fields."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        model: str | None = None,
+        version: str | None = None,
+        rolled_back: bool = False,
+        rolled_back_to: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.model = model
+        self.version = None if version is None else str(version)
+        self.rolled_back = rolled_back
+        self.rolled_back_to = None if rolled_back_to is None else str(rolled_back_to)
+
+
+# -- the deploy step ----------------------------------------------------------------------------------
+LIVE_KINDS = ("canary", "shadow", "ab_test")  # strategies whose rollout waits for live traffic
+
+
+def _strategy(spec: DatasetSpec, strategy: str | None) -> tuple[str, float]:
+    """The run's strategy (or the spec's) and the share it publishes first, checked against the
+    known strategies: the canary's first step, the A/B test's challenger arm."""
+    dep = spec.deployment
+    s = strategy or dep.strategy
+    if s not in STRATEGIES:
+        raise ValueError(f"deployment strategy must be one of {STRATEGIES}, not {s!r}")
+    return s, dep.ab_test.share if s == "ab_test" else dep.canary.steps[0]
+
+
+def publish_strategy(client: Any, model: str, strategy: str, share: float) -> None:
+    """The running service follows these tags (see serving.models.ModelManager). Only a rollout
+    that deploys something publishes them; a rollback or failed check sets them back to idle
+    (`registry.end_routing`)."""
+    from include.mlops.serving.config import CANARY_SHARE_TAG, STRATEGY_TAG
+
+    client.set_registered_model_tag(model, STRATEGY_TAG, strategy)
+    client.set_registered_model_tag(model, CANARY_SHARE_TAG, str(share))
+
+
+@dataclass
+class _Run:
+    """What one rollout works with, from `start` to the end of its last phase."""
+
+    ctx: Context
+    reg_out: dict[str, Any]
+    eval_out: dict[str, Any]
+    run_id: str
+    dag_id: str
+    spec_name: str | None
+    strategy: str
+    move: Any  # the pending promotion (registry.LedgerEntry), None for a gate-rejected challenger in shadow
+    champion: str | None  # the champion before the rollout
+    champion_now: str | None
+    resumed: bool = False
+
+    @property
+    def model(self) -> str:
+        return str(self.reg_out["model"])
+
+    @property
+    def version(self) -> str:
+        return str(self.reg_out["version"])
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.eval_out.get("passed"))
+
+    @property
+    def mlflow_run(self) -> str | None:
+        return self.reg_out.get("run_id")
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {"MLOPS_DATASET": self.spec_name} if self.spec_name else {}
+        env["MLOPS_SERVE_PREDICTION_LOG"] = "false"  # a service started for the check logs nothing
+        return env
+
+    def phase_base(self, url: str, staged: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "model": self.model, "version": self.version, "champion": str(self.champion),
+            "move": self.move.move if self.move is not None else None, "strategy": self.strategy,
+            "spec_name": self.spec_name, "run_id": self.run_id, "dag_id": self.dag_id, "reg_out": self.reg_out,
+            "eval_out": self.eval_out, "service_url": url, "staged": staged, "resumed": self.resumed,
+        }  # fmt: skip
+
+    def ended(self, status: str | None, from_version: str | None) -> dict[str, Any]:
+        return _ended_as(self.model, self.version, status, from_version)
+
+
+def rollout(
+    reg_out: dict[str, Any],
+    eval_out: dict[str, Any],
+    run_id: str,
+    dag_id: str,
+    strategy: str | None = None,
+    spec_name: str | None = None,
+) -> dict[str, Any]:
+    """The whole rollout in this process: `start`, then each live phase waited for here
+    (`phases.wait`, bounded by the phase's deadline) and `resume`d, until the final result.
+    The deploy task does the same with the waits deferred to the triggerer."""
+    out: dict[str, Any] | Phase = start(reg_out, eval_out, run_id, dag_id, strategy, spec_name)
+    while isinstance(out, Phase):
+        out = resume(out, phases.wait(out))
+    return out
+
+
+def start(
+    reg_out: dict[str, Any],
+    eval_out: dict[str, Any],
+    run_id: str,
+    dag_id: str,
+    strategy: str | None = None,
+    spec_name: str | None = None,
+) -> dict[str, Any] | Phase:
+    """Promote through the gate by the chosen strategy: the final result, or the first live
+    `Phase` to wait for (canary, shadow, ab_test with a live service).
+
+    The promotion is a ledger transaction (`registry`): begun (`pending`) before the strategy is
+    published or any alias moves, completed (`done`) only once the checks passed, undone
+    (`rolled_back`) when one failed. A retry of the same run finds its pending promotion and
+    finishes it, checks included, under the strategy it began with (a canary goes on after the
+    last step the ledger records as passed); a promotion this run already completed or rolled
+    back is not done again. A run that deploys nothing (gate failed, strategy not shadow) leaves
+    the service's strategy tags alone."""
+    from include.mlops import registry as R
+    from include.mlops.context import context
+    from include.mlops.pipeline import promote
+
+    ctx = context(spec_name)
+    store, client = ctx.store, ctx.client
+    model, version = reg_out["model"], str(reg_out["version"])
+    R.finish_open_moves(client, store, model)  # a rollback interrupted earlier completes first
+    mine = R.moves_of(store, model, R.promotion_base(dag_id, run_id, version))
+    move = mine[-1] if mine else None
+    if move is not None and move.status == R.DONE:
+        return _completed_before(client, move, version)
+    if move is not None and move.status != R.PENDING:
+        raise DeploymentCheckFailed(
+            f"this run's promotion of v{version} ended {move.status} at {move.at}: {move.outcome}; "
+            f"it is not promoted again (ledger move {move.move})",
+            **_ended_as(model, version, move.status, move.from_version),
+        )
+    if move is not None:
+        log.warning("resuming this run's promotion of v%s begun at %s (move %s)", version, move.at, move.move)
+        strategy = move.strategy  # the retry finishes the rollout it began, not another
+    strategy, share = _strategy(ctx.spec, strategy)
+    champion_now = R.alias_version(client, model, R.CHAMPION)  # a registry error fails the step
+    run = _Run(ctx, reg_out, eval_out, run_id, dag_id, spec_name, strategy, move, None, champion_now, move is not None)
+    if move is None and run.passed and champion_now != version:
+        run.move = R.begin_move(
+            client, store, model, version, action="promote",
+            reason="gate passed: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_out["metrics"].items()),
+            run_id=run_id, dag_id=dag_id, strategy=strategy, base=R.promotion_base(dag_id, run_id, version),
+            awaits_check=True,
+        )  # fmt: skip
+    run.champion = run.move.from_version if run.move is not None else champion_now
+    shadow_only = run.move is None and strategy == "shadow" and champion_now not in (None, version)
+    if run.move is None and not shadow_only:  # nothing deploys: the service's routing stays as it is
+        out = promote(reg_out, eval_out, run_id, dag_id, strategy, spec_name, complete=False)
+        return {**out, "strategy": strategy, "staged_check": None, "checked": False}
+    publish_strategy(client, model, strategy, _share_now(run, share))
+    return _stage(run)
+
+
+def _completed_before(client: Any, move: Any, version: str) -> dict[str, Any]:
+    from include.mlops import registry as R
+
+    msg = f"v{version}: this run's promotion of it completed at {move.at} after its checks passed"
+    log.info(msg)
+    return {
+        "promoted": True, "message": msg, "champion": R.alias_version(client, move.model, R.CHAMPION),
+        "previous": move.from_version, "strategy": move.strategy, "staged_check": None, "checked": True,
+        "resumed": True, "move": move.move, "gate_passed": True,
+    }  # fmt: skip
+
+
+def _share_now(run: _Run, first: float) -> float:
+    """The share to publish: a retried canary goes on at the step after the last one passed."""
+    if run.strategy != "canary" or run.move is None:
+        return first
+    steps = run.ctx.spec.deployment.canary.steps
+    done = _canary_steps_passed(run)
+    return steps[min(done, len(steps) - 1)]
+
+
+def _canary_steps_passed(run: _Run) -> int:
+    from include.mlops import registry as R
+
+    if run.move is None:
+        return 0
+    passed = [s for s in R.steps_of(run.ctx.store, run.model, run.move.move) if s.get("action") == "canary_step"]
+    return len([s for s in passed if s.get("decision") == "pass"])
+
+
+def _stage(run: _Run) -> dict[str, Any] | Phase:
+    """Before the switch: the staged check (blue/green warms the new version beside the old;
+    canary, shadow and ab_test let it take or watch traffic and check it), then the first live
+    phase when the service is the live one; else straight to the switch."""
+    client, store = run.ctx.client, run.ctx.store
+    handle: ServiceHandle | None = None
+    try:
+        staged = None
+        # shadow watches even a challenger the gate rejected (it never answers); the others only
+        # stage one that may go live
+        wanted = run.strategy == "shadow" or (run.strategy in ("canary", "blue_green", "ab_test") and run.passed)
+        if wanted and run.champion not in (None, run.version) and run.champion_now != run.version:
+            try:
+                handle = service_for_check(run.model, run.env)
+            except Exception as exc:  # no service, no check: never promoted unchecked
+                raise _staged_failed(
+                    client, store, None, run.strategy, run.model, run.version, run.champion, run.move,
+                    f"{run.strategy} check of v{run.version} could not run: no scoring service ({exc})", run.run_id,
+                    run.dag_id,
+                ) from exc  # fmt: skip
+            staged = _staged_check(
+                handle, client, run.ctx.spec, store, run.strategy, run.model, run.version, run.champion,
+                run.mlflow_run, run.run_id, run.dag_id, run.move,
+            )  # fmt: skip
+            if run.strategy in LIVE_KINDS and not handle.started:
+                return _due(run, _first_phase(run, handle.url, staged))
+            if run.strategy in LIVE_KINDS:
+                log.warning(
+                    "no live scoring service (MLOPS_SERVE_URL) to watch live traffic on: the %s of v%s is judged "
+                    "on its staged check only, on the service started for it at %s", run.strategy, run.version,
+                    handle.url,
+                )  # fmt: skip
+        return _switch(run, handle, staged)
+    finally:
+        if handle is not None and handle.started:
+            handle.close()
+            handle.cleanup()
+
+
+def _first_phase(run: _Run, url: str, staged: dict[str, Any] | None) -> Phase:
+    dep = run.ctx.spec.deployment
+    base = run.phase_base(url, staged)
+    if run.strategy == "canary":
+        k = _canary_steps_passed(run)
+        return phases.begin("canary", dep.canary, base=base, share=dep.canary.steps[k], step=k, steps=dep.canary.steps)
+    if run.strategy == "shadow":
+        return phases.begin("shadow", dep.shadow, base=base)
+    return phases.begin("ab_test", dep.ab_test, base=base, share=dep.ab_test.share)
+
+
+def _due(run: _Run, phase: Phase) -> dict[str, Any] | Phase:
+    """The phase to wait for, or its verdict at once when it has nothing to wait for."""
+    log.info("live phase: %s", phase.describe())
+    if phases.due_now(phase):
+        return phases.judge(run, phase, {"status": phases.READY, "requests": 0, "at": time.time()})
+    return phase
+
+
+def resume(state: dict[str, Any] | Phase, event: dict[str, Any] | None) -> dict[str, Any] | Phase:
+    """Judge a phase once its wait is over (`event` from the trigger or `phases.wait`): the next
+    phase, or the final result; raises `DeploymentCheckFailed` when the phase failed (the
+    rollout is then ended and the promotion undone). A rollout ended meanwhile (ml_rollback)
+    stops here with a message that says so."""
+    from include.mlops import registry as R
+    from include.mlops.context import context
+
+    phase = Phase.from_dict(state)
+    ctx = context(phase.spec_name)
+    move = R.move_record(ctx.store, phase.model, phase.move) if phase.move else None
+    if phase.move and (move is None or move.status != R.PENDING):
+        how = f"{move.status} at {move.at}: {move.outcome}" if move is not None else "missing from the ledger"
+        raise DeploymentCheckFailed(
+            f"the rollout of {phase.model} v{phase.version} was ended during its {phase.title()} ({how}); "
+            f"the phase stops here (ledger move {phase.move})",
+            **_ended_as(phase.model, phase.version, move.status if move else None, move.from_version if move else None),
+        )  # fmt: skip
+    run = _Run(
+        ctx, phase.reg_out, phase.eval_out, phase.run_id, phase.dag_id, phase.spec_name, phase.strategy, move,
+        phase.champion, phase.champion, phase.resumed,
+    )  # fmt: skip
+    return phases.judge(run, phase, event or {"status": phases.READY, "requests": None, "at": time.time()})
+
+
+def _switch(run: _Run, handle: ServiceHandle | None, staged: dict[str, Any] | None,
+            live: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The switch: `promote`, then the post-promotion check on the service; the move completes
+    when it passed and is undone when it failed (`DeploymentCheckFailed`)."""
+    from include.mlops import registry as R
+    from include.mlops.pipeline import promote
+
+    store, model, version = run.ctx.store, run.model, run.version
+    if run.move is not None:
+        now = R.move_record(store, model, run.move.move)
+        if now is not None and now.status != R.PENDING:  # a rollback ended the rollout meanwhile
+            raise DeploymentCheckFailed(
+                f"the rollout of v{version} was ended ({now.status}) at {now.at} before the switch: {now.outcome}",
+                **run.ended(now.status, now.from_version),
+            )
+    started_here = False
+    baseline = run.champion if run.champion not in (None, version) else None
+    if baseline and run.passed and handle is None and run.champion_now != version:
+        # the service the check uses must hold the current version too: after the switch it
+        # stays in memory there, and the check measures both side by side (a retry after the
+        # switch cannot wait for it: the check pins it if the service still holds it)
+        handle = _baseline_service(model, run.env, baseline)
+        started_here = handle is not None and handle.started
+    try:
+        out = promote(run.reg_out, run.eval_out, run.run_id, run.dag_id, run.strategy, run.spec_name, complete=False)
+        base = {**out, "strategy": run.strategy, "staged_check": staged, "resumed": run.resumed, **(live or {})}
+        if not out["promoted"]:
+            if run.move is not None:  # the pending promotion was closed by someone else meanwhile
+                raise DeploymentCheckFailed(
+                    f"v{version} was not promoted: {out['message']}",
+                    **run.ended(out.get("move_status"), out.get("previous")),
+                )
+            return {**base, "checked": False}
+        if handle is None:
+            handle = service_for_check(model, run.env)
+            started_here = handle.started
+        return _post_check(run, handle, base, out.get("previous") or baseline, out.get("previous"))
+    finally:
+        if started_here and handle is not None:
+            handle.close()
+            handle.cleanup()
+
+
+def _post_check(run: _Run, handle: ServiceHandle, base: dict[str, Any], compare_with: str | None,
+                previous: str | None) -> dict[str, Any]:  # fmt: skip
+    from include.mlops import registry as R
+
+    client, store, model, version = run.ctx.client, run.ctx.store, run.model, run.version
+    try:
+        wait_for(handle, champion=version)
+        res = run_check(handle, run.ctx.spec, store, "post_promotion", {version}, candidate=version,
+                        baseline=compare_with)  # fmt: skip
+    except Exception as exc:  # a check that cannot run has not passed: never leave an unchecked champion
+        why = (
+            str(exc)
+            if isinstance(exc, DeploymentCheckFailed)
+            else f"the check could not run: {type(exc).__name__}: {exc}"
+        )
+        res = CheckResult("post_promotion", False, {"passed": False, "checks": 0, "failures": [why]}, {}, [why])
+    _log_check(client, run.mlflow_run, res, "deploy")
+    if res.passed:
+        ld = res.load
+        checked = f"v{version} passed its post-deployment check on {handle.url}: {_describe(ld)}"
+        final = R.complete_move(client, store, run.move, outcome=checked)
+        if final.status != R.DONE:
+            raise DeploymentCheckFailed(
+                f"v{version} passed its check, but the rollout was ended ({final.status}) meanwhile: {final.outcome}",
+                **run.ended(final.status, final.from_version),
+            )
+        log.info(checked)  # the promotion itself was logged by `promote`: each decision once
+        return {
+            **base, "message": f"{base['message']}; {checked}", "checked": True, "check": res.to_dict(),
+            "service_url": handle.url, **{f"deploy_{k}": ld[k] for k in ("rps", "p50_ms", "p95_ms", "p99_ms", "errors")},
+        }  # fmt: skip
+    reason = "; ".join(res.reasons)
+    back = _roll_back_failed(client, store, model, version, previous, reason, run.run_id, run.dag_id, run.strategy,
+                             run.move)  # fmt: skip
+    try:
+        refresh(handle)
+    except Exception:
+        pass
+    raise DeploymentCheckFailed(
+        f"v{version} failed its post-deployment check on {handle.url}: {reason}. {back} "
+        f"(ledger action rollback_after_failed_check; report deployment/post_promotion.json in run {run.mlflow_run})",
+        model=model,
+        version=version,
+        rolled_back=True,
+        rolled_back_to=previous,
+    )
+
+
+def _ended_as(model: str, version: str, status: str | None, from_version: str | None) -> dict[str, Any]:
+    """The typed fields of the error raised when this run's promotion was ended elsewhere: a
+    rollback when the ledger move says `rolled_back` (the champion then is its `from_version`)."""
+    from include.mlops.registry import ROLLED_BACK
+
+    rolled_back = status == ROLLED_BACK
+    return {
+        "model": model,
+        "version": version,
+        "rolled_back": rolled_back,
+        "rolled_back_to": from_version if rolled_back else None,
+    }
+
+
+def _baseline_service(model: str, env: dict[str, str], baseline: str) -> ServiceHandle | None:
+    """The check's service, serving the current champion before the switch (None if it cannot:
+    the check then starts one after the switch and judges without a baseline)."""
+    try:
+        handle = service_for_check(model, env)
+    except Exception as exc:
+        log.warning("no service to hold the current v%s before the switch (%s)", baseline, exc)
+        return None
+    try:
+        wait_for(handle, champion=baseline)
+    except Exception as exc:
+        log.warning("the service at %s does not serve the current v%s (%s): no baseline", handle.url, baseline, exc)
+    return handle
+
+
+def _staged_check(
+    handle: ServiceHandle,
+    client: Any,
+    spec: DatasetSpec,
+    store: ObjectStore,
+    strategy: str,
+    model: str,
+    version: str,
+    champion: str,
+    mlflow_run: str | None,
+    run_id: str,
+    dag_id: str,
+    move: Any = None,
+) -> dict[str, Any]:
+    """Before the switch: blue/green warms the new version beside the old; canary and shadow
+    let it take (or watch) live traffic and check it. On failure nothing was promoted: the
+    rollout ends (`_staged_failed`) and the step raises."""
+    try:
+        if strategy == "blue_green":
+            wait_for(handle, champion=champion, standby=version)
+            res = CheckResult(
+                "blue_green", True, {"passed": True, "checks": 1, "failures": []}, {"standby": version}, []
+            )
+        else:
+            wait_for(handle, champion=champion, challenger=version)
+            res = run_check(
+                handle,
+                spec,
+                store,
+                strategy,
+                {champion, version},
+                shadow_version=version if strategy == "shadow" else None,
+                canary_version=version if strategy in ("canary", "ab_test") else None,
+            )
+            _log_check(client, mlflow_run, res, f"deploy_{strategy}")
+    except Exception as exc:  # a check that cannot run has not passed
+        why = str(exc) if isinstance(exc, DeploymentCheckFailed) else f"{type(exc).__name__}: {exc}"
+        res = CheckResult(strategy, False, {"passed": False, "checks": 0, "failures": [why]}, {}, [why])
+    if res.passed:
+        return res.to_dict()
+    reason = f"{strategy} check of v{version} failed: " + "; ".join(res.reasons)
+    raise _staged_failed(client, store, handle, strategy, model, version, champion, move, reason, run_id, dag_id)
+
+
+def _now() -> str:
+    from include.mlops.registry import now
+
+    return now()
+
+
+def _roll_back_failed(
+    client: Any,
+    store: ObjectStore,
+    model: str,
+    version: str,
+    previous: str | None,
+    reason: str,
+    run_id: str,
+    dag_id: str,
+    strategy: str,
+    move: Any = None,
+) -> str:
+    """Undo a promotion whose post-deployment check failed: the rollout ends, `champion` and
+    `previous` go back to what they were before it (ledger action rollback_after_failed_check)."""
+    from include.mlops import registry as R
+
+    if move is None:  # called without the transaction: the pending promotion of this version
+        pending = [m for m in R.open_moves(store, model) if m.to_version == str(version) and m.action == "promote"]
+        if not pending:
+            raise RuntimeError(f"no pending promotion of {model} v{version} in the ledger to roll back")
+        move = pending[-1]
+    R.undo_move(
+        client,
+        store,
+        move,
+        action="rollback_after_failed_check",
+        reason=reason,
+        run_id=run_id,
+        dag_id=dag_id,
+        strategy=strategy,
+    )
+    if move.from_version:
+        return f"champion rolled back to v{move.from_version}."
+    return "there was no previous champion: the champion alias was removed (the service keeps its last model)."
+
+
+def _staged_failed(
+    client: Any,
+    store: ObjectStore,
+    handle: ServiceHandle | None,
+    strategy: str,
+    model: str,
+    version: str,
+    champion: str,
+    move: Any,
+    reason: str,
+    run_id: str,
+    dag_id: str,
+) -> DeploymentCheckFailed:
+    """End a rollout whose staged check failed; returns the error to raise. Routing back to idle (`challenger`
+    removed, strategy `direct`), the pending promotion closed as rolled_back (ledger action
+    rollback_after_failed_check); the champion never moved."""
+    from include.mlops import registry as R
+
+    if move is not None:
+        R.undo_move(
+            client,
+            store,
+            move,
+            action="rollback_after_failed_check",
+            reason=reason,
+            run_id=run_id,
+            dag_id=dag_id,
+            strategy=strategy,
+        )
+    else:  # a challenger the gate rejected, watched in shadow: no promotion to undo
+        R.end_routing(client, model)
+        R.write_ledger(
+            store,
+            R.LedgerEntry(
+                at=_now(),
+                model=model,
+                action="rollback_after_failed_check",
+                from_version=version,
+                to_version=champion,
+                reason=reason,
+                run_id=run_id,
+                dag_id=dag_id,
+                strategy=strategy,
+                champion_before=champion,
+                moves_champion=False,
+                undo=True,
+                ends_rollout=True,
+            ),
+        )
+    if handle is not None:
+        try:
+            refresh(handle)
+        except Exception:
+            pass
+    where = f"service {handle.url}; " if handle is not None else ""
+    return DeploymentCheckFailed(
+        f"{reason}. v{version} was never promoted; champion stays v{champion}; the rollout ended: the challenger "
+        f"alias was removed and the strategy set back to direct, so the service stops routing to it "
+        f"({where}ledger action rollback_after_failed_check)",
+        model=model,
+        version=version,
+        rolled_back=True,
+        rolled_back_to=champion,
+    )

@@ -1,0 +1,201 @@
+"""What the live service measures, per version and variant, judged as a canary step and a
+shadow phase would be (issue 17 items 2 and 3), on a real service with live traffic.
+
+One uvicorn service (registry poll 1 s) over a private copy of the session's lifecycle home,
+allowed to load the test's wrapper models (`canary_models.TRUSTED_EXTRA`). Each case routes a
+real model version (good, faulty, slow, disagreeing) as the canary or the shadow, sends live
+traffic (`live_traffic.LiveTraffic`) until both sides have a sample, and reads what the service
+saw (`delivery.live`): the faulty version's failures are counted against it and not the
+champion, the slow one's p95 over the champion's is its latency ratio, and `judge_canary_step`
+passes the good canary and fails the faulty and slow ones; the disagreeing shadow fails its
+report. Waits are bounded and say what they saw.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import canary_models
+from tests.support.live_traffic import LiveTraffic, sample_rows
+
+pytestmark = [pytest.mark.serving, pytest.mark.integration]
+
+SHARE = 0.5
+SAMPLE = 80  # requests a side before a case is judged (the KS distance needs a real sample)
+
+
+@pytest.fixture(scope="module")
+def home(lifecycle, tmp_path_factory) -> dict:
+    src = Path(lifecycle["home"])
+    dst = tmp_path_factory.mktemp("live_measure") / "home"
+    shutil.copytree(src, dst)
+    env = {k: v.replace(str(src), str(dst)) for k, v in lifecycle["env"].items()}
+    env["MLOPS_DATASET"] = lifecycle["spec"].name
+    return {"env": env, "spec": lifecycle["spec"], "v1": lifecycle["register"]["version"]}
+
+
+@pytest.fixture(scope="module")
+def client(home):
+    from mlflow import MlflowClient
+
+    uri = home["env"]["MLFLOW_TRACKING_URI"]
+    return MlflowClient(uri, uri)
+
+
+@pytest.fixture(scope="module")
+def store(home):
+    from include.mlops.storage import ObjectStore
+
+    return ObjectStore(home["env"]["MLOPS_STORE_URI"])
+
+
+@pytest.fixture(scope="module")
+def versions(home, client) -> dict[str, str]:
+    """One version of each kind, logged to the copy's MLflow."""
+    return {kind: canary_models.register(client, home["spec"], kind, delay=0.25) for kind in canary_models.KINDS}
+
+
+@pytest.fixture(scope="module")
+def server(home, versions):
+    from include.mlops.delivery.service import start_service
+
+    env = {**home["env"], "MLOPS_SERVE_POLL_SECONDS": "1", "MLOPS_TRUSTED_TYPES_EXTRA": canary_models.TRUSTED_EXTRA}
+    h = start_service(env, timeout=240)
+    yield h
+    h.close()
+    h.cleanup()
+
+
+@pytest.fixture(scope="module")
+def rows(home, store) -> list[dict]:
+    return sample_rows(home["spec"], store, n=200)
+
+
+def route(server, client, spec, strategy: str, version: str, timeout: float = 120) -> None:
+    """Publish `strategy` with `version` as the challenger; return once the service, by its own
+    poll, serves it so."""
+    from include.mlops.delivery.rollout import publish_strategy
+    from include.mlops.registry import CHALLENGER
+
+    publish_strategy(client, spec.model_name, strategy, SHARE)
+    client.set_registered_model_alias(spec.model_name, CHALLENGER, version)
+    deadline, body = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{server.url}/ready", timeout=30).json()
+        if body.get("strategy") == strategy and (body.get("challenger") or {}).get("version") == version:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the service did not come to {strategy} with v{version}: {body}")
+
+
+def measure(server, home, store, rows, strategy: str, version: str, **traffic_kw) -> dict:
+    """Live traffic until each side has SAMPLE requests; the service's figures of the window."""
+    from include.mlops.delivery import live
+
+    spec = home["spec"]
+    before = live.snapshot(server)
+    gen = LiveTraffic(server.url, spec, rows, **traffic_kw).start()
+    try:
+        if strategy == "canary":  # the canary's requests: its answers, or failures (only its own fail here)
+            sides = lambda s: (s.answers[("challenger", version)] + s.sent - s.statuses[200],  # noqa: E731
+                               s.answers[("champion", home["v1"])])  # fmt: skip
+            gen.wait_for(lambda s: min(sides(s)) >= SAMPLE, timeout=180, what=f"{SAMPLE} requests a side")
+        else:
+            gen.wait_for(lambda s: s.sent >= SAMPLE, timeout=180, what=f"{SAMPLE} requests")
+    finally:
+        summary = gen.stop()
+    live.flush(server, server.token)
+    deadline = time.monotonic() + 60  # shadow scoring runs after the answers: let it land
+    while strategy == "shadow" and live.shadow_traffic(before, live.snapshot(server), version).requests < summary.sent:
+        assert time.monotonic() < deadline, "the shadow did not score every request"
+        time.sleep(0.2)
+    live.flush(server, server.token)
+    after = live.snapshot(server)
+    window = live.live_rows(store, spec, before.at, after.at + 1, ("champion", "challenger", "shadow"))
+    return {"before": before, "after": after, "summary": summary, "rows": window}
+
+
+def canary_verdict(m: dict, home, version: str, **cfg):
+    from include.mlops.delivery import analysis, live
+    from include.mlops.spec import CanarySpec
+
+    spec, v1 = home["spec"], home["v1"]
+    canary = live.traffic(m["before"], m["after"], version, "challenger")
+    champion = live.traffic(m["before"], m["after"], v1, "champion")
+    rows = m["rows"]
+    verdict = analysis.judge_canary_step(
+        1, SHARE, canary, champion, analysis.variant_scores(rows, "challenger"), analysis.variant_scores(rows, "champion"),
+        None, CanarySpec(min_requests=SAMPLE // 2, **cfg), spec, waited_out=False,
+    )  # fmt: skip
+    print(f"\n{verdict.table()}\ncanary {canary}\nchampion {champion}")
+    return canary, champion, verdict
+
+
+def test_a_good_canary_passes_its_step(server, home, client, store, rows, versions):
+    v = versions["good"]
+    route(server, client, home["spec"], "canary", v)
+    m = measure(server, home, store, rows, "canary", v, rate=25, workers=2)
+    # the same model on both sides: p95 of ~90 requests each still differs on a loaded machine
+    # (seen 1.29x at load average 10), so the limit leaves room; the slow case keeps 1.5x
+    canary, champion, verdict = canary_verdict(m, home, v, max_latency_ratio=2.0)
+    assert verdict.decision == "pass", verdict.table()
+    s = m["summary"]
+    assert canary.requests == s.answers[("challenger", v)] and canary.errors == 0
+    assert champion.requests == s.answers[("champion", home["v1"])]
+    logged = m["rows"]
+    assert (logged["variant"] == "challenger").sum() == canary.requests  # every answer is in the log
+
+
+def test_a_faulty_canarys_failures_are_its_own_and_fail_the_step(server, home, client, store, rows, versions):
+    """The canary cannot score the rows its entities send: its requests fail (500), counted with
+    its version and variant; the champion, in the same micro-batches, answers all of its own."""
+    from include.mlops.delivery import live
+
+    v = versions["faulty"]
+    route(server, client, home["spec"], "canary", v)
+    m = measure(server, home, store, rows, "canary", v, rate=25, workers=4, faulty_rows_for=(0.0, SHARE))
+    canary, champion, verdict = canary_verdict(m, home, v)
+    s = m["summary"]
+    assert s.statuses[500] > 0 and canary.errors == s.statuses[500] == canary.requests
+    assert champion.errors == 0 and champion.requests == s.answers[("champion", home["v1"])]
+    assert live.traffic(m["before"], m["after"], "", "").requests == 0  # nothing unattributed
+    assert verdict.decision == "fail" and any("error rate 100.00%" in r for r in verdict.reasons), verdict.table()
+    assert (m["rows"]["variant"] == "challenger").sum() == 0  # a failed request is not logged as answered
+    assert live.requests_of(server.url, v, "challenger", m["before"]) == canary.requests
+
+
+def test_a_slow_canarys_latency_ratio_fails_the_step(server, home, client, store, rows, versions):
+    """0.25 s more per call. One request at a time, so neither side waits behind the other in a
+    micro-batch: the ratio is the models' own."""
+    v = versions["slow"]
+    route(server, client, home["spec"], "canary", v)
+    m = measure(server, home, store, rows, "canary", v, rate=40, workers=1)
+    canary, champion, verdict = canary_verdict(m, home, v, max_latency_ratio=1.5)
+    assert canary.p95_ms >= 250 and canary.p50_ms >= 250, canary
+    row = next(r for r in verdict.rows if r["metric"] == "p95 latency (ms)")
+    assert row["ok"] is False and row["ratio"] > 1.5
+    assert verdict.decision == "fail" and canary.errors == 0
+
+
+@pytest.mark.parametrize("kind,passes", [("good", True), ("disagreeing", False)])
+def test_a_shadow_is_judged_on_the_requests_it_scored(server, home, client, store, rows, versions, kind, passes):
+    from include.mlops.delivery import analysis, live
+    from include.mlops.spec import ShadowSpec
+
+    v = versions[kind]
+    route(server, client, home["spec"], "shadow", v)
+    m = measure(server, home, store, rows, "shadow", v, rate=25, workers=2)
+    shadow = live.shadow_traffic(m["before"], m["after"], v)
+    champion = live.scoring(m["before"], m["after"], home["v1"], "champion")
+    report = analysis.shadow_report(m["rows"], shadow, champion, ShadowSpec(min_requests=SAMPLE // 2), home["spec"])
+    print(f"\n{report.table()}\nshadow {shadow}\nchampion calls {champion}")
+    assert shadow.requests == m["summary"].sent and shadow.errors == 0
+    assert report.paired == m["summary"].sent  # every shadow row found the champion's answer
+    assert report.passed is passes, report.table()
+    if not passes:
+        assert report.agreement < 0.5 and any("agreement" in r for r in report.reasons)
