@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from bench.common import out_path  # noqa: E402
+from include.mlops.delivery.service import free_port  # noqa: E402
 
 PY = sys.executable
 CONCURRENCY = (1, 8, 32)
@@ -119,12 +119,6 @@ def sample_requests(home: Path, n: int = 500) -> dict[str, list[bytes]]:
 
 
 # -- servers --------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> float:
     import httpx
 

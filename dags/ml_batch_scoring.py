@@ -45,7 +45,8 @@ def ml_batch_scoring():
         from airflow.sdk.exceptions import AirflowSkipException
         from mlops_airflow.dates import daily_interval
 
-        from include.mlops.batch import NoChampion, score_batch
+        from include.mlops.batch import score_batch
+        from include.mlops.monitoring.window import NoChampion
         from include.mlops.pipeline import Interval
 
         interval = Interval(*daily_interval(context))

@@ -141,13 +141,6 @@ def lifecycle_env(lifecycle, monkeypatch):
     return lifecycle
 
 
-def free_port() -> int:
-    """A free loopback port (the one the deploy step uses)."""
-    from include.mlops.delivery.service import free_port as library_free_port
-
-    return library_free_port()
-
-
 @contextlib.contextmanager
 def demo_home(home: Path, spec_path: Path, days: int, rows: int) -> Iterator[tuple[str, Any, Any]]:
     """The environment pointed at `home` with `days` demo days landed from DEMO_START; yields
@@ -180,6 +173,8 @@ def moto_server():
     import subprocess
     import time
     import urllib.request
+
+    from include.mlops.delivery.service import free_port
 
     port = free_port()
     exe = Path(sys.executable).with_name("moto_server")

@@ -10,7 +10,7 @@ and, like every prediction-log row, `model_version` and `variant` ("champion": b
 the champion's answers).
 
 No champion (the registry says the alias does not exist) raises `NoChampion` (the DAG skips);
-any other failed registry read raises `monitoring.RegistryUnavailable` (the task fails and
+any other failed registry read raises `monitoring.window.RegistryUnavailable` (the task fails and
 retries): a registry fault never reads as "nothing to score with".
 """
 
@@ -25,10 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class NoChampion(Exception):
-    """There is no champion to score with yet."""
-
-
 def probability_column(cls: Any) -> str:
     """The batch output's column for one class's probability (`probability_yes`, `probability_1`)."""
     return f"probability_{cls}"
@@ -41,7 +37,7 @@ def score_batch(interval: Interval, spec_name: str | None = None) -> dict[str, A
     from include.mlops import layout, model_io
     from include.mlops.context import context
     from include.mlops.features import build_features, model_features
-    from include.mlops.monitoring.window import registry_error
+    from include.mlops.monitoring.window import NoChampion, registry_error
     from include.mlops.registry import CHAMPION, alias_version
     from include.mlops.scores import score_model
     from include.mlops.serving.predlog import DEFAULT_VARIANT

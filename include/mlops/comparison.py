@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.constants import LOWER_IS_BETTER
+from include.mlops.constants import lower_is_better
 from include.mlops.evaluation import GateError, RegressionCI, gate, metrics, paired_bootstrap, slice_metrics
 from include.mlops.scores import Scored, score_model
 
@@ -188,7 +188,7 @@ def find_reference(
             usable.append(got)
     if not usable:
         return "no earlier champion can score this holdout" + (f" ({'; '.join(skipped)})" if skipped else "")
-    lower = primary.split(".")[-1] in LOWER_IS_BETTER
+    lower = lower_is_better(primary)
     best = (min if lower else max)(usable, key=lambda s: s.metrics[primary])
     g = spec.gate
     ci = paired_bootstrap(holdout[spec.label], challenger, best.scored, spec, g.bootstrap_resamples, g.confidence)

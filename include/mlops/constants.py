@@ -43,6 +43,12 @@ def lower_is_better(metric: str) -> bool:
     return metric.split(".")[-1] in LOWER_IS_BETTER
 
 
+def worse_by(metric: str, reference: float, value: float) -> float:
+    """How much worse `value` is than `reference` on `metric` (positive = worse), whatever the
+    metric's direction: the gate, the drift policy and the canary analysis all judge drops so."""
+    return value - reference if lower_is_better(metric) else reference - value
+
+
 def known_datasets() -> list[str]:
     """Dataset specs that ship with the project (cheap: file names only, nothing parsed)."""
     return sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))

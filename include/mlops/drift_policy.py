@@ -13,7 +13,7 @@ labelled part, the data-quality check) goes through rules, in this order of prec
 | cooldown | a retrain decision or a promotion less than N days ago blocks | `cooldown` |
 | (all passed) | | `retrain`: emit the drift Asset event |
 
-The observation is the window's judged rows: the champion's answers (`monitoring.judged_rows`).
+The observation is the window's judged rows: the champion's answers (`monitoring.reading.judged_rows`).
 Shadow rows are never counted (they answered no one); a canary's or a pinned version's answers
 are reported per version in the summary's `variants`, and judged by the rollout, not here: a
 retrain is about the champion.
@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.constants import lower_is_better
+from include.mlops.constants import worse_by
+from include.mlops.layout import drift_decision_key, monitoring_quarantine_prefix
 
 if TYPE_CHECKING:
     from include.mlops.spec import DatasetSpec
@@ -198,7 +199,7 @@ class DriftDecision:
 
 def _drop(metric: str, champion: float, window: float) -> float:
     """How much worse the window is than the champion's holdout (positive = worse)."""
-    return window - champion if lower_is_better(metric) else champion - window
+    return worse_by(metric, champion, window)
 
 
 def _listed(items: tuple[str, ...], most: int) -> str:
@@ -376,16 +377,11 @@ def decide(
 
 
 # -- I/O: the decision history and the ledger ------------------------------------------------------
-def decision_key(dataset: str, day: date | str) -> str:
-    d = day if isinstance(day, str) else day.isoformat()
-    return f"monitoring/{dataset}/decisions/dt={d}.json"
-
-
 def read_history(store: ObjectStore, dataset: str, day: date, lookback_days: int) -> list[dict[str, Any]]:
     """Decisions of the `lookback_days` windows before `day` (missing windows are simply absent)."""
     out = []
     for i in range(1, lookback_days + 1):
-        key = decision_key(dataset, day - timedelta(days=i))
+        key = drift_decision_key(dataset, day - timedelta(days=i))
         if store.exists(key):
             out.append(store.get_json(key))
     return out
@@ -417,7 +413,7 @@ def quarantine_window(store: ObjectStore, spec: DatasetSpec, summary: dict[str, 
 
     day = summary["window"]["day"]
     iv = Interval(as_utc(summary["window"]["start"]), as_utc(summary["window"]["end"]))
-    prefix = f"quarantine/{spec.name}/monitoring/dt={day}"
+    prefix = monitoring_quarantine_prefix(spec, day).rstrip("/")
     store.delete_prefix(f"{prefix}/")
     for i, (source, key) in enumerate(prediction_keys(store, spec, iv.days)):
         store.copy(key, f"{prefix}/{source}-{i:03d}.parquet")
@@ -474,6 +470,6 @@ def decide_window(summary: dict[str, Any], spec_name: str | None = None) -> dict
     if decision.fire:
         out["event_extra"] = event_extra(summary, decision, spec_name or spec.name)
     out["decision_uri"] = store.put_json(
-        decision_key(spec.name, obs.day), {k: v for k, v in out.items() if k != "table"}
+        drift_decision_key(spec.name, obs.day), {k: v for k, v in out.items() if k != "table"}
     )
     return out

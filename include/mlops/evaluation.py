@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from include.mlops.comparison import Reference
     from include.mlops.spec import DatasetSpec
 
-from include.mlops.constants import LOWER_IS_BETTER
+from include.mlops.constants import lower_is_better, worse_by
 from include.mlops.scores import DECISION_THRESHOLD, Scored, is_positive, score_model
 
 
@@ -212,8 +212,8 @@ class GateDecision:
 
 
 def _worse_by(metric: str, challenger: float, champion: float) -> float:
-    """How much worse the challenger is (positive = worse), whatever the metric's direction."""
-    return challenger - champion if metric.split(".")[-1] in LOWER_IS_BETTER else champion - challenger
+    """How much worse the challenger is than the champion (positive = worse)."""
+    return worse_by(metric, champion, challenger)
 
 
 class GateError(Exception):
@@ -375,7 +375,7 @@ def _minimum_checks(spec: DatasetSpec, challenger: dict[str, float], nan_predict
     checks = [GateCheck("no NaN predictions", float(nan_predictions), 0.0, nan_predictions == 0, nan_note)]
     for metric, minimum in spec.gate.minimums.items():
         v = challenger.get(metric, float("nan"))
-        ok = not math.isnan(v) and (v <= minimum if metric in LOWER_IS_BETTER else v >= minimum)
+        ok = not math.isnan(v) and (v <= minimum if lower_is_better(metric) else v >= minimum)
         checks.append(
             GateCheck(f"minimum {metric}", v, float(minimum), ok, "" if ok else f"{v:.4f} vs minimum {minimum}")
         )

@@ -125,3 +125,15 @@ def monitoring_report_prefix(spec: DatasetSpec, day: date) -> str:
 def reference_key(spec: DatasetSpec, version: str) -> str:
     """The champion's training set scored by that version: monitoring's reference, cached per version."""
     return f"monitoring/{spec.name}/reference/v{version}.parquet"
+
+
+def drift_decision_key(dataset: str, day: date | str) -> str:
+    """The drift policy's decision for the window of `day` (monitoring writes one a window)."""
+    d = day if isinstance(day, str) else day.isoformat()
+    return f"monitoring/{dataset}/decisions/dt={d}.json"
+
+
+def monitoring_quarantine_prefix(spec: DatasetSpec, day: date | str) -> str:
+    """A window the drift policy refused to judge: its prediction log and data-quality result."""
+    d = day if isinstance(day, str) else day.isoformat()
+    return f"quarantine/{spec.name}/monitoring/dt={d}/"

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
+from include.mlops.delivery.service import free_port
 from tests.conftest import use_home
-from tests.support.fault_proxy import FaultProxy, free_port, wait_http
+from tests.support.fault_proxy import FaultProxy, wait_http
 from tests.support.faults_home import SPEC, copy_home, rebase, template
 
 pytestmark = pytest.mark.integration

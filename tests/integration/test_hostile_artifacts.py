@@ -23,7 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.fault_proxy import FaultProxy, free_port, wait_http
+from include.mlops.delivery.service import free_port
+from tests.support.fault_proxy import FaultProxy, wait_http
 
 pytestmark = [pytest.mark.serving, pytest.mark.integration]
 

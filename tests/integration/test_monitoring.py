@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO_START, ROOT, free_port, run_dag_day, ti_state, use_home, write_spec
+from include.mlops.delivery.service import free_port
+from tests.conftest import DEMO_START, ROOT, run_dag_day, ti_state, use_home, write_spec
 
 pytestmark = pytest.mark.integration
 ROWS = 800  # per day; the spec below samples windows down to 500 rows

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import http.client
 import re
-import socket
 import threading
 import time
 import urllib.parse
@@ -293,9 +292,3 @@ def wait_http(url: str, deadline_s: float, what: str, proc: Any = None) -> None:
             last = exc
         time.sleep(0.2)
     raise RuntimeError(f"{what} did not answer {url} within {deadline_s:.0f} s (last: {last})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

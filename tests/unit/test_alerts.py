@@ -97,7 +97,7 @@ def webhook():
 def smtp_server():
     from aiosmtpd.controller import Controller
 
-    from tests.conftest import free_port
+    from include.mlops.delivery.service import free_port
 
     class Sink:
         def __init__(self):
@@ -307,7 +307,7 @@ def test_an_unreachable_webhook_does_not_leak_its_url(channels, monkeypatch):
     from mlops_airflow import notifiers
     from mlops_airflow.notifiers import AlertDeliveryError
 
-    from tests.conftest import free_port
+    from include.mlops.delivery.service import free_port
 
     monkeypatch.setattr(notifiers, "BACKOFF_S", 0.01)  # the retries still happen, quickly
     channels(webhook=_http_conn(f"http://127.0.0.1:{free_port()}/secret-token-123"))

@@ -320,7 +320,8 @@ def summary_for(day: date, share: float) -> dict:
 
 
 def test_decide_window_keeps_a_history_and_fires_on_the_second_window(policy_home):
-    from include.mlops.drift_policy import decide_window, decision_key
+    from include.mlops.drift_policy import decide_window
+    from include.mlops.layout import drift_decision_key
     from include.mlops.storage import get_store
 
     d1 = decide_window(summary_for(DAY, 0.4), policy_home)
@@ -334,7 +335,7 @@ def test_decide_window_keeps_a_history_and_fires_on_the_second_window(policy_hom
         extra["report_uri"] == "file:///r/data_drift.html"
         and extra["window_day"] == (DAY + timedelta(days=1)).isoformat()
     )
-    stored = get_store().get_json(decision_key("churn", DAY + timedelta(days=1)))
+    stored = get_store().get_json(drift_decision_key("churn", DAY + timedelta(days=1)))
     assert stored["action"] == RETRAIN and stored["signal"] is True
     # re-running a window overwrites its decision; it does not see itself in its own history
     again = decide_window(summary_for(DAY + timedelta(days=1), 0.4), policy_home)

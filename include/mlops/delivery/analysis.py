@@ -180,7 +180,7 @@ def metric_on(rows: pd.DataFrame, spec: DatasetSpec, metric: str) -> float | Non
 def _metric_rule(
     labelled: pd.DataFrame | None, cfg: CanarySpec, spec: DatasetSpec
 ) -> tuple[dict[str, Any], str | None]:
-    from include.mlops.constants import lower_is_better
+    from include.mlops.constants import worse_by
 
     metric = spec.primary_metric
     sides = {}
@@ -200,7 +200,7 @@ def _metric_rule(
     new, champ = (metric_on(sides[v], spec, metric) for v in (CANARY, CHAMPION))
     if new is None or champ is None:
         return _row(metric, "canary", new, champ, limit, None), f"{metric} cannot be computed from the logged rows"
-    drop = (new - champ) if lower_is_better(metric) else (champ - new)
+    drop = worse_by(metric, champ, new)
     ok = drop <= cfg.max_metric_drop + 1e-12
     row = _row(metric, "canary", round(new, 4), round(champ, 4), limit, ok)
     why = (

@@ -32,8 +32,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
+
+from include.mlops.layout import online_predictions_key
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -97,10 +99,6 @@ def _label(value: Any, default: str) -> str:
     if isinstance(value, float) and value.is_integer():  # 3.0: an integer column that met a gap
         return str(int(value))
     return str(value).strip()
-
-
-def prediction_prefix(spec: DatasetSpec) -> str:
-    return f"predictions/{spec.name}"
 
 
 def log_columns(spec: DatasetSpec) -> list[str]:
@@ -301,7 +299,7 @@ class PredictionLog:
                 part = df[(days == day).to_numpy()].reset_index(drop=True)  # by position: days is df's own column
                 self._seq += 1
                 batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}-{self._seq:06d}-{uuid.uuid4().hex[:8]}"
-                key = f"{prediction_prefix(self.spec)}/dt={day}/{batch_id}.parquet"
+                key = online_predictions_key(self.spec, date.fromisoformat(day), batch_id)
                 self.written.append(self.store.put_parquet(key, part))
                 # a written partition leaves the buffer at once: a retry never writes it twice
                 keep = days != day
