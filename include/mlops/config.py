@@ -205,10 +205,74 @@ class DemoOverrides(BaseSettings):
     rows_per_day: int | None = _env("DEMO_ROWS_PER_DAY", default=None, ge=10)
 
 
+class ServeConfig(BaseSettings):
+    """The scoring service's settings (`python -m include.mlops.serving`), read when it starts.
+
+    | variable | default | meaning |
+    |---|---|---|
+    | MLOPS_SERVE_HOST | 127.0.0.1 | bind address |
+    | MLOPS_SERVE_PORT | 8000 | port |
+    | MLOPS_SERVE_POLL_SECONDS | 5 | how often the registry's aliases are read |
+    | MLOPS_SERVE_REGISTRY_TIMEOUT | 10 | longest wait for one registry read before /ready says `registry: degraded` |
+    | MLOPS_ADMIN_TOKEN | (unset: admin endpoints refuse) | bearer token for POST /admin/* |
+    | MLOPS_SERVE_MAX_BODY_BYTES | 1048576 | larger bodies get 413 |
+    | MLOPS_SERVE_MAX_RECORDS | 1000 | more records in one request get 413 |
+    | MLOPS_SERVE_BATCH_MAX_ROWS | 64 | micro-batch size cap |
+    | MLOPS_SERVE_BATCH_WAIT_MS | 2 | how long a batch waits for stragglers under load |
+    | MLOPS_SERVE_INLINE | true | score a lone request on the event loop (no thread hand-off) |
+    | MLOPS_SERVE_PREDICTION_LOG | true | write the prediction log |
+    | MLOPS_SERVE_LOG_FLUSH_SECONDS | 5 | prediction log flush interval |
+    | MLOPS_SERVE_LOG_MAX_ROWS | 10000 | prediction log rows per object |
+    | MLOPS_SERVE_STRATEGY | (registry tag, then spec) | pins the deployment strategy |
+    | MLOPS_SERVE_CANARY_SHARE | (registry tag, then spec) | pins the challenger's share (canary, A/B test) |
+    | MLOPS_SERVE_ACCESS_LOG | false | uvicorn access log |
+    | MLOPS_SERVE_SPEC | (MLOPS_DATASET) | dataset spec name (installed in a spec directory) |
+    """
+
+    # not case-sensitive: the prefix reads `port` from MLOPS_SERVE_PORT (no bare name can collide)
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", env_ignore_empty=True, case_sensitive=False, env_prefix="MLOPS_SERVE_"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    poll_seconds: float = Field(5.0, gt=0)
+    registry_timeout: float = Field(10.0, gt=0)
+    admin_token: str | None = Field(None, validation_alias="MLOPS_ADMIN_TOKEN")
+    max_body_bytes: int = Field(1_048_576, ge=1)
+    max_records: int = Field(1000, ge=1)
+    batch_max_rows: int = Field(64, ge=1)
+    batch_wait_ms: float = Field(2.0, ge=0)
+    inline: bool = True
+    prediction_log: bool = True
+    log_flush_seconds: float = Field(5.0, gt=0)
+    log_max_rows: int = Field(10_000, ge=1)
+    strategy: str | None = None
+    canary_share: float | None = Field(None, ge=0, le=1)
+    access_log: bool = False
+    spec_name: str | None = Field(None, validation_alias="MLOPS_SERVE_SPEC")  # default: MLOPS_DATASET
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, v: str | None) -> str | None:
+        from include.mlops.constants import STRATEGIES
+
+        if v is not None and v not in STRATEGIES:
+            raise ValueError(f"must be one of {', '.join(STRATEGIES)}")
+        return v
+
+    @classmethod
+    def from_env(cls) -> ServeConfig:
+        """Read now; a value that does not parse is a SettingsError naming its variable."""
+        return _read(cls)
+
+
 def variable(cls: type[BaseSettings], field: str) -> str:
     """The environment variable behind `cls.field` (its first name, if it has several)."""
     alias = cls.model_fields[field].validation_alias
-    return alias.choices[0] if isinstance(alias, AliasChoices) else str(alias or field)
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return str(alias) if alias else f"{cls.model_config.get('env_prefix') or ''}{field}".upper()
 
 
 def _read(cls: type[S]) -> S:
@@ -219,7 +283,8 @@ def _read(cls: type[S]) -> S:
         by_var = {variable(cls, name): f for name, f in cls.model_fields.items()}
         problems = []
         for err in exc.errors():
-            var = str(err["loc"][0]) if err["loc"] else cls.__name__
+            loc = str(err["loc"][0]) if err["loc"] else cls.__name__
+            var = variable(cls, loc) if loc in cls.model_fields else loc
             msg = str(err["msg"]).removeprefix("Value error, ")
             f = by_var.get(var)
             default = f"; unset it for the default ({f.default})" if f is not None and f.default is not None else ""

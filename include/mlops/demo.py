@@ -94,15 +94,18 @@ def run_day(dag: Any, day: date, conf: dict[str, Any], log_file: Path) -> dict[s
 
 
 def demo_plan(spec: Any) -> dict[str, Any]:
-    """Days and scenario of the story, from the spec's `demo` section and the environment."""
+    """Days and scenario of the story, from the spec's `demo` section and the environment
+    (`config.DemoOverrides`: DEMO_SCENARIO, DEMO_HISTORY_DAYS, ...)."""
+    from include.mlops.config import get_demo_overrides
     from include.mlops.spec import DemoSpec
 
-    demo = spec.demo or DemoSpec()
+    base = spec.demo or DemoSpec()
+    demo = base.model_copy(update=get_demo_overrides().model_dump(exclude_none=True))
     window = spec.training.window_days
-    scenario = os.environ.get("DEMO_SCENARIO") or demo.scenario
-    history = int(os.environ.get("DEMO_HISTORY_DAYS") or demo.history_days or window + spec.label_delay_days)
-    monitor = int(os.environ.get("DEMO_MONITOR_DAYS") or demo.monitor_days)
-    drift = int(os.environ.get("DEMO_DRIFT_DAYS") or demo.drift_days)
+    scenario = demo.scenario
+    history = int(demo.history_days or window + spec.label_delay_days)
+    monitor = int(demo.monitor_days)
+    drift = int(demo.drift_days)
     start = date.fromisoformat(str(demo.start))
     train_day = start + timedelta(days=history)
     return {
@@ -111,7 +114,7 @@ def demo_plan(spec: Any) -> dict[str, Any]:
         "scenario": scenario,
         "drift_start": train_day + timedelta(days=monitor + 1),
         "last_day": train_day + timedelta(days=monitor + drift),
-        "rows": int(os.environ.get("DEMO_ROWS_PER_DAY") or demo.rows_per_day),
+        "rows": int(demo.rows_per_day),
         "history_days": history,
         "monitor_days": monitor,
         "drift_days": drift,

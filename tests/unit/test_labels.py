@@ -366,7 +366,7 @@ def test_batch_scoring_and_the_service_agree_with_positive_scores(home, cancer, 
     from include.mlops.config import get_settings
     from include.mlops.layout import staging_key
     from include.mlops.registry import setup_mlflow
-    from include.mlops.serving.config import ServeConfig
+    from include.mlops.config import ServeConfig
     from include.mlops.serving.frames import FrameBuilder
     from include.mlops.serving.metrics import Metrics
     from include.mlops.serving.models import ModelManager, smoke_test

@@ -139,7 +139,7 @@ def test_failed_requests_are_counted_with_the_version_and_variant_they_were_rout
     """The service's request counters: a routed failure names its version and variant; one
     that failed before routing (bad input) carries empty labels."""
     from include.mlops.serving.app import Service
-    from include.mlops.serving.config import ServeConfig
+    from include.mlops.config import ServeConfig
 
     svc = Service(ServeConfig())
     svc.metrics = Metrics()

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from include.mlops.serving.config import CANARY_SHARE_TAG, STRATEGY_TAG, ServeConfig
+from include.mlops.config import ServeConfig
+from include.mlops.serving.config import CANARY_SHARE_TAG, STRATEGY_TAG
 from include.mlops.serving.frames import FrameBuilder
 from include.mlops.serving.metrics import Metrics
 from include.mlops.serving.models import LoadedModel, ModelManager

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from include.mlops.serving.config import ServeConfig
+from include.mlops.config import ServeConfig
 from include.mlops.serving.frames import FrameBuilder
 from include.mlops.serving.metrics import Metrics
 from include.mlops.serving.models import LoadedModel, ModelManager, RegistryTimeout

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from include.mlops.serving.config import ServeConfig, spec_share
+from include.mlops.config import ServeConfig, SettingsError
+from include.mlops.serving.config import spec_share
 from include.mlops.serving.routing import bucket, choose
 from include.mlops.spec import load_spec
 
@@ -64,21 +65,29 @@ def test_the_spec_share_each_strategy_falls_back_to():
     ]
 
 
-def test_config_from_env():
-    cfg = ServeConfig.from_env(
-        {
-            "MLOPS_SERVE_PORT": "9001",
-            "MLOPS_SERVE_POLL_SECONDS": "0.5",
-            "MLOPS_ADMIN_TOKEN": "t",
-            "MLOPS_SERVE_STRATEGY": "canary",
-            "MLOPS_SERVE_PREDICTION_LOG": "false",
-        }
-    )
-    assert (cfg.port, cfg.poll_seconds, cfg.admin_token, cfg.strategy, cfg.prediction_log) == (
+def test_config_from_env(monkeypatch):
+    for name in ("MLOPS_SERVE_PORT", "MLOPS_SERVE_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    assert ServeConfig.from_env().port == 8000 and ServeConfig.from_env().host == "127.0.0.1"
+    values = {
+        "MLOPS_SERVE_PORT": "9001",
+        "MLOPS_SERVE_POLL_SECONDS": "0.5",
+        "MLOPS_ADMIN_TOKEN": "t",
+        "MLOPS_SERVE_STRATEGY": "canary",
+        "MLOPS_SERVE_PREDICTION_LOG": "false",
+        "MLOPS_SERVE_SPEC": "housing",
+    }
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    cfg = ServeConfig.from_env()
+    assert (cfg.port, cfg.poll_seconds, cfg.admin_token, cfg.strategy, cfg.prediction_log, cfg.spec_name) == (
         9001,
         0.5,
         "t",
         "canary",
         False,
+        "housing",
     )
-    assert ServeConfig.from_env({}).port == 8000 and ServeConfig.from_env({}).host == "127.0.0.1"
+    monkeypatch.setenv("MLOPS_SERVE_STRATEGY", "big_bang")
+    with pytest.raises(SettingsError, match="MLOPS_SERVE_STRATEGY='big_bang': must be one of direct"):
+        ServeConfig.from_env()

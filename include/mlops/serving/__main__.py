@@ -1,4 +1,4 @@
-"""`python -m include.mlops.serving`: run the scoring service (settings: see config.ServeConfig).
+"""`python -m include.mlops.serving`: run the scoring service (settings: include.mlops.config.ServeConfig).
 
 One uvicorn worker: throughput comes from micro-batching inside it, and every worker would
 hold its own copy of each model. OpenMP is pinned to one thread unless set otherwise: on a
@@ -20,8 +20,8 @@ def main() -> None:
     level = get_settings().log_level
     import uvicorn
 
+    from include.mlops.config import ServeConfig
     from include.mlops.serving.app import create_app
-    from include.mlops.serving.config import ServeConfig
 
     cfg = ServeConfig.from_env()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -43,8 +43,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
+from include.mlops.config import ServeConfig
 from include.mlops.serving.batcher import Batcher, FeatureLookup, FeatureStoreUnavailable, Job, ModelError, Task
-from include.mlops.serving.config import PINNED, SYNTHETIC_HEADER, VERSION_HEADER, ServeConfig
+from include.mlops.serving.config import PINNED, SYNTHETIC_HEADER, VERSION_HEADER
 from include.mlops.serving.routing import CHALLENGER, CHAMPION, choose, splits
 from include.mlops.serving.validation import (
     RequestTooLarge,

@@ -32,15 +32,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from include.mlops.constants import STRATEGIES
 from include.mlops.scores import scores_from_proba
-from include.mlops.serving.config import CANARY_SHARE_TAG, STRATEGIES, STRATEGY_TAG, spec_share
+from include.mlops.serving.config import CANARY_SHARE_TAG, STRATEGY_TAG, spec_share
 from include.mlops.serving.routing import SPLIT_STRATEGIES
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from include.mlops.serving.config import ServeConfig
+    from include.mlops.config import ServeConfig
     from include.mlops.serving.frames import FrameBuilder
     from include.mlops.serving.metrics import Metrics
     from include.mlops.serving.validation import RecordValidator
