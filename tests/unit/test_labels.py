@@ -363,10 +363,9 @@ def test_evaluate_step_on_mlflow(home, cancer, wine, which):
 
 def test_batch_scoring_and_the_service_agree_with_positive_scores(home, cancer, wine):
     from include.mlops import batch
-    from include.mlops.config import get_settings
+    from include.mlops.config import ServeConfig, get_settings
     from include.mlops.layout import staging_key
     from include.mlops.registry import setup_mlflow
-    from include.mlops.config import ServeConfig
     from include.mlops.serving.frames import FrameBuilder
     from include.mlops.serving.metrics import Metrics
     from include.mlops.serving.models import ModelManager, smoke_test

@@ -138,8 +138,8 @@ def test_submitted_together_the_champions_request_is_answered_and_the_canarys_ra
 def test_failed_requests_are_counted_with_the_version_and_variant_they_were_routed_to():
     """The service's request counters: a routed failure names its version and variant; one
     that failed before routing (bad input) carries empty labels."""
-    from include.mlops.serving.app import Service
     from include.mlops.config import ServeConfig
+    from include.mlops.serving.app import Service
 
     svc = Service(ServeConfig())
     svc.metrics = Metrics()
