@@ -39,6 +39,7 @@ def plan(small: bool) -> dict[str, list[str] | None]:
         "pipeline": ["-m", "bench.pipeline", *(["10000"] if small else ["10000", "100000", "1000000"])],
         "serving": ["bench/serving.py", "--seconds", "3" if small else "6", "--rounds", "1" if small else "3"],
         "drift": ["-m", "bench.drift", *(["--rows", "20000", "--reference", "20000"] if small else [])],
+        "storage": ["-m", "bench.storage", *(["--small", "100", "--rounds", "2"] if small else [])],
         # the next two are the monitoring and production issues' figures, not this one's keys, and
         # take ~5 min each whatever the rows: the quick pass leaves them out
         "detection": None if small else ["-m", "bench.detection"],

@@ -1,26 +1,35 @@
 """One object-store API over `file://` and `s3://`; every step reads and writes through it.
 
-The S3 side uses boto3 with an optional endpoint (MinIO, moto), so the production stack and the
-laptop default run the same code path. Writes are whole-object overwrites, which is what makes
-the tasks idempotent: re-running an interval rewrites the same keys.
+Both are fsspec filesystems: s3fs for `s3://` (an optional endpoint for MinIO or moto,
+credentials from the usual AWS variables), and fsspec's local filesystem for `file://`, with
+whole-file writes made atomic. So the production stack and the laptop default run the same
+code. Writes are whole-object overwrites, which is what makes the tasks idempotent: re-running
+an interval rewrites the same keys.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
-import shutil
+import threading
 from dataclasses import dataclass
+from glob import has_magic
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:
     import pandas as pd
+    from fsspec import AbstractFileSystem
 
 
 class UnsafeKeyError(ValueError):
     """A key that would leave the store's root (`..`, a backslash, a NUL, or a link that points out)."""
+
+
+class StoreError(OSError):
+    """The store failed to do what was asked (a missing object is FileNotFoundError instead)."""
 
 
 def checked_key(key: str, root: str) -> str:
@@ -40,33 +49,12 @@ class ObjectStore:
     endpoint_url: str | None = None
 
     # -- addressing -------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def scheme(self) -> str:
         return urlparse(self.root).scheme or "file"
 
     def uri(self, key: str) -> str:
         return f"{self.root.rstrip('/')}/{key.lstrip('/')}"
-
-    def _local(self, key: str) -> Path:
-        """The file of `key`, once its real path (links resolved) is known to be under the root."""
-        root = Path(urlparse(self.root).path)
-        path = root / checked_key(key, self.root)
-        _inside(path, root, key, self.root)
-        return path
-
-    def _bucket_key(self, key: str) -> tuple[str, str]:
-        u = urlparse(self.root)
-        prefix = u.path.strip("/")
-        k = checked_key(key, self.root)
-        full = f"{prefix}/{k}" if prefix else k
-        return u.netloc, full
-
-    def _s3_key_of(self, full: str) -> str:
-        """The key (relative to the root) of an S3 object key, which must lie under the root's prefix."""
-        _, root_prefix = self._bucket_key("")
-        if not full.startswith(root_prefix):
-            raise UnsafeKeyError(f"S3 object {full!r} is not under the store root {self.root}")
-        return full[len(root_prefix) :]
 
     def key_of(self, uri: str) -> str:
         """The key of a URI under this store's root."""
@@ -75,34 +63,60 @@ class ObjectStore:
             raise ValueError(f"{uri} is not under {self.root}")
         return uri[len(root) :]
 
-    def _s3(self) -> Any:
-        import boto3
+    @functools.cached_property
+    def _base(self) -> str:
+        """The root as its filesystem names it: `/abs/dir` or `bucket/prefix`."""
+        u = urlparse(self.root)
+        return str(Path(u.path)) if self.scheme == "file" else f"{u.netloc}/{u.path.strip('/')}".rstrip("/")
 
-        return boto3.client("s3", endpoint_url=self.endpoint_url)
+    @functools.cached_property
+    def _root_dir(self) -> Path:
+        return Path(self._base)
+
+    @property
+    def _fs(self) -> AbstractFileSystem:
+        return _filesystem(self.scheme, self.endpoint_url)
+
+    def _path(self, key: str) -> str:
+        """The filesystem path of `key`; on disk, only once its real path (links resolved) is
+        known to be under the root."""
+        k = checked_key(key, self.root)
+        if self.scheme != "file":
+            return f"{self._base}/{k}" if k else self._base
+        path = self._root_dir / k
+        _inside(path, self._root_dir, key, self.root)
+        return str(path)
+
+    def _key(self, path: str) -> str:
+        """The key of a filesystem path, which must lie under the root."""
+        base = self._base.rstrip("/") + "/"
+        if not path.startswith(base):
+            raise UnsafeKeyError(f"object {path!r} is not under the store root {self.root}")
+        return path[len(base) :]
+
+    def _bucket_key(self, key: str) -> tuple[str, str]:
+        """(bucket, object key) of `key` in an s3:// store."""
+        bucket, _, full = self._path(key).partition("/")
+        return bucket, full
+
+    def _s3_key_of(self, full: str) -> str:
+        """The key (relative to the root) of an S3 object key, which must lie under the root's prefix."""
+        return self._key(f"{urlparse(self.root).netloc}/{full}")
+
+    def _naming(self, action: str, key: str) -> _Naming:
+        return _Naming(self.root, action, key)
 
     # -- bytes ------------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes) -> str:
-        if self.scheme == "s3":
-            bucket, k = self._bucket_key(key)
-            self._s3().put_object(Bucket=bucket, Key=k, Body=data)
-        else:
-            p = self._local(key)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-            tmp.write_bytes(data)
-            tmp.replace(p)  # atomic on one filesystem: readers never see half a file
+        path = self._path(key)
+        with self._naming("write", key):
+            self._fs.pipe_file(path, data)
         return self.uri(key)
 
     def get_bytes(self, key: str) -> bytes:
-        if self.scheme == "s3":
-            bucket, k = self._bucket_key(key)
-            try:
-                return self._s3().get_object(Bucket=bucket, Key=k)["Body"].read()
-            except Exception as exc:  # botocore's NoSuchKey is generated per client
-                if "NoSuchKey" in type(exc).__name__ or "NoSuchKey" in str(exc):
-                    raise FileNotFoundError(self.uri(key)) from exc
-                raise
-        return self._local(key).read_bytes()
+        path = self._path(key)
+        with self._naming("read", key):
+            return self._fs.cat_file(path)
 
     def put_text(self, key: str, text: str) -> str:
         return self.put_bytes(key, text.encode())
@@ -121,54 +135,56 @@ class ObjectStore:
         return json.loads(self.get_text(key))
 
     def exists(self, key: str) -> bool:
-        if self.scheme == "s3":
-            bucket, k = self._bucket_key(key)
-            resp = self._s3().list_objects_v2(Bucket=bucket, Prefix=k, MaxKeys=1)
-            return any(o["Key"] == k for o in resp.get("Contents", []))
-        return self._local(key).is_file()
+        """Whether `key` is an object (a prefix with objects below it is not)."""
+        path = self._path(key)
+        with self._naming("look up", key):
+            try:
+                return self._fs.info(path)["type"] == "file"
+            except (FileNotFoundError, NotADirectoryError):
+                return False
 
     def list(self, prefix: str) -> list[str]:
-        """Keys (relative to the root) under a prefix, sorted; hidden temp files excluded."""
-        if self.scheme == "s3":
-            bucket, k = self._bucket_key(prefix)
-            keys: list[str] = []
-            for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=k):
-                keys.extend(self._s3_key_of(o["Key"]) for o in page.get("Contents", []))
-            return sorted(keys)
-        base = self._local(prefix)
-        if base.is_file():
-            return [prefix]
-        if not base.exists():
-            return []
-        root = self._local("")
-        keys = [str(p.relative_to(root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")]
-        for k in keys:  # a file that is a link out of the store is refused, not listed
-            self._local(k)
-        return sorted(keys)
+        """Keys (relative to the root) under a prefix, sorted; hidden (dot) files excluded. The
+        prefix names a directory or one object, never part of a name."""
+        return sorted(self._key(p) for p in self._objects(prefix))
 
     def delete_prefix(self, prefix: str) -> int:
-        keys = self.list(prefix)
-        if self.scheme == "s3":
-            bucket, _ = self._bucket_key("")
-            client = self._s3()
-            for i in range(0, len(keys), 1000):
-                objs = [{"Key": self._bucket_key(k)[1]} for k in keys[i : i + 1000]]
-                client.delete_objects(Bucket=bucket, Delete={"Objects": objs})
-        else:
-            base = self._local(prefix)
-            if base.is_dir():
-                shutil.rmtree(base)
-            elif base.exists():
-                base.unlink()
-        return len(keys)
+        """Delete the objects `list(prefix)` names (every object under a prefix, or the one it
+        names); how many there were."""
+        if not checked_key(prefix, self.root).strip("/"):
+            raise ValueError(f"delete_prefix needs a prefix below the store root {self.root}, not the whole store")
+        paths = self._objects(prefix)
+        with self._naming("delete", prefix):
+            literal = [p for p in paths if not has_magic(p)]  # fsspec reads *, ?, [ as a glob
+            if literal:
+                self._fs.rm(literal)  # on S3 one DeleteObjects per 1,000
+            for p in paths:
+                if has_magic(p):
+                    self._fs.rm_file(p)
+        return len(paths)
+
+    def _objects(self, prefix: str) -> list[str]:
+        """Filesystem paths of the objects at or below `prefix`, hidden files left out; a link
+        out of a local store is refused, not listed."""
+        base = self._path(prefix).rstrip("/")
+        parent, _, name = base.rpartition("/")
+        with self._naming("list", prefix):
+            if self.scheme == "s3" and parent:
+                # one LIST, the name as a key prefix, kept to the name itself or below it:
+                # find(base) adds a HEAD and a second LIST when nothing is there (~30% slower)
+                found = [p for p in self._fs.find(parent, prefix=name) if p == base or p.startswith(base + "/")]
+            else:
+                found = self._fs.find(base)
+        paths = [p for p in found if not p.rsplit("/", 1)[-1].startswith(".")]
+        for p in paths:
+            self._path(self._key(p))
+        return paths
 
     def copy(self, src_key: str, dst_key: str) -> str:
-        if self.scheme == "s3":
-            bucket, s = self._bucket_key(src_key)
-            _, d = self._bucket_key(dst_key)
-            self._s3().copy_object(Bucket=bucket, Key=d, CopySource={"Bucket": bucket, "Key": s})
-            return self.uri(dst_key)
-        return self.put_bytes(dst_key, self.get_bytes(src_key))
+        src, dst = self._path(src_key), self._path(dst_key)
+        with self._naming(f"copy to {dst_key!r}", src_key):
+            self._fs.cp_file(src, dst)
+        return self.uri(dst_key)
 
     # -- tables -----------------------------------------------------------------------------
     def put_parquet(self, key: str, df: pd.DataFrame) -> str:
@@ -195,7 +211,7 @@ class ObjectStore:
         """A filesystem path for tools that only read files (file:// stores only)."""
         if self.scheme != "file":
             raise ValueError(f"{self.root} is not a local store")
-        return str(self._local(key))
+        return self._path(key)
 
 
 def _inside(path: Path, root: Path, key: str, store_root: str) -> None:
@@ -208,6 +224,94 @@ def _inside(path: Path, root: Path, key: str, store_root: str) -> None:
         )
 
 
+class _Naming:
+    """Re-raises what the filesystem raised naming the key and the store: FileNotFoundError and
+    PermissionError keep their class, any other store failure becomes a StoreError. (A class, not
+    a generator context manager: it wraps every call, and costs a tenth as much.)"""
+
+    __slots__ = ("action", "key", "root")
+
+    def __init__(self, root: str, action: str, key: str) -> None:
+        self.root, self.action, self.key = root, action, key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None or isinstance(exc, UnsafeKeyError):
+            return
+        what = f"could not {self.action} {self.key!r} in the store {self.root}"
+        if isinstance(exc, FileNotFoundError | PermissionError):
+            raise type(exc)(f"{what}: {exc}") from exc
+        if isinstance(exc, _backend_errors()):
+            raise StoreError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _backend_errors() -> tuple[type[BaseException], ...]:
+    """What a store failure raises: OSError (s3fs translates most S3 errors to it) or botocore's
+    own errors. Evaluated only when something was raised, so botocore is imported only then."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (OSError, BotoCoreError, ClientError)
+
+
+def _filesystem(scheme: str, endpoint_url: str | None) -> AbstractFileSystem:
+    if scheme == "file":
+        return _local_filesystem()
+    if scheme == "s3":
+        aws_env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+        return _s3_filesystem(endpoint_url, os.getpid(), aws_env)
+    raise ValueError(f"object-store scheme {scheme!r} is not supported: set MLOPS_STORE_URI to file:///… or s3://…")
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem(endpoint_url: str | None, pid: int, aws_env: tuple[tuple[str, str], ...]) -> AbstractFileSystem:
+    """One s3fs filesystem per process and AWS environment. Per process: its event loop and
+    connections do not survive a fork (Celery and Airflow fork workers). Per environment: the
+    credentials, region and retry settings are read when its client is made."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(
+        endpoint_url=endpoint_url,
+        skip_instance_cache=True,  # cached here, by process and environment, instead
+        use_listings_cache=False,  # a listing must see what another process has just written
+        max_concurrency=1,  # a read is one GET (no HEAD first to split it into ranges)
+        config_kwargs={"connect_timeout": 60, "read_timeout": 60},  # botocore's defaults, not s3fs's 5/15 s
+    )
+    fs.retries = 1  # only botocore retries (AWS_MAX_ATTEMPTS, AWS_RETRY_MODE), as with boto3
+    return fs
+
+
+@functools.cache
+def _local_filesystem() -> AbstractFileSystem:
+    from fsspec.implementations.local import LocalFileSystem
+
+    class AtomicLocalFileSystem(LocalFileSystem):
+        """fsspec's local filesystem writing like an object store: a whole file, atomically."""
+
+        def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+            p = Path(path)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(f".{p.name}.tmp{os.getpid()}-{threading.get_ident()}")
+            tmp.write_bytes(value)
+            tmp.replace(p)  # atomic on one filesystem: readers never see half a file
+
+        def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+            if start is None and end is None:
+                return Path(path).read_bytes()  # half the time of fsspec's file object
+            return super().cat_file(path, start, end, **kwargs)
+
+        def find(self, path: str, maxdepth: int | None = None, withdirs: bool = False, **kwargs: Any) -> Any:
+            if not os.path.lexists(self._strip_protocol(path)):  # a third of the time for a missing prefix
+                return {} if kwargs.get("detail") else []
+            return super().find(path, maxdepth=maxdepth, withdirs=withdirs, **kwargs)
+
+        def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+            self.pipe_file(path2, self.cat_file(path1))
+
+    return AtomicLocalFileSystem(skip_instance_cache=True)
+
+
 def get_store() -> ObjectStore:
     """The platform's store, from the environment (see config.Settings)."""
     from include.mlops.config import get_settings
@@ -217,13 +321,6 @@ def get_store() -> ObjectStore:
 
 
 def ensure_bucket(store: ObjectStore) -> None:
-    """Create the bucket of an s3:// store if it does not exist (MinIO/moto start empty)."""
-    if store.scheme != "s3":
-        Path(urlparse(store.root).path).mkdir(parents=True, exist_ok=True)
-        return
-    bucket, _ = store._bucket_key("")
-    client = store._s3()
-    try:
-        client.head_bucket(Bucket=bucket)
-    except Exception:
-        client.create_bucket(Bucket=bucket)
+    """Create the store's root, with the bucket of an s3:// store, if missing (MinIO/moto start empty)."""
+    with store._naming("create", ""):
+        store._fs.makedirs(store._path(""), exist_ok=True)

@@ -133,3 +133,58 @@ def test_slow_s3_only_slows_extract_down(s3_home):
     assert rule.applied >= 1
     assert s3_home["proxy"].failed() == []
     assert _staging(s3_home["store"], s3_home["spec"], s3_home["day"]) == reference
+
+
+# -- the store's own calls, each through the proxy ---------------------------------------------
+@pytest.fixture
+def proxied_store(s3_proxy, monkeypatch):
+    """A store on a fresh bucket behind the proxy (botocore retries once), holding `feed/a.bin`."""
+    from include.mlops.storage import ObjectStore, ensure_bucket
+
+    for k, v in {**s3_env(s3_proxy.url, "unused"), **CLIENT_ENV}.items():
+        if k.startswith("AWS_"):
+            monkeypatch.setenv(k, v)
+    store = ObjectStore(f"s3://store-faults-{secrets.token_hex(4)}/store", endpoint_url=s3_proxy.url)
+    ensure_bucket(store)
+    store.put_bytes("feed/a.bin", b"a")
+    s3_proxy.clear()
+    s3_proxy.reset_records()
+    yield store
+    s3_proxy.clear()
+
+
+# (what fails, the proxy rule, the call); every call names its key and the store when it fails
+STORE_FAULTS = {
+    "read": (dict(method="GET", path="feed/a\\.bin$"), lambda s: s.get_bytes("feed/a.bin"), "feed/a.bin"),
+    "write": (dict(method="PUT", path="feed/b\\.bin$"), lambda s: s.put_bytes("feed/b.bin", b"b"), "feed/b.bin"),
+    "list": (dict(method="GET", path="list-type=2"), lambda s: s.list("feed/"), "feed/"),
+    "delete": (dict(method="POST", path="\\?delete"), lambda s: s.delete_prefix("feed/"), "feed/"),
+    # a HEAD answer carries no body: an empty one keeps the connection usable
+    "exists": (dict(method="HEAD", path="feed/a\\.bin$", body=""), lambda s: s.exists("feed/a.bin"), "feed/a.bin"),
+    "copy": (dict(method="PUT", path="copied/a\\.bin$"), lambda s: s.copy("feed/a.bin", "copied/a.bin"), "feed/a.bin"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(STORE_FAULTS))
+def test_a_store_call_that_meets_500s_raises_naming_the_key_and_then_works(proxied_store, s3_proxy, what):
+    """A failed call is an error naming the key and the store, never a quiet answer (`exists`
+    False, an empty listing, nothing deleted); the same call succeeds once the fault is gone."""
+    from include.mlops.storage import StoreError
+
+    rule_kw, call, key = STORE_FAULTS[what]
+    rule = s3_proxy.add(status=500, **{"body": S3_ERROR, "content_type": "application/xml", **rule_kw})
+    with pytest.raises(StoreError) as err:
+        call(proxied_store)
+    assert rule.applied == 2, "botocore retried once (AWS_MAX_ATTEMPTS=2), s3fs added no retries"
+    assert repr(key) in str(err.value) and proxied_store.root in str(err.value), err.value
+    s3_proxy.clear()
+    call(proxied_store)  # the retry of the task would succeed
+
+
+def test_a_slow_s3_only_slows_the_store_down(proxied_store, s3_proxy):
+    rule = s3_proxy.add(path="", delay=0.2)
+    proxied_store.put_bytes("feed/b.bin", b"b")
+    assert proxied_store.exists("feed/b.bin") and proxied_store.get_bytes("feed/b.bin") == b"b"
+    assert proxied_store.list("feed/") == ["feed/a.bin", "feed/b.bin"]
+    assert proxied_store.delete_prefix("feed/") == 2 and proxied_store.list("feed/") == []
+    assert rule.applied >= 6 and s3_proxy.failed() == []

@@ -230,6 +230,9 @@ def test_nothing_is_read_at_import_time():
 # Reading an inherited PATH or PYTHONPATH to extend it for a subprocess is composing that
 # subprocess's environment, not configuration.
 COMPOSED = {"PATH", "PYTHONPATH"}
+# Reads that are not the platform's configuration: boto3 and s3fs read the AWS_* credentials
+# themselves; the store only keys its cached filesystem on them, so new credentials get a new client.
+NOT_CONFIGURATION = {"include/mlops/storage.py": "keys the S3 filesystem cache on the AWS_* variables"}
 # Files other owners are moving onto the settings (issue 16); remove each once it is clean.
 PENDING = {
     "include/mlops/delivery/phases.py",
@@ -273,7 +276,7 @@ def test_no_module_reads_the_environment_behind_the_settings():
     for top in ("include", "plugins", "dags"):
         for path in sorted((PROJECT_ROOT / top).rglob("*.py")):
             rel = path.relative_to(PROJECT_ROOT).as_posix()
-            if rel == "include/mlops/config.py" or rel in PENDING:
+            if rel == "include/mlops/config.py" or rel in PENDING or rel in NOT_CONFIGURATION:
                 continue
             reads = _reads(ast.parse(path.read_text(), rel))
             if reads:
