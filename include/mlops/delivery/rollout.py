@@ -1,4 +1,29 @@
-"""The deploy step: promotion through the gate by strategy, checks against the service, undo on failure."""
+"""The deploy step: promotion through the gate by strategy, live phases, checks, undo on failure.
+
+`start` is the deploy task of `ml_training` / `ml_retraining` (through `MlflowPromoteOperator`),
+`resume` its continuation after each live phase's wait (deferred to `LiveTrafficTrigger`);
+`rollout` runs both in one process. By strategy (the spec's `deployment.strategy`, or the run's):
+
+| strategy | before the champion moves | the switch | after |
+|---|---|---|---|
+| direct | - | `promote` | smoke + load test on the new champion |
+| blue_green | the service loads, warms and smoke-tests the new version beside the old one | `promote` (instant) | smoke + load test |
+| canary | staged check, then each of `canary.steps`: the new version answers that share of the entities; after the soak and `min_requests` live requests the step is judged against the champion on that step's traffic (`analysis.judge_canary_step`) | `promote` after the last step passed | smoke + load test |
+| shadow | staged check, then a phase in which it scores every live request and answers none, ended by a report (`analysis.shadow_report`); a challenger the gate rejected is watched too, never promoted | `promote` if the report passed | smoke + load test |
+| ab_test | staged check, then champion and challenger split the entities (`ab_test.share`) until `samples_per_arm` labelled outcomes per arm or the period; `abtest.decide` | `promote` if the challenger won; else the champion is kept and the task succeeds | smoke + load test |
+
+The promotion is a ledger transaction (`registry`): `pending` before the strategy is published
+or any alias moves, `done` once the checks passed; every phase verdict is a step event of the
+move (`registry.record_step`), also in the task log (a table) and the model's MLflow run. A
+failed check, step or report ends the rollout: the `challenger` alias removed, the strategy
+tags back to `direct` (the service stops routing to and shadow-scoring it at its next poll), the
+move undone (`rollback_after_failed_check`), `DeploymentCheckFailed` raised. A retry of the run
+finishes its pending move under the strategy it began with (a canary after its last passed
+step); a rollback meanwhile makes the resumed phase stop with a message that says so. Live
+phases need the live service (MLOPS_SERVE_URL); where the check had to start a service of its
+own, nothing live reaches it and the rollout is judged on the staged check, with a warning.
+Heavy libraries are imported inside the functions.
+"""
 
 from __future__ import annotations
 
