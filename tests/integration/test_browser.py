@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from include.mlops.constants import STRATEGIES
+
 pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"
@@ -101,7 +103,7 @@ def test_trigger_form_with_params_then_read_the_task_log(ui, airflow_stack):
         picked[param] = options.all_inner_texts()
         page.get_by_role("option", name=choice, exact=True).click()
     assert picked["data_strategy"][0] == "the spec's strategy" and "sliding_window" in picked["data_strategy"]
-    assert picked["deploy_strategy"] == ["the spec's strategy", "direct", "canary", "shadow", "blue_green"]
+    assert picked["deploy_strategy"] == ["the spec's strategy", *STRATEGIES]
     assert not [t for texts in picked.values() for t in texts if "null" in t.lower()]
     form.get_by_role("button", name="Trigger").click()
     page.wait_for_url(re.compile(r".*/dags/ml_retraining/runs/[^/]+$"))

@@ -18,7 +18,6 @@ phase's deadline, and every comparison is between the two versions on the same t
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -101,7 +100,9 @@ def _clock(t: float) -> str:
 
 
 def admin_token() -> str | None:
-    return os.environ.get("MLOPS_ADMIN_TOKEN") or None
+    from include.mlops.config import get_settings
+
+    return get_settings().admin_token
 
 
 def begin(

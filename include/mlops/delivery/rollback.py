@@ -4,7 +4,6 @@ any rollout under way; refuse a second rollback that would re-promote what was j
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,11 +131,14 @@ def _undo_last(req: _Request, current: str | None) -> Any:
 
 def _tell_service() -> None:
     """The live service would notice at its next poll; tell it now (MLOPS_SERVE_URL, admin token)."""
-    url = os.environ.get("MLOPS_SERVE_URL")
+    from include.mlops.config import get_settings
+
+    settings = get_settings()
+    url = settings.serve_url
     if not url:
         return
     try:
-        refresh(ServiceHandle(url.rstrip("/"), os.environ.get("MLOPS_ADMIN_TOKEN") or None), timeout=60)
+        refresh(ServiceHandle(url, settings.admin_token), timeout=60)
     except Exception as exc:
         log.warning("could not ask %s to reload (%s); it follows at its next poll", url, exc)
 

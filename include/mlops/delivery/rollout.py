@@ -403,6 +403,8 @@ def _post_check(run: _Run, handle: ServiceHandle, base: dict[str, Any], compare_
                 **run.ended(final.status, final.from_version),
             )
         log.info(checked)  # the promotion itself was logged by `promote`: each decision once
+        if run.strategy != "direct":  # the rollout is over: no variant routing left behind
+            R.end_routing(client, model)
         return {
             **base, "message": f"{base['message']}; {checked}", "checked": True, "check": res.to_dict(),
             "service_url": handle.url, **{f"deploy_{k}": ld[k] for k in ("rps", "p50_ms", "p95_ms", "p99_ms", "errors")},

@@ -146,7 +146,10 @@ def usable_service(status_code: int, body: dict[str, Any], model_name: str) -> b
 def service_for_check(model_name: str, env: dict[str, str] | None = None) -> ServiceHandle:
     """The running service (MLOPS_SERVE_URL) if it can take this model's check, else a fresh one."""
 
-    url = (os.environ.get("MLOPS_SERVE_URL") or "").rstrip("/")
+    from include.mlops.config import get_settings
+
+    settings = get_settings()
+    url = settings.serve_url
     if url:
         try:
             r = _get_patiently(url + "/ready", f"MLOPS_SERVE_URL={url} to answer /ready")
@@ -154,7 +157,7 @@ def service_for_check(model_name: str, env: dict[str, str] | None = None) -> Ser
             if usable_service(r.status_code, body, model_name):
                 if r.status_code != 200:
                     log.info("MLOPS_SERVE_URL=%s has no champion yet: the check loads the first one there", url)
-                return ServiceHandle(url, os.environ.get("MLOPS_ADMIN_TOKEN") or None)
+                return ServiceHandle(url, settings.admin_token)
             log.warning(
                 "MLOPS_SERVE_URL=%s is not ready for %s (%s: %s): starting a service for the check",
                 url,
