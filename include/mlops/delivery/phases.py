@@ -382,8 +382,9 @@ def after_ab_test(run: Run, phase: Phase, result: Any) -> dict[str, Any]:
 
     d = result.to_dict()
     record(run, phase, "ab_test", d, result.table(), "ab_test", metrics=result.mlflow_metrics())
-    if result.promote:
-        return RO._switch(run, None, phase.staged, live={"ab_test": d})
+    if result.promote:  # the result names the winner and why, before the switch's own message
+        out = RO._switch(run, None, phase.staged, live={"ab_test": d})
+        return {**out, "message": f"{result.summary()}; {out['message']}", "outcome": result.decision}
     undo = R.undo_move(
         run.ctx.client, run.ctx.store, run.move, action="keep_champion", reason=result.summary(),
         run_id=run.run_id, dag_id=run.dag_id, strategy=run.strategy,
