@@ -19,9 +19,11 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.support import delivery_home as H
+
 pytestmark = [pytest.mark.serving, pytest.mark.integration]
 
-POLL_SECONDS = 1
+POLL_SECONDS = H.SERVICE_POLL_SECONDS  # the service reads the registry this often
 MAX_BODY = 64 * 1024
 MAX_RECORDS = 500
 
@@ -29,64 +31,36 @@ MAX_RECORDS = 500
 # -- fixtures -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def home(lifecycle, tmp_path_factory) -> dict:
-    """A private copy of the lifecycle home and the environment pointing at it."""
-    src = Path(lifecycle["home"])
-    dst = tmp_path_factory.mktemp("serving") / "home"
-    shutil.copytree(src, dst)
-    env = {k: v.replace(str(src), str(dst)) for k, v in lifecycle["env"].items()}
-    env["MLOPS_DATASET"] = lifecycle["spec_name"]  # installed in the copy's specs/, found by name
-    return {
-        "path": dst,
-        "env": env,
-        "spec_path": dst / Path(lifecycle["spec_path"]).relative_to(src),
-        "spec_name": lifecycle["spec_name"],
-        "spec": lifecycle["spec"],
-        "v1": lifecycle["register"]["version"],
-        "run_id": lifecycle["register"]["run_id"],
-        "interval": lifecycle["interval"],
-    }
+    """A copy of the lifecycle home of this module's own (`delivery_home.copy_home`): its tests
+    leave alias moves, ledger entries and log objects, and its service has its own limits, so it
+    does not share the delivery tests' copy and service (tests/integration/conftest.py)."""
+    return H.copy_home(lifecycle, tmp_path_factory.mktemp("serving"))
 
 
 @pytest.fixture(scope="module")
 def client(home):
-    from mlflow import MlflowClient
-
-    uri = home["env"]["MLFLOW_TRACKING_URI"]
-    return MlflowClient(uri, uri)
+    return H.open_client(home)
 
 
 @pytest.fixture(scope="module")
 def store(home):
-    from include.mlops.storage import ObjectStore
-
-    return ObjectStore(home["env"]["MLOPS_STORE_URI"])
+    return H.open_store(home)
 
 
 @pytest.fixture(scope="module")
 def v2(home, client) -> str:
     """A second version of the champion's model (same run), to move aliases between."""
-    name = home["spec"].model_name
-    src = client.get_model_version(name, home["v1"])
-    mv = client.create_model_version(name, src.source, run_id=src.run_id, tags={"gate": "passed"})
-    for _ in range(60):
-        if client.get_model_version(name, mv.version).status == "READY":
-            break
-        time.sleep(0.2)
-    return str(mv.version)
+    return H.second_version(client, home)
 
 
 @pytest.fixture(scope="module")
 def server(home, v2):
-    from include.mlops.delivery.service import start_service
-
-    env = {
-        **home["env"],
-        "MLOPS_SERVE_POLL_SECONDS": str(POLL_SECONDS),
-        "MLOPS_SERVE_MAX_BODY_BYTES": str(MAX_BODY),
-        "MLOPS_SERVE_MAX_RECORDS": str(MAX_RECORDS),
-        "MLOPS_SERVE_LOG_FLUSH_SECONDS": "1",
-    }
-    h = start_service(env, timeout=240)
+    h = H.start_live(
+        home,
+        MLOPS_SERVE_MAX_BODY_BYTES=str(MAX_BODY),
+        MLOPS_SERVE_MAX_RECORDS=str(MAX_RECORDS),
+        MLOPS_SERVE_LOG_FLUSH_SECONDS="1",
+    )
     yield h
     h.close()  # SIGTERM: uvicorn shuts down gracefully, then re-raises the signal (-15)
     assert h.proc.returncode in (0, -15), h.log_tail()
@@ -553,12 +527,22 @@ def test_rollout_checks_the_running_service_and_rolls_back_a_failed_check(env, s
 
 
 def test_shadow_rollout_watches_the_challenger_before_promoting(env, server, client, v2, monkeypatch):
+    import yaml
+
     from include.mlops.delivery.rollback import rollback
     from include.mlops.delivery.rollout import publish_strategy, rollout
-    from include.mlops.registry import CHALLENGER
+    from include.mlops.registry import CHALLENGER, alias_version
 
     spec, v1 = env["spec"], env["v1"]
     name = spec.model_name
+    # the shadow phase on live traffic is judged at once (no soak, no minimum: nothing live here);
+    # tests/integration/test_progressive_shadow.py judges it on live traffic
+    quick = yaml.safe_load(Path(env["spec_path"]).read_text())
+    quick["deployment"]["shadow"] = {"soak_seconds": 0, "min_requests": 0}
+    quick_dir = Path(env["path"]) / "quick_shadow_specs"
+    quick_dir.mkdir(exist_ok=True)
+    (quick_dir / f"{env['spec_name']}.yaml").write_text(yaml.safe_dump(quick))
+    monkeypatch.setenv("MLOPS_SPEC_DIRS", str(quick_dir))
     monkeypatch.setenv("MLOPS_SERVE_URL", server.url)
     monkeypatch.setenv("MLOPS_ADMIN_TOKEN", server.token)
     client.set_registered_model_alias(name, CHALLENGER, v2)
@@ -575,6 +559,9 @@ def test_shadow_rollout_watches_the_challenger_before_promoting(env, server, cli
         )
         assert not rejected["promoted"] and rejected["champion"] == v1 and "roc_auc" in rejected["message"]
         assert rejected["staged_check"]["passed"]  # a rejected challenger may still shadow: it was watched
+        # ... and once watched, its rollout is over: no challenger left for the service to shadow
+        assert alias_version(client, name, CHALLENGER) is None
+        client.set_registered_model_alias(name, CHALLENGER, v2)  # as `register` sets it for the next run
         out = rollout(reg, ev, "rollout-shadow", "test", strategy="shadow", spec_name=env["spec_name"])
         staged = out["staged_check"]
         assert staged["passed"] and staged["load"]["shadow_scored"] >= staged["load"]["requests"]
