@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from include.mlops.airflow_env import airflow_env, bind_address, migrate_db
-from include.mlops.config import get_ports, get_settings, get_timeouts
+from include.mlops.config import Settings, get_ports, get_settings, get_timeouts
 from include.mlops.waits import Wait, WaitTimeout
 
 
@@ -80,20 +80,10 @@ def _ready(url: str, component: str | None = None) -> bool:
 
 
 def services(ports: dict[str, int]) -> tuple[list[Service], dict[str, str]]:
+    """The local stack's processes in start order, and the environment they share."""
     s = get_settings()
     host = bind_address()
-    env = airflow_env(
-        s.home,
-        AIRFLOW__API__HOST=host,
-        AIRFLOW__API__PORT=str(ports["airflow"]),
-        AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{ports['airflow']}",
-        # what `airflow standalone` would choose: tasks run as local subprocesses
-        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
-        MLOPS_MLFLOW_UI_URL=f"http://127.0.0.1:{ports['mlflow']}",
-        MLOPS_SERVE_URL=f"http://127.0.0.1:{ports['serve']}",
-        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    )
-    artifacts = s.mlflow_artifacts or f"file://{s.home / 'mlartifacts'}"
+    env = _stack_env(s.home, host, ports)
     health = f"http://127.0.0.1:{ports['airflow']}/api/v2/monitor/health"
     airflow = _bin("airflow")
     out = [
@@ -102,25 +92,7 @@ def services(ports: dict[str, int]) -> tuple[list[Service], dict[str, str]]:
         Service("scheduler", [airflow, "scheduler", "--skip-serve-logs"], health, env, component="scheduler"),
         Service("dag-processor", [airflow, "dag-processor"], health, env, component="dag_processor"),
         Service("triggerer", [airflow, "triggerer", "--skip-serve-logs"], health, env, component="triggerer"),
-        Service(
-            "mlflow",
-            [
-                _bin("mlflow"),
-                "server",
-                "--backend-store-uri",
-                s.tracking_uri,
-                "--default-artifact-root",
-                artifacts,
-                "--host",
-                host,
-                "--port",
-                str(ports["mlflow"]),
-                "--workers",
-                "1",
-            ],
-            f"http://127.0.0.1:{ports['mlflow']}/health",
-            env,
-        ),
+        _mlflow_service(s, host, ports["mlflow"], env),
         Service(
             "scoring",
             [sys.executable, "-m", "include.mlops.serving"],
@@ -130,22 +102,41 @@ def services(ports: dict[str, int]) -> tuple[list[Service], dict[str, str]]:
         ),
         Service(
             "evidently",
-            [
-                _bin("evidently"),
-                "ui",
-                "--workspace",
-                str(s.home / "evidently"),
-                "--host",
-                host,
-                "--port",
-                str(ports["evidently"]),
-            ],
+            [_bin("evidently"), "ui", "--workspace", str(s.home / "evidently"), "--host", host]
+            + ["--port", str(ports["evidently"])],
             f"http://127.0.0.1:{ports['evidently']}/",
             env,
             optional=True,
         ),
     ]
     return out, env
+
+
+def _stack_env(home: Path, host: str, ports: dict[str, int]) -> dict[str, str]:
+    """Airflow's environment for `home`, its API on `host`, with the URLs of the stack's UIs."""
+    return airflow_env(
+        home,
+        AIRFLOW__API__HOST=host,
+        AIRFLOW__API__PORT=str(ports["airflow"]),
+        AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{ports['airflow']}",
+        # what `airflow standalone` would choose: tasks run as local subprocesses
+        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+        MLOPS_MLFLOW_UI_URL=f"http://127.0.0.1:{ports['mlflow']}",
+        MLOPS_SERVE_URL=f"http://127.0.0.1:{ports['serve']}",
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
+
+
+def _mlflow_service(s: Settings, host: str, port: int, env: dict[str, str]) -> Service:
+    """The MLflow tracking server on the settings' store, one worker."""
+    artifacts = s.mlflow_artifacts or f"file://{s.home / 'mlartifacts'}"
+    return Service(
+        "mlflow",
+        [_bin("mlflow"), "server", "--backend-store-uri", s.tracking_uri, "--default-artifact-root", artifacts]
+        + ["--host", host, "--port", str(port), "--workers", "1"],
+        f"http://127.0.0.1:{port}/health",
+        env,
+    )
 
 
 def init_mlflow_db(tracking_uri: str, artifacts: str) -> None:

@@ -364,25 +364,11 @@ def begin_move(
     The registry is read first (fail closed: an error propagates, it never reads as "no
     champion"). Refuses (`MoveInProgress`) while another move is open, other than the one this
     move undoes."""
-    waiting = [m for m in finish_open_moves(client, store, model) if not (undoes and m.move == undoes.move)]
-    if waiting:
-        w = waiting[0]
-        raise MoveInProgress(
-            f"cannot {action} {model} to v{to_version}: the {w.action} of v{w.from_version} -> v{w.to_version} by "
-            f"{w.dag_id or 'a user'} run {w.run_id} began at {w.at} and has not completed (move {w.move}). "
-            f"Re-run that run's deploy task to finish it, or trigger ml_rollback to end it"
-        )
+    _refuse_if_moving(client, store, model, to_version, action=action, undoes=undoes)
     champion = alias_version(client, model, CHAMPION)
     previous = alias_version(client, model, PREVIOUS)
     to = None if to_version in (None, "") else str(to_version)
-    if undoes is not None:  # `champion` back to what it was before the undone move
-        from_version = undoes.to_version
-        # a move that completed was in force: its version becomes `previous` (the champion before
-        # the current one); one that never completed leaves `previous` as it was before it
-        previous_after = undoes.to_version if undoes.status == DONE else undoes.previous_before
-    else:
-        from_version = champion
-        previous_after = champion if champion not in (None, to) else previous
+    from_version, previous_after = _versions_of_move(champion, previous, to, undoes)
     base = _slug(base or f"{action}-v{to}-{dag_id}-{run_id}")
     n = len(moves_of(store, model, base))
     at = now()
@@ -411,6 +397,32 @@ def begin_move(
     write_ledger(store, entry)
     log.info("%s: %s v%s -> v%s begun (move %s)", model, action, from_version, to, entry.move)
     return entry
+
+
+def _refuse_if_moving(
+    client: Any, store: ObjectStore, model: str, to_version: str | None, *, action: str, undoes: LedgerEntry | None
+) -> None:
+    """Finish the open moves that can be finished; raise `MoveInProgress` if one is still open
+    (other than the move `undoes` names)."""
+    waiting = [m for m in finish_open_moves(client, store, model) if not (undoes and m.move == undoes.move)]
+    if waiting:
+        w = waiting[0]
+        raise MoveInProgress(
+            f"cannot {action} {model} to v{to_version}: the {w.action} of v{w.from_version} -> v{w.to_version} by "
+            f"{w.dag_id or 'a user'} run {w.run_id} began at {w.at} and has not completed (move {w.move}). "
+            f"Re-run that run's deploy task to finish it, or trigger ml_rollback to end it"
+        )
+
+
+def _versions_of_move(
+    champion: str | None, previous: str | None, to: str | None, undoes: LedgerEntry | None
+) -> tuple[str | None, str | None]:
+    """(the version the move takes `champion` from, the `previous` alias after it)."""
+    if undoes is not None:  # `champion` back to what it was before the undone move
+        # a move that completed was in force: its version becomes `previous` (the champion before
+        # the current one); one that never completed leaves `previous` as it was before it
+        return undoes.to_version, undoes.to_version if undoes.status == DONE else undoes.previous_before
+    return champion, champion if champion not in (None, to) else previous
 
 
 def apply_move(client: Any, entry: LedgerEntry) -> None:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from include.mlops.delivery.service import SYNTHETIC, ServiceHandle, service_metric
 
 if TYPE_CHECKING:
+    import httpx
+
     from include.mlops.spec import DatasetSpec
     from include.mlops.storage import ObjectStore
 
@@ -51,66 +53,86 @@ def smoke_test(
     h: ServiceHandle, spec: DatasetSpec, records: list[dict[str, Any]], ids: list[int], versions: set[str]
 ) -> dict[str, Any]:
     """Known inputs through every door; the answers must have the expected schema and versions."""
-    import math
-
     import httpx
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one log line per check request
-    failures: list[str] = []
-    checks = 0
-
-    def expect(cond: bool, what: str) -> None:
-        nonlocal checks
-        checks += 1
-        if not cond:
-            failures.append(what)
-
-    def check_prediction(p: dict[str, Any], where: str) -> None:
-        keys = {"request_id", "prediction", "score", "probabilities", "model_name", "model_version", "variant"}
-        expect(keys <= set(p), f"{where}: answer lacks {sorted(keys - set(p))}")
-        expect(p.get("model_name") == spec.model_name, f"{where}: model_name {p.get('model_name')}")
-        expect(
-            str(p.get("model_version")) in versions,
-            f"{where}: version {p.get('model_version')} not in {sorted(versions)}",
-        )
-        s = p.get("score")
-        expect(isinstance(s, (int, float)) and math.isfinite(s), f"{where}: score {s!r}")
-        if spec.is_classification:  # binary or multiclass: a class value and one probability per class
-            probs = p.get("probabilities") or {}
-            expect(0.0 <= (s if isinstance(s, (int, float)) else -1) <= 1.0, f"{where}: score {s!r} outside [0, 1]")
-            expect(abs(sum(probs.values()) - 1.0) < 1e-6 if probs else False, f"{where}: probabilities {probs}")
-            expect(str(p.get("prediction")) in probs, f"{where}: prediction {p.get('prediction')!r} is not a class")
-
+    ex = _Expectations(spec, versions)
     with httpx.Client(base_url=h.url, headers=SYNTHETIC, timeout=30) as c:
         r = c.get("/ready")
-        expect(r.status_code == 200, f"/ready answered {r.status_code}")
+        ex.expect(r.status_code == 200, f"/ready answered {r.status_code}")
         batch = records[:5]
-        r = c.post("/predict", json={"records": batch})
-        expect(r.status_code == 200, f"/predict by features answered {r.status_code}: {r.text[:300]}")
-        if r.status_code == 200:
-            preds = r.json().get("predictions", [])
-            expect(len(preds) == len(batch), f"/predict by features: {len(preds)} answers for {len(batch)} records")
-            for i, p in enumerate(preds):
-                check_prediction(p, f"/predict features[{i}]")
-        if ids:
-            r = c.post("/predict", json={"entity_ids": ids[:3]})
-            expect(r.status_code == 200, f"/predict by entity id answered {r.status_code}: {r.text[:300]}")
-            if r.status_code == 200:
-                for i, p in enumerate(r.json().get("predictions", [])):
-                    check_prediction(p, f"/predict entity[{i}]")
-        r = c.post(
-            "/invocations",
-            json={"dataframe_records": [{k: v for k, v in rec.items() if k != spec.entity_key} for rec in batch[:2]]},
-        )
-        expect(r.status_code == 200, f"/invocations answered {r.status_code}: {r.text[:300]}")
-        if r.status_code == 200:
-            preds = r.json().get("predictions", [])
-            expect(len(preds) == 2, f"/invocations: {len(preds)} answers for 2 records")
+        _smoke_predict(c, ex, batch, ids)
+        _smoke_invocations(c, ex, spec, batch)
         required = next(f.name for f in spec.features if f.required)
         bad = {k: v for k, v in batch[0].items() if k != required}
         r = c.post("/predict", json=bad)
-        expect(r.status_code == 422, f"a record without {required!r} answered {r.status_code}, not 422")
-    return {"passed": not failures, "checks": checks, "failures": failures}
+        ex.expect(r.status_code == 422, f"a record without {required!r} answered {r.status_code}, not 422")
+    return {"passed": not ex.failures, "checks": ex.checks, "failures": ex.failures}
+
+
+class _Expectations:
+    """The smoke test's tally: every check counted, the failed ones described."""
+
+    def __init__(self, spec: DatasetSpec, versions: set[str]) -> None:
+        self.spec, self.versions = spec, versions
+        self.checks = 0
+        self.failures: list[str] = []
+
+    def expect(self, cond: bool, what: str) -> None:
+        self.checks += 1
+        if not cond:
+            self.failures.append(what)
+
+    def prediction(self, p: dict[str, Any], where: str) -> None:
+        """One answer: its fields, model, version, a finite score, and for a classifier its classes."""
+        import math
+
+        keys = {"request_id", "prediction", "score", "probabilities", "model_name", "model_version", "variant"}
+        self.expect(keys <= set(p), f"{where}: answer lacks {sorted(keys - set(p))}")
+        self.expect(p.get("model_name") == self.spec.model_name, f"{where}: model_name {p.get('model_name')}")
+        self.expect(
+            str(p.get("model_version")) in self.versions,
+            f"{where}: version {p.get('model_version')} not in {sorted(self.versions)}",
+        )
+        s = p.get("score")
+        self.expect(isinstance(s, (int, float)) and math.isfinite(s), f"{where}: score {s!r}")
+        if self.spec.is_classification:  # binary or multiclass: a class value and one probability per class
+            probs = p.get("probabilities") or {}
+            in_range = 0.0 <= (s if isinstance(s, (int, float)) else -1) <= 1.0
+            self.expect(in_range, f"{where}: score {s!r} outside [0, 1]")
+            self.expect(abs(sum(probs.values()) - 1.0) < 1e-6 if probs else False, f"{where}: probabilities {probs}")
+            self.expect(
+                str(p.get("prediction")) in probs, f"{where}: prediction {p.get('prediction')!r} is not a class"
+            )
+
+
+def _smoke_predict(c: httpx.Client, ex: _Expectations, batch: list[dict[str, Any]], ids: list[int]) -> None:
+    """/predict by feature records, then (when there are ids) by entity id."""
+    r = c.post("/predict", json={"records": batch})
+    ex.expect(r.status_code == 200, f"/predict by features answered {r.status_code}: {r.text[:300]}")
+    if r.status_code == 200:
+        preds = r.json().get("predictions", [])
+        ex.expect(len(preds) == len(batch), f"/predict by features: {len(preds)} answers for {len(batch)} records")
+        for i, p in enumerate(preds):
+            ex.prediction(p, f"/predict features[{i}]")
+    if ids:
+        r = c.post("/predict", json={"entity_ids": ids[:3]})
+        ex.expect(r.status_code == 200, f"/predict by entity id answered {r.status_code}: {r.text[:300]}")
+        if r.status_code == 200:
+            for i, p in enumerate(r.json().get("predictions", [])):
+                ex.prediction(p, f"/predict entity[{i}]")
+
+
+def _smoke_invocations(c: httpx.Client, ex: _Expectations, spec: DatasetSpec, batch: list[dict[str, Any]]) -> None:
+    """MLflow's /invocations with two records, without the entity key."""
+    r = c.post(
+        "/invocations",
+        json={"dataframe_records": [{k: v for k, v in rec.items() if k != spec.entity_key} for rec in batch[:2]]},
+    )
+    ex.expect(r.status_code == 200, f"/invocations answered {r.status_code}: {r.text[:300]}")
+    if r.status_code == 200:
+        preds = r.json().get("predictions", [])
+        ex.expect(len(preds) == 2, f"/invocations: {len(preds)} answers for 2 records")
 
 
 def load_test(
@@ -140,8 +162,27 @@ def load_test(
     arms = arms or {"new": {}}
     if warmup is None:
         warmup = 2 * max(1, concurrency)
-    block = 2 * max(1, concurrency)
     names = list(arms)
+    plan, counted_from = _load_plan(names, requests, 2 * max(1, concurrency), warmup)
+    t0 = time.perf_counter()
+    per_block = _fire_blocks(h, records, ids, plan, concurrency, arms)
+    wall = time.perf_counter() - t0
+    counted = per_block[counted_from:]
+    stats = {a: _arm_stats(*_arm_totals(counted, a), wall / len(names)) for a in names}
+    first = stats[names[0]]
+    return {
+        **first,
+        "concurrency": concurrency,
+        "warmup_requests": warmup,
+        "interleaved": len(names) > 1,
+        "arms": stats if len(names) > 1 else {},
+    }
+
+
+def _load_plan(names: list[str], requests: int, block: int, warmup: int) -> tuple[list[tuple[str, int]], int]:
+    """The (arm, requests) blocks in the order they are sent: a warm-up block per arm, then
+    `requests` per arm in blocks of `block`, the arms' order reversed every round (ABBA...).
+    Also the index of the first counted block (the warm-up is not counted)."""
     plan: list[tuple[str, int]] = []
     if warmup:
         plan += [(a, warmup) for a in names]
@@ -151,27 +192,21 @@ def load_test(
         n = min(block, requests - r * block)
         order = names if r % 2 == 0 else names[::-1]
         plan += [(a, n) for a in order]
-    t0 = time.perf_counter()
-    per_block = _fire_blocks(h, records, ids, plan, concurrency, arms)
-    wall = time.perf_counter() - t0
-    stats: dict[str, dict[str, Any]] = {}
-    for a in names:
-        lat = [x for i, (arm, res) in enumerate(per_block) if arm == a and i >= counted_from for x in res[0]]
-        errors = [x for i, (arm, res) in enumerate(per_block) if arm == a and i >= counted_from for x in res[1]]
-        variants: dict[str, int] = {}
-        for i, (arm, res) in enumerate(per_block):
-            if arm == a and i >= counted_from:
-                for k, v in res[2].items():
-                    variants[k] = variants.get(k, 0) + v
-        stats[a] = _arm_stats(lat, errors, variants, wall / len(names))
-    first = stats[names[0]]
-    return {
-        **first,
-        "concurrency": concurrency,
-        "warmup_requests": warmup,
-        "interleaved": len(names) > 1,
-        "arms": stats if len(names) > 1 else {},
-    }
+    return plan, counted_from
+
+
+def _arm_totals(
+    blocks: list[tuple[str, tuple[list[float], list[str], dict[str, int]]]], arm: str
+) -> tuple[list[float], list[str], dict[str, int]]:
+    """One arm's latencies, errors and variant counts, summed over its blocks."""
+    lat = [x for a, res in blocks if a == arm for x in res[0]]
+    errors = [x for a, res in blocks if a == arm for x in res[1]]
+    variants: dict[str, int] = {}
+    for a, res in blocks:
+        if a == arm:
+            for k, v in res[2].items():
+                variants[k] = variants.get(k, 0) + v
+    return lat, errors, variants
 
 
 def _arm_stats(lat: list[float], errors: list[str], variants: dict[str, int], wall: float) -> dict[str, Any]:
@@ -223,20 +258,7 @@ def _fire_blocks(
                     if job is None:
                         return
                     b, arm, i = job
-                    body = (
-                        {"entity_ids": [ids[i % len(ids)]]}
-                        if ids and i % 4 == 3
-                        else {"records": [records[i % len(records)]]}
-                    )
-                    t0 = time.perf_counter()
-                    try:
-                        r = c.post("/predict", json=body, headers=arms[arm])
-                        dt = time.perf_counter() - t0
-                        ok = r.status_code == 200
-                        variant = r.json()["predictions"][0]["variant"] if ok else None
-                        why = "" if ok else f"{r.status_code} {r.text[:150]}"
-                    except Exception as exc:  # a timeout is this request's error, not the check's end
-                        dt, ok, variant, why = time.perf_counter() - t0, False, None, f"{type(exc).__name__}: {exc}"
+                    dt, ok, variant, why = _timed_predict(c, _request_body(records, ids, i), arms[arm])
                     lat, errors, variants = out[b][1]
                     with lock:
                         lat.append(dt)
@@ -247,7 +269,36 @@ def _fire_blocks(
                 finally:
                     jobs.task_done()
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, concurrency))]
+    _run_plan(plan, jobs, [threading.Thread(target=worker, daemon=True) for _ in range(max(1, concurrency))])
+    return out
+
+
+def _request_body(records: list[dict[str, Any]], ids: list[int], i: int) -> dict[str, Any]:
+    """The i-th request: one in four by entity id (when there are ids), the others by features."""
+    if ids and i % 4 == 3:
+        return {"entity_ids": [ids[i % len(ids)]]}
+    return {"records": [records[i % len(records)]]}
+
+
+def _timed_predict(
+    c: httpx.Client, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, bool, str | None, str]:
+    """One /predict request: (seconds, answered, variant that answered, why it failed)."""
+    t0 = time.perf_counter()
+    try:
+        r = c.post("/predict", json=body, headers=headers)
+        dt = time.perf_counter() - t0
+        ok = r.status_code == 200
+        variant = r.json()["predictions"][0]["variant"] if ok else None
+        why = "" if ok else f"{r.status_code} {r.text[:150]}"
+    except Exception as exc:  # a timeout is this request's error, not the check's end
+        dt, ok, variant, why = time.perf_counter() - t0, False, None, f"{type(exc).__name__}: {exc}"
+    return dt, ok, variant, why
+
+
+def _run_plan(plan: list[tuple[str, int]], jobs: Any, threads: list[Any]) -> None:
+    """Start the worker threads, queue the blocks one at a time (each waits for the previous to
+    be answered), then stop the workers (one None each) and join them."""
     for t in threads:
         t.start()
     seq = 0
@@ -262,7 +313,6 @@ def _fire_blocks(
             jobs.put(None)
         for t in threads:
             t.join()
-    return out
 
 
 def judge_load(
@@ -284,10 +334,27 @@ def judge_load(
       an explicit production SLO.
     """
     reasons: list[str] = []
+    figures = _judge_errors(new, current, max_error_rate, reasons)
+    figures["percentiles"] = list(percentiles)
+    if current is None:
+        figures["latency_ratio"] = None
+        figures["baseline"] = "none: no current version to compare with"
+    else:
+        figures.update(_judge_ratios(new, current, percentiles, max_latency_ratio, reasons))
+    for p, budget in sorted((latency_budget_ms or {}).items()):
+        v = float(new.get(f"{p}_ms", float("nan")))
+        if not v <= float(budget):
+            reasons.append(f"load test: {p} {v:g} ms over the budget of {float(budget):g} ms")
+    return reasons, figures
+
+
+def _judge_errors(
+    new: dict[str, Any], current: dict[str, Any] | None, max_error_rate: float, reasons: list[str]
+) -> dict[str, Any]:
+    """The new version's error rate against the limit; appends to `reasons`, returns its figures."""
     n = int(new.get("requests") or 0)
     errors = int(new.get("errors") or 0)
     rate = errors / n if n else 1.0
-    figures: dict[str, Any] = {"error_rate": round(rate, 4), "max_error_rate": max_error_rate}
     if n == 0:
         reasons.append("load test: the new version answered no request")
     elif rate > max_error_rate:
@@ -296,33 +363,35 @@ def judge_load(
             f"load test: {errors} of {n} requests to the new version failed (error rate {rate:.3f} > "
             f"{max_error_rate:g}{cur}) ({new.get('error_samples')})"
         )
-    figures["percentiles"] = list(percentiles)
-    if current is None:
-        figures["latency_ratio"] = None
-        figures["baseline"] = "none: no current version to compare with"
-    else:
-        ratios: dict[str, float] = {}
-        for p in percentiles:
-            a, b = float(new.get(f"{p}_ms", float("nan"))), float(current.get(f"{p}_ms", float("nan")))
-            ratio = a / b if b > 0 else float("inf")
-            ratios[p] = round(ratio, 3)
-            if not ratio <= max_latency_ratio:  # NaN fails too: a latency that could not be measured
-                reasons.append(
-                    f"load test: the new version's {p} {a:g} ms is {ratio:.2f}x the current version's "
-                    f"{b:g} ms (limit {max_latency_ratio:g}x, same check, interleaved)"
-                )
-        worst = max(ratios.values(), key=lambda r: float("inf") if r != r else r)
-        figures.update(
-            ratios=ratios,
-            latency_ratio=worst,
-            max_latency_ratio=max_latency_ratio,
-            baseline=f"v{current.get('version')}" if current.get("version") else "current",
-        )
-    for p, budget in sorted((latency_budget_ms or {}).items()):
-        v = float(new.get(f"{p}_ms", float("nan")))
-        if not v <= float(budget):
-            reasons.append(f"load test: {p} {v:g} ms over the budget of {float(budget):g} ms")
-    return reasons, figures
+    return {"error_rate": round(rate, 4), "max_error_rate": max_error_rate}
+
+
+def _judge_ratios(
+    new: dict[str, Any],
+    current: dict[str, Any],
+    percentiles: tuple[str, ...],
+    max_latency_ratio: float,
+    reasons: list[str],
+) -> dict[str, Any]:
+    """Each percentile's new/current latency ratio against the limit; appends to `reasons`,
+    returns the ratios, the largest (`latency_ratio`), the limit and the baseline's name."""
+    ratios: dict[str, float] = {}
+    for p in percentiles:
+        a, b = float(new.get(f"{p}_ms", float("nan"))), float(current.get(f"{p}_ms", float("nan")))
+        ratio = a / b if b > 0 else float("inf")
+        ratios[p] = round(ratio, 3)
+        if not ratio <= max_latency_ratio:  # NaN fails too: a latency that could not be measured
+            reasons.append(
+                f"load test: the new version's {p} {a:g} ms is {ratio:.2f}x the current version's "
+                f"{b:g} ms (limit {max_latency_ratio:g}x, same check, interleaved)"
+            )
+    worst = max(ratios.values(), key=lambda r: float("inf") if r != r else r)
+    return {
+        "ratios": ratios,
+        "latency_ratio": worst,
+        "max_latency_ratio": max_latency_ratio,
+        "baseline": f"v{current.get('version')}" if current.get("version") else "current",
+    }
 
 
 @dataclass
@@ -366,21 +435,8 @@ def run_check(
     lt = dep.load_test
     records, ids = sample_inputs(spec, store)
     smoke = smoke_test(h, spec, records, ids, versions)
-    shadow_before = (
-        service_metric(h, "mlops_serving_predictions_total", variant="shadow", model_version=shadow_version)
-        if shadow_version
-        else 0.0
-    )
-    shadow_err_before = service_metric(h, "mlops_serving_shadow_errors_total") if shadow_version else 0.0
-    arms, no_baseline = None, None
-    if candidate and baseline and baseline != candidate:
-        arms = {"new": _pin(h, candidate), "current": _pin(h, baseline)}
-        no_baseline = _pin_refused(h, records, arms["current"])
-        if no_baseline:
-            log.warning("no baseline for the check of v%s: %s; judging errors only", candidate, no_baseline)
-            arms = None
-    elif candidate:
-        no_baseline = "no current version (first champion)" if not baseline else "the current version is this one"
+    shadow_before = _shadow_counts(h, shadow_version)
+    arms, no_baseline = _comparison_arms(h, records, candidate, baseline)
     load = load_test(
         h, spec, records, ids, requests=lt.requests, concurrency=lt.concurrency, warmup=lt.warmup, arms=arms
     )
@@ -407,17 +463,49 @@ def run_check(
         if share > 0 and load["variants"].get("challenger", 0) == 0:
             reasons.append(f"canary: the challenger v{canary_version} answered none of {load['requests']} requests")
     if shadow_version:
-        scored = (
-            service_metric(h, "mlops_serving_predictions_total", variant="shadow", model_version=shadow_version)
-            - shadow_before
-        )
-        failed = service_metric(h, "mlops_serving_shadow_errors_total") - shadow_err_before
-        load["shadow_scored"], load["shadow_errors"] = scored, failed
-        if failed:
-            reasons.append(f"shadow: v{shadow_version} failed on {failed:g} rows")
-        if scored <= 0:
-            reasons.append(f"shadow: v{shadow_version} scored nothing")
+        reasons += _judge_shadow(h, shadow_version, shadow_before, load)
     return CheckResult(phase, not reasons, smoke, load, reasons)
+
+
+def _shadow_counts(h: ServiceHandle, shadow_version: str | None) -> tuple[float, float]:
+    """The service's counts of the shadow version's scored rows and of shadow errors (0, 0 without one)."""
+    if not shadow_version:
+        return 0.0, 0.0
+    scored = service_metric(h, "mlops_serving_predictions_total", variant="shadow", model_version=shadow_version)
+    return scored, service_metric(h, "mlops_serving_shadow_errors_total")
+
+
+def _judge_shadow(
+    h: ServiceHandle, shadow_version: str, before: tuple[float, float], load: dict[str, Any]
+) -> list[str]:
+    """The shadow version must have scored rows during the check and failed on none; the counts
+    go into `load` (shadow_scored, shadow_errors)."""
+    scored_now, failed_now = _shadow_counts(h, shadow_version)
+    scored, failed = scored_now - before[0], failed_now - before[1]
+    load["shadow_scored"], load["shadow_errors"] = scored, failed
+    reasons = []
+    if failed:
+        reasons.append(f"shadow: v{shadow_version} failed on {failed:g} rows")
+    if scored <= 0:
+        reasons.append(f"shadow: v{shadow_version} scored nothing")
+    return reasons
+
+
+def _comparison_arms(
+    h: ServiceHandle, records: list[dict[str, Any]], candidate: str | None, baseline: str | None
+) -> tuple[dict[str, dict[str, str]] | None, str | None]:
+    """The load test's arms (new and current, each pinned by version), or None with why there is
+    no baseline to compare with (None too for a staged check, which names no candidate)."""
+    if candidate and baseline and baseline != candidate:
+        arms = {"new": _pin(h, candidate), "current": _pin(h, baseline)}
+        no_baseline = _pin_refused(h, records, arms["current"])
+        if no_baseline:
+            log.warning("no baseline for the check of v%s: %s; judging errors only", candidate, no_baseline)
+            return None, no_baseline
+        return arms, None
+    if candidate:
+        return None, "no current version (first champion)" if not baseline else "the current version is this one"
+    return None, None
 
 
 def _pin(h: ServiceHandle, version: str) -> dict[str, str]:

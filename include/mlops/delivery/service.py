@@ -73,14 +73,21 @@ def start_service(
     a champion), or with `until_ready=False` once it answers at all (a service started before the
     first champion exists, as `make up` and the compose stack have it). Waits at most `timeout`
     seconds (default MLOPS_SERVICE_START_TIMEOUT), saying so while it waits."""
-    import httpx
-
-    from include.mlops.config import PROJECT_ROOT
-    from include.mlops.waits import Wait, seconds
+    from include.mlops.waits import seconds
 
     timeout = timeout if timeout is not None else seconds("MLOPS_SERVICE_START_TIMEOUT")
     port = port or free_port()
     token = secrets.token_urlsafe(16)
+    proc, log_path = _spawn_service(_service_env(env, port, token))
+    h = ServiceHandle(f"http://127.0.0.1:{port}", token, proc, log_path, started=True)
+    return _await_service(h, proc, log_path, timeout, until_ready)
+
+
+def _service_env(env: dict[str, str] | None, port: int, token: str) -> dict[str, str]:
+    """This process's environment with `env` over it, bound to loopback:`port`, with the admin
+    token and the project on PYTHONPATH."""
+    from include.mlops.config import PROJECT_ROOT
+
     e = {**os.environ, **(env or {})}
     e.update(
         {
@@ -91,16 +98,34 @@ def start_service(
         }
     )
     e.setdefault("OMP_NUM_THREADS", "1")
+    return e
+
+
+def _spawn_service(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m include.mlops.serving` with its output to a new temporary log: (process, log path)."""
+    from include.mlops.config import PROJECT_ROOT
+
     fd, log_path = tempfile.mkstemp(prefix="mlops-serve-", suffix=".log")
     with os.fdopen(fd, "w") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "include.mlops.serving"],
             cwd=str(PROJECT_ROOT),
-            env=e,
+            env=env,
             stdout=fh,
             stderr=subprocess.STDOUT,
         )
-    h = ServiceHandle(f"http://127.0.0.1:{port}", token, proc, log_path, started=True)
+    return proc, log_path
+
+
+def _await_service(
+    h: ServiceHandle, proc: subprocess.Popen[bytes], log_path: str, timeout: float, until_ready: bool
+) -> ServiceHandle:
+    """Poll /ready until it answers 200 (or anything, without `until_ready`); close the service
+    and raise if it exits, cannot load its champion, or `timeout` passes."""
+    import httpx
+
+    from include.mlops.waits import Wait
+
     wait = Wait(f"the scoring service at {h.url} (pid {proc.pid}) to be ready", timeout, log_hint=log_path)
     status = "no answer yet"
     # one client for the whole wait: a client per poll builds an SSL context each time (~0.1 s

@@ -403,6 +403,8 @@ class Service:
 
 
 def create_app(cfg: ServeConfig | None = None) -> FastAPI:
+    """The scoring service's app: scoring routes, probes and metrics, and the admin routes, around
+    one `Service` started and stopped with the app."""
     cfg = cfg or ServeConfig.from_env()
     svc = Service(cfg)
 
@@ -416,9 +418,18 @@ def create_app(cfg: ServeConfig | None = None) -> FastAPI:
 
     app = FastAPI(title="MLOps scoring service", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.svc = svc
+    _add_scoring_routes(app, svc)
+    _add_probe_routes(app, svc)
+    _add_admin_routes(app, svc, cfg)
+    return app
 
-    def _json(obj: Any, status: int = 200) -> Response:
-        return Response(_dumps(obj), status_code=status, media_type="application/json")
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(_dumps(obj), status_code=status, media_type="application/json")
+
+
+def _add_scoring_routes(app: FastAPI, svc: Service) -> None:
+    """/predict (the service's own protocol) and /invocations (MLflow's)."""
 
     @app.post("/predict")
     async def predict(request: Request) -> Response:
@@ -429,6 +440,10 @@ def create_app(cfg: ServeConfig | None = None) -> FastAPI:
     async def invocations(request: Request) -> Response:
         """MLflow's scoring protocol, answered as `mlflow models serve` would."""
         return await svc.handle(request, "invocations")
+
+
+def _add_probe_routes(app: FastAPI, svc: Service) -> None:
+    """Liveness, readiness, MLflow's /ping and /version, and the Prometheus /metrics."""
 
     @app.get("/health")
     async def health() -> Response:
@@ -462,11 +477,18 @@ def create_app(cfg: ServeConfig | None = None) -> FastAPI:
         content, ctype = svc.metrics.render()
         return Response(content, media_type=ctype)
 
+
+def _add_admin_routes(app: FastAPI, svc: Service, cfg: ServeConfig) -> None:
+    """/admin/reload and /admin/flush, both behind the admin token."""
+
+    def refused() -> Response:
+        return _json({"detail": "admin token required (MLOPS_ADMIN_TOKEN)"}, 401 if cfg.admin_token else 403)
+
     @app.post("/admin/reload")
     async def reload(request: Request, wait: bool = True, timeout: float = 120.0) -> Response:
         """Re-read the registry now (instead of at the next poll); with wait, return once done."""
         if not svc.authorized(request):
-            return _json({"detail": "admin token required (MLOPS_ADMIN_TOKEN)"}, 401 if cfg.admin_token else 403)
+            return refused()
         ticket = svc.manager.request_refresh()
         if wait and not await asyncio.to_thread(svc.manager.wait_refresh, ticket, timeout):
             return _json({"detail": f"registry refresh not finished within {timeout}s", **svc.status()}, 504)
@@ -476,11 +498,9 @@ def create_app(cfg: ServeConfig | None = None) -> FastAPI:
     async def flush(request: Request) -> Response:
         """Write the prediction log's buffer now."""
         if not svc.authorized(request):
-            return _json({"detail": "admin token required (MLOPS_ADMIN_TOKEN)"}, 401 if cfg.admin_token else 403)
+            return refused()
         if svc.predlog is None:
             return _json({"flushed": False, "detail": "prediction log is off"})
         await svc.batcher.run_on_scorer(lambda: None)  # shadow scoring queued before this call logs first
         ok = await asyncio.to_thread(svc.predlog.flush)
         return _json({"flushed": ok, "objects": len(svc.predlog.written)}, 200 if ok else 504)
-
-    return app
