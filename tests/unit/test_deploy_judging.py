@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 
-from include.mlops.delivery.checks import judge_load, load_test
+from include.mlops.delivery.checks import judge_load
+from include.mlops.delivery.load import load_test
 
 
 def arm(p95: float, errors: int = 0, requests: int = 200, **more: float) -> dict:

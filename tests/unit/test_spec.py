@@ -97,6 +97,18 @@ def test_unknown_spec_names_the_known_ones():
             lambda r: r["deployment"].update(canary={"steps": [0.5, 0.25]}),
             r"deployment.canary.steps: .*steps must grow",
         ),
+        (
+            lambda r: r["deployment"].update(ab_test={"metric": "squared_error"}),
+            r"deployment.ab_test.metric: 'squared_error' does not fit a classification task; "
+            r"choose one of \['accuracy', 'log_loss'\]",
+        ),
+        (
+            lambda r: (
+                r["label"].update(classes=["a", "b", "c"]),
+                r["deployment"].update(ab_test={"metric": "log_loss"}),
+            ),
+            r"deployment.ab_test.metric: 'log_loss' does not fit a multiclass task",
+        ),
     ],
 )
 def test_bad_specs_name_the_field_and_the_fix(mutate, message):
