@@ -23,6 +23,8 @@ BINARY_METRICS = ("roc_auc", "average_precision", "f1", "precision", "recall", "
 MULTICLASS_METRICS = ("accuracy", "f1_macro", "f1_weighted", "roc_auc_ovr", "log_loss")
 REGRESSION_METRICS = ("r2", "rmse", "mae")
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "log_loss"})
+# The A/B test's per-row outcomes, by task (spec `deployment.ab_test.metric`)
+AB_TEST_METRICS = {"classification": ("accuracy", "log_loss"), "regression": ("abs_error", "squared_error")}
 DEFAULT_PRIMARY_METRIC = {"binary": "roc_auc", "multiclass": "f1_macro", "regression": "r2"}
 
 # Model families per task: (module, class, default arguments)

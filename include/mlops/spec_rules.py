@@ -5,14 +5,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from include.mlops.constants import BINARY_METRICS, CLASSIFIERS, MULTICLASS_METRICS, REGRESSION_METRICS, REGRESSORS
+from include.mlops.constants import (
+    AB_TEST_METRICS,
+    BINARY_METRICS,
+    CLASSIFIERS,
+    MULTICLASS_METRICS,
+    REGRESSION_METRICS,
+    REGRESSORS,
+)
 from include.mlops.spec import COLUMN, SLUG, _slug
 
 if TYPE_CHECKING:
     from include.mlops.spec import DatasetSpec
 
 # the outcome metrics an A/B test can judge, by task; the first is the default (`deployment.ab_test.metric`)
-AB_TEST_METRICS = {"classification": ("accuracy", "log_loss"), "regression": ("abs_error", "squared_error")}
 
 
 def metrics_for(kind: str) -> tuple[str, ...]:

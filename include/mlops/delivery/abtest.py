@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from include.mlops.constants import AB_TEST_METRICS
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -41,8 +43,8 @@ if TYPE_CHECKING:
 
 ARMS = ("champion", "challenger")  # the prediction log's variants of the two arms
 HIGHER_IS_BETTER = frozenset({"accuracy"})
-CLASSIFICATION_METRICS = ("accuracy", "log_loss")
-REGRESSION_METRICS = ("abs_error", "squared_error")
+CLASSIFICATION_METRICS = AB_TEST_METRICS["classification"]
+REGRESSION_METRICS = AB_TEST_METRICS["regression"]
 EVENT_LOOKBACK_DAYS = 1  # log partitions are by event day: a request just after midnight may sit in the day before
 EPS = 1e-15  # probabilities are clipped to [EPS, 1 - EPS] for the log loss (as sklearn does)
 CHALLENGER_WINS, CHAMPION_WINS, INCONCLUSIVE = "challenger", "champion", "inconclusive"
