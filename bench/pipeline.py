@@ -82,6 +82,7 @@ def phase_ingest(spec_path: str) -> dict:
 def phase_dag(spec_path: str) -> dict:
     from include.mlops.airflow_env import apply_airflow_env, migrate_db
     from include.mlops.config import get_settings
+    from include.mlops.results import TrainResult
     from include.mlops.spec import load_spec
 
     env = apply_airflow_env(get_settings().home)
@@ -107,7 +108,7 @@ def phase_dag(spec_path: str) -> dict:
         service.close()
         service.cleanup()
     tis = {ti.task_id: ti for ti in run.get_task_instances()}
-    train_out = tis["train"].xcom_pull(task_ids="train")
+    train_out = TrainResult.from_xcom(tis["train"].xcom_pull(task_ids="train"))
     return {
         "state": str(run.state),
         "wall_s": round(wall, 2),
@@ -117,11 +118,11 @@ def phase_dag(spec_path: str) -> dict:
         "deploy": {k: v for k, v in (tis["deploy"].xcom_pull(task_ids="deploy") or {}).items() if k in DEPLOY_KEYS},
         "task_s": {k: round(v.duration or 0, 2) for k, v in sorted(tis.items())},
         "task_state": {k: str(v.state) for k, v in sorted(tis.items())},
-        "train_rows": train_out["rows"],
-        "candidates": train_out.get("candidates"),
+        "train_rows": train_out.rows,
+        "candidates": train_out.candidates,
         "search": {k: v for k, v in load_spec(spec_path).model.search.model_dump().items() if k != "space"},
-        "train_uri": train_out["train_uri"],
-        "holdout_uri": train_out["holdout_uri"],
+        "train_uri": train_out.train_uri,
+        "holdout_uri": train_out.holdout_uri,
     }
 
 

@@ -69,6 +69,8 @@ def build_home(home: Path, days: int = 10, rows: int = 400) -> dict[str, Any]:
     spec_path = "churn"  # steps take specs by name, from the home's spec directory
     os.environ.update(home_env(home))
 
+    from dataclasses import replace
+
     from include.mlops import pipeline as P
     from include.mlops.context import context
     from include.mlops.data.generator import write_days
@@ -88,7 +90,7 @@ def build_home(home: Path, days: int = 10, rows: int = 400) -> dict[str, Any]:
         P.prepare(iv, spec_path)
     lineage = {"dag_id": "bench", "run_id": "bench"}
     tr = P.train(iv, lineage, spec_path)
-    ev = {**P.evaluate(tr, spec_path), "passed": True, "reasons": []}
+    ev = replace(P.evaluate(tr, spec_path), passed=True, reasons=[])
     rg = P.register(tr, ev, val, lineage, iv, spec_path)
     P.promote(rg, ev, "bench", "bench", spec_name=spec_path)
     return {"spec_path": spec_path, "version": rg["version"], "model": rg["model"]}

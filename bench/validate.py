@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         task_s = time.perf_counter() - t
         rounds["cpu_s"].append(time.process_time() - cpu)
         parts = probe.take()
-        assert out["rows"] == n, out
+        assert out.rows == n, out
         rounds["s"].append(task_s)
         for k in ("read_s", "frame_s", "gx_s"):
             rounds[k].append(parts.get(k, 0.0))

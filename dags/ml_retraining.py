@@ -134,7 +134,7 @@ def ml_retraining():
             "mlops.data_strategy": plan_out["data_strategy"],
         }
         try:
-            return run(interval, tags, plan_out["dataset"], plan_out["window_days"])
+            return run(interval, tags, plan_out["dataset"], plan_out["window_days"]).to_xcom()
         except NotEnoughData as exc:
             raise AirflowSkipException(f"not retraining: {exc}") from exc
 
@@ -143,7 +143,7 @@ def ml_retraining():
         """Holdout and slice metrics against the champion; the gate decides."""
         from include.mlops.pipeline import evaluate as run
 
-        return run(train_out, plan_out["dataset"])
+        return run(train_out, plan_out["dataset"]).to_xcom()
 
     register = MlflowRegisterOperator(
         task_id="register",

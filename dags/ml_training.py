@@ -97,7 +97,7 @@ def ml_training():
         from include.mlops.validation import DataValidationError, NoDataError
 
         try:
-            return run(interval_of(context), context["params"]["dataset"])
+            return run(interval_of(context), context["params"]["dataset"]).to_xcom()
         except (DataValidationError, NoDataError) as exc:  # the same files fail the same way: no retry
             raise DataQualityError(str(exc)) from exc
 
@@ -117,7 +117,7 @@ def ml_training():
         if not params["train"]:
             raise AirflowSkipException("train=false: ingest only")
         try:
-            return run(interval_of(context), lineage(context), params["dataset"], params["window_days"])
+            return run(interval_of(context), lineage(context), params["dataset"], params["window_days"]).to_xcom()
         except NotEnoughData as exc:
             raise AirflowSkipException(f"not training yet: {exc}") from exc
 
@@ -126,7 +126,7 @@ def ml_training():
         """Holdout and slice metrics against the champion; the gate decides."""
         from include.mlops.pipeline import evaluate as run
 
-        return run(train_out, context["params"]["dataset"])
+        return run(train_out, context["params"]["dataset"]).to_xcom()
 
     register = MlflowRegisterOperator(task_id="register", doc="Model version with lineage; alias challenger.")
     deploy = MlflowPromoteOperator(

@@ -1,10 +1,11 @@
 """The lifecycle steps as plain functions: what each `ml_training` task does, minus Airflow.
 
 Each step takes the spec, the data interval and small inputs, reads and writes the object store,
-and returns a small dict for XCom (URIs, versions, metrics). Every step is idempotent for its
-interval: outputs are overwritten at interval-keyed paths and a re-run trains and registers
-nothing new. What the steps use lives by kind: reading landed files in `data.landing`, store
-paths in `layout`, MLflow records in `tracking`, the gate in `evaluation`.
+and returns a small typed result (`results`: URIs, versions, metrics) that its task pushes to XCom
+as JSON. Every step is idempotent for its interval: outputs are overwritten at interval-keyed
+paths and a re-run trains and registers nothing new. What the steps use lives by kind: reading
+landed files in `data.landing`, store paths in `layout`, MLflow records in `tracking`, the gate
+in `evaluation`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.mlops import layout
 from include.mlops.context import context
+from include.mlops.results import EvaluateResult, ExtractResult, PrepareResult, TrainResult, ValidateResult
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,7 +54,7 @@ class Interval:
 
 
 # -- extract ------------------------------------------------------------------------------------
-def extract(interval: Interval, spec_name: str | None = None) -> dict[str, Any]:
+def extract(interval: Interval, spec_name: str | None = None) -> ExtractResult:
     """Stage the interval's landed events (every file of each day, one parquet per day) and the
     labels that arrived in it, overwriting; unreadable files are quarantined and fail the day.
 
@@ -71,11 +73,11 @@ def extract(interval: Interval, spec_name: str | None = None) -> dict[str, Any]:
         rows += n
         labels += n_labels
     log.info("staged %d rows from %d day(s) and %d labels for %s", rows, len(staged), labels, interval.label)
-    return {"staged": staged, "rows": rows, "labels": labels, "days": [d.isoformat() for d in interval.days]}
+    return ExtractResult(staged=staged, rows=rows, labels=labels, days=[d.isoformat() for d in interval.days])
 
 
 # -- validate -----------------------------------------------------------------------------------
-def validate(interval: Interval, spec_name: str | None = None) -> dict[str, Any]:
+def validate(interval: Interval, spec_name: str | None = None) -> ValidateResult:
     """Run the spec's GX suite on each staged batch; quarantine and raise on a broken contract."""
     from include.mlops.data.landing import discard_day, reject_files
     from include.mlops.validation import DataValidationError, failure_message, render_html, validate_frame
@@ -134,11 +136,11 @@ def validate(interval: Interval, spec_name: str | None = None) -> dict[str, Any]
                 failure_message(outcome, f"{spec.name} {day}", report_uri, store.uri(qprefix.rstrip("/")))
             )
         store.delete_prefix(qprefix)  # a fixed batch re-run leaves no stale quarantine
-    return {"reports": reports, "report_uri": reports[-1], "warnings": warnings, "rows": rows}
+    return ValidateResult(reports=reports, report_uri=reports[-1], warnings=warnings, rows=rows)
 
 
 # -- prepare ------------------------------------------------------------------------------------
-def prepare(interval: Interval, spec_name: str | None = None) -> dict[str, Any]:
+def prepare(interval: Interval, spec_name: str | None = None) -> PrepareResult:
     """Feature functions -> Feast offline source; apply the definitions; materialise the interval."""
     from include.mlops import features as F
 
@@ -156,7 +158,7 @@ def prepare(interval: Interval, spec_name: str | None = None) -> dict[str, Any]:
 
     materialized = F.materialize_frame(fs, spec, pd.concat(frames, ignore_index=True))
     log.info("wrote %s; materialised %d entities to the online store", uris, materialized)
-    return {"feature_uris": uris, "feature_service": spec.feature_service_name, "materialized": materialized}
+    return PrepareResult(feature_uris=uris, feature_service=spec.feature_service_name, materialized=materialized)
 
 
 # -- train --------------------------------------------------------------------------------------
@@ -197,7 +199,7 @@ def labelled_events(store: ObjectStore, spec: DatasetSpec, interval: Interval, w
 
 def train(
     interval: Interval, lineage: dict[str, str], spec_name: str | None = None, window_days: int | None = None
-) -> dict[str, Any]:
+) -> TrainResult:
     """Point-in-time training set from Feast, time split, budgeted search, logged to MLflow.
 
     Idempotent: a FINISHED run with the same interval and training-data hash is reused. Runs
@@ -225,13 +227,13 @@ def train(
     tracking.close_orphan_runs(ctx.client, exp_id, interval.key, digest)
     prior = tracking.finished_run(ctx.client, exp_id, interval.key, digest)
     rows = {"labelled": len(entity_df), "joined": len(joined), "train": len(train_df), "holdout": len(holdout)}
-    out = {"data_hash": digest, "rows": rows, "experiment_id": exp_id}
+    out = {"data_hash": digest, "rows": rows, "experiment_id": exp_id}  # the fields both outcomes share
     train_key, holdout_key = (layout.training_split_key(spec, interval.key, s) for s in ("train", "holdout"))
     if prior is not None:
         log.info("reusing run %s: same interval %s and data hash %s", prior.info.run_id, interval.key, digest)
         model_uri = prior.data.tags["mlops.model_uri"]
         uris = {"train_uri": store.uri(train_key), "holdout_uri": store.uri(holdout_key)}
-        return {"run_id": prior.info.run_id, "model_uri": model_uri, **out, **uris, "reused": True}
+        return TrainResult(run_id=prior.info.run_id, model_uri=model_uri, **out, **uris, reused=True)
 
     uris = {"train_uri": store.put_parquet(train_key, train_df), "holdout_uri": store.put_parquet(holdout_key, holdout)}
     model, result = T.fit(spec, train_df)
@@ -248,12 +250,13 @@ def train(
         train_df=train_df,
         uris=uris,
     )
-    done = {"run_id": run_id, "model_uri": model_uri, "reused": False, "candidates": len(result.candidates)}
-    return {**done, **out, **uris}
+    return TrainResult(
+        run_id=run_id, model_uri=model_uri, reused=False, candidates=len(result.candidates), **out, **uris
+    )
 
 
 # -- evaluate -----------------------------------------------------------------------------------
-def evaluate(train_out: dict[str, Any], spec_name: str | None = None) -> dict[str, Any]:
+def evaluate(train_out: TrainResult | dict[str, Any], spec_name: str | None = None) -> EvaluateResult:
     """Challenger against the current champion and the reference on the same holdout; the gate
     decides; every decision is kept in the run (`evaluation/gate-<UTC time>.json`, the first one
     also as `evaluation/gate.json`).
@@ -269,16 +272,17 @@ def evaluate(train_out: dict[str, Any], spec_name: str | None = None) -> dict[st
     from include.mlops import plots, tracking
     from include.mlops.registry import read_ledger
 
+    train_out = TrainResult.from_xcom(train_out)  # a malformed input fails here, before any work
     ctx = context(spec_name)
     spec, store, client = ctx.spec, ctx.store, ctx.client
-    run_id = train_out["run_id"]
+    run_id = train_out.run_id
     ledger = read_ledger(store, spec.model_name)
     opp = C.opponent(client, spec, ledger, run_id)
     if opp.recorded is not None:
-        return C.reused_result(opp.recorded)
+        return EvaluateResult.from_xcom(C.reused_result(opp.recorded))
 
-    holdout = store.get_parquet(store.key_of(train_out["holdout_uri"]))
-    challenger = tracking.load_sklearn(train_out["model_uri"])
+    holdout = store.get_parquet(store.key_of(train_out.holdout_uri))
+    challenger = tracking.load_sklearn(train_out.model_uri)
     ch = C.score_challenger(challenger, holdout, spec)
     versions: dict[str, C.VersionScore | str] = {}
     champ = C.score_champion(spec, opp, holdout, ch, tracking.load_sklearn, versions)
@@ -293,21 +297,29 @@ def evaluate(train_out: dict[str, Any], spec_name: str | None = None) -> dict[st
     record = C.gate_record(decision, now.isoformat(), ch, champ, reference, opp.own)
     tracking.log_gate_decision(client, run_id, record, table + f"\n{champ.note}\n", decision.passed, now)
     plots.log_evaluation_plots(client, run_id, spec, challenger, holdout, ch.scored)
-    return {
-        "passed": decision.passed,
-        "reasons": decision.reasons,
-        "metrics": ch.metrics,
-        "champion_metrics": champ.metrics,
-        "champion_version": champ.version,
-        "nan_predictions": ch.nan_predictions,
-    }
+    return EvaluateResult(
+        passed=decision.passed,
+        reasons=decision.reasons,
+        metrics=ch.metrics,
+        champion_metrics=champ.metrics,
+        champion_version=champ.version,
+        nan_predictions=ch.nan_predictions,
+    )
 
 
 # -- register -----------------------------------------------------------------------------------
+def _report_uri(validate_out: ValidateResult | dict[str, Any] | None) -> str:
+    """The GX report a version's lineage names: from validate's result, or from a dict that carries
+    `report_uri` (validate's XCom, or the retraining plan, which names the window's last report)."""
+    if validate_out is None or isinstance(validate_out, ValidateResult):
+        return validate_out.report_uri if validate_out else ""
+    return str(validate_out.get("report_uri") or "")
+
+
 def register(
-    train_out: dict[str, Any],
-    eval_out: dict[str, Any],
-    validate_out: dict[str, Any] | None,
+    train_out: TrainResult | dict[str, Any],
+    eval_out: EvaluateResult | dict[str, Any],
+    validate_out: ValidateResult | dict[str, Any] | None,
     lineage: dict[str, str],
     interval: Interval,
     spec_name: str | None = None,
@@ -315,33 +327,34 @@ def register(
     """A model version tagged with its lineage, alias `challenger`; one version per run."""
     from include.mlops.registry import register as reg
 
+    train_out, eval_out = TrainResult.from_xcom(train_out), EvaluateResult.from_xcom(eval_out)
     ctx = context(spec_name)
     spec, settings, client = ctx.spec, ctx.settings, ctx.client
     tags = {
         **lineage,
         "data_interval": interval.label,
-        "data_hash": train_out["data_hash"],
-        "gx_result_uri": (validate_out or {}).get("report_uri", ""),
+        "data_hash": train_out.data_hash,
+        "gx_result_uri": _report_uri(validate_out),
         "feast_feature_service": spec.feature_service_name,
         "git_commit": settings.git_commit,
-        "rows": ",".join(f"{k}={v}" for k, v in train_out["rows"].items()),
-        "gate": "passed" if eval_out["passed"] else "failed",
+        "rows": ",".join(f"{k}={v}" for k, v in train_out.rows.items()),
+        "gate": "passed" if eval_out.passed else "failed",
     }
     tags = {k: str(v) for k, v in tags.items()}
-    version, created = reg(client, spec.model_name, train_out["model_uri"], train_out["run_id"], tags)
+    version, created = reg(client, spec.model_name, train_out.model_uri, train_out.run_id, tags)
     log.info(
         "%s version %s %s (alias challenger)",
         spec.model_name,
         version,
         "registered" if created else "already registered",
     )
-    return {"model": spec.model_name, "version": version, "created": created, "run_id": train_out["run_id"]}
+    return {"model": spec.model_name, "version": version, "created": created, "run_id": train_out.run_id}
 
 
 # -- deploy (promotion) -------------------------------------------------------------------------
 def promote(
     reg_out: dict[str, Any],
-    eval_out: dict[str, Any],
+    eval_out: EvaluateResult | dict[str, Any],
     run_id: str,
     dag_id: str,
     strategy: str = "direct",
@@ -358,12 +371,13 @@ def promote(
     already is champion with no promotion of it pending is left alone."""
     from include.mlops import registry as R
 
+    eval_out = EvaluateResult.from_xcom(eval_out)
     ctx = context(spec_name)
     store, client = ctx.store, ctx.client
     model, version = reg_out["model"], str(reg_out["version"])
-    if not eval_out["passed"]:
+    if not eval_out.passed:
         champion = R.alias_version(client, model, R.CHAMPION)  # raises when the registry does not answer
-        msg = "not promoted: " + "; ".join(eval_out["reasons"])
+        msg = "not promoted: " + "; ".join(eval_out.reasons)
         log.info("%s (champion stays v%s)", msg, champion)
         return {"promoted": False, "message": msg, "champion": champion, "gate_passed": False}
     base = R.promotion_base(dag_id, run_id, version)
@@ -384,7 +398,7 @@ def promote(
             msg = f"v{version} already champion"
             log.info(msg)
             return {"promoted": False, "message": msg, "champion": version, "previous": None, "gate_passed": True}
-        reason = "gate passed: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_out["metrics"].items())
+        reason = "gate passed: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_out.metrics.items())
         txn = {"run_id": run_id, "dag_id": dag_id, "strategy": strategy, "base": base, "awaits_check": not complete}
         move = R.begin_move(client, store, model, version, action="promote", reason=reason, **txn)
     R.apply_move(client, move)

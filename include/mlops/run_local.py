@@ -120,6 +120,7 @@ TASK_ORDER = ("extract", "validate", "prepare", "train", "evaluate", "register",
 def describe(report: TrainingReport, home: Path) -> list[str]:
     """What a person wants to see after the run: task states, the decision, where logs and results are."""
     from include.mlops.config import get_settings
+    from include.mlops.results import EvaluateResult, TrainResult
 
     r = report.last
     ran = r.get("day", report.day.isoformat())
@@ -133,12 +134,13 @@ def describe(report: TrainingReport, home: Path) -> list[str]:
         lines.append("  no task ran: is the day before the DAGs' start date (MLOPS_START_DATE)?")
     outs = r.get("outputs") or {}
     if outs.get("train"):
-        lines.append(f"  MLflow run: {outs['train'].get('run_id')} (rows: {outs['train'].get('rows')})")
-    ev = outs.get("evaluate") or {}
-    if ev.get("metrics"):
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in ev["metrics"].items() if isinstance(v, int | float))
+        tr = TrainResult.from_xcom(outs["train"])
+        lines.append(f"  MLflow run: {tr.run_id} (rows: {tr.rows})")
+    ev = EvaluateResult.from_xcom(outs["evaluate"]) if outs.get("evaluate") else None
+    if ev is not None and ev.metrics:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in ev.metrics.items() if isinstance(v, int | float))
         lines.append(f"  holdout: {shown}")
-        verdict = "passed" if ev.get("passed") else "failed: " + "; ".join(map(str, ev.get("reasons") or []))
+        verdict = "passed" if ev.passed else "failed: " + "; ".join(map(str, ev.reasons))
         lines.append(f"  gate: {verdict}")
     if outs.get("register"):
         lines.append(f"  model version: {outs['register'].get('model')} v{outs['register'].get('version')}")

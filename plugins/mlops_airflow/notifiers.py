@@ -311,13 +311,15 @@ class GateDecisionNotifier(MlopsNotifier):
 
     def build(self, context: Any) -> Any:
         from include.mlops.alerts import gate_alert
+        from include.mlops.results import EvaluateResult
 
         value = self.task_value(context)
         if value.get("promoted") or value.get("gate_passed") is not False:  # only a gate rejection
             return None
-        eval_out = context["ti"].xcom_pull(task_ids=self.evaluate_task_id) or {}
+        pulled = context["ti"].xcom_pull(task_ids=self.evaluate_task_id)
+        evaluated = EvaluateResult.from_xcom(pulled) if pulled else None  # a malformed value fails here, by name
         links = {"Airflow task log": self.log_url(context), "MLflow run": _mlflow_run_url(value)}
-        return gate_alert(value, eval_out, links, self.source(context))
+        return gate_alert(value, evaluated.to_xcom() if evaluated else None, links, self.source(context))
 
 
 class RollbackNotifier(MlopsNotifier):

@@ -80,6 +80,8 @@ class GXValidateOperator(_IntervalOperator):
     operator_extra_links = (ReportLink(),)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from dataclasses import replace
+
         from include.mlops.pipeline import validate
         from include.mlops.validation import DataValidationError
 
@@ -89,19 +91,19 @@ class GXValidateOperator(_IntervalOperator):
             out = validate(interval, self.dataset or None)
         except DataValidationError as exc:
             raise DataQualityError(str(exc)) from exc
-        out["report_html"] = out["report_uri"].replace(".json", ".html")
-        for w in out["warnings"]:
+        out = replace(out, report_html=out.report_uri.replace(".json", ".html"))
+        for w in out.warnings:
             self.log.warning("value skew (recorded): %s", w)
-        self.log.info("batch valid: %s rows; report %s", out["rows"], out["report_html"])
+        self.log.info("batch valid: %s rows; report %s", out.rows, out.report_html)
         try:
             from mlops_airflow.reports import publish_validation
 
-            htmls = [u.replace(".json", ".html") for u in out["reports"]]
-            out["report_url"] = publish_validation(htmls, self.dataset or None, interval, lineage(context))
-            self.log.info("report in MLflow: %s", out["report_url"])
+            htmls = [u.replace(".json", ".html") for u in out.reports]
+            out = replace(out, report_url=publish_validation(htmls, self.dataset or None, interval, lineage(context)))
+            self.log.info("report in MLflow: %s", out.report_url)
         except Exception as exc:  # the report is in the store; the link is a convenience
             self.log.warning("could not log the validation report to MLflow: %s", exc)
-        return out
+        return out.to_xcom()
 
 
 class FeastPrepareOperator(_IntervalOperator):
@@ -113,8 +115,8 @@ class FeastPrepareOperator(_IntervalOperator):
         from include.mlops.pipeline import prepare
 
         out = prepare(self.interval_of(context), self.dataset or None)
-        self.log.info("feature service %s; %s entities online", out["feature_service"], out["materialized"])
-        return out
+        self.log.info("feature service %s; %s entities online", out.feature_service, out.materialized)
+        return out.to_xcom()
 
 
 class MlflowRegisterOperator(_IntervalOperator):
@@ -139,6 +141,7 @@ class MlflowRegisterOperator(_IntervalOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from include.mlops.pipeline import register
+        from include.mlops.results import TrainResult
 
         ti = context["ti"]
         train_out = ti.xcom_pull(task_ids=self.train_task_id)
@@ -147,7 +150,7 @@ class MlflowRegisterOperator(_IntervalOperator):
         out = register(
             train_out, eval_out, validate_out, lineage(context), self.interval_of(context), self.dataset or None
         )
-        out["experiment_id"] = train_out.get("experiment_id")
+        out["experiment_id"] = TrainResult.from_xcom(train_out).experiment_id
         return out
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from include.mlops.results import TrainResult
 from tests.conftest import DEMO_START, day_interval, use_home
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,7 @@ def _fit(spec, train: pd.DataFrame, wrong_share: float):
     return T.build_pipeline(spec).fit(train[model_features(spec)], y)
 
 
-def _log(spec, model, train: pd.DataFrame, holdout_uri: str, tag: str) -> dict:
+def _log(spec, model, train: pd.DataFrame, holdout_uri: str, tag: str) -> TrainResult:
     """What `pipeline.train` hands on, for a model fitted here: a run with the logged model."""
     import mlflow
 
@@ -85,13 +86,10 @@ def _log(spec, model, train: pd.DataFrame, holdout_uri: str, tag: str) -> dict:
     exp = ensure_experiment(setup_mlflow(settings), spec.name, settings)
     with mlflow.start_run(experiment_id=exp, run_name=tag) as run:
         info = P.log_model(model, spec, train[model_features(spec)].head(5))
-    return {
-        "run_id": run.info.run_id,
-        "model_uri": info.model_uri,
-        "holdout_uri": holdout_uri,
-        "data_hash": tag,
-        "rows": {"train": len(train)},
-    }
+    return TrainResult(
+        run_id=run.info.run_id, experiment_id=exp, model_uri=info.model_uri, train_uri="", holdout_uri=holdout_uri,
+        data_hash=tag, rows={"train": len(train)}, reused=False,
+    )  # fmt: skip
 
 
 def _client():
@@ -141,7 +139,7 @@ def decay(home):
         tr = _log(spec, _fit(spec, train, share), train, holdout_uri, f"decay-{k + 1}")
         ev = P.evaluate(tr, DECAY)
         rg = P.register(tr, ev, None, LINEAGE, IV, DECAY)
-        if ev["passed"]:
+        if ev.passed:
             P.promote(rg, ev, f"decay-{k + 1}", "test_evaluate_faults", spec_name=DECAY)
         steps.append(
             {
@@ -149,8 +147,8 @@ def decay(home):
                 "evaluate": ev,
                 "version": rg["version"],
                 "champion": alias_version(_client(), spec.model_name, CHAMPION),
-                "record": _read_gate(tr["run_id"]),
-                "files": _gate_files(tr["run_id"]),
+                "record": _read_gate(tr.run_id),
+                "files": _gate_files(tr.run_id),
             }
         )
     return {"spec": spec, "steps": steps}
@@ -158,18 +156,18 @@ def decay(home):
 
 def test_slow_decay_is_refused_against_the_reference(decay):
     steps = decay["steps"]
-    auc = [s["evaluate"]["metrics"]["roc_auc"] for s in steps]
+    auc = [s["evaluate"].metrics["roc_auc"] for s in steps]
     drops = [a - b for a, b in zip(auc, auc[1:], strict=False)]
     assert all(0 < d < 0.02 for d in drops), drops  # each retrain a little worse, within max_regression
     # five retrains promoted one after the other
     assert [s["champion"] for s in steps[:6]] == ["1", "2", "3", "4", "5", "6"]
-    assert all(s["evaluate"]["passed"] for s in steps[:6])
+    assert all(s["evaluate"].passed for s in steps[:6])
     assert auc[0] - auc[5] > 0.02, "the slide already exceeds max_regression when v6 is promoted"
 
     # the sixth retrain is refused, by the reference (v1) and not by the champion check
     last = steps[6]
-    assert not last["evaluate"]["passed"] and last["champion"] == "6" and last["version"] == "7"
-    assert [r.split(":")[0] for r in last["evaluate"]["reasons"]] == ["regression of roc_auc vs reference v1"]
+    assert not last["evaluate"].passed and last["champion"] == "6" and last["version"] == "7"
+    assert [r.split(":")[0] for r in last["evaluate"].reasons] == ["regression of roc_auc vs reference v1"]
     checks = {c["check"]: c for c in last["record"]["checks"]}
     assert checks["regression of roc_auc vs champion"]["passed"]
     ref = last["record"]["reference"]
@@ -186,20 +184,20 @@ def test_rerun_after_promotion_reuses_the_decision_and_history_grows(decay):
 
     steps = decay["steps"]
     champion_run = steps[5]["train"]  # v6, the champion
-    before = _gate_files(champion_run["run_id"])
+    before = _gate_files(champion_run.run_id)
     again = P.evaluate(champion_run, DECAY)
-    assert again["reused"] is True and again["passed"] is True
-    assert again["champion_version"] == "5", "the decision taken against v5, not against itself"
-    assert _gate_files(champion_run["run_id"]) == before
+    assert again.reused is True and again.passed is True
+    assert again.champion_version == "5", "the decision taken against v5, not against itself"
+    assert _gate_files(champion_run.run_id) == before
 
     refused_run = steps[6]["train"]  # v7, not promoted: a re-run decides again and keeps both
-    first = _read_gate(refused_run["run_id"])
-    history = [p for p in _gate_files(refused_run["run_id"]) if p.startswith("evaluation/gate-")]
+    first = _read_gate(refused_run.run_id)
+    history = [p for p in _gate_files(refused_run.run_id) if p.startswith("evaluation/gate-")]
     out = P.evaluate(refused_run, DECAY)
-    assert not out["passed"] and "reused" not in out
-    after = [p for p in _gate_files(refused_run["run_id"]) if p.startswith("evaluation/gate-")]
+    assert not out.passed and not out.reused
+    after = [p for p in _gate_files(refused_run.run_id) if p.startswith("evaluation/gate-")]
     assert len(after) == len(history) + 2 and set(history) < set(after)  # one .json and one .txt more
-    assert _read_gate(refused_run["run_id"]) == first  # the first decision is never overwritten
+    assert _read_gate(refused_run.run_id) == first  # the first decision is never overwritten
 
 
 def test_rerun_without_a_record_compares_with_the_champion_before(decay, home):
@@ -210,11 +208,11 @@ def test_rerun_without_a_record_compares_with_the_champion_before(decay, home):
     from include.mlops import pipeline as P
 
     run = decay["steps"][2]["train"]  # v3: champion once, replaced since
-    local = Path(_client().get_run(run["run_id"]).info.artifact_uri.removeprefix("file://")) / "evaluation"
+    local = Path(_client().get_run(run.run_id).info.artifact_uri.removeprefix("file://")) / "evaluation"
     shutil.rmtree(local)
     out = P.evaluate(run, DECAY)
-    assert "reused" not in out and out["champion_version"] == "2"
-    rec = _read_gate(run["run_id"])
+    assert not out.reused and out.champion_version == "2"
+    rec = _read_gate(run.run_id)
     assert rec["champion_version"] == "2" and "3" not in rec["reference"]["considered"]
 
 
@@ -235,7 +233,7 @@ def test_champion_that_cannot_be_loaded_fails_the_task(decay):
     from include.mlops.evaluation import GateError
 
     run = decay["steps"][6]["train"]
-    before = _gate_files(run["run_id"])
+    before = _gate_files(run.run_id)
     path = _model_file("6")  # the champion's artifact, damaged
     saved = path.read_bytes()
     try:
@@ -244,7 +242,7 @@ def test_champion_that_cannot_be_loaded_fails_the_task(decay):
             P.evaluate(run, DECAY)
     finally:
         path.write_bytes(saved)
-    assert _gate_files(run["run_id"]) == before, "no decision may be recorded without the champion"
+    assert _gate_files(run.run_id) == before, "no decision may be recorded without the champion"
 
 
 def test_champion_on_features_the_spec_dropped_follows_the_rule(home):
@@ -274,11 +272,11 @@ def test_champion_on_features_the_spec_dropped_follows_the_rule(home):
         uri = get_store().put_parquet(f"training/{name}/h-{rule}.parquet", holdout)
         tr2 = _log(narrow, _fit(narrow, train, 0.0), train, uri, rule)
         out = P.evaluate(tr2, name)
-        assert out["passed"] is passes, out["reasons"]
-        note = {c["check"]: c for c in _read_gate(tr2["run_id"])["checks"]}["vs champion"]["note"]
+        assert out.passed is passes, out.reasons
+        note = {c["check"]: c for c in _read_gate(tr2.run_id)["checks"]}["vs champion"]["note"]
         assert "champion v1 cannot score this holdout" in note and "(plan)" in note
         assert f"gate.feature_change: {rule}" in note
-        assert "vs champion" in _read_text(tr2["run_id"])
+        assert "vs champion" in _read_text(tr2.run_id)
 
 
 def _read_text(run_id: str) -> str:
@@ -307,8 +305,8 @@ def test_train_closes_the_run_a_killed_attempt_left_running(lifecycle_env):
     lc = lifecycle_env
     name, tr, iv = Path(lc["spec_path"]).stem, lc["train"], lc["interval"]
     client = _client()
-    exp = client.get_run(tr["run_id"]).info.experiment_id
-    args = [get_settings().tracking_uri, exp, iv.key, tr["data_hash"]]
+    exp = client.get_run(tr.run_id).info.experiment_id
+    args = [get_settings().tracking_uri, exp, iv.key, tr.data_hash]
     proc = subprocess.Popen([sys.executable, "-c", ORPHAN, *args], stdout=subprocess.PIPE, text=True, env=os.environ)
     try:  # the attempt is killed once its run exists
         sel = selectors.DefaultSelector()
@@ -325,10 +323,10 @@ def test_train_closes_the_run_a_killed_attempt_left_running(lifecycle_env):
     out = P.train(iv, {**LINEAGE, "run_id": "retry"}, name)
     same = client.search_runs(
         [exp],
-        f"tags.`mlops.interval` = '{iv.key}' and tags.`mlops.data_hash` = '{tr['data_hash']}'",
+        f"tags.`mlops.interval` = '{iv.key}' and tags.`mlops.data_hash` = '{tr.data_hash}'",
         run_view_type=ViewType.ALL,
     )
     status = {r.info.run_id: r.info.status for r in same}
-    assert [r for r, s in status.items() if s == "FINISHED"] == [out["run_id"]]
+    assert [r for r, s in status.items() if s == "FINISHED"] == [out.run_id]
     assert status[orphan] == "FAILED" and "RUNNING" not in status.values()
     assert "killed training attempt" in client.get_run(orphan).data.tags["mlops.closed_reason"]

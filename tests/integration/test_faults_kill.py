@@ -98,9 +98,9 @@ def test_kill_in_train_after_the_run_started_then_retry_leaves_one_finished_run(
     statuses = sorted(r.info.status for r in runs)
     assert "RUNNING" not in statuses, f"an orphan run is left RUNNING: {statuses}"
     finished = [r for r in runs if r.info.status == "FINISHED"]
-    assert [r.info.run_id for r in finished] == [out["run_id"]], statuses
+    assert [r.info.run_id for r in finished] == [out.run_id], statuses
     # the retry is itself idempotent: a third attempt reuses the finished run
-    assert P.train(iv, LINEAGE, SPEC)["run_id"] == out["run_id"]
+    assert P.train(iv, LINEAGE, SPEC).run_id == out.run_id
 
 
 def _day_before(iv):
@@ -123,7 +123,7 @@ def test_kill_in_register_after_the_version_was_created_then_retry_registers_onc
     from include.mlops import pipeline as P
 
     c = home["c"]
-    args = json.dumps([c["train"], c["evaluate"], home["validate"]])
+    args = json.dumps([c["train"].to_xcom(), c["evaluate"].to_xcom(), home["validate"].to_xcom()])
     code = (
         _interval_code(c["interval"])
         + f"import json\ntr, ev, val = json.loads({args!r})\n"
@@ -134,7 +134,7 @@ def test_kill_in_register_after_the_version_was_created_then_retry_registers_onc
     client = _client()
     assert _aliases(client)["challenger"] == "2", "the kill came before the alias moved"
     out = P.register(c["train"], c["evaluate"], home["validate"], LINEAGE, c["interval"], SPEC)
-    versions = client.search_model_versions(f"name='{SPEC}_model' and run_id='{c['train']['run_id']}'")
+    versions = client.search_model_versions(f"name='{SPEC}_model' and run_id='{c['train'].run_id}'")
     assert [str(v.version) for v in versions] == ["3"], "one version per run"
     assert (out["version"], out["created"]) == ("3", False)
     assert _aliases(client) == {"champion": "1", "previous": None, "challenger": "3"}
@@ -144,7 +144,7 @@ def test_kill_in_register_after_the_version_was_created_then_retry_registers_onc
 # -- deploy (promotion) ------------------------------------------------------------------------------
 def _promote_code(home: dict[str, Any]) -> str:
     b = home["b"]
-    args = json.dumps([b["register"], b["evaluate"]])
+    args = json.dumps([b["register"], b["evaluate"].to_xcom()])
     return (
         "import json\nfrom include.mlops import pipeline as P\n"
         f"reg, ev = json.loads({args!r})\n"

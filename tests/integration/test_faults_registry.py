@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from include.mlops.delivery.service import free_port
+from include.mlops.results import TrainResult
 from tests.conftest import use_home
 from tests.support.fault_proxy import FaultProxy, wait_http
 from tests.support.faults_home import SPEC, copy_home, rebase, template
@@ -133,9 +135,11 @@ def _env(home, proxy: FaultProxy) -> dict[str, str]:
     return {"MLFLOW_TRACKING_URI": proxy.url, "MLOPS_MLFLOW_ARTIFACTS": "", **CLIENT_ENV}
 
 
-def _worse_challenger(train_out: dict[str, Any]) -> dict[str, Any]:
+def _worse_challenger(train_out: TrainResult) -> TrainResult:
     """Run A's training split with its labels shuffled, fitted and logged as a run: a model
     that ranks no better than chance on run A's holdout, where the champion scores ~0.74."""
+    from dataclasses import replace
+
     import mlflow
     import numpy as np
 
@@ -147,14 +151,14 @@ def _worse_challenger(train_out: dict[str, Any]) -> dict[str, Any]:
 
     ctx = context(SPEC)
     spec, store, settings = ctx.spec, ctx.store, ctx.settings
-    df = store.get_parquet(store.key_of(train_out["train_uri"]))
+    df = store.get_parquet(store.key_of(train_out.train_uri))
     df[spec.label] = np.random.default_rng(7).permutation(df[spec.label].to_numpy())
     model, _ = T.fit(spec, df)
     exp = ensure_experiment(setup_mlflow(settings), spec.name, settings)
     with mlflow.start_run(experiment_id=exp, run_name="worse-challenger", tags={"mlops.interval": "worse"}) as run:
         info = log_model(model, spec, df.head(5)[model_features(spec)])
         mlflow.set_tag("mlops.model_uri", info.model_uri)
-    return {**train_out, "run_id": run.info.run_id, "model_uri": info.model_uri, "data_hash": "shuffled-labels"}
+    return replace(train_out, run_id=run.info.run_id, model_uri=info.model_uri, data_hash="shuffled-labels")
 
 
 @pytest.fixture
@@ -233,9 +237,9 @@ def test_alias_reads_failing_during_evaluate_fail_it_and_the_retry_refuses_the_w
 
     proxy.reset_records()
     ev = P.evaluate(worse, SPEC)  # the retry, with the registry answering
-    assert ev["passed"] is False, ev
-    assert ev["champion_version"] == faults["before"]["champion"]
-    assert ev["champion_metrics"]["roc_auc"] - ev["metrics"]["roc_auc"] > 0.02, ev
+    assert ev.passed is False, ev
+    assert ev.champion_version == faults["before"]["champion"]
+    assert ev.champion_metrics["roc_auc"] - ev.metrics["roc_auc"] > 0.02, ev
     reg = P.register(worse, ev, faults["validate"], {"dag_id": "faults"}, faults["b"]["interval"], SPEC)
     out = P.promote(reg, ev, "faults-evaluate", "faults", spec_name=SPEC)
     assert out["promoted"] is False and out["message"].startswith("not promoted"), out
@@ -253,12 +257,12 @@ def test_slow_registry_only_slows_the_decision_down(faults):
     slow_all = proxy.add(path="", delay=0.05)
     slow = P.evaluate(worse, SPEC)
     assert slow_alias.applied >= 1 and slow_all.applied >= 1
-    assert (slow["passed"], slow["champion_version"], slow["reasons"]) == (
-        clean["passed"],
-        clean["champion_version"],
-        clean["reasons"],
+    assert (slow.passed, slow.champion_version, slow.reasons) == (
+        clean.passed,
+        clean.champion_version,
+        clean.reasons,
     )
-    assert slow["metrics"] == pytest.approx(clean["metrics"])
+    assert slow.metrics == pytest.approx(clean.metrics)
     assert proxy.failed() == []
     assert _aliases(faults["client"]) == faults["before"]
 
@@ -286,7 +290,7 @@ def test_alias_reads_failing_during_promote_fail_it_and_change_nothing(faults):
     from include.mlops import pipeline as P
 
     proxy, b = faults["proxy"], faults["b"]
-    ev = {**b["evaluate"], "passed": True, "reasons": []}
+    ev = replace(b["evaluate"], passed=True, reasons=[])
     rule = proxy.add(method="GET", path=ALIAS, status=500)
     with pytest.raises(Exception) as err:
         P.promote(b["register"], ev, "faults-promote-read", "faults", spec_name=SPEC)
@@ -304,7 +308,7 @@ def test_alias_write_failing_mid_promotion_then_the_retry_completes_it(faults):
     from include.mlops import pipeline as P
 
     proxy, b = faults["proxy"], faults["b"]
-    ev = {**b["evaluate"], "passed": True, "reasons": []}
+    ev = replace(b["evaluate"], passed=True, reasons=[])
     rule = proxy.add(method="POST", path=ALIAS, status=500, skip=1)
     with pytest.raises(Exception) as err:
         P.promote(b["register"], ev, "faults-promote-write", "faults", spec_name=SPEC)

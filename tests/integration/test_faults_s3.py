@@ -91,7 +91,7 @@ def _fault_then_retry(h: dict[str, Any], what: str) -> tuple[BaseException, dict
     after_failure = _staging(h["store"], h["spec"], h["day"])
 
     out = P.extract(iv, SPEC)
-    assert out["rows"] > 0
+    assert out.rows > 0
     assert _staging(h["store"], h["spec"], h["day"]) == reference, "the retry stages the same bytes"
     return err.value, after_failure, reference
 

@@ -82,7 +82,7 @@ def test_rebased_copy_loads_models_features_and_reruns_a_step(moved, monkeypatch
     assert str(champion.version) == "1" and str(new) in champion.source
     model = tracking.load_sklearn(f"models:/{spec.model_name}@champion")
     assert hasattr(model, "predict_proba")
-    run_a = outs["a"]["train"]["run_id"]
+    run_a = outs["a"]["train"].run_id
     listed = [a.path for a in MlflowClient().list_artifacts(run_a)]
     assert listed, "the run lists no artifacts"
     # Feast: the registry's file source now names the copy's store
@@ -100,7 +100,7 @@ def test_rebased_copy_loads_models_features_and_reruns_a_step(moved, monkeypatch
     assert len(hist) == 20
     # a pipeline step runs again on the copy: evaluate run B against the champion
     ev = P.evaluate(rebase(outs["b"]["train"], old, new), SPEC)
-    assert str(ev["champion_version"]) == "1" and ev["metrics"]
+    assert str(ev.champion_version) == "1" and ev.metrics
 
 
 def test_rebase_refuses_while_a_process_uses_the_home(tmp_path, monkeypatch):

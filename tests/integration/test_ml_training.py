@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from include.mlops.results import TrainResult
 from tests.conftest import (
     DEMO_START,
     day_interval,
@@ -147,7 +148,7 @@ def test_rerun_of_same_interval_is_idempotent(training_dag, file_home, first_run
     assert _staging_digest(store, spec) == before
     client = _client()
     assert len(client.search_model_versions(f"name='{spec.model_name}'")) == versions_before
-    assert tis["train"].xcom_pull(task_ids="train")["reused"] is True
+    assert TrainResult.from_xcom(tis["train"].xcom_pull(task_ids="train")).reused is True
 
 
 def test_rejected_challenger_is_not_promoted_and_run_succeeds(rejected):

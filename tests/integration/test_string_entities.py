@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from include.mlops.results import TrainResult
 from tests.conftest import DEMO_START, day_interval, demo_home, run_dag_day, small_spec, ti_state, use_home
 from tests.integration.test_online_store import _home, _online, _rows
 
@@ -182,6 +183,8 @@ def test_point_in_time_join_on_string_keys(tmp_path, monkeypatch, spec):
 def string_lifecycle(tmp_path_factory):
     """10 ingested days of string-keyed churn data (400 rows/day) and a promoted champion, as the
     session's `lifecycle` fixture builds for int64 keys (validation of text keys has its own tests)."""
+    from dataclasses import replace
+
     from include.mlops import pipeline as P
     from include.mlops.data.generator import write_days
     from include.mlops.spec import load_spec
@@ -203,7 +206,7 @@ def string_lifecycle(tmp_path_factory):
     iv = day_interval(DEMO_START + timedelta(days=9))
     tr = P.train(iv, lineage, name)
     ev = P.evaluate(tr, name)
-    forced = {**ev, "passed": True, "reasons": []}
+    forced = replace(ev, passed=True, reasons=[])
     rg = P.register(tr, forced, None, lineage, iv, name)
     P.promote(rg, forced, "fixture", "fixture", spec_name=name)
     env = {k: os.environ[k] for k in os.environ if k.startswith(("MLOPS_", "MLFLOW_", "FEAST_"))}
@@ -219,7 +222,7 @@ def test_a_string_keyed_champion_serves_lookups_by_string_id(string_lifecycle):
 
     spec, store = string_lifecycle["spec"], string_lifecycle["store"]
     key = spec.entity_key
-    assert store.get_parquet(store.key_of(string_lifecycle["train"]["train_uri"]))[key].map(type).eq(str).all()
+    assert store.get_parquet(store.key_of(string_lifecycle["train"].train_uri))[key].map(type).eq(str).all()
     day = DEMO_START + timedelta(days=9)
     raw = store.get_parquet(staging_key(spec, day)).head(12)
     ids = raw[key].tolist()
@@ -311,7 +314,7 @@ def test_ml_training_runs_end_to_end_on_string_keys(training_dag, string_dag_hom
     assert alias_version(setup_mlflow(get_settings()), spec.model_name, "champion") == "1"
 
     store = get_store()
-    train = store.get_parquet(store.key_of(tis["train"].xcom_pull(task_ids="train")["train_uri"]))
+    train = store.get_parquet(store.key_of(TrainResult.from_xcom(tis["train"].xcom_pull(task_ids="train")).train_uri))
     assert train[spec.entity_key].map(type).eq(str).all() and train[spec.entity_key].str.startswith("C-").all()
     staged = store.get_parquet(staging_key(spec, DEMO_START + timedelta(days=8)))
     ids = [str(i) for i in staged[spec.entity_key].head(5)]

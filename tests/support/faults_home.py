@@ -27,6 +27,8 @@ _TEMPLATE: dict[str, Any] = {}
 
 def build_template(root: Path) -> dict[str, Any]:
     """Build the template home under `root` (see the module docstring); returns its facts."""
+    from dataclasses import replace
+
     from include.mlops import pipeline as P
     from include.mlops.data.generator import write_days
     from include.mlops.spec import load_spec
@@ -48,12 +50,12 @@ def build_template(root: Path) -> dict[str, Any]:
         lineage = {"dag_id": "faults", "run_id": "template"}
         iv_a = day_interval(DEMO_START + timedelta(days=DAYS - 1))
         tr_a = P.train(iv_a, lineage, SPEC)
-        ev_a = {**P.evaluate(tr_a, SPEC), "passed": True, "reasons": []}
+        ev_a = replace(P.evaluate(tr_a, SPEC), passed=True, reasons=[])
         rg_a = P.register(tr_a, ev_a, val, lineage, iv_a, SPEC)
         P.promote(rg_a, ev_a, "template", "faults", spec_name=SPEC)
         iv_b = day_interval(DEMO_START + timedelta(days=DAYS - 2))
         tr_b = P.train(iv_b, lineage, SPEC)
-        ev_b = {**P.evaluate(tr_b, SPEC), "passed": True, "reasons": []}
+        ev_b = replace(P.evaluate(tr_b, SPEC), passed=True, reasons=[])
         rg_b = P.register(tr_b, ev_b, val, lineage, iv_b, SPEC)
         iv_c = day_interval(DEMO_START + timedelta(days=DAYS - 3))
         tr_c = P.train(iv_c, lineage, SPEC)
@@ -66,7 +68,7 @@ def build_template(root: Path) -> dict[str, Any]:
         "validate": val,
         "a": {"interval": iv_a, "train": tr_a, "evaluate": ev_a, "register": rg_a},
         "b": {"interval": iv_b, "train": tr_b, "evaluate": ev_b, "register": rg_b},
-        "c": {"interval": iv_c, "train": tr_c, "evaluate": {**ev_b, "metrics": {}}},
+        "c": {"interval": iv_c, "train": tr_c, "evaluate": replace(ev_b, metrics={})},
     }
 
 
@@ -93,6 +95,8 @@ def copy_home(tpl: dict[str, Any], dest: Path) -> Path:
 
 def rebase(value: Any, old: Path, new: Path) -> Any:
     """A step output of the template with its paths moved to a copy's home (store URIs)."""
+    if hasattr(value, "to_xcom"):  # a step's typed result: rebased through its XCom form
+        return type(value).from_xcom(rebase(value.to_xcom(), old, new))
     if isinstance(value, str):
         return value.replace(str(old), str(new))
     if isinstance(value, dict):

@@ -341,13 +341,15 @@ def test_notifiers_without_connections_send_nothing_and_do_not_fail(channels):
     TaskFailureNotifier().notify({"ti": FakeTI({}), "exception": RuntimeError("x")})
 
 
+# what the evaluate task pushes for a rejected challenger (`EvaluateResult.to_xcom()`)
+REJECTED_XCOM = {"passed": False, "reasons": ["minimum roc_auc"], "metrics": {"roc_auc": 0.61}}
+
+
 def test_gate_rollback_and_failure_notifiers(channels, webhook):
     from mlops_airflow.notifiers import GateDecisionNotifier, RollbackNotifier, TaskFailureNotifier
 
     channels(webhook=_slack_conn(webhook.url))
-    GateDecisionNotifier().notify(
-        {"ti": FakeTI({"deploy": DEPLOY, "evaluate": {"reasons": ["minimum roc_auc"]}}, "deploy")}
-    )
+    GateDecisionNotifier().notify({"ti": FakeTI({"deploy": DEPLOY, "evaluate": REJECTED_XCOM}, "deploy")})
     GateDecisionNotifier().notify(
         {
             "ti": FakeTI(

@@ -72,9 +72,9 @@ def test_one_parquet_file_is_staged_byte_for_byte_and_validates(home):
 
     out = P.extract(day_interval(DAY), spec_name)
 
-    assert out["rows"] == len(events)
+    assert out.rows == len(events)
     assert store.get_bytes(layout.staging_events_key(spec, DAY)) == data
-    assert P.validate(day_interval(DAY), spec_name)["rows"] == len(events)
+    assert P.validate(day_interval(DAY), spec_name).rows == len(events)
 
 
 def test_every_parquet_file_of_the_day_is_read_in_name_order(home, caplog):
@@ -91,14 +91,14 @@ def test_every_parquet_file_of_the_day_is_read_in_name_order(home, caplog):
         out = P.extract(day_interval(DAY), spec_name)
 
     staged = store.get_parquet(layout.staging_events_key(spec, DAY))
-    assert out["rows"] == 150 and len(staged) == 150
+    assert out.rows == 150 and len(staged) == 150
     expected = pd.concat([parts["part-a.parquet"], parts["part-b.parquet"], parts["part-c.parquet"]])
     assert staged[spec.entity_key].tolist() == expected[spec.entity_key].tolist()
     log = caplog.text
     for name, part in parts.items():
         assert f"{name}: {len(part)} rows" in log
     assert "ignored" in log and "notes.txt" in log
-    assert P.validate(day_interval(DAY), spec_name)["rows"] == 150
+    assert P.validate(day_interval(DAY), spec_name).rows == 150
 
 
 def _csv(df: pd.DataFrame, sep: str = ",") -> bytes:
@@ -126,7 +126,7 @@ def test_csv_files_with_delimiter_text_keys_rename_and_utc_times(home):
 
     out = P.extract(day_interval(DAY), spec_name)
 
-    assert out["rows"] == 100 and out["labels"] == 100
+    assert out.rows == 100 and out.labels == 100
     staged = store.get_parquet(layout.staging_events_key(spec, DAY))
     assert list(staged.columns) == list(events.columns)
     assert staged[spec.entity_key].tolist() == ids
@@ -135,7 +135,7 @@ def test_csv_files_with_delimiter_text_keys_rename_and_utc_times(home):
     staged_labels = store.get_parquet(layout.staging_labels_key(spec, DAY))
     assert staged_labels[spec.entity_key].tolist() == ids
     assert (staged_labels[spec.timestamp] == labels[spec.timestamp]).all()
-    assert P.validate(day_interval(DAY), spec_name)["rows"] == 100
+    assert P.validate(day_interval(DAY), spec_name).rows == 100
 
 
 def test_inline_labels_are_split_off_into_the_days_labels(home):
@@ -151,8 +151,8 @@ def test_inline_labels_are_split_off_into_the_days_labels(home):
     staged_labels = store.get_parquet(layout.staging_labels_key(spec, DAY))
     assert list(staged_labels.columns) == [spec.entity_key, spec.timestamp, spec.label]
     assert staged_labels[spec.label].tolist() == labels[spec.label].tolist()
-    assert out["labels"] == 80
-    assert P.validate(day_interval(DAY), spec_name)["rows"] == 80
+    assert out.labels == 80
+    assert P.validate(day_interval(DAY), spec_name).rows == 80
 
 
 def test_rename_applies_to_parquet_files(home):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from include.mlops import evaluation as E
 from include.mlops import training as T
 from include.mlops.constants import BINARY_METRICS, MULTICLASS_METRICS
 from include.mlops.features import model_features
+from include.mlops.results import TrainResult
 from include.mlops.scores import (
     DECISION_THRESHOLD,
     LabelError,
@@ -304,8 +306,8 @@ def _spec_file(home: Path, raw: dict) -> tuple[str, object]:
     return raw["name"], load_spec(raw["name"])
 
 
-def _train_and_log(home: Path, spec_name: str, spec, df: pd.DataFrame) -> dict:
-    """What pipeline.train hands to evaluate, without Feast: a fitted model logged in a run."""
+def _train_and_log(home: Path, spec_name: str, spec, df: pd.DataFrame) -> tuple[TrainResult, Any]:
+    """What pipeline.train hands to evaluate, without Feast (a fitted model logged in a run), and the model."""
     import mlflow
 
     from include.mlops import tracking as P
@@ -321,7 +323,12 @@ def _train_and_log(home: Path, spec_name: str, spec, df: pd.DataFrame) -> dict:
     holdout_uri = store.put_parquet(f"training/{spec.name}/holdout.parquet", hold)
     with mlflow.start_run(experiment_id=ensure_experiment(client, spec.name, settings)) as run:
         info = P.log_model(model, spec, train[model_features(spec)].head(5))
-    return {"run_id": run.info.run_id, "model_uri": info.model_uri, "holdout_uri": holdout_uri, "model": model}
+    rows = {"train": len(train), "holdout": len(hold)}
+    tr = TrainResult(
+        run_id=run.info.run_id, experiment_id=run.info.experiment_id, model_uri=info.model_uri, train_uri="",
+        holdout_uri=holdout_uri, data_hash="", rows=rows, reused=False,
+    )  # fmt: skip
+    return tr, model
 
 
 @pytest.mark.parametrize("which", ["cancer", "wine"])
@@ -342,23 +349,23 @@ def test_evaluate_step_on_mlflow(home, cancer, wine, which):
         )
         df = wine
     spec_name, spec = _spec_file(home, raw)
-    tr = _train_and_log(home, spec_name, spec, df)
+    tr, model = _train_and_log(home, spec_name, spec, df)
     out = P.evaluate(tr, spec_name)
-    assert out["passed"], out["reasons"]
-    assert out["nan_predictions"] == 0
+    assert out.passed, out.reasons
+    assert out.nan_predictions == 0
     client = MlflowClient()
-    run = client.get_run(tr["run_id"])
+    run = client.get_run(tr.run_id)
     primary = spec.primary_metric
-    assert run.data.metrics[f"holdout_{primary}"] == pytest.approx(out["metrics"][primary])
-    plots = {f.path for f in client.list_artifacts(tr["run_id"], "plots")}
+    assert run.data.metrics[f"holdout_{primary}"] == pytest.approx(out.metrics[primary])
+    plots = {f.path for f in client.list_artifacts(tr.run_id, "plots")}
     assert "plots/confusion_matrix.png" in plots
     assert ("plots/roc_curve.png" in plots) == (which == "cancer")
     # the logged pyfunc answers class probabilities, one column per class
     import mlflow.pyfunc
 
-    hold = pd.read_parquet(tr["holdout_uri"].removeprefix("file://"))
-    answer = np.asarray(mlflow.pyfunc.load_model(tr["model_uri"]).predict(hold[model_features(spec)].head(3)))
-    assert answer.shape == (3, len(tr["model"].classes_))
+    hold = pd.read_parquet(tr.holdout_uri.removeprefix("file://"))
+    answer = np.asarray(mlflow.pyfunc.load_model(tr.model_uri).predict(hold[model_features(spec)].head(3)))
+    assert answer.shape == (3, len(model.classes_))
 
 
 def test_batch_scoring_and_the_service_agree_with_positive_scores(home, cancer, wine):
@@ -381,9 +388,9 @@ def test_batch_scoring_and_the_service_agree_with_positive_scores(home, cancer, 
         ("wine", wine, {"classes": WINE_NAMES}),
     ):
         spec_name, spec = _spec_file(home, _raw_spec(f"{which}_serve", df, label))
-        tr = _train_and_log(home, spec_name, spec, df)
+        tr, model = _train_and_log(home, spec_name, spec, df)
         client.create_registered_model(spec.model_name)
-        version = str(client.create_model_version(spec.model_name, tr["model_uri"], tr["run_id"]).version)
+        version = str(client.create_model_version(spec.model_name, tr.model_uri, tr.run_id).version)
         client.set_registered_model_alias(spec.model_name, "champion", version)
         day = DAY0 + timedelta(days=DAYS - 1)
         events = df[df["event_timestamp"].dt.date == day].drop(columns="label").reset_index(drop=True)
@@ -391,7 +398,6 @@ def test_batch_scoring_and_the_service_agree_with_positive_scores(home, cancer, 
 
         out = batch.score_batch(day_interval(day), spec_name)
         scored_rows = pd.read_parquet(out["uri"].removeprefix("file://"))
-        model = tr["model"]
         X = events[model_features(spec)]
         proba = model.predict_proba(X)
         expected_pred, expected_score = class_scores(proba, model.classes_, spec)
