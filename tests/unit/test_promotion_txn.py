@@ -190,7 +190,8 @@ def test_a_rollout_that_deploys_nothing_leaves_the_strategy_tags_alone(reg):
 
 def test_a_rollout_retry_does_not_redo_a_completed_or_rolled_back_promotion(reg):
     from include.mlops import registry as R
-    from include.mlops.delivery.rollout import DeploymentCheckFailed, _roll_back_failed, rollout
+    from include.mlops.delivery.rollout import DeploymentCheckFailed, rollout
+    from include.mlops.delivery.staging import _roll_back_failed
 
     c, store, model = reg["client"], reg["store"], reg["model"]
     done = begin_rollout(reg, "2", "r2", "canary")

@@ -455,9 +455,9 @@ def reload(url: str) -> None:
 
 def live_failed(run: Run, phase: Phase, reason: str) -> Exception:
     """End the rollout after a failed phase (routing idle, the promotion undone) and the error to raise."""
-    from include.mlops.delivery import rollout as RO
+    from include.mlops.delivery.staging import _staged_failed
 
-    return RO._staged_failed(
+    return _staged_failed(
         run.ctx.client, run.ctx.store, ServiceHandle(phase.service_url, admin_token()), run.strategy,
         run.model, run.version, run.champion or "", run.move, f"v{run.version}: {reason}", run.run_id, run.dag_id,
     )  # fmt: skip

@@ -22,6 +22,7 @@ finishes its pending move under the strategy it began with (a canary after its l
 step); a rollback meanwhile makes the resumed phase stop with a message that says so. Live
 phases need the live service (MLOPS_SERVE_URL); where the check had to start a service of its
 own, nothing live reaches it and the rollout is judged on the staged check, with a warning.
+The staged check and the undo after a failed check are in `staging`.
 Heavy libraries are imported inside the functions.
 """
 
@@ -37,11 +38,11 @@ from include.mlops.delivery import phases
 from include.mlops.delivery.checks import CheckResult, _describe, _log_check, run_check
 from include.mlops.delivery.phases import Phase
 from include.mlops.delivery.service import ServiceHandle, refresh, service_for_check, wait_for
+from include.mlops.delivery.staging import _baseline_service, _roll_back_failed, _staged_check, _staged_failed
 
 if TYPE_CHECKING:
     from include.mlops.context import Context
     from include.mlops.spec import DatasetSpec
-    from include.mlops.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -438,170 +439,3 @@ def _ended_as(model: str, version: str, status: str | None, from_version: str | 
         "rolled_back": rolled_back,
         "rolled_back_to": from_version if rolled_back else None,
     }
-
-
-def _baseline_service(model: str, env: dict[str, str], baseline: str) -> ServiceHandle | None:
-    """The check's service, serving the current champion before the switch (None if it cannot:
-    the check then starts one after the switch and judges without a baseline)."""
-    try:
-        handle = service_for_check(model, env)
-    except Exception as exc:
-        log.warning("no service to hold the current v%s before the switch (%s)", baseline, exc)
-        return None
-    try:
-        wait_for(handle, champion=baseline)
-    except Exception as exc:
-        log.warning("the service at %s does not serve the current v%s (%s): no baseline", handle.url, baseline, exc)
-    return handle
-
-
-def _staged_check(
-    handle: ServiceHandle,
-    client: Any,
-    spec: DatasetSpec,
-    store: ObjectStore,
-    strategy: str,
-    model: str,
-    version: str,
-    champion: str,
-    mlflow_run: str | None,
-    run_id: str,
-    dag_id: str,
-    move: Any = None,
-) -> dict[str, Any]:
-    """Before the switch: blue/green warms the new version beside the old; canary and shadow
-    let it take (or watch) live traffic and check it. On failure nothing was promoted: the
-    rollout ends (`_staged_failed`) and the step raises."""
-    try:
-        if strategy == "blue_green":
-            wait_for(handle, champion=champion, standby=version)
-            res = CheckResult(
-                "blue_green", True, {"passed": True, "checks": 1, "failures": []}, {"standby": version}, []
-            )
-        else:
-            wait_for(handle, champion=champion, challenger=version)
-            res = run_check(
-                handle,
-                spec,
-                store,
-                strategy,
-                {champion, version},
-                shadow_version=version if strategy == "shadow" else None,
-                canary_version=version if strategy in ("canary", "ab_test") else None,
-            )
-            _log_check(client, mlflow_run, res, f"deploy_{strategy}")
-    except Exception as exc:  # a check that cannot run has not passed
-        why = str(exc) if isinstance(exc, DeploymentCheckFailed) else f"{type(exc).__name__}: {exc}"
-        res = CheckResult(strategy, False, {"passed": False, "checks": 0, "failures": [why]}, {}, [why])
-    if res.passed:
-        return res.to_dict()
-    reason = f"{strategy} check of v{version} failed: " + "; ".join(res.reasons)
-    raise _staged_failed(client, store, handle, strategy, model, version, champion, move, reason, run_id, dag_id)
-
-
-def _now() -> str:
-    from include.mlops.registry import now
-
-    return now()
-
-
-def _roll_back_failed(
-    client: Any,
-    store: ObjectStore,
-    model: str,
-    version: str,
-    previous: str | None,
-    reason: str,
-    run_id: str,
-    dag_id: str,
-    strategy: str,
-    move: Any = None,
-) -> str:
-    """Undo a promotion whose post-deployment check failed: the rollout ends, `champion` and
-    `previous` go back to what they were before it (ledger action rollback_after_failed_check)."""
-    from include.mlops import registry as R
-
-    if move is None:  # called without the transaction: the pending promotion of this version
-        pending = [m for m in R.open_moves(store, model) if m.to_version == str(version) and m.action == "promote"]
-        if not pending:
-            raise RuntimeError(f"no pending promotion of {model} v{version} in the ledger to roll back")
-        move = pending[-1]
-    R.undo_move(
-        client,
-        store,
-        move,
-        action="rollback_after_failed_check",
-        reason=reason,
-        run_id=run_id,
-        dag_id=dag_id,
-        strategy=strategy,
-    )
-    if move.from_version:
-        return f"champion rolled back to v{move.from_version}."
-    return "there was no previous champion: the champion alias was removed (the service keeps its last model)."
-
-
-def _staged_failed(
-    client: Any,
-    store: ObjectStore,
-    handle: ServiceHandle | None,
-    strategy: str,
-    model: str,
-    version: str,
-    champion: str,
-    move: Any,
-    reason: str,
-    run_id: str,
-    dag_id: str,
-) -> DeploymentCheckFailed:
-    """End a rollout whose staged check failed; returns the error to raise. Routing back to idle (`challenger`
-    removed, strategy `direct`), the pending promotion closed as rolled_back (ledger action
-    rollback_after_failed_check); the champion never moved."""
-    from include.mlops import registry as R
-
-    if move is not None:
-        R.undo_move(
-            client,
-            store,
-            move,
-            action="rollback_after_failed_check",
-            reason=reason,
-            run_id=run_id,
-            dag_id=dag_id,
-            strategy=strategy,
-        )
-    else:  # a challenger the gate rejected, watched in shadow: no promotion to undo
-        R.end_routing(client, model)
-        R.write_ledger(
-            store,
-            R.LedgerEntry(
-                at=_now(),
-                model=model,
-                action="rollback_after_failed_check",
-                from_version=version,
-                to_version=champion,
-                reason=reason,
-                run_id=run_id,
-                dag_id=dag_id,
-                strategy=strategy,
-                champion_before=champion,
-                moves_champion=False,
-                undo=True,
-                ends_rollout=True,
-            ),
-        )
-    if handle is not None:
-        try:
-            refresh(handle)
-        except Exception:
-            pass
-    where = f"service {handle.url}; " if handle is not None else ""
-    return DeploymentCheckFailed(
-        f"{reason}. v{version} was never promoted; champion stays v{champion}; the rollout ended: the challenger "
-        f"alias was removed and the strategy set back to direct, so the service stops routing to it "
-        f"({where}ledger action rollback_after_failed_check)",
-        model=model,
-        version=version,
-        rolled_back=True,
-        rolled_back_to=champion,
-    )
