@@ -94,47 +94,24 @@ def ml_retraining():
         """Choose dataset, interval and training window from params, drift event and spec."""
         import logging
 
-        from include.mlops.retraining import plan_retraining
+        from include.mlops.retraining import describe_plan, drift_events, plan_retraining
 
-        events = [
-            {**dict(e.extra or {}), "emitted_at": e.timestamp.isoformat() if e.timestamp else ""}
-            for evs in (context.get("triggering_asset_events") or {}).values()
-            for e in evs
-        ]
-        dag_run = context["dag_run"]
-        out = plan_retraining(dict(context["params"]), events, getattr(dag_run, "run_after", None))
-        logging.getLogger("airflow.task").info(
-            "retraining %s (%s): %s window of %s day(s) ending %s; deploy strategy %s",
-            out["dataset_name"],
-            out["trigger"],
-            out["data_strategy"],
-            out["window_days"],
-            out["interval_end"],
-            out["deploy_strategy"] or "from the spec",
-        )
+        events = drift_events(context.get("triggering_asset_events"))
+        out = plan_retraining(dict(context["params"]), events, getattr(context["dag_run"], "run_after", None))
+        logging.getLogger("airflow.task").info(describe_plan(out))
         return out
 
     @mlflow_task
     def train(plan_out: dict, **context) -> dict:
         """Point-in-time training set for the planned window, budgeted search, MLflow run."""
-        from datetime import datetime
-
         from airflow.sdk.exceptions import AirflowSkipException
         from mlops_airflow.operators import lineage
 
-        from include.mlops.pipeline import Interval, NotEnoughData
-        from include.mlops.pipeline import train as run
+        from include.mlops.pipeline import NotEnoughData
+        from include.mlops.retraining import train_planned
 
-        interval = Interval(
-            datetime.fromisoformat(plan_out["interval_start"]), datetime.fromisoformat(plan_out["interval_end"])
-        )
-        tags = {
-            **lineage(context),
-            "mlops.retrain_trigger": plan_out["trigger"],
-            "mlops.data_strategy": plan_out["data_strategy"],
-        }
         try:
-            return run(interval, tags, plan_out["dataset"], plan_out["window_days"]).to_xcom()
+            return train_planned(plan_out, lineage(context)).to_xcom()
         except NotEnoughData as exc:
             raise AirflowSkipException(f"not retraining: {exc}") from exc
 

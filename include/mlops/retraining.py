@@ -120,3 +120,32 @@ def plan_retraining(params: dict[str, Any], events: list[dict[str, Any]], run_af
         "event": event,
         "report_uri": store.uri(gx) if store.exists(gx) else "",
     }
+
+
+def drift_events(triggering_asset_events: Any) -> list[dict[str, Any]]:
+    """The `extra` of each drift event that triggered the run, with the time it was emitted
+    (`emitted_at`): what `plan_retraining` reads from Airflow's `triggering_asset_events`."""
+    return [
+        {**dict(e.extra or {}), "emitted_at": e.timestamp.isoformat() if e.timestamp else ""}
+        for evs in (triggering_asset_events or {}).values()
+        for e in evs
+    ]
+
+
+def describe_plan(plan: dict[str, Any]) -> str:
+    """The plan in one line, for the task log."""
+    return (
+        f"retraining {plan['dataset_name']} ({plan['trigger']}): {plan['data_strategy']} window of "
+        f"{plan['window_days']} day(s) ending {plan['interval_end']}; deploy strategy "
+        f"{plan['deploy_strategy'] or 'from the spec'}"
+    )
+
+
+def train_planned(plan: dict[str, Any], lineage: dict[str, str]) -> Any:
+    """`pipeline.train` on the plan's interval and window, the run tagged with why it retrains
+    (raises `pipeline.NotEnoughData` when the window holds too little)."""
+    from include.mlops.pipeline import Interval, train
+
+    interval = Interval(datetime.fromisoformat(plan["interval_start"]), datetime.fromisoformat(plan["interval_end"]))
+    tags = {**lineage, "mlops.retrain_trigger": plan["trigger"], "mlops.data_strategy": plan["data_strategy"]}
+    return train(interval, tags, plan["dataset"], plan["window_days"])

@@ -116,3 +116,30 @@ def test_new_data_only_trains_on_the_days_since_the_champions_interval(home_spec
     client.set_registered_model_alias(model, CHAMPION, mv.version)
     plan = plan_retraining(params, [], None)
     assert (plan["window_days"], plan["champion_interval_end"]) == (5, "2026-10-10")  # 10-11 .. 10-15
+
+
+def test_drift_events_carry_their_extra_and_when_they_were_emitted():
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from include.mlops.retraining import describe_plan, drift_events
+
+    at = datetime(2026, 10, 12, 6, 0, tzinfo=UTC)
+    events = {
+        "asset-a": [SimpleNamespace(extra={"dataset": "churn", "window_day": "2026-10-11"}, timestamp=at)],
+        "asset-b": [SimpleNamespace(extra=None, timestamp=None)],
+    }
+    assert drift_events(events) == [
+        {"dataset": "churn", "window_day": "2026-10-11", "emitted_at": at.isoformat()},
+        {"emitted_at": ""},
+    ]
+    assert drift_events(None) == []
+    plan = {
+        "dataset_name": "churn",
+        "trigger": "drift",
+        "data_strategy": "sliding_window",
+        "window_days": 7,
+        "interval_end": "2026-10-12T00:00:00+00:00",
+        "deploy_strategy": None,
+    }
+    assert describe_plan(plan).endswith("ending 2026-10-12T00:00:00+00:00; deploy strategy from the spec")
