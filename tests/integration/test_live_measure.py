@@ -1,27 +1,25 @@
 """What the live service measures, per version and variant, judged as a canary step and a
 shadow phase would be (issue 17 items 2 and 3), on a real service with live traffic.
 
-One uvicorn service (registry poll 1 s) over a private copy of the session's lifecycle home,
-allowed to load the test's wrapper models (`canary_models.TRUSTED_EXTRA`). Each case routes a
-real model version (good, faulty, slow, disagreeing) as the canary or the shadow, sends live
-traffic (`live_traffic.LiveTraffic`) until both sides have a sample, and reads what the service
-saw (`delivery.live`): the faulty version's failures are counted against it and not the
-champion, the slow one's p95 over the champion's is its latency ratio, and `judge_canary_step`
-passes the good canary and fails the faulty and slow ones; the disagreeing shadow fails its
-report. Waits are bounded and say what they saw.
+The session's scoring service over its copy of the lifecycle home (tests/integration/conftest.py:
+registry poll 1 s, the test's wrapper models allowed, `canary_models.TRUSTED_EXTRA`), fresh for
+each test. Each case routes a real model version (good, faulty, slow, disagreeing) as the canary
+or the shadow, sends live traffic (`live_traffic.LiveTraffic`) until both sides have a sample, and
+reads what the service saw (`delivery.live`): the faulty version's failures are counted against it
+and not the champion, the slow one's p95 over the champion's is its latency ratio, and
+`judge_canary_step` passes the good canary and fails the faulty and slow ones; the disagreeing
+shadow fails its report. Waits are bounded and say what they saw.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support import canary_models
-from tests.support.live_traffic import LiveTraffic, sample_rows
+from tests.support.live_traffic import LiveTraffic
 
 pytestmark = [pytest.mark.serving, pytest.mark.integration]
 
@@ -30,50 +28,10 @@ SAMPLE = 80  # requests a side before a case is judged (the KS distance needs a 
 
 
 @pytest.fixture(scope="module")
-def home(lifecycle, tmp_path_factory) -> dict:
-    src = Path(lifecycle["home"])
-    dst = tmp_path_factory.mktemp("live_measure") / "home"
-    shutil.copytree(src, dst)
-    env = {k: v.replace(str(src), str(dst)) for k, v in lifecycle["env"].items()}
-    env["MLOPS_DATASET"] = lifecycle["spec"].name
-    return {"env": env, "spec": lifecycle["spec"], "v1": lifecycle["register"]["version"]}
-
-
-@pytest.fixture(scope="module")
-def client(home):
-    from mlflow import MlflowClient
-
-    uri = home["env"]["MLFLOW_TRACKING_URI"]
-    return MlflowClient(uri, uri)
-
-
-@pytest.fixture(scope="module")
-def store(home):
-    from include.mlops.storage import ObjectStore
-
-    return ObjectStore(home["env"]["MLOPS_STORE_URI"])
-
-
-@pytest.fixture(scope="module")
-def versions(home, client) -> dict[str, str]:
+def versions(delivery_home, delivery_client) -> dict[str, str]:
     """One version of each kind, logged to the copy's MLflow."""
-    return {kind: canary_models.register(client, home["spec"], kind, delay=0.25) for kind in canary_models.KINDS}
-
-
-@pytest.fixture(scope="module")
-def server(home, versions):
-    from include.mlops.delivery.service import start_service
-
-    env = {**home["env"], "MLOPS_SERVE_POLL_SECONDS": "1", "MLOPS_TRUSTED_TYPES_EXTRA": canary_models.TRUSTED_EXTRA}
-    h = start_service(env, timeout=240)
-    yield h
-    h.close()
-    h.cleanup()
-
-
-@pytest.fixture(scope="module")
-def rows(home, store) -> list[dict]:
-    return sample_rows(home["spec"], store, n=200)
+    spec = delivery_home["spec"]
+    return {kind: canary_models.register(delivery_client, spec, kind, delay=0.25) for kind in canary_models.KINDS}
 
 
 def route(server, client, spec, strategy: str, version: str, timeout: float = 120) -> None:
@@ -136,46 +94,62 @@ def canary_verdict(m: dict, home, version: str, **cfg):
     return canary, champion, verdict
 
 
-def test_a_good_canary_passes_its_step(server, home, client, store, rows, versions):
+def test_a_good_canary_passes_its_step(
+    delivery_service, delivery, delivery_client, delivery_store, delivery_rows, versions
+):
     v = versions["good"]
-    route(server, client, home["spec"], "canary", v)
-    m = measure(server, home, store, rows, "canary", v, rate=25, workers=2)
+    route(delivery_service, delivery_client, delivery["spec"], "canary", v)
+    m = measure(delivery_service, delivery, delivery_store, delivery_rows, "canary", v, rate=25, workers=2)
     # the same model on both sides: p95 of ~90 requests each still differs on a loaded machine
     # (seen 1.29x at load average 10), so the limit leaves room; the slow case keeps 1.5x
-    canary, champion, verdict = canary_verdict(m, home, v, max_latency_ratio=2.0)
+    canary, champion, verdict = canary_verdict(m, delivery, v, max_latency_ratio=2.0)
     assert verdict.decision == "pass", verdict.table()
     s = m["summary"]
     assert canary.requests == s.answers[("challenger", v)] and canary.errors == 0
-    assert champion.requests == s.answers[("champion", home["v1"])]
+    assert champion.requests == s.answers[("champion", delivery["v1"])]
     logged = m["rows"]
     assert (logged["variant"] == "challenger").sum() == canary.requests  # every answer is in the log
 
 
-def test_a_faulty_canarys_failures_are_its_own_and_fail_the_step(server, home, client, store, rows, versions):
+def test_a_faulty_canarys_failures_are_its_own_and_fail_the_step(
+    delivery_service, delivery, delivery_client, delivery_store, delivery_rows, versions
+):
     """The canary cannot score the rows its entities send: its requests fail (500), counted with
     its version and variant; the champion, in the same micro-batches, answers all of its own."""
     from include.mlops.delivery import live
 
     v = versions["faulty"]
-    route(server, client, home["spec"], "canary", v)
-    m = measure(server, home, store, rows, "canary", v, rate=25, workers=4, faulty_rows_for=(0.0, SHARE))
-    canary, champion, verdict = canary_verdict(m, home, v)
+    route(delivery_service, delivery_client, delivery["spec"], "canary", v)
+    m = measure(
+        delivery_service,
+        delivery,
+        delivery_store,
+        delivery_rows,
+        "canary",
+        v,
+        rate=25,
+        workers=4,
+        faulty_rows_for=(0.0, SHARE),
+    )
+    canary, champion, verdict = canary_verdict(m, delivery, v)
     s = m["summary"]
     assert s.statuses[500] > 0 and canary.errors == s.statuses[500] == canary.requests
-    assert champion.errors == 0 and champion.requests == s.answers[("champion", home["v1"])]
+    assert champion.errors == 0 and champion.requests == s.answers[("champion", delivery["v1"])]
     assert live.traffic(m["before"], m["after"], "", "").requests == 0  # nothing unattributed
     assert verdict.decision == "fail" and any("error rate 100.00%" in r for r in verdict.reasons), verdict.table()
     assert (m["rows"]["variant"] == "challenger").sum() == 0  # a failed request is not logged as answered
-    assert live.requests_of(server.url, v, "challenger", m["before"]) == canary.requests
+    assert live.requests_of(delivery_service.url, v, "challenger", m["before"]) == canary.requests
 
 
-def test_a_slow_canarys_latency_ratio_fails_the_step(server, home, client, store, rows, versions):
+def test_a_slow_canarys_latency_ratio_fails_the_step(
+    delivery_service, delivery, delivery_client, delivery_store, delivery_rows, versions
+):
     """0.25 s more per call. One request at a time, so neither side waits behind the other in a
     micro-batch: the ratio is the models' own."""
     v = versions["slow"]
-    route(server, client, home["spec"], "canary", v)
-    m = measure(server, home, store, rows, "canary", v, rate=40, workers=1)
-    canary, champion, verdict = canary_verdict(m, home, v, max_latency_ratio=1.5)
+    route(delivery_service, delivery_client, delivery["spec"], "canary", v)
+    m = measure(delivery_service, delivery, delivery_store, delivery_rows, "canary", v, rate=40, workers=1)
+    canary, champion, verdict = canary_verdict(m, delivery, v, max_latency_ratio=1.5)
     assert canary.p95_ms >= 250 and canary.p50_ms >= 250, canary
     row = next(r for r in verdict.rows if r["metric"] == "p95 latency (ms)")
     assert row["ok"] is False and row["ratio"] > 1.5
@@ -183,16 +157,18 @@ def test_a_slow_canarys_latency_ratio_fails_the_step(server, home, client, store
 
 
 @pytest.mark.parametrize("kind,passes", [("good", True), ("disagreeing", False)])
-def test_a_shadow_is_judged_on_the_requests_it_scored(server, home, client, store, rows, versions, kind, passes):
+def test_a_shadow_is_judged_on_the_requests_it_scored(
+    delivery_service, delivery, delivery_client, delivery_store, delivery_rows, versions, kind, passes
+):
     from include.mlops.delivery import analysis, live
     from include.mlops.spec import ShadowSpec
 
     v = versions[kind]
-    route(server, client, home["spec"], "shadow", v)
-    m = measure(server, home, store, rows, "shadow", v, rate=25, workers=2)
+    route(delivery_service, delivery_client, delivery["spec"], "shadow", v)
+    m = measure(delivery_service, delivery, delivery_store, delivery_rows, "shadow", v, rate=25, workers=2)
     shadow = live.shadow_traffic(m["before"], m["after"], v)
-    champion = live.scoring(m["before"], m["after"], home["v1"], "champion")
-    report = analysis.shadow_report(m["rows"], shadow, champion, ShadowSpec(min_requests=SAMPLE // 2), home["spec"])
+    champion = live.scoring(m["before"], m["after"], delivery["v1"], "champion")
+    report = analysis.shadow_report(m["rows"], shadow, champion, ShadowSpec(min_requests=SAMPLE // 2), delivery["spec"])
     print(f"\n{report.table()}\nshadow {shadow}\nchampion calls {champion}")
     assert shadow.requests == m["summary"].sent and shadow.errors == 0
     assert report.paired == m["summary"].sent  # every shadow row found the champion's answer

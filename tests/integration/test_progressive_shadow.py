@@ -1,11 +1,11 @@
 """A shadow phase judged by its report, on live traffic (issue 17 items 3 and 7).
 
-A real scoring service on loopback over a private copy of the lifecycle home, live traffic
-from a thread pool, real MLflow on SQLite. The new version scores every live request beside
-the champion and answers none; the phase ends with a report (agreement, score differences,
-latency of the model calls, errors) and promotes only when it passes. A version that
-disagrees with the champion on every row fails it, and the champion stays, with the routing
-ended: the service stops shadow-scoring it.
+The session's scoring service on loopback over its copy of the lifecycle home (conftest), live
+traffic from a thread pool, real MLflow on SQLite. The new version scores every live request
+beside the champion and answers none; the phase ends with a report (agreement, score differences,
+latency of the model calls, errors) and promotes only when it passes. A version that disagrees
+with the champion on every row fails it, and the champion stays, with the routing ended: the
+service stops shadow-scoring it.
 """
 
 from __future__ import annotations
@@ -29,47 +29,13 @@ SHADOW = {
 }
 
 
-@pytest.fixture(scope="module")
-def home(lifecycle, tmp_path_factory) -> dict:
-    return H.copy_home(lifecycle, tmp_path_factory.mktemp("progressive_shadow"))
-
-
-@pytest.fixture(scope="module")
-def client(home):
-    from mlflow import MlflowClient
-
-    uri = home["env"]["MLFLOW_TRACKING_URI"]
-    return MlflowClient(uri, uri)
-
-
-@pytest.fixture(scope="module")
-def store(home):
-    from include.mlops.storage import ObjectStore
-
-    return ObjectStore(home["env"]["MLOPS_STORE_URI"])
-
-
-@pytest.fixture(scope="module")
-def server(home):
-    h = H.start_live(home)
-    yield h
-    h.close()
-    h.cleanup()
-
-
-@pytest.fixture(scope="module")
-def rows(home, store):
-    from tests.support.live_traffic import sample_rows
-
-    return sample_rows(H.spec_of(home), store)
-
-
 @pytest.fixture
-def env(home, server, client, store, monkeypatch, keep_mlflow_uris):
-    H.set_delivery(home, strategy="direct", shadow=dict(SHADOW))
-    H.use_live(monkeypatch, home, server)
-    yield home
-    H.restore(home, client, store)
+def env(delivery, delivery_service, monkeypatch, keep_mlflow_uris):
+    """The session's copy and service (conftest `delivery`: fresh before and after), the spec's
+    shadow set to SHADOW, and the process environment as the deploy task sees it."""
+    H.set_delivery(delivery, strategy="direct", shadow=dict(SHADOW))
+    H.use_live(monkeypatch, delivery, delivery_service)
+    return delivery
 
 
 def shadow_scored(server, version: str) -> float:
@@ -107,51 +73,60 @@ def run_shadow(client, env, server, rows, version: str, run_id: str):
     return out, live.summary
 
 
-def test_a_shadow_whose_report_passes_is_promoted(env, server, client, store, rows):
+def test_a_shadow_whose_report_passes_is_promoted(
+    env, delivery_service, delivery_client, delivery_store, delivery_rows
+):
     from include.mlops import registry as R
     from tests.support.canary_models import register
 
     name = H.spec_of(env).model_name
-    v = register(client, H.spec_of(env), "good", base=env["v1"])
-    out, summary = run_shadow(client, env, server, rows, v, "shadow-pass")
+    v = register(delivery_client, H.spec_of(env), "good", base=env["v1"])
+    out, summary = run_shadow(delivery_client, env, delivery_service, delivery_rows, v, "shadow-pass")
     report = out["shadow_report"]
     print("\nshadow report, same model:\n" + _table(report))
     assert out["promoted"] and out["checked"] and report["passed"], report
     assert report["agreement"] == 1.0 and report["mean_abs_score_diff"] == 0.0
     assert report["paired"] >= SHADOW["min_requests"] and report["requests"] >= SHADOW["min_requests"]
-    assert R.alias_version(client, name, R.CHAMPION) == v
-    steps = R.steps_of(store, name, out["move"])
+    assert R.alias_version(delivery_client, name, R.CHAMPION) == v
+    steps = R.steps_of(delivery_store, name, out["move"])
     assert [(s["action"], s["passed"]) for s in steps] == [("shadow_report", True)]
     assert ("shadow", v) not in summary.answers  # a shadow answers nobody
-    artifacts = {a.path for a in client.list_artifacts(client.get_model_version(name, v).run_id, "deployment")}
+    artifacts = {
+        a.path for a in delivery_client.list_artifacts(delivery_client.get_model_version(name, v).run_id, "deployment")
+    }
     assert "deployment/shadow_report.json" in artifacts
 
 
-def test_a_shadow_that_disagrees_fails_its_report_and_the_champion_stays(env, server, client, store, rows):
+def test_a_shadow_that_disagrees_fails_its_report_and_the_champion_stays(
+    env, delivery_service, delivery_client, delivery_store, delivery_rows
+):
     from include.mlops import registry as R
     from include.mlops.delivery import rollout as RO
     from tests.support.canary_models import register
 
     name, v1 = H.spec_of(env).model_name, env["v1"]
-    v = register(client, H.spec_of(env), "disagreeing", base=v1)
+    v = register(delivery_client, H.spec_of(env), "disagreeing", base=v1)
     with pytest.raises(RO.DeploymentCheckFailed, match=r"shadow report failed.*agreement") as err:
-        run_shadow(client, env, server, rows, v, "shadow-disagrees")
+        run_shadow(delivery_client, env, delivery_service, delivery_rows, v, "shadow-disagrees")
     assert err.value.rolled_back and err.value.rolled_back_to == v1
-    moves = R.moves_of(store, name, R.promotion_base("test", "shadow-disagrees", v))
+    moves = R.moves_of(delivery_store, name, R.promotion_base("test", "shadow-disagrees", v))
     assert moves[-1].status == "rolled_back"
-    report = R.steps_of(store, name, moves[-1].move)[0]
+    report = R.steps_of(delivery_store, name, moves[-1].move)[0]
     print("\nshadow report, disagreeing model:\n" + _table(report))
     assert report["passed"] is False and report["agreement"] < 0.5
-    assert R.alias_version(client, name, R.CHAMPION) == v1 and R.alias_version(client, name, R.CHALLENGER) is None
+    assert (
+        R.alias_version(delivery_client, name, R.CHAMPION) == v1
+        and R.alias_version(delivery_client, name, R.CHALLENGER) is None
+    )
     # the routing ended: once the service read the registry, v stops scoring
-    httpx.post(f"{server.url}/admin/reload", headers=server.headers(), timeout=60)
-    before = shadow_scored(server, v)
+    httpx.post(f"{delivery_service.url}/admin/reload", headers=delivery_service.headers(), timeout=60)
+    before = shadow_scored(delivery_service, v)
     from tests.support.live_traffic import LiveTraffic
 
-    with LiveTraffic(server.url, H.spec_of(env), rows, rate=30) as live:
+    with LiveTraffic(delivery_service.url, H.spec_of(env), delivery_rows, rate=30) as live:
         live.wait_for(lambda s: s.sent >= 30, 60, "30 requests after the shadow ended")
-    httpx.post(f"{server.url}/admin/flush", headers=server.headers(), timeout=60)
-    assert shadow_scored(server, v) == before
+    httpx.post(f"{delivery_service.url}/admin/flush", headers=delivery_service.headers(), timeout=60)
+    assert shadow_scored(delivery_service, v) == before
 
 
 def _table(report: dict) -> str:
