@@ -390,7 +390,7 @@ def test_no_champion_is_read_from_the_registry_as_not_found(tmp_path, monkeypatc
     use_home(monkeypatch, tmp_path)
     with pytest.raises(NoChampion, match="no champion yet"):
         monitor(day_interval(DAY), "churn")
-    with pytest.raises(batch.NoChampion):
+    with pytest.raises(NoChampion):
         batch.score_batch(day_interval(DAY), "churn")
     setup_mlflow(get_settings()).create_registered_model("churn_model")  # a model, but no alias yet
     with pytest.raises(NoChampion):
