@@ -2,7 +2,7 @@
 
 A champion is made the platform's way, quickly: the spec's model (one candidate of its
 search space, two folds) fitted by `training.fit` on a few generated days, logged by
-`tracking.log_model`, registered by `registry.register` and promoted by `registry.move_champion`.
+`tracking.log_model`, registered by `registry.register` and promoted by `moves.move_champion`.
 One generated churn day of N rows is staged as `extract` leaves it. In one process, after a
 warm-up on a small day (imports and first-call costs, reported as `first_call_s`), each round
 times side by side:
@@ -63,7 +63,8 @@ def champion(spec, store) -> dict:
     from include.mlops.config import get_settings
     from include.mlops.data.generator import generate_day
     from include.mlops.features import build_features, model_features
-    from include.mlops.registry import ensure_experiment, move_champion, register, setup_mlflow
+    from include.mlops.moves import move_champion
+    from include.mlops.registry import ensure_experiment, register, setup_mlflow
     from include.mlops.tracking import log_model
 
     frames = []

@@ -93,7 +93,7 @@ def build_home(home: Path, days: int = 10, rows: int = 400) -> dict[str, Any]:
     ev = replace(P.evaluate(tr, spec_path), passed=True, reasons=[])
     rg = P.register(tr, ev, val, lineage, iv, spec_path)
     P.promote(rg, ev, "bench", "bench", spec_name=spec_path)
-    return {"spec_path": spec_path, "version": rg["version"], "model": rg["model"]}
+    return {"spec_path": spec_path, "version": rg.version, "model": rg.model}
 
 
 def sample_requests(home: Path, n: int = 500) -> dict[str, list[bytes]]:

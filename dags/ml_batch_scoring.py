@@ -46,8 +46,8 @@ def ml_batch_scoring():
         from mlops_airflow.dates import daily_interval
 
         from include.mlops.batch import score_batch
-        from include.mlops.monitoring.window import NoChampion
         from include.mlops.pipeline import Interval
+        from include.mlops.registry import NoChampion
 
         interval = Interval(*daily_interval(context))
         dataset = context["params"]["dataset"]

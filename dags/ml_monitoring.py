@@ -71,7 +71,8 @@ def ml_monitoring():
 
         from airflow.sdk import Asset
 
-        from include.mlops.drift_policy import decide_window, drift_asset_uri
+        from include.mlops.drift_policy import drift_asset_uri
+        from include.mlops.drift_window import decide_window
 
         out = decide_window(summary, summary.get("spec") or context["params"]["dataset"])
         logging.getLogger("airflow.task").info("drift policy for %s:\n%s", out["dataset"], out["table"])

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import html
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from include.mlops.results import EvaluateResult, PromoteResult
 
 SEVERITY_ICON = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}
 MAX_BLOCK_TEXT = 2900  # Slack refuses section text over 3000 characters
@@ -46,7 +49,7 @@ def _fmt(v: Any) -> str:
 def drift_alert(
     decision: dict[str, Any], links: dict[str, str] | None = None, source: dict[str, str] | None = None
 ) -> Alert:
-    """From the drift policy's decision dict (`drift_policy.decide_window`)."""
+    """From the drift policy's decision dict (`drift_window.decide_window`)."""
     action = decision.get("action", "")
     quarantined = action == "quarantine"
     numbers = {
@@ -77,37 +80,30 @@ def drift_alert(
     )
 
 
+GATE_METRICS = ("roc_auc", "f1", "rmse", "r2")  # the figures a gate alert shows
+
+
 def gate_alert(
-    deploy_out: dict[str, Any],
-    eval_out: dict[str, Any] | None = None,
+    deployed: PromoteResult,
+    evaluated: EvaluateResult | None = None,
     links: dict[str, str] | None = None,
     source: dict[str, str] | None = None,
 ) -> Alert:
-    """A challenger the gate kept out (the deploy step's return value, the evaluate step's)."""
-    ev = eval_out or {}
-    numbers: dict[str, Any] = {
-        "challenger version": deploy_out.get("version"),
-        "champion version": deploy_out.get("champion"),
-    }
-    numbers.update(
-        {f"challenger {k}": v for k, v in (ev.get("metrics") or {}).items() if k in ("roc_auc", "f1", "rmse", "r2")}
-    )
-    numbers.update(
-        {
-            f"champion {k}": v
-            for k, v in (ev.get("champion_metrics") or {}).items()
-            if k in ("roc_auc", "f1", "rmse", "r2")
-        }
-    )
+    """A challenger the gate kept out (the deploy step's result, the evaluate step's)."""
+    numbers: dict[str, Any] = {"challenger version": deployed.version, "champion version": deployed.champion}
+    if evaluated is not None:
+        numbers.update({f"challenger {k}": v for k, v in evaluated.metrics.items() if k in GATE_METRICS})
+        champion = evaluated.champion_metrics or {}
+        numbers.update({f"champion {k}": v for k, v in champion.items() if k in GATE_METRICS})
     return Alert(
         event="gate_rejected",
-        title=f"{deploy_out.get('model')}: v{deploy_out.get('version')} rejected by the gate",
+        title=f"{deployed.model}: v{deployed.version} rejected by the gate",
         severity="warning",
-        model=deploy_out.get("model"),
-        decision=str(deploy_out.get("message", "")),
+        model=deployed.model,
+        decision=deployed.message,
         numbers=numbers,
         links=dict(links or {}),
-        details="\n".join(ev.get("reasons") or []),
+        details="\n".join(evaluated.reasons) if evaluated is not None else "",
         source=dict(source or {}),
     )
 

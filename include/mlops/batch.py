@@ -10,7 +10,7 @@ and, like every prediction-log row, `model_version` and `variant` ("champion": b
 the champion's answers).
 
 No champion (the registry says the alias does not exist) raises `NoChampion` (the DAG skips);
-any other failed registry read raises `monitoring.window.RegistryUnavailable` (the task fails and
+any other failed registry read raises `registry.RegistryUnavailable` (the task fails and
 retries): a registry fault never reads as "nothing to score with".
 """
 
@@ -35,10 +35,10 @@ def score_batch(interval: Interval, spec_name: str | None = None) -> dict[str, A
     import numpy as np
 
     from include.mlops import layout, model_io
+    from include.mlops.constants import CHAMPION
     from include.mlops.context import context
     from include.mlops.features import build_features, model_features
-    from include.mlops.monitoring.window import NoChampion, registry_error
-    from include.mlops.registry import CHAMPION, alias_version
+    from include.mlops.registry import NoChampion, alias_version, registry_error
     from include.mlops.scores import score_model
     from include.mlops.serving.predlog import DEFAULT_VARIANT
 

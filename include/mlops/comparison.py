@@ -1,10 +1,10 @@
 """Who the challenger is compared with, and how each of them scores on the challenger's holdout.
 
-The gate (`evaluation.gate`) judges; this module finds what it judges on: the champion to
+The gate (`gate.gate`) judges; this module finds what it judges on: the champion to
 compare with (never the run's own model: a re-run reuses the decision recorded before its
 promotion), the reference (the best, on the same holdout, of the recent champions and the
 baseline, read from the promotion ledger), every one of them scored, and the record a decision
-keeps. A model that cannot be loaded or scored raises `evaluation.GateError`.
+keeps. A model that cannot be loaded or scored raises `gate.GateError`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.constants import lower_is_better
-from include.mlops.evaluation import GateError, RegressionCI, gate, metrics, paired_bootstrap, slice_metrics
+from include.mlops.evaluation import RegressionCI, metrics, paired_bootstrap, slice_metrics
+from include.mlops.gate import GateError, gate
 from include.mlops.scores import Scored, score_model
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from include.mlops.evaluation import GateDecision
+    from include.mlops.gate import GateDecision
     from include.mlops.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,8 @@ class Opponent:
 def opponent(client: Any, spec: DatasetSpec, ledger: list[dict[str, Any]], run_id: str) -> Opponent:
     """The current champion; but for a run whose model is or was champion, the decision recorded
     before its promotion, else the champion before it: never the model against itself."""
-    from include.mlops.registry import CHAMPION, alias_version, find_version
+    from include.mlops.constants import CHAMPION
+    from include.mlops.registry import alias_version, find_version
     from include.mlops.tracking import recorded_gate
 
     champion = alias_version(client, spec.model_name, CHAMPION)

@@ -24,80 +24,27 @@ go to `$MLOPS_HOME/logs/`.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 from include.mlops.airflow_env import apply_airflow_env, migrate_db, pause_all_but, reserialize_dags
 from include.mlops.config import get_settings
+from include.mlops.day_runs import run_day
+from include.mlops.demo_retraining import no_retraining_evidence, retrain_on_the_scheduler
 from include.mlops.demo_summary import Timeline, finish, monitoring_window
-from include.mlops.waits import Wait, seconds
 
 SCORE_CHUNK = 500  # records per /predict request
-
-
-@contextlib.contextmanager
-def logs_to(path: Path) -> Iterator[None]:
-    """Send everything written to fd 1 and 2 (Airflow's structlog included) to a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with path.open("ab") as fh:
-        os.dup2(fh.fileno(), 1)
-        os.dup2(fh.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
-def _state(s: Any) -> str:
-    return str(s).split(".")[-1].lower()
-
-
-def run_day(dag: Any, day: date, conf: dict[str, Any], log_file: Path) -> dict[str, Any]:
-    """One `dag.test()` run for the day-long interval starting at `day`; per-task states, times, outputs."""
-    logical = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
-    t = time.perf_counter()
-    with logs_to(log_file):
-        run = dag.test(logical_date=logical, run_conf=conf)
-    tis = {ti.task_id: ti for ti in run.get_task_instances()}
-    out = {
-        tid: ti.xcom_pull(task_ids=tid)
-        for tid, ti in tis.items()
-        if tid in ("decide", "monitor", "train", "evaluate", "register", "deploy") and _state(ti.state) == "success"
-    }
-    return {
-        "dag_id": dag.dag_id,
-        "day": day.isoformat(),
-        "run_id": run.run_id,
-        "state": _state(run.state),
-        "seconds": round(time.perf_counter() - t, 1),
-        "tasks": {
-            tid: {"state": _state(ti.state), "seconds": round(ti.duration or 0, 2)} for tid, ti in sorted(tis.items())
-        },
-        "outputs": out,
-        "log": str(log_file),
-    }
 
 
 def demo_plan(spec: Any) -> dict[str, Any]:
     """Days and scenario of the story, from the spec's `demo` section and the environment
     (`config.DemoOverrides`: DEMO_SCENARIO, DEMO_HISTORY_DAYS, ...)."""
     from include.mlops.config import get_demo_overrides
-    from include.mlops.spec import DemoSpec
+    from include.mlops.spec_sections import DemoSpec
 
     base = spec.demo or DemoSpec()
     demo = base.model_copy(update=get_demo_overrides().model_dump(exclude_none=True))
@@ -242,17 +189,21 @@ def ingest_history(story: Story, training: Any) -> None:
 
 def train_first_champion(story: Story, training: Any, service: Any) -> None:
     """Step 3: a full ml_training day whose deploy step must load and check v1 in the running service."""
+    from include.mlops.results import PromoteResult
+
     r = story.run(training, story.plan["train_day"], train=True)
-    deploy = r["outputs"].get("deploy") or {}
+    pushed = r["outputs"].get("deploy")
+    deploy = PromoteResult.from_xcom(pushed) if pushed else None
     story.timeline.add(
         "ml_training",
         day=r["day"],
         seconds=r["seconds"],
         tasks=",".join(f"{t}:{v['state']}" for t, v in r["tasks"].items()),
-        deployed=deploy.get("message", ""),
+        deployed=deploy.message if deploy else "",
     )
-    if deploy.get("service_url") != service.url:
-        raise SystemExit(f"the first champion was checked on {deploy.get('service_url')}, not on {service.url}")
+    checked_on = deploy.service_url if deploy else None
+    if checked_on != service.url:
+        raise SystemExit(f"the first champion was checked on {checked_on}, not on {service.url}")
     story.timeline.add("scoring service ready", url=service.url)
 
 
@@ -322,131 +273,6 @@ def _story(settings: Any, env: dict[str, str], timeline: Timeline) -> int:
     dags = load_story_dags()
     ingest_history(story, dags[0])
     return finish(story, run_with_service(story, dags))
-
-
-def run_retraining_on_scheduler(
-    env: dict[str, str], service: Any, timeline: Timeline, logs: Path
-) -> tuple[dict[str, Any], Path]:
-    """(the finished ml_retraining run, the scheduler's log): `airflow standalone` runs the queued
-    asset-triggered run and is stopped again; a run it gave up on is marked failed."""
-    from include.mlops.local_stack import AirflowStandalone
-
-    airflow = AirflowStandalone(
-        {**os.environ, **env, "MLOPS_SERVE_URL": service.url, "MLOPS_ADMIN_TOKEN": service.token or ""},
-        logs / "airflow-standalone.log",
-    )
-    try:
-        took = airflow.start(hold=("ml_retraining",))
-        timeline.add("airflow standalone ready (scheduler, LocalExecutor)", url=airflow.url, seconds=took)
-        try:  # bounded by MLOPS_AIRFLOW_RUN_TIMEOUT, with progress lines while the run goes on
-            done = airflow.wait_for_run("ml_retraining", run_type="asset_triggered")
-        except Exception:
-            _fail_unfinished(airflow, "ml_retraining")
-            raise
-    finally:
-        airflow.stop()
-    return done, airflow.log
-
-
-def wait_for_champion(service: Any, probe: dict[str, Any], before: Any, after: Any) -> Any:
-    """The model version the service answers `probe` with, asking (and reloading it) until that is
-    `after` or MLOPS_DEPLOY_WAIT_TIMEOUT passes; None when the champion did not change."""
-    import httpx
-
-    answering = None
-    wait = Wait(
-        f"the service at {service.url} to answer with v{after}",
-        seconds("MLOPS_DEPLOY_WAIT_TIMEOUT"),
-        say=lambda m: print(f"[demo] {m}", flush=True),
-        log_hint=service.log_path,
-    )
-    while after and after != before and not wait.expired():
-        try:  # a slow answer is not a failure: ask again until the deadline
-            r = httpx.post(f"{service.url}/predict", json={"records": [probe]}, timeout=60)
-            if r.status_code == 200:
-                answering = r.json()["predictions"][0]["model_version"]
-                if str(answering) == str(after):
-                    break
-            httpx.post(f"{service.url}/admin/reload", headers=service.headers(), timeout=130)
-        except httpx.HTTPError as exc:
-            print(f"[demo] the service did not answer ({type(exc).__name__}); asking again", flush=True)
-        wait.tick(f"it answers with v{answering}")
-        time.sleep(1)
-    return answering
-
-
-def retrain_on_the_scheduler(
-    env: dict[str, str], settings: Any, spec: Any, service: Any, probe: dict[str, Any], timeline: Timeline, logs: Path
-) -> dict[str, Any]:
-    """Start a real scheduler, let it run `ml_retraining` for the queued drift event, and wait until
-    the service answers with the champion it promoted."""
-    from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
-
-    client = setup_mlflow(settings)
-    before = alias_version(client, spec.model_name, CHAMPION)
-    queued = queued_retraining()
-    timeline.add("drift Asset event queued", consumers=",".join(queued) or "none")
-    done, airflow_log = run_retraining_on_scheduler(env, service, timeline, logs)
-    tasks = {t["task_id"]: t for t in done["task_instances"]}
-    timeline.add(
-        "ml_retraining (asset_triggered)",
-        run_id=done["dag_run_id"],
-        state=done["state"],
-        tasks=",".join(f"{t}:{v['state']}" for t, v in sorted(tasks.items())),
-    )
-    after = alias_version(client, spec.model_name, CHAMPION)
-    answering = wait_for_champion(service, probe, before, after)
-    ok = answering is not None and str(answering) == str(after) and after != before
-    t = timeline.add(
-        "new champion answering" if ok else "champion unchanged",
-        champion=f"v{before} -> v{after}",
-        service_answers=f"v{answering}",
-    )
-    return {
-        "run_id": done["dag_run_id"],
-        "state": done["state"],
-        "tasks": tasks,
-        "champion_before": before,
-        "champion_after": after,
-        "service_answers": answering,
-        "new_champion_answering": ok,
-        "answering_at_s": t,
-        "log": str(airflow_log),
-    }
-
-
-def _fail_unfinished(airflow: Any, dag_id: str) -> None:
-    """Mark the newest unfinished run of `dag_id` failed (the scheduler is about to stop: a run
-    left "running" would never finish)."""
-    try:
-        for run in airflow.runs(dag_id):
-            if run["state"] in ("queued", "running"):
-                airflow._call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}", {"state": "failed"})
-                print(f"[demo] marked {dag_id} {run['dag_run_id']} failed (the demo gave up waiting)", flush=True)
-    except Exception as exc:
-        print(f"[demo] could not mark the unfinished {dag_id} run failed: {exc}", flush=True)
-
-
-def queued_retraining() -> list[str]:
-    """DAGs queued by Asset events, waiting for a scheduler."""
-    from airflow.models.asset import AssetDagRunQueue
-    from airflow.utils.session import create_session
-
-    with create_session() as s:
-        return sorted({q.target_dag_id for q in s.query(AssetDagRunQueue).all()})
-
-
-def no_retraining_evidence() -> dict[str, Any]:
-    from airflow.models.asset import AssetEvent
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
-
-    with create_session() as s:
-        return {
-            "drift_events": s.query(AssetEvent).filter(AssetEvent.source_dag_id == "ml_monitoring").count(),
-            "queued": ",".join(queued_retraining()) or "none",
-            "ml_retraining_runs": s.query(DagRun).filter(DagRun.dag_id == "ml_retraining").count(),
-        }
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ def finish(story: Story, failure: str | None) -> int:
 
 def champion_summary(client: Any, model_name: str) -> dict[str, Any]:
     """The current champion: version, holdout metrics, URIs, lineage tags and the previous version."""
-    from include.mlops.registry import CHAMPION, PREVIOUS, alias_version
+    from include.mlops.constants import CHAMPION, PREVIOUS
+    from include.mlops.registry import alias_version
 
     version = alias_version(client, model_name, CHAMPION)
     champ: dict[str, Any] = {"name": model_name, "version": version}
@@ -87,7 +88,8 @@ def champion_summary(client: Any, model_name: str) -> dict[str, Any]:
 def build_summary(story: Story) -> dict[str, Any]:
     """Everything the story did and where its results are, as plain JSON-ready values."""
     from include.mlops.layout import validation_report_prefix
-    from include.mlops.registry import read_ledger, setup_mlflow
+    from include.mlops.ledger import read_ledger
+    from include.mlops.registry import setup_mlflow
 
     spec, store, settings, plan, retraining = story.spec, story.store, story.settings, story.plan, story.retraining
     champ = champion_summary(setup_mlflow(settings), spec.model_name)

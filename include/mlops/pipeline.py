@@ -5,7 +5,7 @@ and returns a small typed result (`results`: URIs, versions, metrics) that its t
 as JSON. Every step is idempotent for its interval: outputs are overwritten at interval-keyed
 paths and a re-run trains and registers nothing new. What the steps use lives by kind: reading
 landed files in `data.landing`, store paths in `layout`, MLflow records in `tracking`, the gate
-in `evaluation`.
+in `gate`.
 """
 
 from __future__ import annotations
@@ -13,17 +13,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from include.mlops import layout
 from include.mlops.context import context
-from include.mlops.results import EvaluateResult, ExtractResult, PrepareResult, TrainResult, ValidateResult
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from include.mlops.spec import DatasetSpec
-    from include.mlops.storage import ObjectStore
+from include.mlops.results import (
+    EvaluateResult,
+    ExtractResult,
+    PrepareResult,
+    PromoteResult,
+    RegisterResult,
+    TrainResult,
+    ValidateResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,41 +164,6 @@ def prepare(interval: Interval, spec_name: str | None = None) -> PrepareResult:
 
 
 # -- train --------------------------------------------------------------------------------------
-def labelled_events(store: ObjectStore, spec: DatasetSpec, interval: Interval, window_days: int) -> pd.DataFrame:
-    """Labels that have arrived by the interval's end for events in the window, restricted to
-    days whose features exist (quarantined days have none and would be dropped by the join).
-
-    Only label files that arrived within the window are read (a label never arrives before its
-    event), so the cost follows the window, not the length of the history."""
-    import pandas as pd
-
-    end_day = interval.days[-1]
-    first_event_day = end_day - timedelta(days=window_days + spec.label_delay_days - 1)
-    frames = []
-    for key in store.list(layout.staging_labels_root(spec)):
-        arrival = date.fromisoformat(key.split("dt=")[1].split("/")[0])
-        if first_event_day <= arrival <= end_day:
-            frames.append(store.get_parquet(key))
-    if not frames:
-        return pd.DataFrame(columns=[spec.entity_key, spec.timestamp, spec.label])
-    labels = pd.concat(frames, ignore_index=True)
-    labels[spec.timestamp] = pd.to_datetime(labels[spec.timestamp], utc=True)
-    # event days as UTC midnights, compared in bulk (per-row date objects cost seconds at 1M rows)
-    ev_day = labels[spec.timestamp].dt.floor("D")
-    have = [
-        pd.Timestamp(k.split("part-")[1][:10], tz="UTC")
-        for k in store.list(layout.features_prefix(spec))
-        if "part-" in k
-    ]
-    featured = ev_day.isin(have)
-    after_first = ev_day >= pd.Timestamp(first_event_day, tz="UTC")
-    keep = after_first & (ev_day <= pd.Timestamp(end_day, tz="UTC")) & featured
-    dropped = int((after_first & ~featured).sum())
-    if dropped:
-        log.warning("%d labelled events fall on days without features (quarantined or not ingested); excluded", dropped)
-    return labels[keep].sort_values([spec.timestamp, spec.entity_key], ignore_index=True)
-
-
 def train(
     interval: Interval, lineage: dict[str, str], spec_name: str | None = None, window_days: int | None = None
 ) -> TrainResult:
@@ -209,12 +176,13 @@ def train(
     from include.mlops import features as F
     from include.mlops import tracking
     from include.mlops import training as T
+    from include.mlops.data.landing import labelled_events
     from include.mlops.registry import ensure_experiment
 
     ctx = context(spec_name)
     spec, store = ctx.spec, ctx.store
     window = int(window_days or spec.training.window_days)
-    entity_df = labelled_events(store, spec, interval, window)
+    entity_df = labelled_events(store, spec, interval.days[-1], window)
     if len(entity_df) < spec.training.min_rows:
         raise NotEnoughData(f"{len(entity_df)} labelled rows in the last {window} days, need {spec.training.min_rows}")
     joined = F.historical_features(F.get_feature_store(ctx.settings), spec, entity_df)
@@ -262,7 +230,7 @@ def evaluate(train_out: TrainResult | dict[str, Any], spec_name: str | None = No
     also as `evaluation/gate.json`).
 
     Fails closed: a registry error, or a champion or reference model that cannot be loaded or
-    scored, fails the task (`evaluation.GateError`), except the one explicit case of a model
+    scored, fails the task (`gate.GateError`), except the one explicit case of a model
     trained on features the holdout lacks (`gate.feature_change` decides). A re-run for a run
     whose model is or was champion reuses the decision recorded before the promotion rather
     than comparing the model with itself."""
@@ -270,7 +238,7 @@ def evaluate(train_out: TrainResult | dict[str, Any], spec_name: str | None = No
 
     from include.mlops import comparison as C
     from include.mlops import plots, tracking
-    from include.mlops.registry import read_ledger
+    from include.mlops.ledger import read_ledger
 
     train_out = TrainResult.from_xcom(train_out)  # a malformed input fails here, before any work
     ctx = context(spec_name)
@@ -323,7 +291,7 @@ def register(
     lineage: dict[str, str],
     interval: Interval,
     spec_name: str | None = None,
-) -> dict[str, Any]:
+) -> RegisterResult:
     """A model version tagged with its lineage, alias `challenger`; one version per run."""
     from include.mlops.registry import register as reg
 
@@ -348,12 +316,12 @@ def register(
         version,
         "registered" if created else "already registered",
     )
-    return {"model": spec.model_name, "version": version, "created": created, "run_id": train_out.run_id}
+    return RegisterResult(spec.model_name, str(version), created, train_out.run_id, train_out.experiment_id)
 
 
 # -- deploy (promotion) -------------------------------------------------------------------------
 def promote(
-    reg_out: dict[str, Any],
+    reg_out: RegisterResult | dict[str, Any],
     eval_out: EvaluateResult | dict[str, Any],
     run_id: str,
     dag_id: str,
@@ -361,52 +329,71 @@ def promote(
     spec_name: str | None = None,
     *,
     complete: bool = True,
-) -> dict[str, Any]:
+) -> PromoteResult:
     """Move `champion` if the gate passed; otherwise keep it and say why (not a failure).
     `gate_passed` in the result says which: False is a gate rejection (what the gate alert reads).
 
-    The move is a ledger transaction (see `registry`): this run's promotion of this version is
+    The move is a ledger transaction (see `moves`): this run's promotion of this version is
     begun once (`pending`), resumed by a retry, and with `complete` closed here (`done`); the
     deploy step passes `complete=False` and closes it only after its checks. A version that
     already is champion with no promotion of it pending is left alone."""
+    from include.mlops import ledger as L
+    from include.mlops import moves as M
     from include.mlops import registry as R
+    from include.mlops.constants import CHAMPION
 
-    eval_out = EvaluateResult.from_xcom(eval_out)
+    reg, eval_out = RegisterResult.from_xcom(reg_out), EvaluateResult.from_xcom(eval_out)
     ctx = context(spec_name)
     store, client = ctx.store, ctx.client
-    model, version = reg_out["model"], str(reg_out["version"])
+    model, version = reg.model, reg.version
+    which = {
+        "model": model,
+        "version": version,
+        "run_id": reg.run_id,
+        "experiment_id": reg.experiment_id,
+        "strategy": strategy,
+    }
     if not eval_out.passed:
-        champion = R.alias_version(client, model, R.CHAMPION)  # raises when the registry does not answer
+        champion = R.alias_version(client, model, CHAMPION)  # raises when the registry does not answer
         msg = "not promoted: " + "; ".join(eval_out.reasons)
         log.info("%s (champion stays v%s)", msg, champion)
-        return {"promoted": False, "message": msg, "champion": champion, "gate_passed": False}
-    base = R.promotion_base(dag_id, run_id, version)
-    mine = R.moves_of(store, model, base)
+        return PromoteResult(promoted=False, message=msg, champion=champion, gate_passed=False, **which)
+    base = M.promotion_base(dag_id, run_id, version)
+    mine = L.moves_of(store, model, base)
     move = mine[-1] if mine else None
-    resumed = move is not None and move.status == R.PENDING
+    resumed = move is not None and move.status == L.PENDING
     if move is not None and not resumed:
-        how = "completed" if move.status == R.DONE else f"ended ({move.status}: {move.outcome})"
-        msg = f"v{version}: this run's promotion of it was {how} at {move.at}; nothing more to do"
-        msg = msg if move.status == R.DONE else "not promoted: " + msg
-        log.info(msg)
-        champion = R.alias_version(client, model, R.CHAMPION)
-        moved = {"previous": move.from_version, "move": move.move, "move_status": move.status}
-        return {"promoted": False, "message": msg, "champion": champion, **moved, "gate_passed": True}
+        return _already_ended(client, move, which)
     if move is None:
-        R.finish_open_moves(client, store, model)  # another run's interrupted promotion completes first
-        if R.alias_version(client, model, R.CHAMPION) == version:
+        M.finish_open_moves(client, store, model)  # another run's interrupted promotion completes first
+        if R.alias_version(client, model, CHAMPION) == version:
             msg = f"v{version} already champion"
             log.info(msg)
-            return {"promoted": False, "message": msg, "champion": version, "previous": None, "gate_passed": True}
+            return PromoteResult(promoted=False, message=msg, champion=version, gate_passed=True, **which)
         reason = "gate passed: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_out.metrics.items())
         txn = {"run_id": run_id, "dag_id": dag_id, "strategy": strategy, "base": base, "awaits_check": not complete}
-        move = R.begin_move(client, store, model, version, action="promote", reason=reason, **txn)
-    R.apply_move(client, move)
-    status = R.PENDING
+        move = M.begin_move(client, store, model, version, action="promote", reason=reason, **txn)
+    M.apply_move(client, move)
+    status = L.PENDING
     if complete and not move.awaits_check:  # a rollout's promotion completes after its checks only
-        status = R.complete_move(client, store, move, outcome="promoted without a deployment check").status
+        status = M.complete_move(client, store, move, outcome="promoted without a deployment check").status
     before = f"previous: v{move.from_version}" if move.from_version else "the first champion"
     msg = f"promoted v{version} to champion ({before})" + (" - resumed after an interruption" if resumed else "")
     log.info(msg)
     moved = {"previous": move.from_version, "move": move.move, "move_status": status, "resumed": resumed}
-    return {"promoted": True, "message": msg, "champion": version, **moved, "gate_passed": True}
+    return PromoteResult(promoted=True, message=msg, champion=version, gate_passed=True, **moved, **which)
+
+
+def _already_ended(client: Any, move: Any, which: dict[str, Any]) -> PromoteResult:
+    """This run's promotion of the version was completed or undone before: say which, change nothing."""
+    from include.mlops import ledger as L
+    from include.mlops.constants import CHAMPION
+    from include.mlops.registry import alias_version
+
+    how = "completed" if move.status == L.DONE else f"ended ({move.status}: {move.outcome})"
+    msg = f"v{which['version']}: this run's promotion of it was {how} at {move.at}; nothing more to do"
+    msg = msg if move.status == L.DONE else "not promoted: " + msg
+    log.info(msg)
+    champion = alias_version(client, which["model"], CHAMPION)
+    moved = {"previous": move.from_version, "move": move.move, "move_status": move.status}
+    return PromoteResult(promoted=False, message=msg, champion=champion, gate_passed=True, **moved, **which)

@@ -115,8 +115,8 @@ class EvaluateResult(_StepResult):
 
 @dataclass(frozen=True)
 class RegisterResult(_StepResult):
-    """The model version (alias `challenger`), whether this call created it, its run; the
-    register task adds the run's experiment."""
+    """The model version (alias `challenger`), whether this call created it, its MLflow run and
+    the run's experiment."""
 
     STEP: ClassVar[str] = "register"
     model: str
@@ -128,15 +128,38 @@ class RegisterResult(_StepResult):
 
 @dataclass(frozen=True)
 class PromoteResult(_StepResult):
-    """Whether `champion` moved and to which version; `gate_passed` False is a gate rejection.
-    `previous`, `move`, `move_status` and `resumed` describe the ledger move when there was one."""
+    """What the deploy step did: whether `champion` moved and to which version (`gate_passed`
+    False is a gate rejection), for the registered `model` `version` and its MLflow run.
+    `previous`, `move`, `move_status` and `resumed` describe the ledger move when there was one;
+    `strategy` is the one the rollout ran; `checked` says the post-deployment check passed on
+    `service_url` (its report `check`, its load figures `deploy_*`). The staged check and the
+    live phases' reports (`canary_steps`, `shadow_report`, `ab_test` with its `outcome`) are
+    there when the strategy had them."""
 
-    STEP: ClassVar[str] = "promote"
+    STEP: ClassVar[str] = "deploy"
     promoted: bool
     message: str
     champion: str | None
     gate_passed: bool
+    model: str | None = None
+    version: str | None = None
+    run_id: str | None = None
+    experiment_id: str | None = None
     previous: str | None = None
     move: str | None = None
     move_status: str | None = None
     resumed: bool = False
+    strategy: str | None = None
+    checked: bool = False
+    staged_check: dict[str, Any] | None = None
+    check: dict[str, Any] | None = None
+    service_url: str | None = None
+    deploy_rps: float | None = None
+    deploy_p50_ms: float | None = None
+    deploy_p95_ms: float | None = None
+    deploy_p99_ms: float | None = None
+    deploy_errors: int | None = None
+    canary_steps: list[dict[str, Any]] | None = None
+    shadow_report: dict[str, Any] | None = None
+    ab_test: dict[str, Any] | None = None
+    outcome: str | None = None

@@ -52,8 +52,8 @@ def _interval_end_day(interval_key: str | None) -> date | None:
 
 def champion_interval_end(settings: Settings, spec: DatasetSpec) -> date | None:
     """The last day of the data interval the current champion was trained for (run tag `mlops.interval`)."""
-    from include.mlops.monitoring.window import registry_error
-    from include.mlops.registry import CHAMPION, alias_version, setup_mlflow
+    from include.mlops.constants import CHAMPION
+    from include.mlops.registry import alias_version, registry_error, setup_mlflow
 
     client = setup_mlflow(settings)
     try:

@@ -76,7 +76,7 @@ def run_training(
     from include.mlops.airflow_env import apply_airflow_env, migrate_db
     from include.mlops.config import PROJECT_ROOT
     from include.mlops.context import context
-    from include.mlops.demo import run_day as demo_run_day
+    from include.mlops.day_runs import run_day as dag_test_day
     from include.mlops.storage import ensure_bucket
 
     ctx = context(spec_name)
@@ -99,7 +99,7 @@ def run_training(
 
     def run_day(dag: Any, d: date, conf: dict[str, Any], log_file: Path) -> dict[str, Any]:
         offset = log_file.stat().st_size if log_file.exists() else 0  # the log is appended to: this run's part
-        return {**demo_run_day(dag, d, conf, log_file), "log_offset": offset}
+        return {**dag_test_day(dag, d, conf, log_file), "log_offset": offset}
 
     for d in todo:
         r = run_day(dag, d, {"dataset": spec.name, "train": False}, logs / f"ml_training-{spec.name}-{d}.log")
@@ -120,7 +120,7 @@ TASK_ORDER = ("extract", "validate", "prepare", "train", "evaluate", "register",
 def describe(report: TrainingReport, home: Path) -> list[str]:
     """What a person wants to see after the run: task states, the decision, where logs and results are."""
     from include.mlops.config import get_settings
-    from include.mlops.results import EvaluateResult, TrainResult
+    from include.mlops.results import EvaluateResult, PromoteResult, RegisterResult, TrainResult
 
     r = report.last
     ran = r.get("day", report.day.isoformat())
@@ -143,9 +143,10 @@ def describe(report: TrainingReport, home: Path) -> list[str]:
         verdict = "passed" if ev.passed else "failed: " + "; ".join(map(str, ev.reasons))
         lines.append(f"  gate: {verdict}")
     if outs.get("register"):
-        lines.append(f"  model version: {outs['register'].get('model')} v{outs['register'].get('version')}")
+        registered = RegisterResult.from_xcom(outs["register"])
+        lines.append(f"  model version: {registered.model} v{registered.version}")
     if outs.get("deploy"):
-        lines.append(f"  deploy: {outs['deploy'].get('message', outs['deploy'])}")
+        lines.append(f"  deploy: {PromoteResult.from_xcom(outs['deploy']).message}")
     if r.get("state") not in (None, "success"):
         lines += [f"  why: {line}" for line in failure_lines(r.get("log"), r.get("log_offset", 0))]
     elif (tasks.get("train") or {}).get("state") == "skipped":

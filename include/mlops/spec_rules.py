@@ -18,10 +18,9 @@ from include.mlops.spec import COLUMN, SLUG, _slug
 if TYPE_CHECKING:
     from include.mlops.spec import DatasetSpec
 
-# the outcome metrics an A/B test can judge, by task; the first is the default (`deployment.ab_test.metric`)
-
 
 def metrics_for(kind: str) -> tuple[str, ...]:
+    """The metrics a binary, multiclass or regression task can be judged by."""
     return {"binary": BINARY_METRICS, "multiclass": MULTICLASS_METRICS, "regression": REGRESSION_METRICS}[kind]
 
 

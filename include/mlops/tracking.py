@@ -2,7 +2,8 @@
 
 The steps decide; this module writes their runs: the training run (params, search metrics, the
 dataset, the model in the skops format with pinned requirements), the gate decisions kept in the
-evaluated run, and the cleanup of runs a killed attempt left RUNNING. `load_sklearn` and
+evaluated run, and the cleanup of runs a killed attempt left RUNNING; `log_to_run` writes files,
+numbers, params and tags to a run, for these and for the monitoring history. `load_sklearn` and
 `quiet_deprecations` are the other direction: a platform model back, without skops' warning flood.
 """
 
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -241,13 +243,42 @@ def log_search(result: SearchResult, params: dict[str, Any], rows: dict[str, int
     mlflow.log_dict({"scoring": result.scoring, "candidates": result.candidates}, "search/cv_results.json")
 
 
+def log_to_run(
+    client: Any,
+    run_id: str,
+    *,
+    files: Mapping[str, dict[str, Any] | str] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    at_ms: int | None = None,
+    step: int = 0,
+) -> None:
+    """Record in a run: each of `files` at its artifact path (a dict as JSON, a string as text),
+    then the metrics (at `at_ms`, default now, and `step`), params and tags in one batch."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    for path, content in (files or {}).items():
+        if isinstance(content, str):
+            client.log_text(run_id, content, path)
+        else:
+            client.log_dict(run_id, content, path)
+    if not (metrics or params or tags):
+        return
+    ts = int(time.time() * 1000) if at_ms is None else at_ms
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), ts, step) for k, v in (metrics or {}).items()],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+    )
+
+
 # -- the gate's decisions ---------------------------------------------------------------------------
 def log_holdout_metrics(client: Any, run_id: str, challenger: dict[str, float], champion: dict[str, float]) -> None:
     """The challenger's and the champion's holdout metrics in the evaluated run."""
-    for k, v in challenger.items():
-        client.log_metric(run_id, f"holdout_{k}", v)
-    for k, v in champion.items():
-        client.log_metric(run_id, f"champion_holdout_{k}", v)
+    metrics = {f"holdout_{k}": v for k, v in challenger.items()}
+    log_to_run(client, run_id, metrics=metrics | {f"champion_holdout_{k}": v for k, v in champion.items()})
 
 
 def log_gate_decision(client: Any, run_id: str, record: dict[str, Any], text: str, passed: bool, at: datetime) -> None:
@@ -256,9 +287,10 @@ def log_gate_decision(client: Any, run_id: str, record: dict[str, Any], text: st
     `evaluation/gate.json`, never overwritten; the run's `mlops.gate` tag says the latest."""
     kept = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     stamp = at.strftime("%Y%m%dT%H%M%S%fZ")
-    client.log_dict(run_id, record, f"evaluation/gate-{stamp}.json")
-    client.log_text(run_id, text, f"evaluation/gate-{stamp}.txt")
+    files: dict[str, dict[str, Any] | str] = {
+        f"evaluation/gate-{stamp}.json": record,
+        f"evaluation/gate-{stamp}.txt": text,
+    }
     if "evaluation/gate.json" not in kept:
-        client.log_dict(run_id, record, "evaluation/gate.json")
-        client.log_text(run_id, text, "evaluation/gate.txt")
-    client.set_tag(run_id, "mlops.gate", "passed" if passed else "failed")
+        files |= {"evaluation/gate.json": record, "evaluation/gate.txt": text}
+    log_to_run(client, run_id, files=files, tags={"mlops.gate": "passed" if passed else "failed"})

@@ -24,7 +24,7 @@ class MonitoringOperator(_IntervalOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from include.mlops.monitoring.step import monitor
-        from include.mlops.monitoring.window import NoChampion
+        from include.mlops.registry import NoChampion
 
         interval = self.interval_of(context)
         self.log.info("monitoring %s for %s", self.dataset or "(default dataset)", interval.label)

@@ -153,11 +153,10 @@ def _misconfigured(conn: Any) -> str | None:
     return None
 
 
-def _mlflow_run_url(value: dict[str, Any]) -> str:
+def _mlflow_run_url(run_id: str | None, experiment_id: str | None) -> str:
     from mlops_airflow.links import mlflow_ui_url
 
-    run_id = value.get("run_id")
-    return f"{mlflow_ui_url()}/#/experiments/{value.get('experiment_id') or 0}/runs/{run_id}" if run_id else ""
+    return f"{mlflow_ui_url()}/#/experiments/{experiment_id or 0}/runs/{run_id}" if run_id else ""
 
 
 def deliver(alert: Any, context: Any, webhook: Any, smtp: Any) -> dict[str, str]:
@@ -295,7 +294,7 @@ class DriftDecisionNotifier(MlopsNotifier):
         links = {
             "Airflow task log": self.log_url(context),
             "drift report": value.get("report_html") or "",
-            "MLflow monitoring run": _mlflow_run_url(value),
+            "MLflow monitoring run": _mlflow_run_url(value.get("run_id"), value.get("experiment_id")),
         }
         if value.get("quarantine_uri"):
             links["quarantine"] = value["quarantine_uri"]
@@ -311,15 +310,21 @@ class GateDecisionNotifier(MlopsNotifier):
 
     def build(self, context: Any) -> Any:
         from include.mlops.alerts import gate_alert
-        from include.mlops.results import EvaluateResult
+        from include.mlops.results import EvaluateResult, PromoteResult
 
         value = self.task_value(context)
-        if value.get("promoted") or value.get("gate_passed") is not False:  # only a gate rejection
+        if not value:  # the deploy step pushed nothing: no decision to report
+            return None
+        deployed = PromoteResult.from_xcom(value)  # a malformed value fails here, by name
+        if deployed.promoted or deployed.gate_passed:  # only a gate rejection
             return None
         pulled = context["ti"].xcom_pull(task_ids=self.evaluate_task_id)
-        evaluated = EvaluateResult.from_xcom(pulled) if pulled else None  # a malformed value fails here, by name
-        links = {"Airflow task log": self.log_url(context), "MLflow run": _mlflow_run_url(value)}
-        return gate_alert(value, evaluated.to_xcom() if evaluated else None, links, self.source(context))
+        evaluated = EvaluateResult.from_xcom(pulled) if pulled else None
+        links = {
+            "Airflow task log": self.log_url(context),
+            "MLflow run": _mlflow_run_url(deployed.run_id, deployed.experiment_id),
+        }
+        return gate_alert(deployed, evaluated, links, self.source(context))
 
 
 class RollbackNotifier(MlopsNotifier):

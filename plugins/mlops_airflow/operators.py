@@ -141,7 +141,6 @@ class MlflowRegisterOperator(_IntervalOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from include.mlops.pipeline import register
-        from include.mlops.results import TrainResult
 
         ti = context["ti"]
         train_out = ti.xcom_pull(task_ids=self.train_task_id)
@@ -150,8 +149,7 @@ class MlflowRegisterOperator(_IntervalOperator):
         out = register(
             train_out, eval_out, validate_out, lineage(context), self.interval_of(context), self.dataset or None
         )
-        out["experiment_id"] = TrainResult.from_xcom(train_out).experiment_id
-        return out
+        return out.to_xcom()
 
 
 class MlflowPromoteOperator(BaseOperator):
@@ -184,21 +182,20 @@ class MlflowPromoteOperator(BaseOperator):
         self.evaluate_task_id = evaluate_task_id
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from include.mlops.delivery.request import DeployRequest
         from include.mlops.delivery.rollout import DeploymentCheckFailed, start
 
-        ti = context["ti"]
-        reg_out = ti.xcom_pull(task_ids=self.register_task_id)
-        eval_out = ti.xcom_pull(task_ids=self.evaluate_task_id)
-        dag_run = context["dag_run"]
+        ti, dag_run = context["ti"], context["dag_run"]
+        req = DeployRequest.of(
+            ti.xcom_pull(task_ids=self.register_task_id),
+            ti.xcom_pull(task_ids=self.evaluate_task_id),
+            dag_run.run_id,
+            dag_run.dag_id,
+            strategy=self.strategy or None,
+            spec_name=self.dataset or None,
+        )
         try:
-            out = start(
-                reg_out,
-                eval_out,
-                dag_run.run_id,
-                dag_run.dag_id,
-                strategy=self.strategy or None,
-                spec_name=self.dataset or None,
-            )
+            out = start(req)
         except DeploymentCheckFailed as exc:
             raise PromotionError(str(exc)) from exc
         return self._next(context, out)
@@ -220,6 +217,7 @@ class MlflowPromoteOperator(BaseOperator):
     def _next(self, context: Any, out: Any) -> dict[str, Any]:
         """Defer for a phase (never returns), or the final result for XCom."""
         from include.mlops.delivery.phases import Phase
+        from include.mlops.results import PromoteResult
         from mlops_airflow.triggers import LiveTrafficTrigger
 
         if isinstance(out, Phase):
@@ -230,15 +228,8 @@ class MlflowPromoteOperator(BaseOperator):
                 method_name="resume",
                 kwargs={"state": state},
             )
-        reg_out = context["ti"].xcom_pull(task_ids=self.register_task_id)
         # rollout and promote log each decision once; repeating their message here doubled it
-        return {
-            **out,
-            "model": reg_out["model"],
-            "version": reg_out["version"],
-            "run_id": reg_out["run_id"],
-            "experiment_id": reg_out.get("experiment_id"),
-        }
+        return PromoteResult.from_xcom(out).to_xcom()
 
 
 def lineage(context: Any) -> dict[str, str]:

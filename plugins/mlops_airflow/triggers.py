@@ -2,7 +2,8 @@
 
 `LiveTrafficTrigger` sleeps until the phase's soak is over, then every `poll_seconds` counts
 what the phase waits for (`include.mlops.delivery.phases.check`, in a thread: it reads the
-service's /metrics, or for an A/B test the prediction log and the labels), logs the progress, and
+service's /metrics, or for an A/B test the prediction log and the labels that arrived since the
+poll before), logs the progress, and
 fires once: `ready` when enough came, `deadline` when the phase's deadline passed first. The
 event carries the phase back (`state`), so the task resumes with it even where the event is all
 it is given (`dag.test()` passes only the event).
@@ -46,8 +47,9 @@ class LiveTrafficTrigger(BaseTrigger):
 
         phase = phases.Phase.from_dict(self.state)
         self.log.info("waiting: %s", phase.describe())
+        kept = phases.poll_cache()  # an A/B test's polls read each log and label object once
         while True:
-            event = await asyncio.to_thread(phases.check, phase)
+            event = await asyncio.to_thread(phases.check, phase, None, kept)
             if event is not None:
                 self.log.info("%s: %s with %s counted", phase.title(), event["status"], event["requests"])
                 yield TriggerEvent({**event, "state": self.state})

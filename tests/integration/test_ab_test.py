@@ -1,11 +1,11 @@
 """An A/B test on a real scoring service (issue 17 items 4 and 7).
 
 The service (a uvicorn subprocess on loopback, registry poll 1 s, over a private copy of the
-session's lifecycle home: the fixtures of test_rollback_ends_rollout) serves with the strategy
-tag `ab_test` and a share of 0.5. Live requests for generated entities are split sticky by
-entity; the entities' true labels are then written to the label feed the way the generator
+session's lifecycle home: the `delivery_*` fixtures of tests/integration/conftest.py, fresh for
+each test) serves with the strategy tag `ab_test` and a share of 0.5. Live requests for
+generated entities are split sticky by entity; the entities' true labels are then written to the label feed the way the generator
 writes them (entity, event time, label; arriving today), the prediction log is flushed, and
-`abtest.ab_outcomes` + `abtest.decide` judge the arms:
+`abwindow.ab_outcomes` + `abtest.decide` judge the arms:
 
 - champion: a model fitted on noisy labels (70% of them flipped, so it learns mostly the
   opposite); challenger: the lifecycle's model, fitted on the true labels. The challenger is
@@ -33,17 +33,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.integration.test_progressive_canary import run_trigger
-from tests.integration.test_rollback_ends_rollout import (  # noqa: F401 - fixtures, used by name
-    client,
-    home,
-    server,
-    serving,
-    store,
-    strategy_tag,
-    v2,
-)
-from tests.support.delivery_home import PASSED, reg_out, set_delivery, use_live
+from tests.support.delivery_home import PASSED, reg_out, run_trigger, serving, set_delivery, strategy_tag, use_live
 
 pytestmark = [pytest.mark.serving, pytest.mark.integration]
 
@@ -56,7 +46,7 @@ AB = {"share": 0.5, "samples_per_arm": 120, "period_seconds": 180, "poll_seconds
 
 
 @pytest.fixture(scope="module")
-def noisy(home, client) -> str:  # noqa: F811
+def noisy(delivery_home, delivery_client) -> str:
     """A version fitted on noisy labels (70% flipped): it answers, mostly wrong."""
     import mlflow
 
@@ -67,6 +57,7 @@ def noisy(home, client) -> str:  # noqa: F811
     from include.mlops.tracking import log_model
     from include.mlops.training import build_pipeline
 
+    home, client = delivery_home, delivery_client
     spec, uri = home["spec"], home["env"]["MLFLOW_TRACKING_URI"]
     raw, labels = generate_day(spec, date(2026, 10, 20), rows=2000, seed=5)
     X = build_features(raw, spec)[model_features(spec)]
@@ -96,24 +87,26 @@ def noisy(home, client) -> str:  # noqa: F811
 
 
 @pytest.fixture
-def arms(home, client, server):  # noqa: F811
+def arms(delivery, delivery_client, delivery_service):
     """Sets the two arms and the ab_test strategy (share 0.5) as the deploy step would; after the
     test, v1 champion again and no split."""
     from include.mlops import registry as R
+    from include.mlops.constants import CHALLENGER, CHAMPION
     from include.mlops.serving.config import CANARY_SHARE_TAG, STRATEGY_TAG
 
+    home, client, server = delivery, delivery_client, delivery_service
     name = home["spec"].model_name
 
     def start(champion: str, challenger: str) -> dict:
-        client.set_registered_model_alias(name, R.CHAMPION, champion)
-        client.set_registered_model_alias(name, R.CHALLENGER, challenger)
+        client.set_registered_model_alias(name, CHAMPION, champion)
+        client.set_registered_model_alias(name, CHALLENGER, challenger)
         client.set_registered_model_tag(name, STRATEGY_TAG, "ab_test")
         client.set_registered_model_tag(name, CANARY_SHARE_TAG, "0.5")
         return serving(server, champion=champion, challenger=challenger)
 
     yield start
     R.end_routing(client, name)
-    client.set_registered_model_alias(name, R.CHAMPION, home["v1"])
+    client.set_registered_model_alias(name, CHAMPION, home["v1"])
     serving(server, champion=home["v1"], challenger=None)
 
 
@@ -164,7 +157,8 @@ def split(answers: dict[int, tuple[str, str]], champion: str, challenger: str) -
 
 def judge(spec, objects, answers, since, until, champion: str, challenger: str):
     """ab_outcomes + decide on the window, after checking the split and that every answer was read."""
-    from include.mlops.delivery.abtest import ab_outcomes, decide
+    from include.mlops.delivery.abtest import decide
+    from include.mlops.delivery.abwindow import ab_outcomes
 
     per_arm = split(answers, champion, challenger)
     versions = {"champion": champion, "challenger": challenger}
@@ -179,8 +173,10 @@ def judge(spec, objects, answers, since, until, champion: str, challenger: str):
     return result
 
 
-def test_ab_test_on_live_traffic_picks_the_truly_better_challenger(home, server, store, arms, noisy):  # noqa: F811
-    spec, v1 = home["spec"], home["v1"]
+def test_ab_test_on_live_traffic_picks_the_truly_better_challenger(
+    delivery, delivery_service, delivery_store, arms, noisy
+):
+    spec, v1, server, store = delivery["spec"], delivery["v1"], delivery_service, delivery_store
     ready = arms(champion=noisy, challenger=v1)
     assert (ready["strategy"], ready["canary_share"]) == ("ab_test", 0.5)
     answers, since, until = live_test(server, spec, store, seed=31)
@@ -190,8 +186,10 @@ def test_ab_test_on_live_traffic_picks_the_truly_better_challenger(home, server,
     assert (result.champion_version, result.challenger_version) == (noisy, v1)
 
 
-def test_ab_test_between_two_copies_of_one_model_is_inconclusive(home, server, store, arms, v2):  # noqa: F811
-    spec, v1 = home["spec"], home["v1"]
+def test_ab_test_between_two_copies_of_one_model_is_inconclusive(
+    delivery, delivery_service, delivery_store, arms, delivery_v2
+):
+    spec, v1, server, store, v2 = delivery["spec"], delivery["v1"], delivery_service, delivery_store, delivery_v2
     arms(champion=v1, challenger=v2)
     answers, since, until = live_test(server, spec, store, seed=47)
     result = judge(spec, store, answers, since, until, champion=v1, challenger=v2)
@@ -201,18 +199,21 @@ def test_ab_test_between_two_copies_of_one_model_is_inconclusive(home, server, s
 
 # -- through the deploy flow -------------------------------------------------------------------------
 @pytest.fixture
-def flow(home, server, client, store, monkeypatch, keep_mlflow_uris):  # noqa: F811
+def flow(delivery, delivery_service, delivery_client, delivery_store, monkeypatch, keep_mlflow_uris):
     """The deploy task's environment (the service live, admin token) and the spec's strategy
     ab_test; afterwards no open move, v1 champion, no split, strategy direct in the spec."""
+    from include.mlops import ledger as L
+    from include.mlops import moves as M
     from include.mlops import registry as R
 
+    home, server, client, store = delivery, delivery_service, delivery_client, delivery_store
     set_delivery(home, strategy="ab_test", ab_test=dict(AB))
     use_live(monkeypatch, home, server)
     yield home
     name = home["spec"].model_name
-    for m in R.open_moves(store, name):
-        R.undo_move(client, store, m, action="rollback", reason="test cleanup", run_id="ab-cleanup", dag_id="test")
-    R.move_champion(client, store, name, home["v1"], action="promote", reason="test cleanup", run_id="ab-cleanup",
+    for m in L.open_moves(store, name):
+        M.undo_move(client, store, m, action="rollback", reason="test cleanup", run_id="ab-cleanup", dag_id="test")
+    M.move_champion(client, store, name, home["v1"], action="promote", reason="test cleanup", run_id="ab-cleanup",
                     dag_id="test")  # fmt: skip
     R.end_routing(client, name)
     set_delivery(home, strategy="direct")
@@ -239,7 +240,7 @@ def window_while(wait, service, spec, objects, seed: int):
 
 def judged(objects, name: str, move: str, answers, champion: str, challenger: str) -> dict:
     """The move's one step event, the A/B decision, checked against the window's answers."""
-    from include.mlops.registry import steps_of
+    from include.mlops.ledger import steps_of
 
     steps = steps_of(objects, name, move)
     assert [s["action"] for s in steps] == ["ab_test"], steps
@@ -269,17 +270,23 @@ def probe_rows(spec, n: int) -> list[dict]:
     return json.loads(raw[spec.feature_names].to_json(orient="records"))
 
 
-def test_an_ab_test_rollout_promotes_the_truly_better_challenger(flow, server, client, store, noisy):  # noqa: F811
+def test_an_ab_test_rollout_promotes_the_truly_better_challenger(
+    flow, delivery_service, delivery_client, delivery_store, noisy
+):
+    from include.mlops import ledger as L
+    from include.mlops import moves as M
     from include.mlops import registry as R
+    from include.mlops.constants import CHALLENGER, CHAMPION, PREVIOUS
     from include.mlops.delivery import phases
     from include.mlops.delivery import rollout as RO
+    from include.mlops.delivery.request import DeployRequest
 
     spec, v1 = flow["spec"], flow["v1"]
-    name = spec.model_name
-    R.move_champion(client, store, name, noisy, action="promote", reason="test: the noisy champion",
+    server, client, store, name = delivery_service, delivery_client, delivery_store, spec.model_name
+    M.move_champion(client, store, name, noisy, action="promote", reason="test: the noisy champion",
                     run_id="ab-noisy", dag_id="test")  # fmt: skip
     t0 = time.monotonic()
-    phase = RO.start(reg_out(client, name, v1), PASSED, "ab-flow-wins", "test", None, spec.name)
+    phase = RO.start(DeployRequest.of(reg_out(client, name, v1), PASSED, "ab-flow-wins", "test", None, spec.name))
     assert isinstance(phase, phases.Phase), phase
     assert (phase.kind, phase.champion, phase.version, phase.share, phase.need) == (
         "ab_test", noisy, v1, 0.5, AB["samples_per_arm"],
@@ -289,23 +296,25 @@ def test_an_ab_test_rollout_promotes_the_truly_better_challenger(flow, server, c
     assert event["status"] == phases.READY and event["requests"] >= AB["samples_per_arm"], event
     out = RO.resume(phase.to_dict(), event)
     took = time.monotonic() - t0
-    assert out["promoted"] and out["checked"], out["message"]
-    assert (out["champion"], out["previous"], out["strategy"]) == (v1, noisy, "ab_test")
-    assert out["ab_test"]["decision"] == out["outcome"] == "challenger" and out["ab_test"]["winner_version"] == v1
-    assert out["message"].startswith(f"A/B test on accuracy: challenger v{v1} wins; effect +"), out["message"]
-    assert R.alias_version(client, name, R.CHAMPION) == v1 and R.alias_version(client, name, R.PREVIOUS) == noisy
-    assert R.move_record(store, name, out["move"]).status == R.DONE
-    step = judged(store, name, out["move"], answers, champion=noisy, challenger=v1)
+    assert out.promoted and out.checked, out.message
+    assert (out.champion, out.previous, out.strategy) == (v1, noisy, "ab_test")
+    assert out.ab_test["decision"] == out.outcome == "challenger" and out.ab_test["winner_version"] == v1
+    assert out.message.startswith(f"A/B test on accuracy: challenger v{v1} wins; effect +"), out.message
+    assert R.alias_version(client, name, CHAMPION) == v1 and R.alias_version(client, name, PREVIOUS) == noisy
+    assert L.move_record(store, name, out.move).status == L.DONE
+    step = judged(store, name, out.move, answers, champion=noisy, challenger=v1)
     assert step["decision"] == "challenger" and step["ci_low"] > 0 and step["challenger_value"] > step["champion_value"]
     run = client.get_model_version(name, v1).run_id
     assert "deployment/ab_test.json" in {a.path for a in client.list_artifacts(run, "deployment")}
     assert client.get_run(run).data.metrics["ab_promoted"] == 1.0
-    assert R.alias_version(client, name, R.CHALLENGER) is None and strategy_tag(client, name) == ("direct", "0.0")
+    assert R.alias_version(client, name, CHALLENGER) is None and strategy_tag(client, name) == ("direct", "0.0")
     not_split(server, spec, v1)  # routing ended: no second version answers
     print(f"A/B rollout of v{v1} against v{noisy}: promoted after {took:.1f}s (start to final result)")
 
 
-def test_an_inconclusive_ab_test_rollout_keeps_the_champion(flow, server, client, store, v2):  # noqa: F811
+def test_an_inconclusive_ab_test_rollout_keeps_the_champion(
+    flow, delivery_service, delivery_client, delivery_store, delivery_v2
+):
     """Through the deploy operator: `execute` defers to the trigger, the live window runs while
     it waits, `resume` ends the test with the champion kept and the task succeeding."""
     from types import SimpleNamespace
@@ -313,11 +322,13 @@ def test_an_inconclusive_ab_test_rollout_keeps_the_champion(flow, server, client
     from airflow.sdk.exceptions import TaskDeferred
     from mlops_airflow.operators import MlflowPromoteOperator
 
+    from include.mlops import ledger as L
     from include.mlops import registry as R
+    from include.mlops.constants import CHALLENGER, CHAMPION
 
-    spec, v1 = flow["spec"], flow["v1"]
-    name = spec.model_name
-    assert R.alias_version(client, name, R.CHAMPION) == v1
+    spec, v1, v2 = flow["spec"], flow["v1"], delivery_v2
+    server, client, store, name = delivery_service, delivery_client, delivery_store, spec.model_name
+    assert R.alias_version(client, name, CHAMPION) == v1
     op = MlflowPromoteOperator(task_id="deploy", dataset=spec.name, strategy="")  # the spec's ab_test
     pulled = {"register": reg_out(client, name, v2), "evaluate": PASSED}
     context = {"ti": SimpleNamespace(xcom_pull=lambda task_ids: pulled[task_ids]),
@@ -335,11 +346,11 @@ def test_an_inconclusive_ab_test_rollout_keeps_the_champion(flow, server, client
     took = time.monotonic() - t0
     assert out["promoted"] is False and out["gate_passed"] and out["outcome"] == "inconclusive", out
     assert f"champion v{v1} kept" in out["message"] and out["message"].startswith("not promoted: A/B test")
-    assert (out["champion"], out["move_status"], out["version"]) == (v1, R.ROLLED_BACK, v2)
-    assert R.alias_version(client, name, R.CHAMPION) == v1 and R.alias_version(client, name, R.CHALLENGER) is None
-    assert R.move_record(store, name, out["move"]).status == R.ROLLED_BACK
-    undo = [e for e in R.read_ledger(store, name) if e.get("undoes") == out["move"]]
-    assert [(e["action"], e["status"], e["strategy"]) for e in undo] == [("keep_champion", R.DONE, "ab_test")], undo
+    assert (out["champion"], out["move_status"], out["version"]) == (v1, L.ROLLED_BACK, v2)
+    assert R.alias_version(client, name, CHAMPION) == v1 and R.alias_version(client, name, CHALLENGER) is None
+    assert L.move_record(store, name, out["move"]).status == L.ROLLED_BACK
+    undo = [e for e in L.read_ledger(store, name) if e.get("undoes") == out["move"]]
+    assert [(e["action"], e["status"], e["strategy"]) for e in undo] == [("keep_champion", L.DONE, "ab_test")], undo
     step = judged(store, name, out["move"], answers, champion=v1, challenger=v2)
     assert step["decision"] == "inconclusive" and step["p_value"] >= step["significance"], step["summary"]
     assert strategy_tag(client, name) == ("direct", "0.0")

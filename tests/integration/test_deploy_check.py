@@ -28,7 +28,7 @@ def home(lifecycle, tmp_path_factory) -> dict:
     name = lifecycle["spec_name"]
     (dst / "specs" / f"{name}.yaml").write_text(yaml.safe_dump(raw))  # the copy's installed spec
     env["MLOPS_DATASET"] = name
-    return {"env": env, "spec_name": name, "spec": lifecycle["spec"], "run_id": lifecycle["register"]["run_id"]}
+    return {"env": env, "spec_name": name, "spec": lifecycle["spec"], "run_id": lifecycle["register"].run_id}
 
 
 @pytest.fixture
@@ -62,7 +62,8 @@ def _ready(client, name: str, version: str) -> str:
 
 def same_model_version(client, name: str) -> str:
     """A new version of the champion's own model: exactly as fast."""
-    from include.mlops.registry import CHAMPION, alias_version
+    from include.mlops.constants import CHAMPION
+    from include.mlops.registry import alias_version
 
     src = client.get_model_version(name, alias_version(client, name, CHAMPION))
     mv = client.create_model_version(name, src.source, run_id=src.run_id, tags={"gate": "passed"})
@@ -75,7 +76,8 @@ def slow_model_version(client, name: str, delay: float = 0.5) -> tuple[str, str]
     import skops.io
     from mlflow.models import get_model_info
 
-    from include.mlops.registry import CHAMPION, alias_version
+    from include.mlops.constants import CHAMPION
+    from include.mlops.registry import alias_version
     from tests.support.slow_model import SlowModel
 
     champion = alias_version(client, name, CHAMPION)
@@ -108,11 +110,13 @@ PASSED = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
 
 def test_an_equally_fast_version_passes_on_a_busy_machine(env, client, busy_cores, monkeypatch):
     """The running service (as in the demo) holds both versions; the check compares them there."""
+    from include.mlops.constants import CHAMPION
     from include.mlops.delivery.checks import sample_inputs
+    from include.mlops.delivery.request import DeployRequest
     from include.mlops.delivery.rollback import rollback
     from include.mlops.delivery.rollout import rollout
     from include.mlops.delivery.service import start_service
-    from include.mlops.registry import CHAMPION, alias_version
+    from include.mlops.registry import alias_version
 
     name = env["spec"].model_name
     before = alias_version(client, name, CHAMPION)
@@ -121,16 +125,18 @@ def test_an_equally_fast_version_passes_on_a_busy_machine(env, client, busy_core
     try:
         monkeypatch.setenv("MLOPS_SERVE_URL", service.url)
         monkeypatch.setenv("MLOPS_ADMIN_TOKEN", service.token)
-        reg = {"model": name, "version": new, "run_id": env["run_id"]}
-        out = rollout(reg, PASSED, "check-same", "test", strategy="direct", spec_name=env["spec_name"])
-        assert out["promoted"] and out["checked"] and out["champion"] == new, out
-        load = out["check"]["load"]
+        reg = {"model": name, "version": new, "created": False, "run_id": env["run_id"]}
+        out = rollout(
+            DeployRequest.of(reg, PASSED, "check-same", "test", strategy="direct", spec_name=env["spec_name"])
+        )
+        assert out.promoted and out.checked and out.champion == new, out
+        load = out.check["load"]
         assert load["interleaved"] and load["arms"]["current"]["version"] == before
         assert load["arms"]["new"]["requests"] == load["arms"]["current"]["requests"] == 120
         assert load["variants"] == {"pinned": 120}  # every counted request was answered by the pinned version
         judged = load["judged"]
         assert judged["baseline"] == f"v{before}" and judged["latency_ratio"] <= judged["max_latency_ratio"]
-        assert f"ratio p50 {judged['ratios']['p50']}, p95 {judged['ratios']['p95']}" in out["message"]
+        assert f"ratio p50 {judged['ratios']['p50']}, p95 {judged['ratios']['p95']}" in out.message
         assert httpx.get(f"{service.url}/ready", timeout=30).json()["champion"]["version"] == new
         # pinning a version is for the check only: admin token, and only versions in memory
         record = {"records": [sample_inputs(env["spec"], _store())[0][0]]}
@@ -149,16 +155,19 @@ def test_an_equally_fast_version_passes_on_a_busy_machine(env, client, busy_core
 
 def test_a_really_slower_version_is_rolled_back_on_a_busy_machine(env, client, busy_cores):
     """No service runs: the check starts one, which serves the current champion before the switch."""
+    from include.mlops.constants import CHAMPION
+    from include.mlops.delivery.request import DeployRequest
     from include.mlops.delivery.rollout import DeploymentCheckFailed, rollout
-    from include.mlops.registry import CHAMPION, alias_version, read_ledger
+    from include.mlops.ledger import read_ledger
+    from include.mlops.registry import alias_version
     from include.mlops.storage import get_store
 
     name = env["spec"].model_name
     before = alias_version(client, name, CHAMPION)
     slow, run_id = slow_model_version(client, name)
-    reg = {"model": name, "version": slow, "run_id": run_id}
+    reg = {"model": name, "version": slow, "created": False, "run_id": run_id}
     with pytest.raises(DeploymentCheckFailed) as failed:
-        rollout(reg, PASSED, "check-slow", "test", strategy="direct", spec_name=env["spec_name"])
+        rollout(DeployRequest.of(reg, PASSED, "check-slow", "test", strategy="direct", spec_name=env["spec_name"]))
     msg = str(failed.value)
     print(msg)  # the verdict with its figures, shown with `pytest -rP`
     assert f"v{slow} failed its post-deployment check" in msg and "x the current version's" in msg, msg

@@ -126,7 +126,8 @@ def decay(home):
     """Seven models, each a little worse than the last, evaluated in turn; each one the gate
     passes is registered and promoted (as the DAG's register and deploy steps do)."""
     from include.mlops import pipeline as P
-    from include.mlops.registry import CHAMPION, alias_version
+    from include.mlops.constants import CHAMPION
+    from include.mlops.registry import alias_version
     from include.mlops.spec import load_spec
     from include.mlops.storage import get_store
 
@@ -145,7 +146,7 @@ def decay(home):
             {
                 "train": tr,
                 "evaluate": ev,
-                "version": rg["version"],
+                "version": rg.version,
                 "champion": alias_version(_client(), spec.model_name, CHAMPION),
                 "record": _read_gate(tr.run_id),
                 "files": _gate_files(tr.run_id),
@@ -230,7 +231,7 @@ def _model_file(version: str) -> Path:
 
 def test_champion_that_cannot_be_loaded_fails_the_task(decay):
     from include.mlops import pipeline as P
-    from include.mlops.evaluation import GateError
+    from include.mlops.gate import GateError
 
     run = decay["steps"][6]["train"]
     before = _gate_files(run.run_id)
@@ -249,7 +250,8 @@ def test_champion_on_features_the_spec_dropped_follows_the_rule(home):
     """The spec drops a feature: the champion cannot score the new holdout. The explicit rule
     (gate.feature_change) decides, said in the gate table; anything else would fail the task."""
     from include.mlops import pipeline as P
-    from include.mlops.registry import CHAMPION, alias_version
+    from include.mlops.constants import CHAMPION
+    from include.mlops.registry import alias_version
     from include.mlops.spec import load_spec
     from include.mlops.storage import get_store
 

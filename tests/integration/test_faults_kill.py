@@ -57,7 +57,7 @@ def _aliases(client) -> dict[str, str | None]:
 
 
 def _ledger() -> list[dict[str, Any]]:
-    from include.mlops.registry import read_ledger
+    from include.mlops.ledger import read_ledger
     from include.mlops.storage import get_store
 
     return sorted(read_ledger(get_store(), f"{SPEC}_model"), key=lambda e: e["at"])
@@ -136,7 +136,7 @@ def test_kill_in_register_after_the_version_was_created_then_retry_registers_onc
     out = P.register(c["train"], c["evaluate"], home["validate"], LINEAGE, c["interval"], SPEC)
     versions = client.search_model_versions(f"name='{SPEC}_model' and run_id='{c['train'].run_id}'")
     assert [str(v.version) for v in versions] == ["3"], "one version per run"
-    assert (out["version"], out["created"]) == ("3", False)
+    assert (out.version, out.created) == ("3", False)
     assert _aliases(client) == {"champion": "1", "previous": None, "challenger": "3"}
     assert len(client.search_model_versions(f"name='{SPEC}_model'")) == 3
 
@@ -144,7 +144,7 @@ def test_kill_in_register_after_the_version_was_created_then_retry_registers_onc
 # -- deploy (promotion) ------------------------------------------------------------------------------
 def _promote_code(home: dict[str, Any]) -> str:
     b = home["b"]
-    args = json.dumps([b["register"], b["evaluate"].to_xcom()])
+    args = json.dumps([b["register"].to_xcom(), b["evaluate"].to_xcom()])
     return (
         "import json\nfrom include.mlops import pipeline as P\n"
         f"reg, ev = json.loads({args!r})\n"
@@ -204,7 +204,7 @@ def test_kill_in_deploy_after_the_pending_ledger_entry_then_retry_completes_the_
     after it, the retry finishes the same promotion."""
     ledger_before = _ledger()
     point = KillPoint(
-        "include.mlops.registry:write_ledger", when="after", match={"entry.status": "pending"}, name="deploy: pending"
+        "include.mlops.moves:write_ledger", when="after", match={"entry.status": "pending"}, name="deploy: pending"
     )
     result = run_killed(_promote_code(home), [point], env=home["env"])
     if not result.killed:

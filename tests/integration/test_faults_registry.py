@@ -195,7 +195,7 @@ def _aliases(client) -> dict[str, str | None]:
 
 
 def _ledger() -> list[dict[str, Any]]:
-    from include.mlops.registry import read_ledger
+    from include.mlops.ledger import read_ledger
     from include.mlops.storage import get_store
 
     return read_ledger(get_store(), MODEL, history=True) if _has_history() else read_ledger(get_store(), MODEL)
@@ -204,7 +204,7 @@ def _ledger() -> list[dict[str, Any]]:
 def _has_history() -> bool:
     import inspect
 
-    from include.mlops.registry import read_ledger
+    from include.mlops.ledger import read_ledger
 
     return "history" in inspect.signature(read_ledger).parameters
 
@@ -242,7 +242,7 @@ def test_alias_reads_failing_during_evaluate_fail_it_and_the_retry_refuses_the_w
     assert ev.champion_metrics["roc_auc"] - ev.metrics["roc_auc"] > 0.02, ev
     reg = P.register(worse, ev, faults["validate"], {"dag_id": "faults"}, faults["b"]["interval"], SPEC)
     out = P.promote(reg, ev, "faults-evaluate", "faults", spec_name=SPEC)
-    assert out["promoted"] is False and out["message"].startswith("not promoted"), out
+    assert out.promoted is False and out.message.startswith("not promoted"), out
     assert _aliases(faults["client"]) == faults["before"]
     assert _new_ledger(faults) == [], "a refused model leaves the ledger as it was"
     assert proxy.failed() == []

@@ -73,7 +73,7 @@ def home(lifecycle, tmp_path_factory) -> dict:
     spec = lifecycle["spec"]
     assert (dst / "specs" / f"{spec.name}.yaml").is_file()  # the session's small spec, installed by lifecycle
     env["MLOPS_DATASET"] = spec.name
-    return {"path": dst, "env": env, "spec": lifecycle["spec"], "v1": str(lifecycle["register"]["version"])}
+    return {"path": dst, "env": env, "spec": lifecycle["spec"], "v1": str(lifecycle["register"].version)}
 
 
 @pytest.fixture(scope="module")

@@ -37,8 +37,8 @@ def versions(delivery_home, delivery_client) -> dict[str, str]:
 def route(server, client, spec, strategy: str, version: str, timeout: float = 120) -> None:
     """Publish `strategy` with `version` as the challenger; return once the service, by its own
     poll, serves it so."""
+    from include.mlops.constants import CHALLENGER
     from include.mlops.delivery.rollout import publish_strategy
-    from include.mlops.registry import CHALLENGER
 
     publish_strategy(client, spec.model_name, strategy, SHARE)
     client.set_registered_model_alias(spec.model_name, CHALLENGER, version)
@@ -80,7 +80,7 @@ def measure(server, home, store, rows, strategy: str, version: str, **traffic_kw
 
 def canary_verdict(m: dict, home, version: str, **cfg):
     from include.mlops.delivery import analysis, live
-    from include.mlops.spec import CanarySpec
+    from include.mlops.spec_sections import CanarySpec
 
     spec, v1 = home["spec"], home["v1"]
     canary = live.traffic(m["before"], m["after"], version, "challenger")
@@ -161,7 +161,7 @@ def test_a_shadow_is_judged_on_the_requests_it_scored(
     delivery_service, delivery, delivery_client, delivery_store, delivery_rows, versions, kind, passes
 ):
     from include.mlops.delivery import analysis, live
-    from include.mlops.spec import ShadowSpec
+    from include.mlops.spec_sections import ShadowSpec
 
     v = versions[kind]
     route(delivery_service, delivery_client, delivery["spec"], "shadow", v)

@@ -65,7 +65,7 @@ def _staging_digest(store, spec):
 def first_run(training_dag, file_home):
     """The history ingested and the first full day run: champion v1. What the registry and the
     ledger held right then is recorded, so the tests that read it pass in any order."""
-    from include.mlops.registry import read_ledger
+    from include.mlops.ledger import read_ledger
     from include.mlops.storage import get_store
 
     spec, spec_name = file_home["spec"], file_home["spec_name"]
@@ -182,7 +182,7 @@ def test_bad_batch_is_quarantined_and_champion_untouched(training_dag, file_home
 def test_batch_scoring_and_one_click_rollback(training_dag, file_home, first_run, rejected):
     from airflow.dag_processing.dagbag import DagBag
 
-    from include.mlops.registry import read_ledger
+    from include.mlops.ledger import read_ledger
     from include.mlops.storage import get_store
     from tests.conftest import ROOT
 

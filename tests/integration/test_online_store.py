@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import use_home
+from tests.support.feast_homes import feast_home, feast_join, join_inputs, online_answers, online_rows
 
 pytestmark = pytest.mark.integration
 DAY = date(2026, 10, 1)
@@ -50,37 +49,10 @@ def _frame(spec) -> pd.DataFrame:
     return pd.concat([stale, offline], ignore_index=True).sample(frac=1.0, random_state=2, ignore_index=True)
 
 
-def _home(monkeypatch, home: Path, store_dir: Path, spec, online: str = "sqlite"):
-    from include.mlops import features as F
-    from include.mlops.config import get_settings
-    from include.mlops.storage import ObjectStore, ensure_bucket
-
-    use_home(monkeypatch, home, MLOPS_STORE_URI=f"file://{store_dir}", FEAST_ONLINE_STORE=online)
-    settings = get_settings()
-    store = ObjectStore(settings.store_uri)
-    ensure_bucket(store)
-    fs = F.get_feature_store(settings)
-    F.apply_definitions(fs, spec, store)
-    return fs, store, Path(settings.feast_online_path)
-
-
-def _rows(fs, spec) -> list[tuple]:
-    from include.mlops import online_store
-
-    table = online_store.table_name(fs.config, fs.get_feature_view(spec.feature_view_name))
-    with sqlite3.connect(online_store.db_path(fs.config)) as con:
-        return con.execute(f'SELECT * FROM "{table}" ORDER BY entity_key').fetchall()
-
-
-def _online(fs, spec, ids: list[int]) -> pd.DataFrame:
-    from include.mlops.features import online_features
-
-    return online_features(fs, spec, ids).sort_index(axis=1)
-
-
 def test_our_store_answers_as_feasts_sqlite_store(tmp_path, monkeypatch):
     from include.mlops import features as F
     from include.mlops import online_store
+    from include.mlops.online_encoding import _double_column
     from include.mlops.spec import load_spec
 
     spec = load_spec("churn")
@@ -90,40 +62,40 @@ def test_our_store_answers_as_feasts_sqlite_store(tmp_path, monkeypatch):
     store_dir = tmp_path / "store"
     older = latest.assign(monthly_charges=latest["monthly_charges"] + 1, plan="basic")
 
-    fs_feast, store, _ = _home(monkeypatch, tmp_path / "feast", store_dir, spec, online="feast-sqlite")
+    fs_feast, store, _ = feast_home(monkeypatch, tmp_path / "feast", store_dir, spec, online="feast-sqlite")
     assert not online_store.supports(fs_feast.config)
     F.write_offline(store, spec, DAY.isoformat(), frame)
     fs_feast.write_to_online_store(spec.feature_view_name, older)  # then upserted over
     fs_feast.write_to_online_store(spec.feature_view_name, latest)
 
-    fs_batch, _, _ = _home(monkeypatch, tmp_path / "batch", store_dir, spec)
+    fs_batch, _, _ = feast_home(monkeypatch, tmp_path / "batch", store_dir, spec)
     fs_batch.write_to_online_store(spec.feature_view_name, older)
     fs_batch.write_to_online_store(spec.feature_view_name, latest)
 
-    fs_mat, _, _ = _home(monkeypatch, tmp_path / "materialize", store_dir, spec)
+    fs_mat, _, _ = feast_home(monkeypatch, tmp_path / "materialize", store_dir, spec)
     start = datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC)
     fs_mat.materialize(start - timedelta(hours=1), start + timedelta(days=1))
 
-    fs_ours, _, db = _home(monkeypatch, tmp_path / "ours", store_dir, spec)
+    fs_ours, _, db = feast_home(monkeypatch, tmp_path / "ours", store_dir, spec)
     assert online_store.supports(fs_ours.config) and db.parent == tmp_path / "ours"
     online_store.write_frame(fs_ours, spec.feature_view_name, older, chunk_rows=128)
     assert F.materialize_frame(fs_ours, spec, frame, chunk_rows=97) == ENTITIES  # 6 chunks
 
     # one row per entity, the same bytes from the vectorised writer and from Feast's interface
-    ours = _rows(fs_ours, spec)
+    ours = online_rows(fs_ours, spec)
     assert len(ours) == ENTITIES and len(ours[0]) == 3 + len(F.model_features(spec))
-    assert ours == _rows(fs_batch, spec) == _rows(fs_mat, spec)
+    assert ours == online_rows(fs_batch, spec) == online_rows(fs_mat, spec)
     # the awkward values really are in there: nulls (empty ValueProto), -0.0 apart from 0.0
     values = {v for r in ours for v in r[3:]}
     assert b"" in values
-    assert online_store._double_column(np.array([-0.0]))[0] in values
+    assert _double_column(np.array([-0.0]))[0] in values
 
     ids = [*latest[spec.entity_key].tolist(), 1]  # and one entity no writer has seen
-    got = _online(fs_ours, spec, ids)
+    got = online_answers(fs_ours, spec, ids)
     assert got[spec.entity_key].tolist() == ids
-    pd.testing.assert_frame_equal(got, _online(fs_feast, spec, ids))
-    pd.testing.assert_frame_equal(got, _online(fs_batch, spec, ids))
-    pd.testing.assert_frame_equal(got, _online(fs_mat, spec, ids))
+    pd.testing.assert_frame_equal(got, online_answers(fs_feast, spec, ids))
+    pd.testing.assert_frame_equal(got, online_answers(fs_batch, spec, ids))
+    pd.testing.assert_frame_equal(got, online_answers(fs_mat, spec, ids))
     assert got["plan"].isna().any() and got["avg_session_min"].isna().any()
     assert got.iloc[-1].drop(spec.entity_key).isna().all()  # the unknown entity: no features
     assert (got["region"] == "").any() and np.isinf(got["total_charges"]).any()
@@ -139,10 +111,10 @@ def test_a_partial_write_keeps_the_other_features(tmp_path, monkeypatch):
 
     spec = load_spec("churn")
     latest = _frame(spec).pipe(lambda f: f.iloc[F.latest_rows(spec, f)])
-    fs, _, _ = _home(monkeypatch, tmp_path / "home", tmp_path / "store", spec)
+    fs, _, _ = feast_home(monkeypatch, tmp_path / "home", tmp_path / "store", spec)
     F.materialize_frame(fs, spec, latest)
     entity = int(latest[spec.entity_key].iloc[7])
-    before = _online(fs, spec, [entity])
+    before = online_answers(fs, spec, [entity])
 
     view = fs.get_feature_view(spec.feature_view_name)
     key = EntityKey(join_keys=[spec.entity_key], entity_values=[Value(int64_val=entity)])
@@ -151,7 +123,7 @@ def test_a_partial_write_keeps_the_other_features(tmp_path, monkeypatch):
         fs.config, view, [(key, {"plan": Value(string_val="gold")}, later, None)], None
     )
 
-    after = _online(fs, spec, [entity])
+    after = online_answers(fs, spec, [entity])
     assert after["plan"].tolist() == ["gold"]
     pd.testing.assert_frame_equal(after.drop(columns="plan"), before.drop(columns="plan"))
     ((ts, _),) = fs._get_provider().online_store.online_read(fs.config, view, [key], ["plan"])
@@ -204,7 +176,7 @@ def test_fast_encoders_match_feast_converters():
     import pyarrow as pa
     from feast.value_type import ValueType
 
-    from include.mlops import online_store as O
+    from include.mlops import online_encoding as O
 
     doubles = pa.chunked_array([[0.0, -0.0, None, float("inf"), -float("inf"), 1e-300, 5e-324, 1.7976931348623157e308]])
     doubles = pa.chunked_array([doubles.combine_chunks(), pa.array(np.random.default_rng(0).normal(size=1000))])
@@ -220,32 +192,17 @@ def test_point_in_time_join_keeps_object_strings_and_dask_setting(tmp_path, monk
     answers exactly what Feast answers with them off: object columns, None for a missing category;
     and Feast's process-wide setting is left as Feast set it."""
     import dask
-    import pytz
 
     from include.mlops import features as F
     from include.mlops.spec import load_spec
 
     spec = load_spec("churn")
-    frame = _frame(spec)
-    fs, store, _ = _home(monkeypatch, tmp_path / "home", tmp_path / "store", spec)
-    F.write_offline(store, spec, DAY.isoformat(), frame)
-    latest = frame.iloc[F.latest_rows(spec, frame)]
-    entity_df = pd.DataFrame(
-        {
-            spec.entity_key: latest[spec.entity_key].to_numpy(),
-            spec.timestamp: latest[spec.timestamp] + pd.Timedelta(minutes=1),
-            spec.label: np.arange(len(latest)) % 2,
-        }
-    )
+    fs, _, entity_df = join_inputs(monkeypatch, tmp_path, spec, _frame(spec))
     assert dask.config.get("dataframe.convert-string") is False  # what Feast's file store sets
     got = F.historical_features(fs, spec, entity_df)
     assert dask.config.get("dataframe.convert-string") is False
 
-    plain = entity_df.assign(**{spec.timestamp: entity_df[spec.timestamp].dt.tz_convert(pytz.UTC)})
-    feast = fs.get_historical_features(
-        entity_df=plain, features=fs.get_feature_service(spec.feature_service_name)
-    ).to_df()
-    pd.testing.assert_frame_equal(got, feast)
+    pd.testing.assert_frame_equal(got, feast_join(fs, spec, entity_df))
     assert got["region"].dtype == object and got["region"].isna().any()
     assert got["region"][got["region"].isna()].map(type).eq(type(None)).all()
     assert got["region"].eq("").any()

@@ -12,8 +12,6 @@ compares the canary with the champion on the same traffic, so a busy machine slo
 
 from __future__ import annotations
 
-import asyncio
-import importlib
 import time
 
 import pytest
@@ -76,20 +74,8 @@ def through_the_operator(reg: dict, spec_name: str, run_id: str) -> tuple[dict, 
         except TaskDeferred as deferred:
             assert deferred.method_name == "resume" and deferred.kwargs["state"]["kind"] == "canary"
             seen.append(deferred.kwargs["state"])
-            event = run_trigger(deferred.trigger)
+            event = H.run_trigger(deferred.trigger)
             call = lambda event=event: op.resume(context, event=event)  # noqa: E731
-
-
-def run_trigger(trigger) -> dict:
-    """Serialised and rebuilt from its classpath (as the triggerer does), run to its one event."""
-    classpath, kwargs = trigger.serialize()
-    module, name = classpath.rsplit(".", 1)
-    rebuilt = getattr(importlib.import_module(module), name)(**kwargs)
-
-    async def first_event():
-        return await anext(rebuilt.run())
-
-    return asyncio.run(first_event()).payload
 
 
 def drive(out, wait) -> tuple[dict, list]:
@@ -106,7 +92,7 @@ def drive(out, wait) -> tuple[dict, list]:
 
 
 def step_events(store, name: str, move: str) -> list[dict]:
-    from include.mlops.registry import steps_of
+    from include.mlops.ledger import steps_of
 
     return steps_of(store, name, move)
 
@@ -114,7 +100,9 @@ def step_events(store, name: str, move: str) -> list[dict]:
 def test_a_canary_that_passes_every_step_is_promoted(
     env, delivery_service, delivery_client, delivery_store, delivery_rows
 ):
+    from include.mlops import ledger as L
     from include.mlops import registry as R
+    from include.mlops.constants import CHAMPION
 
     name, v1 = H.spec_of(env).model_name, env["v1"]
     v = new_version(delivery_client, env, "good")
@@ -126,10 +114,10 @@ def test_a_canary_that_passes_every_step_is_promoted(
     assert out["promoted"] and out["checked"], out["message"]
     assert [s["decision"] for s in out["canary_steps"]] == ["pass", "pass"]
     assert [p["share"] for p in seen if p["waits"] == 0] == [0.2, 0.5]
-    assert R.alias_version(delivery_client, name, R.CHAMPION) == v
+    assert R.alias_version(delivery_client, name, CHAMPION) == v
     steps = step_events(delivery_store, name, out["move"])
     assert [(s["step"], s["decision"]) for s in steps] == [(1, "pass"), (2, "pass")]
-    history = R.read_ledger(delivery_store, name, history=True)
+    history = L.read_ledger(delivery_store, name, history=True)
     assert [e["status"] for e in history if e.get("move") == out["move"]] == ["pending", "step", "step", "done"]
     for s in steps:
         judged = {r["metric"]: r for r in s["rows"]}
@@ -148,15 +136,20 @@ def test_a_canary_failing_at_its_second_step_on_error_rate_is_rolled_back(
 ):
     """The faulty version fails only on rows planted for entities in buckets [0.2, 0.5): the
     first step (20%) never sees them and passes, the second (50%) does and fails."""
+    from include.mlops import ledger as L
     from include.mlops import registry as R
+    from include.mlops.constants import CHALLENGER, CHAMPION
     from include.mlops.delivery import phases
     from include.mlops.delivery import rollout as RO
+    from include.mlops.delivery.request import DeployRequest
 
     name, v1 = H.spec_of(env).model_name, env["v1"]
     v = new_version(delivery_client, env, "faulty")
     with traffic(delivery_service, env, delivery_rows, faulty_rows_for=(0.2, 0.5)) as live:
         first = RO.start(
-            H.reg_out(delivery_client, name, v), H.PASSED, "canary-errors", "test", "canary", env["spec_name"]
+            DeployRequest.of(
+                H.reg_out(delivery_client, name, v), H.PASSED, "canary-errors", "test", "canary", env["spec_name"]
+            )
         )
         move = first.move
         with pytest.raises(RO.DeploymentCheckFailed, match=r"canary step 2 of 2 .*failed") as err:
@@ -167,10 +160,10 @@ def test_a_canary_failing_at_its_second_step_on_error_rate_is_rolled_back(
     assert [(s["step"], s["decision"]) for s in steps] == [(1, "pass"), (2, "fail")]
     rate = {r["metric"]: r for r in steps[1]["rows"]}
     print("\ncanary step 2, faulty version:\n" + _table(steps[1]))
-    assert R.move_record(delivery_store, name, move).status == "rolled_back"
+    assert L.move_record(delivery_store, name, move).status == "rolled_back"
     assert (
-        R.alias_version(delivery_client, name, R.CHAMPION) == v1
-        and R.alias_version(delivery_client, name, R.CHALLENGER) is None
+        R.alias_version(delivery_client, name, CHAMPION) == v1
+        and R.alias_version(delivery_client, name, CHALLENGER) is None
     )
     assert any("error" in m for m in rate), rate
     assert live.summary.faulty_sent > 0
@@ -180,15 +173,19 @@ def test_a_slow_canary_fails_on_its_latency_ratio(
     env, delivery_service, delivery_client, delivery_store, delivery_rows
 ):
     from include.mlops import registry as R
+    from include.mlops.constants import CHAMPION
     from include.mlops.delivery import phases
     from include.mlops.delivery import rollout as RO
+    from include.mlops.delivery.request import DeployRequest
 
     H.set_delivery(env, canary={**CANARY, "steps": [0.3]})
     name, v1 = H.spec_of(env).model_name, env["v1"]
     v = new_version(delivery_client, env, "slow", delay=0.25)
     with traffic(delivery_service, env, delivery_rows, rate=20):
         first = RO.start(
-            H.reg_out(delivery_client, name, v), H.PASSED, "canary-slow", "test", "canary", env["spec_name"]
+            DeployRequest.of(
+                H.reg_out(delivery_client, name, v), H.PASSED, "canary-slow", "test", "canary", env["spec_name"]
+            )
         )
         move = first.move
         with pytest.raises(RO.DeploymentCheckFailed, match=r"canary step 1 of 1 .*failed.*p95") as err:
@@ -196,7 +193,7 @@ def test_a_slow_canary_fails_on_its_latency_ratio(
     steps = step_events(delivery_store, name, move)
     print("\ncanary step 1, slow version:\n" + _table(steps[0]))
     assert steps[0]["decision"] == "fail" and err.value.rolled_back
-    assert R.alias_version(delivery_client, name, R.CHAMPION) == v1
+    assert R.alias_version(delivery_client, name, CHAMPION) == v1
 
 
 def test_a_canary_waits_for_live_traffic_then_decides(
@@ -206,33 +203,41 @@ def test_a_canary_waits_for_live_traffic_then_decides(
     starts it is judged and passes. Then with on_deadline rollback and no traffic at all, the
     deadline ends it with the numbers."""
     from include.mlops import registry as R
+    from include.mlops.constants import CHAMPION
     from include.mlops.delivery import phases
     from include.mlops.delivery import rollout as RO
+    from include.mlops.delivery.request import DeployRequest
 
     H.set_delivery(env, canary={**CANARY, "steps": [0.5]})
     name = H.spec_of(env).model_name
     v = new_version(delivery_client, env, "good")
-    phase = RO.start(H.reg_out(delivery_client, name, v), H.PASSED, "canary-wait", "test", "canary", env["spec_name"])
+    phase = RO.start(
+        DeployRequest.of(
+            H.reg_out(delivery_client, name, v), H.PASSED, "canary-wait", "test", "canary", env["spec_name"]
+        )
+    )
     time.sleep(max(0.0, phase.soak_until - time.time()) + 1.0)
     assert phases.progress(phase) == 0 and phases.check(phase) is None  # soaked, nothing came: waits
     with traffic(delivery_service, env, delivery_rows):
         event = phases.wait(phase)
         assert event["status"] == "ready" and event["requests"] >= CANARY["min_requests"]
         out = RO.resume(phase.to_dict(), event)
-    assert out["promoted"] and out["canary_steps"][0]["decision"] == "pass"
-    assert R.alias_version(delivery_client, name, R.CHAMPION) == v
+    assert out.promoted and out.canary_steps[0]["decision"] == "pass"
+    assert R.alias_version(delivery_client, name, CHAMPION) == v
     H.restore(env, delivery_client, delivery_store)
 
     H.set_delivery(env, canary={**CANARY, "steps": [0.5], "deadline_seconds": 3, "on_deadline": "rollback"})
     v3 = new_version(delivery_client, env, "good")
     phase = RO.start(
-        H.reg_out(delivery_client, name, v3), H.PASSED, "canary-deadline", "test", "canary", env["spec_name"]
+        DeployRequest.of(
+            H.reg_out(delivery_client, name, v3), H.PASSED, "canary-deadline", "test", "canary", env["spec_name"]
+        )
     )
     event = phases.wait(phase)
     assert event["status"] == "deadline" and event["requests"] == 0
     with pytest.raises(RO.DeploymentCheckFailed, match=r"only 0 of 30 live requests by the deadline"):
         RO.resume(phase.to_dict(), event)
-    assert R.alias_version(delivery_client, name, R.CHAMPION) == env["v1"]
+    assert R.alias_version(delivery_client, name, CHAMPION) == env["v1"]
 
 
 def test_a_rollback_during_a_canary_step_ends_it_and_the_resumed_phase_stops(
@@ -240,21 +245,26 @@ def test_a_rollback_during_a_canary_step_ends_it_and_the_resumed_phase_stops(
 ):
     """ml_rollback while the task is deferred: the move is rolled back at once, the service stops
     routing to the canary, and the phase, when its trigger fires, stops with a message that says so."""
+    from include.mlops import ledger as L
     from include.mlops import registry as R
+    from include.mlops.constants import CHALLENGER
     from include.mlops.delivery import phases
     from include.mlops.delivery import rollout as RO
+    from include.mlops.delivery.request import DeployRequest
     from include.mlops.delivery.rollback import rollback
 
     H.set_delivery(env, canary={**CANARY, "steps": [0.5]})
     name, v1 = H.spec_of(env).model_name, env["v1"]
     v = new_version(delivery_client, env, "good")
     phase = RO.start(
-        H.reg_out(delivery_client, name, v), H.PASSED, "canary-rolled-back", "test", "canary", env["spec_name"]
+        DeployRequest.of(
+            H.reg_out(delivery_client, name, v), H.PASSED, "canary-rolled-back", "test", "canary", env["spec_name"]
+        )
     )
     back = rollback(None, "rb-during-canary", "ml_rollback", spec_name=env["spec_name"])
     assert (back["from_version"], back["to_version"], back["strategy"]) == (v, v1, "canary")
-    assert R.move_record(delivery_store, name, phase.move).status == "rolled_back"
-    assert R.alias_version(delivery_client, name, R.CHALLENGER) is None
+    assert L.move_record(delivery_store, name, phase.move).status == "rolled_back"
+    assert R.alias_version(delivery_client, name, CHALLENGER) is None
     with traffic(delivery_service, env, delivery_rows) as live:
         live.wait_for(lambda s: s.sent >= 60, 60, "60 requests after the rollback")
     assert ("challenger", v) not in live.summary.answers, live.summary.answers

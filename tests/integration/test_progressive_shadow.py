@@ -62,11 +62,14 @@ def via_trigger(phase) -> dict:
 def run_shadow(client, env, server, rows, version: str, run_id: str):
     from include.mlops.delivery import rollout as RO
     from include.mlops.delivery.phases import Phase
+    from include.mlops.delivery.request import DeployRequest
     from tests.support.live_traffic import LiveTraffic
 
     name = H.spec_of(env).model_name
     with LiveTraffic(server.url, H.spec_of(env), rows, rate=30) as live:
-        out = RO.start(H.reg_out(client, name, version), H.PASSED, run_id, "test", "shadow", env["spec_name"])
+        out = RO.start(
+            DeployRequest.of(H.reg_out(client, name, version), H.PASSED, run_id, "test", "shadow", env["spec_name"])
+        )
         while isinstance(out, Phase):
             event = via_trigger(out)
             out = RO.resume(event["state"], event)
@@ -76,19 +79,21 @@ def run_shadow(client, env, server, rows, version: str, run_id: str):
 def test_a_shadow_whose_report_passes_is_promoted(
     env, delivery_service, delivery_client, delivery_store, delivery_rows
 ):
+    from include.mlops import ledger as L
     from include.mlops import registry as R
+    from include.mlops.constants import CHAMPION
     from tests.support.canary_models import register
 
     name = H.spec_of(env).model_name
     v = register(delivery_client, H.spec_of(env), "good", base=env["v1"])
     out, summary = run_shadow(delivery_client, env, delivery_service, delivery_rows, v, "shadow-pass")
-    report = out["shadow_report"]
+    report = out.shadow_report
     print("\nshadow report, same model:\n" + _table(report))
-    assert out["promoted"] and out["checked"] and report["passed"], report
+    assert out.promoted and out.checked and report["passed"], report
     assert report["agreement"] == 1.0 and report["mean_abs_score_diff"] == 0.0
     assert report["paired"] >= SHADOW["min_requests"] and report["requests"] >= SHADOW["min_requests"]
-    assert R.alias_version(delivery_client, name, R.CHAMPION) == v
-    steps = R.steps_of(delivery_store, name, out["move"])
+    assert R.alias_version(delivery_client, name, CHAMPION) == v
+    steps = L.steps_of(delivery_store, name, out.move)
     assert [(s["action"], s["passed"]) for s in steps] == [("shadow_report", True)]
     assert ("shadow", v) not in summary.answers  # a shadow answers nobody
     artifacts = {
@@ -100,7 +105,10 @@ def test_a_shadow_whose_report_passes_is_promoted(
 def test_a_shadow_that_disagrees_fails_its_report_and_the_champion_stays(
     env, delivery_service, delivery_client, delivery_store, delivery_rows
 ):
+    from include.mlops import ledger as L
+    from include.mlops import moves as M
     from include.mlops import registry as R
+    from include.mlops.constants import CHALLENGER, CHAMPION
     from include.mlops.delivery import rollout as RO
     from tests.support.canary_models import register
 
@@ -109,14 +117,14 @@ def test_a_shadow_that_disagrees_fails_its_report_and_the_champion_stays(
     with pytest.raises(RO.DeploymentCheckFailed, match=r"shadow report failed.*agreement") as err:
         run_shadow(delivery_client, env, delivery_service, delivery_rows, v, "shadow-disagrees")
     assert err.value.rolled_back and err.value.rolled_back_to == v1
-    moves = R.moves_of(delivery_store, name, R.promotion_base("test", "shadow-disagrees", v))
+    moves = L.moves_of(delivery_store, name, M.promotion_base("test", "shadow-disagrees", v))
     assert moves[-1].status == "rolled_back"
-    report = R.steps_of(delivery_store, name, moves[-1].move)[0]
+    report = L.steps_of(delivery_store, name, moves[-1].move)[0]
     print("\nshadow report, disagreeing model:\n" + _table(report))
     assert report["passed"] is False and report["agreement"] < 0.5
     assert (
-        R.alias_version(delivery_client, name, R.CHAMPION) == v1
-        and R.alias_version(delivery_client, name, R.CHALLENGER) is None
+        R.alias_version(delivery_client, name, CHAMPION) == v1
+        and R.alias_version(delivery_client, name, CHALLENGER) is None
     )
     # the routing ended: once the service read the registry, v stops scoring
     httpx.post(f"{delivery_service.url}/admin/reload", headers=delivery_service.headers(), timeout=60)

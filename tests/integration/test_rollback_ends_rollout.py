@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from tests.support.delivery_home import serving, set_delivery
+from tests.support.delivery_home import serving, set_delivery, strategy_tag
 
 pytestmark = [pytest.mark.serving, pytest.mark.integration]
 
@@ -33,33 +33,6 @@ def env(delivery, monkeypatch):
     monkeypatch.delenv("MLOPS_SERVE_URL", raising=False)
     set_delivery(delivery, canary={"steps": [0.5], "soak_seconds": 0, "min_requests": 0})
     return delivery
-
-
-# test_ab_test.py imports these by name; once it takes the conftest's delivery_* fixtures
-# itself, they go (with `serving` from tests.support.delivery_home)
-@pytest.fixture(scope="module")
-def home(delivery_home):
-    return delivery_home
-
-
-@pytest.fixture(scope="module")
-def client(delivery_client):
-    return delivery_client
-
-
-@pytest.fixture(scope="module")
-def store(delivery_store):
-    return delivery_store
-
-
-@pytest.fixture(scope="module")
-def server(delivery_service):
-    return delivery_service
-
-
-@pytest.fixture(scope="module")
-def v2(delivery_v2):
-    return delivery_v2
 
 
 def probe(server, spec, store) -> list[tuple[str, str]]:
@@ -85,16 +58,11 @@ def shadow_scored(server, version: str) -> float:
 def pending_promotion(client, store, name: str, version: str, run_id: str, strategy: str):
     """The promotion of `version` as the deploy task opens it (`run_id` of dag "test"), awaiting
     its checks: a rollout in its staged phase, or killed before its checks ran."""
-    from include.mlops import registry as R
+    from include.mlops import moves as M
 
-    base = R.promotion_base("test", run_id, version)
-    return R.begin_move(client, store, name, version, action="promote", reason="gate passed", run_id=run_id,
+    base = M.promotion_base("test", run_id, version)
+    return M.begin_move(client, store, name, version, action="promote", reason="gate passed", run_id=run_id,
                         dag_id="test", strategy=strategy, base=base, awaits_check=True)  # fmt: skip
-
-
-def strategy_tag(client, name: str) -> tuple[str | None, str | None]:
-    tags = client.get_registered_model(name).tags
-    return tags.get("mlops.deployment.strategy"), tags.get("mlops.deployment.canary_share")
 
 
 def test_rollback_after_a_canary_rollout_ends_it_and_a_second_click_is_refused(
@@ -102,31 +70,39 @@ def test_rollback_after_a_canary_rollout_ends_it_and_a_second_click_is_refused(
 ):
     """The issue's case: canary of v2 promoted, then ml_rollback. Before, the aliases ended as
     champion 1, previous 2, challenger 2 and the service kept answering ~10% with v2."""
+    from include.mlops import ledger as L
     from include.mlops import registry as R
+    from include.mlops.constants import CHALLENGER, CHAMPION, PREVIOUS
+    from include.mlops.delivery.request import DeployRequest
     from include.mlops.delivery.rollback import RollbackRefused, rollback
     from include.mlops.delivery.rollout import rollout
 
     spec, v1, name = env["spec"], env["v1"], env["spec"].model_name
     monkeypatch.setenv("MLOPS_SERVE_URL", delivery_service.url)
     monkeypatch.setenv("MLOPS_ADMIN_TOKEN", delivery_service.token)
-    delivery_client.set_registered_model_alias(name, R.CHALLENGER, delivery_v2)  # as `register` leaves it
-    reg = {"model": name, "version": delivery_v2, "run_id": delivery_client.get_model_version(name, delivery_v2).run_id}
-    out = rollout(reg, PASSED, "canary-ok", "test", strategy="canary", spec_name=spec.name)
-    assert out["promoted"] and out["checked"] and out["staged_check"]["load"]["variants"].get("challenger", 0) > 0
-    promoted = R.read_ledger(delivery_store, name)[-1]
+    delivery_client.set_registered_model_alias(name, CHALLENGER, delivery_v2)  # as `register` leaves it
+    reg = {
+        "model": name,
+        "version": delivery_v2,
+        "created": False,
+        "run_id": delivery_client.get_model_version(name, delivery_v2).run_id,
+    }
+    out = rollout(DeployRequest.of(reg, PASSED, "canary-ok", "test", strategy="canary", spec_name=spec.name))
+    assert out.promoted and out.checked and out.staged_check["load"]["variants"].get("challenger", 0) > 0
+    promoted = L.read_ledger(delivery_store, name)[-1]
     assert (promoted["action"], promoted["status"], promoted["strategy"]) == ("promote", "done", "canary")
 
     # the completed canary ended its routing: what is in force when the rollback comes is direct
     assert strategy_tag(delivery_client, name) == ("direct", "0.0")
-    assert R.alias_version(delivery_client, name, R.CHALLENGER) is None
+    assert R.alias_version(delivery_client, name, CHALLENGER) is None
 
     monkeypatch.delenv("MLOPS_SERVE_URL")  # no reload request: the service must follow by its poll
     back = rollback(None, "rb-canary", "ml_rollback", spec_name=spec.name, reason="test")
     assert (back["from_version"], back["to_version"], back["strategy"]) == (delivery_v2, v1, "direct")
-    aliases = {a: R.alias_version(delivery_client, name, a) for a in (R.CHAMPION, R.PREVIOUS, R.CHALLENGER)}
+    aliases = {a: R.alias_version(delivery_client, name, a) for a in (CHAMPION, PREVIOUS, CHALLENGER)}
     assert aliases == {"champion": v1, "previous": delivery_v2, "challenger": None}
     assert strategy_tag(delivery_client, name) == ("direct", "0.0")
-    entry = R.read_ledger(delivery_store, name)[-1]
+    entry = L.read_ledger(delivery_store, name)[-1]
     assert (entry["action"], entry["strategy"], entry["from_version"], entry["to_version"]) == (
         "rollback",
         "direct",
@@ -141,7 +117,7 @@ def test_rollback_after_a_canary_rollout_ends_it_and_a_second_click_is_refused(
 
     with pytest.raises(RollbackRefused, match=rf"nothing new to roll back.*re-promote v{delivery_v2}"):
         rollback(None, "rb-again", "ml_rollback", spec_name=spec.name)
-    assert R.alias_version(delivery_client, name, R.CHAMPION) == v1
+    assert R.alias_version(delivery_client, name, CHAMPION) == v1
 
 
 @pytest.mark.parametrize("strategy", ["canary", "shadow"])
@@ -150,14 +126,16 @@ def test_rollback_during_a_staged_phase_stops_the_challenger_answering_and_scori
 ):
     """The rollout is in its canary or shadow phase (its promotion pending, v1 still champion):
     rollback ends it; the service stops routing to / shadow-scoring v2 at its next poll."""
+    from include.mlops import ledger as L
     from include.mlops import registry as R
+    from include.mlops.constants import CHALLENGER
     from include.mlops.delivery.rollback import rollback
     from include.mlops.delivery.rollout import publish_strategy
 
     spec, v1, name = env["spec"], env["v1"], env["spec"].model_name
     move = pending_promotion(delivery_client, delivery_store, name, delivery_v2, f"staged-{strategy}", strategy)
     publish_strategy(delivery_client, name, strategy, 0.5)
-    delivery_client.set_registered_model_alias(name, R.CHALLENGER, delivery_v2)
+    delivery_client.set_registered_model_alias(name, CHALLENGER, delivery_v2)
     serving(delivery_service, champion=v1, challenger=delivery_v2)
     scored = shadow_scored(delivery_service, delivery_v2)
     answers = probe(delivery_service, spec, delivery_store)
@@ -174,9 +152,9 @@ def test_rollback_during_a_staged_phase_stops_the_challenger_answering_and_scori
 
     back = rollback(None, f"rb-{strategy}", "ml_rollback", spec_name=spec.name)
     assert (back["from_version"], back["to_version"], back["strategy"]) == (delivery_v2, v1, strategy)
-    assert R.move_record(delivery_store, name, move.move).status == "rolled_back"
+    assert L.move_record(delivery_store, name, move.move).status == "rolled_back"
     assert (
-        R.alias_version(delivery_client, name, R.CHALLENGER) is None
+        R.alias_version(delivery_client, name, CHALLENGER) is None
         and strategy_tag(delivery_client, name)[0] == "direct"
     )
     serving(delivery_service, champion=v1, challenger=None)
@@ -195,7 +173,9 @@ def test_a_rollout_retried_after_a_crash_past_the_switch_runs_its_checks(
     """Killed after `champion` moved, before the checks and the ledger: the retry of the same run
     does not answer "already champion"; it checks v2 on the service, completes the promotion, and
     a rollback then lands on v1."""
-    from include.mlops import registry as R
+    from include.mlops import ledger as L
+    from include.mlops import moves as M
+    from include.mlops.delivery.request import DeployRequest
     from include.mlops.delivery.rollback import rollback
     from include.mlops.delivery.rollout import rollout
 
@@ -203,12 +183,17 @@ def test_a_rollout_retried_after_a_crash_past_the_switch_runs_its_checks(
     monkeypatch.setenv("MLOPS_SERVE_URL", delivery_service.url)
     monkeypatch.setenv("MLOPS_ADMIN_TOKEN", delivery_service.token)
     move = pending_promotion(delivery_client, delivery_store, name, delivery_v2, "crashed", "direct")
-    R.set_previous(delivery_client, move)
-    R.set_champion(delivery_client, move)  # the kill point
-    reg = {"model": name, "version": delivery_v2, "run_id": delivery_client.get_model_version(name, delivery_v2).run_id}
-    out = rollout(reg, PASSED, "crashed", "test", spec_name=spec.name)
-    assert out["promoted"] and out["resumed"] and out["checked"] and out["check"]["smoke"]["passed"]
-    assert out["deploy_errors"] == 0 and out["previous"] == v1
-    assert R.move_record(delivery_store, name, move.move).status == "done"
+    M.set_previous(delivery_client, move)
+    M.set_champion(delivery_client, move)  # the kill point
+    reg = {
+        "model": name,
+        "version": delivery_v2,
+        "created": False,
+        "run_id": delivery_client.get_model_version(name, delivery_v2).run_id,
+    }
+    out = rollout(DeployRequest.of(reg, PASSED, "crashed", "test", spec_name=spec.name))
+    assert out.promoted and out.resumed and out.checked and out.check["smoke"]["passed"]
+    assert out.deploy_errors == 0 and out.previous == v1
+    assert L.move_record(delivery_store, name, move.move).status == "done"
     back = rollback(None, "rb-crashed", "ml_rollback", spec_name=spec.name)
     assert (back["from_version"], back["to_version"]) == (delivery_v2, v1)

@@ -332,7 +332,10 @@ class Hammer:
 
 
 def test_promote_and_roll_back_under_load_drop_nothing(server, client, store, home, v2, samples):
-    from include.mlops.registry import CHAMPION, alias_version, end_routing, move_champion, read_ledger
+    from include.mlops.constants import CHAMPION
+    from include.mlops.ledger import read_ledger
+    from include.mlops.moves import move_champion
+    from include.mlops.registry import alias_version, end_routing
 
     spec, v1 = home["spec"], home["v1"]
     name = spec.model_name
@@ -415,7 +418,7 @@ def test_promote_and_roll_back_under_load_drop_nothing(server, client, store, ho
 
 # -- strategies ---------------------------------------------------------------------------------------
 def test_canary_share_is_sticky_and_within_tolerance(server, client, home, v2, samples):
-    from include.mlops.registry import CHALLENGER
+    from include.mlops.constants import CHALLENGER
 
     name = home["spec"].model_name
     client.set_registered_model_alias(name, CHALLENGER, v2)
@@ -441,7 +444,7 @@ def test_canary_share_is_sticky_and_within_tolerance(server, client, home, v2, s
 
 
 def test_shadow_scores_every_request_and_only_logs_it(server, client, store, home, v2, samples):
-    from include.mlops.registry import CHALLENGER
+    from include.mlops.constants import CHALLENGER
 
     spec, name = home["spec"], home["spec"].model_name
     client.set_registered_model_alias(name, CHALLENGER, v2)
@@ -466,7 +469,8 @@ def test_shadow_scores_every_request_and_only_logs_it(server, client, store, hom
 
 
 def test_blue_green_keeps_the_next_and_last_version_warm(server, client, store, home, v2):
-    from include.mlops.registry import CHALLENGER, move_champion
+    from include.mlops.constants import CHALLENGER
+    from include.mlops.moves import move_champion
 
     name, v1 = home["spec"].model_name, home["v1"]
     client.set_registered_model_alias(name, CHALLENGER, v2)
@@ -492,20 +496,23 @@ def test_blue_green_keeps_the_next_and_last_version_warm(server, client, store, 
 def test_rollout_checks_the_running_service_and_rolls_back_a_failed_check(env, server, client, store, v2, monkeypatch):
     import yaml
 
+    from include.mlops.constants import CHAMPION
+    from include.mlops.delivery.request import DeployRequest
     from include.mlops.delivery.rollback import rollback
     from include.mlops.delivery.rollout import DeploymentCheckFailed, rollout
-    from include.mlops.registry import CHAMPION, alias_version, read_ledger
+    from include.mlops.ledger import read_ledger
+    from include.mlops.registry import alias_version
 
     spec, v1 = env["spec"], env["v1"]
     name = spec.model_name
     monkeypatch.setenv("MLOPS_SERVE_URL", server.url)
     monkeypatch.setenv("MLOPS_ADMIN_TOKEN", server.token)
-    reg = {"model": name, "version": v2, "run_id": env["run_id"]}
+    reg = {"model": name, "version": v2, "created": False, "run_id": env["run_id"]}
     ev = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
 
-    out = rollout(reg, ev, "rollout-ok", "test", strategy="direct", spec_name=env["spec_name"])
-    assert out["promoted"] and out["checked"] and out["champion"] == v2 and out["service_url"] == server.url
-    assert out["deploy_errors"] == 0 and out["deploy_rps"] > 0
+    out = rollout(DeployRequest.of(reg, ev, "rollout-ok", "test", strategy="direct", spec_name=env["spec_name"]))
+    assert out.promoted and out.checked and out.champion == v2 and out.service_url == server.url
+    assert out.deploy_errors == 0 and out.deploy_rps > 0
     metrics = client.get_run(env["run_id"]).data.metrics
     for k in ("deploy_rps", "deploy_p50_ms", "deploy_p95_ms", "deploy_p99_ms"):
         assert metrics[k] > 0
@@ -522,7 +529,7 @@ def test_rollout_checks_the_running_service_and_rolls_back_a_failed_check(env, s
     (strict_dir / f"{env['spec_name']}.yaml").write_text(yaml.safe_dump(strict))
     monkeypatch.setenv("MLOPS_SPEC_DIRS", str(strict_dir))
     with pytest.raises(DeploymentCheckFailed, match=r"p99 .* over the budget .* rolled back to v" + v1):
-        rollout(reg, ev, "rollout-slow", "test", strategy="direct", spec_name=env["spec_name"])
+        rollout(DeployRequest.of(reg, ev, "rollout-slow", "test", strategy="direct", spec_name=env["spec_name"]))
     monkeypatch.delenv("MLOPS_SPEC_DIRS")
     assert alias_version(client, name, CHAMPION) == v1
     ledger = {e["run_id"]: e for e in read_ledger(store, name)}
@@ -535,9 +542,11 @@ def test_rollout_checks_the_running_service_and_rolls_back_a_failed_check(env, s
 def test_shadow_rollout_watches_the_challenger_before_promoting(env, server, client, v2, monkeypatch):
     import yaml
 
+    from include.mlops.constants import CHALLENGER
+    from include.mlops.delivery.request import DeployRequest
     from include.mlops.delivery.rollback import rollback
     from include.mlops.delivery.rollout import publish_strategy, rollout
-    from include.mlops.registry import CHALLENGER, alias_version
+    from include.mlops.registry import alias_version
 
     spec, v1 = env["spec"], env["v1"]
     name = spec.model_name
@@ -552,30 +561,34 @@ def test_shadow_rollout_watches_the_challenger_before_promoting(env, server, cli
     monkeypatch.setenv("MLOPS_SERVE_URL", server.url)
     monkeypatch.setenv("MLOPS_ADMIN_TOKEN", server.token)
     client.set_registered_model_alias(name, CHALLENGER, v2)
-    reg = {"model": name, "version": v2, "run_id": env["run_id"]}
+    reg = {"model": name, "version": v2, "created": False, "run_id": env["run_id"]}
     ev = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
     try:
         rejected = rollout(
-            reg,
-            {**ev, "passed": False, "reasons": ["roc_auc 0.6 < 0.7"]},
-            "rollout-shadow-rejected",
-            "test",
-            strategy="shadow",
-            spec_name=env["spec_name"],
+            DeployRequest.of(
+                reg,
+                {**ev, "passed": False, "reasons": ["roc_auc 0.6 < 0.7"]},
+                "rollout-shadow-rejected",
+                "test",
+                strategy="shadow",
+                spec_name=env["spec_name"],
+            )
         )
-        assert not rejected["promoted"] and rejected["champion"] == v1 and "roc_auc" in rejected["message"]
-        assert rejected["staged_check"]["passed"]  # a rejected challenger may still shadow: it was watched
+        assert not rejected.promoted and rejected.champion == v1 and "roc_auc" in rejected.message
+        assert rejected.staged_check["passed"]  # a rejected challenger may still shadow: it was watched
         # ... and once watched, its rollout is over: no challenger left for the service to shadow
         assert alias_version(client, name, CHALLENGER) is None
         client.set_registered_model_alias(name, CHALLENGER, v2)  # as `register` sets it for the next run
-        out = rollout(reg, ev, "rollout-shadow", "test", strategy="shadow", spec_name=env["spec_name"])
-        staged = out["staged_check"]
+        out = rollout(
+            DeployRequest.of(reg, ev, "rollout-shadow", "test", strategy="shadow", spec_name=env["spec_name"])
+        )
+        staged = out.staged_check
         assert staged["passed"] and staged["load"]["shadow_scored"] >= staged["load"]["requests"]
         assert staged["load"]["warmup_requests"] == 2 * staged["load"]["concurrency"]  # uncounted, first
         assert staged["load"]["shadow_errors"] == 0 and staged["load"]["variants"] == {
             "champion": staged["load"]["requests"]
         }
-        assert out["promoted"] and out["checked"] and out["champion"] == v2
+        assert out.promoted and out.checked and out.champion == v2
     finally:
         rollback(v1, "restore", "test", spec_name=env["spec_name"])
         publish_strategy(client, name, "direct", 0.1)
@@ -587,9 +600,11 @@ def test_the_first_champion_is_checked_on_the_running_service(lifecycle, tmp_pat
     loads its champion there and checks it, instead of starting a service of its own."""
     from mlflow import MlflowClient
 
+    from include.mlops.constants import CHAMPION
+    from include.mlops.delivery.request import DeployRequest
     from include.mlops.delivery.rollout import rollout
     from include.mlops.delivery.service import start_service, usable_service
-    from include.mlops.registry import CHAMPION, alias_version
+    from include.mlops.registry import alias_version
 
     src = Path(lifecycle["home"])
     dst = tmp_path / "home"
@@ -603,7 +618,7 @@ def test_the_first_champion_is_checked_on_the_running_service(lifecycle, tmp_pat
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    name, v1 = lifecycle["spec"].model_name, lifecycle["register"]["version"]
+    name, v1 = lifecycle["spec"].model_name, lifecycle["register"].version
     client = MlflowClient(uri, uri)
     client.delete_registered_model_alias(name, CHAMPION)  # as before the first ml_training run
 
@@ -615,11 +630,13 @@ def test_the_first_champion_is_checked_on_the_running_service(lifecycle, tmp_pat
         assert usable_service(503, waiting.json(), name), waiting.json()
         monkeypatch.setenv("MLOPS_SERVE_URL", service.url)
         monkeypatch.setenv("MLOPS_ADMIN_TOKEN", service.token)
-        reg = {"model": name, "version": v1, "run_id": lifecycle["register"]["run_id"]}
+        reg = {"model": name, "version": v1, "created": False, "run_id": lifecycle["register"].run_id}
         ev = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
-        out = rollout(reg, ev, "first-deploy", "test", strategy="direct", spec_name=lifecycle["spec_name"])
-        assert out["promoted"] and out["checked"] and out["service_url"] == service.url
-        assert out["deploy_errors"] == 0 and alias_version(client, name, CHAMPION) == v1
+        out = rollout(
+            DeployRequest.of(reg, ev, "first-deploy", "test", strategy="direct", spec_name=lifecycle["spec_name"])
+        )
+        assert out.promoted and out.checked and out.service_url == service.url
+        assert out.deploy_errors == 0 and alias_version(client, name, CHAMPION) == v1
         assert httpx.get(f"{service.url}/ready", timeout=10).json()["champion"]["version"] == v1
         assert service.proc.poll() is None  # the check used it and left it running
     finally:
@@ -628,24 +645,28 @@ def test_the_first_champion_is_checked_on_the_running_service(lifecycle, tmp_pat
 
 
 def test_canary_rollout_starts_its_own_service_when_none_runs(env, client, store, v2, monkeypatch):
+    from include.mlops.constants import CHALLENGER, CHAMPION
+    from include.mlops.delivery.request import DeployRequest
     from include.mlops.delivery.rollback import rollback
     from include.mlops.delivery.rollout import publish_strategy, rollout
-    from include.mlops.registry import CHALLENGER, CHAMPION, alias_version
+    from include.mlops.registry import alias_version
 
     spec, v1 = env["spec"], env["v1"]
     name = spec.model_name
     monkeypatch.delenv("MLOPS_SERVE_URL", raising=False)
     assert alias_version(client, name, CHAMPION) == v1
     client.set_registered_model_alias(name, CHALLENGER, v2)
-    reg = {"model": name, "version": v2, "run_id": env["run_id"]}
+    reg = {"model": name, "version": v2, "created": False, "run_id": env["run_id"]}
     ev = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}
     try:
-        out = rollout(reg, ev, "rollout-canary", "test", strategy="canary", spec_name=env["spec_name"])
-        assert out["promoted"] and out["checked"] and out["strategy"] == "canary"
-        assert out["staged_check"]["passed"] and out["staged_check"]["load"]["variants"].get("challenger", 0) > 0
-        assert out["service_url"].startswith("http://127.0.0.1:")
+        out = rollout(
+            DeployRequest.of(reg, ev, "rollout-canary", "test", strategy="canary", spec_name=env["spec_name"])
+        )
+        assert out.promoted and out.checked and out.strategy == "canary"
+        assert out.staged_check["passed"] and out.staged_check["load"]["variants"].get("challenger", 0) > 0
+        assert out.service_url.startswith("http://127.0.0.1:")
         with pytest.raises(httpx.HTTPError):  # the service it started is gone
-            httpx.get(f"{out['service_url']}/health", timeout=2)
+            httpx.get(f"{out.service_url}/health", timeout=2)
         metrics = client.get_run(env["run_id"]).data.metrics
         assert "deploy_canary_p99_ms" in metrics and "deploy_p99_ms" in metrics
     finally:
@@ -655,7 +676,8 @@ def test_canary_rollout_starts_its_own_service_when_none_runs(env, client, store
 
 def test_score_batch_scores_the_staged_interval_with_the_champion(env, client, store):
     from include.mlops.batch import score_batch
-    from include.mlops.registry import CHAMPION, alias_version
+    from include.mlops.constants import CHAMPION
+    from include.mlops.registry import alias_version
 
     spec = env["spec"]
     out = score_batch(env["interval"], env["spec_name"])

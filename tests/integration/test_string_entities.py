@@ -24,7 +24,7 @@ import pytest
 
 from include.mlops.results import TrainResult
 from tests.conftest import DEMO_START, day_interval, demo_home, run_dag_day, small_spec, ti_state, use_home
-from tests.integration.test_online_store import _home, _online, _rows
+from tests.support.feast_homes import feast_home, feast_join, join_inputs, online_answers, online_rows
 
 pytestmark = pytest.mark.integration
 DAY = date(2026, 10, 1)
@@ -76,13 +76,13 @@ def test_definitions_follow_the_entity_dtype(tmp_path, monkeypatch, spec):
 
     from include.mlops.spec import load_spec
 
-    fs, _, _ = _home(monkeypatch, tmp_path / "s", tmp_path / "store", spec)
+    fs, _, _ = feast_home(monkeypatch, tmp_path / "s", tmp_path / "store", spec)
     assert fs.get_entity(spec.entity_name).value_type == ValueType.STRING
     assert [(c.name, c.dtype) for c in fs.get_feature_view(spec.feature_view_name).entity_columns] == [
         (spec.entity_key, String)
     ]
     int_spec = load_spec("churn")
-    fs, _, _ = _home(monkeypatch, tmp_path / "i", tmp_path / "store", int_spec)
+    fs, _, _ = feast_home(monkeypatch, tmp_path / "i", tmp_path / "store", int_spec)
     assert fs.get_entity(int_spec.entity_name).value_type == ValueType.INT64
     assert [(c.name, c.dtype) for c in fs.get_feature_view(int_spec.feature_view_name).entity_columns] == [
         (int_spec.entity_key, Int64)
@@ -103,22 +103,22 @@ def test_string_keys_are_stored_and_answered_as_feast_does(tmp_path, monkeypatch
     older = latest.assign(monthly_charges=latest["monthly_charges"] + 1, plan="basic")
     store_dir = tmp_path / "store"
 
-    fs_feast, store, _ = _home(monkeypatch, tmp_path / "feast", store_dir, spec, online="feast-sqlite")
+    fs_feast, store, _ = feast_home(monkeypatch, tmp_path / "feast", store_dir, spec, online="feast-sqlite")
     F.write_offline(store, spec, DAY.isoformat(), frame)
     fs_feast.write_to_online_store(spec.feature_view_name, older)
     fs_feast.write_to_online_store(spec.feature_view_name, latest)
 
-    fs_batch, _, _ = _home(monkeypatch, tmp_path / "batch", store_dir, spec)
+    fs_batch, _, _ = feast_home(monkeypatch, tmp_path / "batch", store_dir, spec)
     fs_batch.write_to_online_store(spec.feature_view_name, older)  # our online_write_batch, row by row
     fs_batch.write_to_online_store(spec.feature_view_name, latest)
 
-    fs_ours, _, _ = _home(monkeypatch, tmp_path / "ours", store_dir, spec)
+    fs_ours, _, _ = feast_home(monkeypatch, tmp_path / "ours", store_dir, spec)
     online_store.write_frame(fs_ours, spec.feature_view_name, older, chunk_rows=64)
     assert F.materialize_frame(fs_ours, spec, frame, chunk_rows=97) == ENTITIES  # several chunks
 
-    ours = _rows(fs_ours, spec)
+    ours = online_rows(fs_ours, spec)
     assert len(ours) == ENTITIES
-    assert ours == _rows(fs_batch, spec)
+    assert ours == online_rows(fs_batch, spec)
     # the keys are exactly Feast's serialisation of each text id
     expected = {
         serialize_entity_key(EntityKey(join_keys=[spec.entity_key], entity_values=[Value(string_val=i)]), 3)
@@ -127,10 +127,10 @@ def test_string_keys_are_stored_and_answered_as_feast_does(tmp_path, monkeypatch
     assert {r[0] for r in ours} == expected
 
     ids = [*latest[spec.entity_key].tolist(), "C-9999999", "0123"]  # two ids no writer has seen
-    got = _online(fs_ours, spec, ids)
+    got = online_answers(fs_ours, spec, ids)
     assert got[spec.entity_key].tolist() == ids
-    pd.testing.assert_frame_equal(got, _online(fs_feast, spec, ids))
-    pd.testing.assert_frame_equal(got, _online(fs_batch, spec, ids))
+    pd.testing.assert_frame_equal(got, online_answers(fs_feast, spec, ids))
+    pd.testing.assert_frame_equal(got, online_answers(fs_batch, spec, ids))
     assert got.iloc[-2:].drop(columns=spec.entity_key).isna().all().all()
     newest = latest.set_index(spec.entity_key)
     by_id = got.set_index(spec.entity_key)
@@ -141,7 +141,7 @@ def test_string_keys_are_stored_and_answered_as_feast_does(tmp_path, monkeypatch
 def test_a_string_key_refuses_frames_with_numbers(tmp_path, monkeypatch, spec):
     from include.mlops import online_store
 
-    fs, _, _ = _home(monkeypatch, tmp_path / "home", tmp_path / "store", spec)
+    fs, _, _ = feast_home(monkeypatch, tmp_path / "home", tmp_path / "store", spec)
     frame = _frame(spec).head(5)
     frame[spec.entity_key] = np.arange(5, dtype="int64")
     with pytest.raises(ValueError, match=r"customer_id.*string key.*int64.*convert the ids to text"):
@@ -149,21 +149,9 @@ def test_a_string_key_refuses_frames_with_numbers(tmp_path, monkeypatch, spec):
 
 
 def test_point_in_time_join_on_string_keys(tmp_path, monkeypatch, spec):
-    import pytz
-
     from include.mlops import features as F
 
-    frame = _frame(spec)
-    fs, store, _ = _home(monkeypatch, tmp_path / "home", tmp_path / "store", spec)
-    F.write_offline(store, spec, DAY.isoformat(), frame)
-    latest = frame.iloc[F.latest_rows(spec, frame)]
-    entity_df = pd.DataFrame(
-        {
-            spec.entity_key: latest[spec.entity_key].to_numpy(),
-            spec.timestamp: latest[spec.timestamp] + pd.Timedelta(minutes=1),
-            spec.label: np.arange(len(latest)) % 2,
-        }
-    )
+    fs, latest, entity_df = join_inputs(monkeypatch, tmp_path, spec, _frame(spec), DAY)
     got = F.historical_features(fs, spec, entity_df)
     assert len(got) == len(entity_df) and got[spec.entity_key].dtype == object
     assert set(got[spec.entity_key]) == set(entity_df[spec.entity_key])
@@ -171,11 +159,7 @@ def test_point_in_time_join_on_string_keys(tmp_path, monkeypatch, spec):
     want = latest.set_index(spec.entity_key)["monthly_charges"]
     joined = got.set_index(spec.entity_key)["monthly_charges"]
     pd.testing.assert_series_equal(joined.loc[want.index], want, check_names=False)
-    plain = entity_df.assign(**{spec.timestamp: entity_df[spec.timestamp].dt.tz_convert(pytz.UTC)})
-    feast = fs.get_historical_features(
-        entity_df=plain, features=fs.get_feature_service(spec.feature_service_name)
-    ).to_df()
-    pd.testing.assert_frame_equal(got, feast)
+    pd.testing.assert_frame_equal(got, feast_join(fs, spec, entity_df))
 
 
 # -- a string-keyed lifecycle behind the scoring service ------------------------------------------------
@@ -211,7 +195,7 @@ def string_lifecycle(tmp_path_factory):
     P.promote(rg, forced, "fixture", "fixture", spec_name=name)
     env = {k: os.environ[k] for k in os.environ if k.startswith(("MLOPS_", "MLFLOW_", "FEAST_"))}
     env["MLOPS_DATASET"] = name
-    yield {"home": home, "spec": spec, "store": store, "env": env, "train": tr, "version": rg["version"]}
+    yield {"home": home, "spec": spec, "store": store, "env": env, "train": tr, "version": rg.version}
     mp.undo()
 
 

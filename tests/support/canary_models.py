@@ -150,7 +150,8 @@ def register(client: Any, spec: Any, kind: str, *, base: str | None = None, dela
 def _register(client: Any, spec: Any, kind: str, base: str | None, delay: float) -> str:
     import mlflow
 
-    from include.mlops.registry import CHAMPION, alias_version
+    from include.mlops.constants import CHAMPION
+    from include.mlops.registry import alias_version
 
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: use one of {', '.join(KINDS)}")

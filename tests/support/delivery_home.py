@@ -7,7 +7,9 @@ registry and object store; `second_version` registers the champion's model again
 aliases to); `set_delivery` rewrites the copy's spec `deployment` section (short soaks, small
 minimums: the tests decide in seconds); `start_live` starts the service on a free loopback port
 with a 1 s registry poll and the test model wrappers allowed (`canary_models.TRUSTED_EXTRA`);
-`serving` waits until the service, by its own poll, serves what the registry says; `use_live`
+`serving` waits until the service, by its own poll, serves what the registry says (`strategy_tag`:
+the strategy the registry publishes); `run_trigger` runs a deferred phase's trigger as the
+triggerer would; `use_live`
 points the process environment at both, as the deploy task sees them (MLOPS_SERVE_URL,
 MLOPS_ADMIN_TOKEN); `restore` leaves the champion it found and no rollout under way; `fresh`
 does that and more: the spec as copied, the service serving v1 alone, its queues flushed. The
@@ -16,7 +18,9 @@ fixtures over these live in `tests/integration/conftest.py`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import importlib
 import shutil
 import time
 from collections.abc import Iterator
@@ -43,8 +47,8 @@ def copy_home(lifecycle: dict[str, Any], where: Path) -> dict[str, Any]:
         "spec": lifecycle["spec"],  # as copied: `spec_of` reads the copy's spec as it is now
         "spec_path": spec_path,
         "spec_text": spec_path.read_text(),  # what `fresh` puts back
-        "v1": str(lifecycle["register"]["version"]),
-        "run_id": lifecycle["register"]["run_id"],
+        "v1": str(lifecycle["register"].version),
+        "run_id": lifecycle["register"].run_id,
         "interval": lifecycle["interval"],
     }
 
@@ -127,6 +131,24 @@ def serving(server: Any, *, champion: str, challenger: str | None, timeout: floa
     raise AssertionError(f"the service did not come to champion={champion} challenger={challenger}: {body}")
 
 
+def strategy_tag(client: Any, name: str) -> tuple[str | None, str | None]:
+    """The registered model's deployment strategy and canary share tags, as the service reads them."""
+    tags = client.get_registered_model(name).tags
+    return tags.get("mlops.deployment.strategy"), tags.get("mlops.deployment.canary_share")
+
+
+def run_trigger(trigger: Any) -> dict[str, Any]:
+    """Serialised and rebuilt from its classpath (as the triggerer does), run to its one event."""
+    classpath, kwargs = trigger.serialize()
+    module, name = classpath.rsplit(".", 1)
+    rebuilt = getattr(importlib.import_module(module), name)(**kwargs)
+
+    async def first_event() -> Any:
+        return await anext(rebuilt.run())
+
+    return asyncio.run(first_event()).payload
+
+
 def use_live(monkeypatch: Any, home: dict[str, Any], server: Any) -> None:
     """The process environment of a deploy task of this home with `server` live, and MLflow's
     process-wide URIs on its tracking store (models are logged there; use with the
@@ -144,13 +166,16 @@ def use_live(monkeypatch: Any, home: dict[str, Any], server: Any) -> None:
 
 def restore(home: dict[str, Any], client: Any, store: Any) -> None:
     """v1 champion again, no open move, no routing: what the next test starts from."""
+    from include.mlops import ledger as L
+    from include.mlops import moves as M
     from include.mlops import registry as R
+    from include.mlops.constants import CHAMPION
     from include.mlops.delivery.rollback import rollback
 
     name = spec_of(home).model_name
-    for m in R.open_moves(store, name):
-        R.undo_move(client, store, m, action="rollback", reason="test cleanup", run_id="cleanup", dag_id="test")
-    if R.alias_version(client, name, R.CHAMPION) != home["v1"]:
+    for m in L.open_moves(store, name):
+        M.undo_move(client, store, m, action="rollback", reason="test cleanup", run_id="cleanup", dag_id="test")
+    if R.alias_version(client, name, CHAMPION) != home["v1"]:
         rollback(home["v1"], "cleanup", "test", spec_name=home["spec_name"])
     R.end_routing(client, name)
 
@@ -190,10 +215,11 @@ def _home_env(home: dict[str, Any]) -> Iterator[None]:
 def reg_out(client: Any, name: str, version: str) -> dict[str, Any]:
     """What the register task hands the deploy task, for `version`; `challenger` points at it
     as `register` leaves it."""
-    from include.mlops.registry import CHALLENGER
+    from include.mlops.constants import CHALLENGER
 
     client.set_registered_model_alias(name, CHALLENGER, version)
-    return {"model": name, "version": version, "run_id": client.get_model_version(name, version).run_id}
+    run_id = client.get_model_version(name, version).run_id
+    return {"model": name, "version": version, "created": False, "run_id": run_id}
 
 
 PASSED = {"passed": True, "reasons": [], "metrics": {"roc_auc": 0.9}}

@@ -61,7 +61,7 @@ def build_template(root: Path) -> dict[str, Any]:
         tr_c = P.train(iv_c, lineage, SPEC)
     finally:
         mp.undo()
-    assert (rg_a["version"], rg_b["version"]) == ("1", "2"), (rg_a, rg_b)
+    assert (rg_a.version, rg_b.version) == ("1", "2"), (rg_a, rg_b)
     return {
         "home": home,
         "spec": spec,

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from include.mlops.delivery import abtest as A
-from include.mlops.spec import ABTestSpec, load_spec
+from include.mlops.delivery import abwindow as W
+from include.mlops.spec import load_spec
+from include.mlops.spec_sections import ABTestSpec
 
 CHURN = load_spec("churn")
 HOUSING = load_spec("housing")
@@ -213,15 +215,59 @@ def test_ab_outcomes_reads_the_window_the_arms_and_the_labels(tmp_path):
     until, later = start + timedelta(hours=2), start + timedelta(days=2)
 
     versions = {"champion": "2", "challenger": "3"}
-    assert A.labelled_per_arm(store, CHURN, start, until, versions=versions) == {"champion": 0, "challenger": 0}
-    assert A.labelled_per_arm(store, CHURN, start, later, versions=versions) == {"champion": 100, "challenger": 90}
-    out = A.ab_outcomes(store, CHURN, start.timestamp(), later.timestamp(), versions=versions)
+    assert W.labelled_per_arm(store, CHURN, start, until, versions=versions) == {"champion": 0, "challenger": 0}
+    assert W.labelled_per_arm(store, CHURN, start, later, versions=versions) == {"champion": 100, "challenger": 90}
+    out = W.ab_outcomes(store, CHURN, start.timestamp(), later.timestamp(), versions=versions)
     assert (len(out.champion), len(out.challenger), out.metric) == (100, 90, "accuracy")
     assert out.champion.mean() == pytest.approx(0.75) and out.challenger.mean() == pytest.approx(0.9)
     assert out.versions == {"champion": ["2"], "challenger": ["3"]}
     assert out.answered == {"champion": 100, "challenger": 100}
-    every = A.ab_outcomes(store, CHURN, start, later)  # no versions named: both challenger versions count
+    every = W.ab_outcomes(store, CHURN, start, later)  # no versions named: both challenger versions count
     assert every.versions["challenger"] == ["3", "4"] and len(every.challenger) == 130
     assert every.answered == {"champion": 100, "challenger": 140}
     result = A.decide(out, CFG.model_copy(update={"samples_per_arm": 50}), CHURN)
     assert result.decision == A.CHALLENGER_WINS and result.champion_version == "2"
+
+
+def test_the_polls_of_a_wait_read_each_object_once_and_count_as_a_fresh_read(tmp_path, monkeypatch):
+    from include.mlops import layout
+    from include.mlops.storage import ObjectStore
+
+    read: list[str] = []
+    get_parquet = ObjectStore.get_parquet
+    monkeypatch.setattr(
+        ObjectStore, "get_parquet", lambda self, key, **kw: read.append(key) or get_parquet(self, key, **kw)
+    )
+    store = ObjectStore(f"file://{tmp_path / 'store'}")
+    start = datetime(2026, 11, 3, 23, 30, tzinfo=UTC)  # the test runs over midnight
+    versions = {"champion": "2", "challenger": "3"}
+    kept = W.ReadOnceStore()
+
+    def poll(until: datetime) -> list[str]:
+        """The kept store's count equals a fresh read's; the objects this poll read."""
+        read.clear()
+        counted = W.labelled_per_arm(kept.over(store), CHURN, start, until, versions=versions)
+        new = list(read)
+        assert counted == W.labelled_per_arm(store, CHURN, start, until, versions=versions)
+        return new
+
+    def deliver(ids, variant, when, name):
+        rows = _log_rows(ids, variant, versions[variant], when, correct_every=4)
+        log_key = layout.online_predictions_key(CHURN, when.date(), name)
+        store.put_parquet(log_key, rows)
+        labels = rows[[CHURN.entity_key, CHURN.timestamp]].assign(**{CHURN.label: np.asarray(ids) % 2})
+        label_key = layout.labels_landing_key(CHURN, when.date(), f"{name}.parquet")
+        store.put_parquet(label_key, labels.astype({CHURN.entity_key: "int64"}))
+        return log_key, label_key
+
+    first = deliver(range(100), "champion", start + timedelta(minutes=5), "a")
+    assert sorted(poll(start + timedelta(minutes=10))) == sorted(first)
+    assert poll(start + timedelta(minutes=20)) == []  # nothing new: nothing read
+    second = deliver(range(200, 260), "challenger", start + timedelta(minutes=40), "b")  # the next day
+    third = deliver(range(300, 340), "champion", start + timedelta(minutes=45), "c")
+    assert sorted(poll(start + timedelta(minutes=50))) == sorted([*second, *third])
+    assert W.labelled_per_arm(kept, CHURN, start, start + timedelta(minutes=50), versions=versions) == {
+        "champion": 140,
+        "challenger": 60,
+    }
+    assert kept.reads == 6 and {first[1], second[1], third[1]} <= set(kept.frames)  # the label files, as read

@@ -157,12 +157,17 @@ def test_quarantine_payload_is_critical():
 
 
 def test_gate_payload_names_both_versions_and_the_reasons():
-    deploy = {**DEPLOY, "message": "not promoted: regression of roc_auc vs champion: ...", "version": "4"}
-    evaluate = {
-        "metrics": {"roc_auc": 0.71, "f1": 0.4},
-        "champion_metrics": {"roc_auc": 0.76, "f1": 0.41},
-        "reasons": ["regression of roc_auc vs champion: champion 0.7600, challenger 0.7100"],
-    }
+    from include.mlops.results import EvaluateResult, PromoteResult
+
+    deploy = PromoteResult.from_xcom(
+        {**DEPLOY, "message": "not promoted: regression of roc_auc vs champion: ...", "version": "4"}
+    )
+    evaluate = EvaluateResult(
+        passed=False,
+        metrics={"roc_auc": 0.71, "f1": 0.4},
+        champion_metrics={"roc_auc": 0.76, "f1": 0.41},
+        reasons=["regression of roc_auc vs champion: champion 0.7600, challenger 0.7100"],
+    )
     body = _text(
         A.slack_payload(A.gate_alert(deploy, evaluate, {"MLflow run": "http://mlflow/#/experiments/1/runs/r4"}))
     )

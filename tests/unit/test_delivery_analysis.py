@@ -10,7 +10,8 @@ import pytest
 
 from include.mlops.delivery.analysis import judge_canary_step, paired_rows, score_distance, shadow_report
 from include.mlops.delivery.live import Traffic
-from include.mlops.spec import CanarySpec, ShadowSpec, load_spec
+from include.mlops.spec import load_spec
+from include.mlops.spec_sections import CanarySpec, ShadowSpec
 
 
 @pytest.fixture(scope="module")

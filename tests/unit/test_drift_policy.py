@@ -320,7 +320,7 @@ def summary_for(day: date, share: float) -> dict:
 
 
 def test_decide_window_keeps_a_history_and_fires_on_the_second_window(policy_home):
-    from include.mlops.drift_policy import decide_window
+    from include.mlops.drift_window import decide_window
     from include.mlops.layout import drift_decision_key
     from include.mlops.storage import get_store
 

@@ -116,7 +116,7 @@ def test_an_int64_key_refuses_numeric_strings(int_spec):
 
 
 def test_csv_reads_a_string_key_as_text():
-    from include.mlops.serving.app import parse_csv
+    from include.mlops.serving.bodies import parse_csv
 
     body = b"customer_id,tenure_months\n00123,4\n,5\n"
     assert [r["customer_id"] for r in parse_csv(body, "customer_id")] == ["00123", None]

@@ -8,6 +8,7 @@ import pytest
 
 from include.mlops import comparison as C
 from include.mlops import evaluation as E
+from include.mlops import gate as G
 from include.mlops.scores import Scored
 from include.mlops.spec import SpecError, load_spec, parse_spec
 
@@ -64,15 +65,15 @@ def test_small_holdout_regression_is_judged_by_its_confidence_bound():
     assert 0.02 < champ["roc_auc"] - ch["roc_auc"]  # the bare difference is beyond the tolerance
     ci = E.paired_bootstrap(y, worse, good, spec, 300, 0.95)
     assert ci.low <= 0.02 < ci.worse
-    small = E.gate(spec, ch, {}, 0, champ, {}, champion_version="3", champion_ci=ci)
+    small = G.gate(spec, ch, {}, 0, champ, {}, champion_version="3", champion_ci=ci)
     assert small.passed, small.table()
-    assert not E.gate(spec_bare, ch, {}, 0, champ, {}).passed
+    assert not G.gate(spec_bare, ch, {}, 0, champ, {}).passed
     assert "paired bootstrap" in small.table() and "champion v3" in small.table()
 
     y, good, worse = _pair(4000, 0.9, seed=5)
     ci = E.paired_bootstrap(y, worse, good, spec, 300, 0.95)
     assert ci.low > 0.02
-    big = E.gate(spec, E.metrics(y, worse, spec), {}, 0, E.metrics(y, good, spec), {}, champion_ci=ci)
+    big = G.gate(spec, E.metrics(y, worse, spec), {}, 0, E.metrics(y, good, spec), {}, champion_ci=ci)
     assert not big.passed and "regression of roc_auc vs champion" in big.reasons[0]
 
 
@@ -80,24 +81,24 @@ def test_reference_row_refuses_a_slide_the_champion_check_lets_through():
     spec = _spec(max_regression=0.02, cumulative_max_regression=0.03)
     ch = {"roc_auc": 0.74}
     ref = C.Reference("1", 0.78, None, ["6", "5", "4", "3", "2", "1"])
-    d = E.gate(spec, ch, {}, 0, {"roc_auc": 0.75}, {}, champion_version="6", reference=ref)
+    d = G.gate(spec, ch, {}, 0, {"roc_auc": 0.75}, {}, champion_version="6", reference=ref)
     assert not d.passed
     assert [r.split(":")[0] for r in d.reasons] == ["regression of roc_auc vs reference v1"]
     table = d.table()
     assert "vs reference v1" in table and "best of v6, v5, v4, v3, v2, v1: v1" in table
     # within the budget; the budget defaults to max_regression
-    assert E.gate(spec, {"roc_auc": 0.76}, {}, 0, {"roc_auc": 0.76}, {}, reference=ref).passed
-    assert not E.gate(_spec(), {"roc_auc": 0.755}, {}, 0, {"roc_auc": 0.76}, {}, reference=ref).passed
+    assert G.gate(spec, {"roc_auc": 0.76}, {}, 0, {"roc_auc": 0.76}, {}, reference=ref).passed
+    assert not G.gate(_spec(), {"roc_auc": 0.755}, {}, 0, {"roc_auc": 0.76}, {}, reference=ref).passed
     # no earlier champion scores the holdout: said in the table, not a refusal
-    note = E.gate(spec, ch, {}, 0, None, None, reference="no earlier champion can score this holdout")
+    note = G.gate(spec, ch, {}, 0, None, None, reference="no earlier champion can score this holdout")
     assert note.passed and "no earlier champion" in note.table()
 
 
 def test_champion_that_cannot_score_follows_the_feature_change_rule():
     why = "v4 was trained on features this holdout does not have (plan): the spec's features changed"
-    ok = E.gate(_spec(), {"roc_auc": 0.7}, {}, 0, champion_version="4", champion_unscorable=why)
+    ok = G.gate(_spec(), {"roc_auc": 0.7}, {}, 0, champion_version="4", champion_unscorable=why)
     assert ok.passed and "gate.feature_change: minimums" in ok.table()
-    refused = E.gate(
+    refused = G.gate(
         _spec(feature_change="refuse"), {"roc_auc": 0.7}, {}, 0, champion_version="4", champion_unscorable=why
     )
     assert not refused.passed and "champion v4 cannot score this holdout" in refused.reasons[0]

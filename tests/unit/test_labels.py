@@ -19,6 +19,7 @@ import yaml
 from sklearn import metrics as skm
 
 from include.mlops import evaluation as E
+from include.mlops import gate as G
 from include.mlops import training as T
 from include.mlops.constants import BINARY_METRICS, MULTICLASS_METRICS
 from include.mlops.features import model_features
@@ -151,7 +152,7 @@ def test_text_labels_yes_or_no_positive_give_complementary_scores_and_sklearn_me
     assert set(slices) == {"cohort=a", "cohort=b"}
     part = hold["cohort"].to_numpy() == "a"
     assert slices["cohort=a"]["roc_auc"] == pytest.approx(skm.roc_auc_score(y[part] == "no", s_no.score[part]))
-    assert E.gate(spec_no, met_no, slices, 0).passed
+    assert G.gate(spec_no, met_no, slices, 0).passed
 
 
 def test_boolean_labels_default_to_true(cancer):
@@ -241,12 +242,12 @@ def test_wine_trains_evaluates_and_gates_on_f1_macro(wine):
     assert met["roc_auc_ovr"] == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
     slices = E.slice_metrics(hold, scored, spec)
     assert set(slices) == {"cohort=a", "cohort=b"}
-    decision = E.gate(spec, met, slices, 0)
+    decision = G.gate(spec, met, slices, 0)
     assert decision.passed, decision.reasons
     better = {**met, "f1_macro": met["f1_macro"] + 0.1}
-    worse = E.gate(spec, met, slices, 0, better, {})
+    worse = G.gate(spec, met, slices, 0, better, {})
     assert not worse.passed and "regression of f1_macro" in worse.reasons[0]
-    low = E.gate(parse_spec({**spec.to_dict(), "gate": {"minimums": {"f1_macro": 1.01}}}), met, slices, 0)
+    low = G.gate(parse_spec({**spec.to_dict(), "gate": {"minimums": {"f1_macro": 1.01}}}), met, slices, 0)
     assert not low.passed and "minimum f1_macro" in low.reasons[0]
     # the prediction log keeps the class and its probability: label-only metrics still agree
     logged = E.metrics(y, type(scored)(scored.prediction, scored.score, None, classes), spec)
@@ -374,8 +375,9 @@ def test_batch_scoring_and_the_service_agree_with_positive_scores(home, cancer, 
     from include.mlops.layout import staging_key
     from include.mlops.registry import setup_mlflow
     from include.mlops.serving.frames import FrameBuilder
+    from include.mlops.serving.loading import smoke_test
     from include.mlops.serving.metrics import Metrics
-    from include.mlops.serving.models import ModelManager, smoke_test
+    from include.mlops.serving.models import ModelManager
     from include.mlops.serving.predlog import LogBatch, to_frame
     from include.mlops.storage import ObjectStore
     from tests.conftest import day_interval

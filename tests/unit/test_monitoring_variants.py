@@ -64,9 +64,10 @@ def world(tmp_path_factory):
     import pandas as pd
 
     from include.mlops.config import get_settings
+    from include.mlops.constants import CHAMPION
     from include.mlops.data.generator import Scenario, generate_day
     from include.mlops.features import build_features, model_features
-    from include.mlops.registry import CHAMPION, setup_mlflow
+    from include.mlops.registry import setup_mlflow
     from include.mlops.scores import score_model
     from include.mlops.serving.frames import FrameBuilder
     from include.mlops.serving.predlog import LogBatch, PredictionLog
@@ -225,7 +226,7 @@ def test_monitoring_counts_per_variant_and_version_and_judges_answers_only(world
 
 
 def test_the_drift_policy_decides_on_the_champions_answers(world, monitored):
-    from include.mlops.drift_policy import decide_window
+    from include.mlops.drift_window import decide_window
 
     summary, _ = monitored
     out = decide_window(summary, "churn")
@@ -333,7 +334,7 @@ def test_a_registry_fault_fails_monitoring_batch_and_planning(fault, failing_reg
     from include.mlops.batch import score_batch
     from include.mlops.config import get_settings
     from include.mlops.monitoring.step import monitor
-    from include.mlops.monitoring.window import NoChampion, RegistryUnavailable
+    from include.mlops.registry import NoChampion, RegistryUnavailable
     from include.mlops.retraining import champion_interval_end
     from include.mlops.spec import load_spec
     from include.mlops.storage import ObjectStore
@@ -364,7 +365,7 @@ def test_the_monitor_task_fails_on_a_registry_fault_and_skips_only_without_a_cha
     from airflow.sdk.exceptions import AirflowSkipException
     from mlops_airflow.monitoring_operators import MonitoringOperator
 
-    from include.mlops.monitoring.window import RegistryUnavailable
+    from include.mlops.registry import RegistryUnavailable
 
     start = datetime(DAY.year, DAY.month, DAY.day).isoformat() + "+00:00"
     end = (datetime(DAY.year, DAY.month, DAY.day) + timedelta(days=1)).isoformat() + "+00:00"
@@ -382,8 +383,7 @@ def test_no_champion_is_read_from_the_registry_as_not_found(tmp_path, monkeypatc
     from include.mlops import batch
     from include.mlops.config import get_settings
     from include.mlops.monitoring.step import monitor
-    from include.mlops.monitoring.window import NoChampion
-    from include.mlops.registry import setup_mlflow
+    from include.mlops.registry import NoChampion, setup_mlflow
     from include.mlops.retraining import champion_interval_end
     from include.mlops.spec import load_spec
 

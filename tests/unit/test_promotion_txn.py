@@ -2,7 +2,7 @@
 
 A real MLflow registry (sqlite) and a real object store (files) in a fresh home per test; model
 versions point at an empty directory: nothing here loads a model. A crash is simulated by calling
-the named steps of a move (`registry.begin_move`, `set_previous`, `set_champion`) up to a point
+the named steps of a move (`moves.begin_move`, `set_previous`, `set_champion`) up to a point
 and stopping, then calling the entry point a retry would call (the SIGKILL versions live in
 tests/integration/test_faults_kill.py).
 """
@@ -60,8 +60,15 @@ def reg(template, tmp_path, monkeypatch) -> dict[str, Any]:
     ctx = context("churn")
     spec, store, client = ctx.spec, ctx.store, ctx.client
     name = spec.model_name
-    P.promote({"model": name, "version": "1"}, PASSED, "first", "ml_training", spec_name="churn")
+    P.promote(registered(name, "1"), PASSED, "first", "ml_training", spec_name="churn")
     return {"client": client, "store": store, "model": name, "spec": spec}
+
+
+def registered(model: str, version: str) -> Any:
+    """What the register step hands on for `version` (the template's versions have no MLflow run)."""
+    from include.mlops.results import RegisterResult
+
+    return RegisterResult(model=model, version=version, created=True, run_id="")
 
 
 def aliases(r: dict[str, Any]) -> dict[str, str | None]:
@@ -71,7 +78,7 @@ def aliases(r: dict[str, Any]) -> dict[str, str | None]:
 
 
 def ledger(r: dict[str, Any], **kw: Any) -> list[dict[str, Any]]:
-    from include.mlops.registry import read_ledger
+    from include.mlops.ledger import read_ledger
 
     return read_ledger(r["store"], r["model"], **kw)
 
@@ -82,7 +89,7 @@ def tags(r: dict[str, Any]) -> dict[str, str]:
 
 def begin_rollout(r: dict[str, Any], version: str, run_id: str, strategy: str = "direct") -> Any:
     """What `deployment.rollout` writes first: this run's promotion, pending, awaiting its check."""
-    from include.mlops.registry import begin_move, promotion_base
+    from include.mlops.moves import begin_move, promotion_base
 
     return begin_move(
         r["client"],
@@ -103,10 +110,10 @@ def begin_rollout(r: dict[str, Any], version: str, run_id: str, strategy: str = 
 def test_a_promotion_is_pending_before_any_alias_moves_then_done(reg):
     from include.mlops import pipeline as P
 
-    out = P.promote({"model": reg["model"], "version": "2"}, PASSED, "r2", "ml_training", spec_name="churn")
-    assert out["promoted"] and out["move_status"] == "done" and out["previous"] == "1"
+    out = P.promote(registered(reg["model"], "2"), PASSED, "r2", "ml_training", spec_name="churn")
+    assert out.promoted and out.move_status == "done" and out.previous == "1"
     assert aliases(reg) == {"champion": "2", "previous": "1", "challenger": None}
-    events = [e for e in ledger(reg, history=True) if e["move"] == out["move"]]
+    events = [e for e in ledger(reg, history=True) if e["move"] == out.move]
     assert [e["status"] for e in events] == ["pending", "done"]
     intent = events[0]
     assert (intent["from_version"], intent["to_version"], intent["previous"], intent["previous_before"]) == (
@@ -115,97 +122,99 @@ def test_a_promotion_is_pending_before_any_alias_moves_then_done(reg):
         "1",
         None,
     )
-    moves = [e for e in ledger(reg) if e["move"] == out["move"]]  # one record per move, at its latest status
+    moves = [e for e in ledger(reg) if e["move"] == out.move]  # one record per move, at its latest status
     assert len(moves) == 1 and moves[0]["status"] == "done" and moves[0]["ended_at"] >= moves[0]["at"]
     version = reg["client"].get_model_version(reg["model"], "2")
     assert version.tags["mlops.last_promoted_at"] == intent["at"]
-    again = P.promote({"model": reg["model"], "version": "2"}, PASSED, "r2", "ml_training", spec_name="churn")
-    assert not again["promoted"] and len(ledger(reg, history=True)) == len(events) + 2  # v1's two, nothing new
+    again = P.promote(registered(reg["model"], "2"), PASSED, "r2", "ml_training", spec_name="churn")
+    assert not again.promoted and len(ledger(reg, history=True)) == len(events) + 2  # v1's two, nothing new
 
 
 @pytest.mark.parametrize("stop_after", ["begin_move", "set_previous", "set_champion"])
 def test_a_retry_after_a_crash_at_any_step_finishes_the_same_promotion(reg, stop_after):
+    from include.mlops import ledger as L
+    from include.mlops import moves as M
     from include.mlops import pipeline as P
-    from include.mlops import registry as R
 
     c, store, model = reg["client"], reg["store"], reg["model"]
-    move = R.begin_move(
+    move = M.begin_move(
         c, store, model, "2", action="promote", reason="gate passed", run_id="r2", dag_id="ml_training",
-        base=R.promotion_base("ml_training", "r2", "2"),
+        base=M.promotion_base("ml_training", "r2", "2"),
     )  # fmt: skip
     if stop_after != "begin_move":
-        R.set_previous(c, move)
+        M.set_previous(c, move)
     if stop_after == "set_champion":
-        R.set_champion(c, move)
+        M.set_champion(c, move)
         assert aliases(reg)["champion"] == "2"  # moved, nothing completed: the old retry said "already champion"
-    out = P.promote({"model": model, "version": "2"}, PASSED, "r2", "ml_training", spec_name="churn")
-    assert out["promoted"] and out["resumed"] and out["move"] == move.move and out["move_status"] == "done"
+    out = P.promote(registered(model, "2"), PASSED, "r2", "ml_training", spec_name="churn")
+    assert out.promoted and out.resumed and out.move == move.move and out.move_status == "done"
     assert aliases(reg) == {"champion": "2", "previous": "1", "challenger": None}
     assert [e["status"] for e in ledger(reg, history=True) if e["move"] == move.move] == ["pending", "done"]
-    assert not R.open_moves(store, model)
+    assert not L.open_moves(store, model)
 
 
 def test_an_interrupted_promotion_without_a_check_is_finished_by_the_next_one(reg):
     """`pipeline.promote` on its own (no deploy check): whoever touches the aliases next finishes it."""
+    from include.mlops import ledger as L
+    from include.mlops import moves as M
     from include.mlops import pipeline as P
-    from include.mlops import registry as R
 
     c, store, model = reg["client"], reg["store"], reg["model"]
-    move = R.begin_move(c, store, model, "2", action="promote", reason="gate passed", run_id="r2", dag_id="d")
-    R.set_previous(c, move)
-    out = P.promote({"model": model, "version": "3"}, PASSED, "r3", "d", spec_name="churn")
-    assert out["promoted"] and out["previous"] == "2"
-    assert R.move_record(store, model, move.move).status == "done"
+    move = M.begin_move(c, store, model, "2", action="promote", reason="gate passed", run_id="r2", dag_id="d")
+    M.set_previous(c, move)
+    out = P.promote(registered(model, "3"), PASSED, "r3", "d", spec_name="churn")
+    assert out.promoted and out.previous == "2"
+    assert L.move_record(store, model, move.move).status == "done"
     assert aliases(reg) == {"champion": "3", "previous": "2", "challenger": None}
 
 
 def test_a_promotion_awaiting_its_check_blocks_another_until_it_is_ended(reg):
+    from include.mlops import moves as M
     from include.mlops import pipeline as P
-    from include.mlops import registry as R
     from include.mlops.delivery.rollback import rollback
 
     begin_rollout(reg, "2", "r2")
-    with pytest.raises(R.MoveInProgress, match=r"v1 -> v2 .* run r2 .* ml_rollback"):
-        P.promote({"model": reg["model"], "version": "3"}, PASSED, "r3", "ml_training", spec_name="churn")
+    with pytest.raises(M.MoveInProgress, match=r"v1 -> v2 .* run r2 .* ml_rollback"):
+        P.promote(registered(reg["model"], "3"), PASSED, "r3", "ml_training", spec_name="churn")
     assert aliases(reg)["champion"] == "1"
     rollback(None, "rb", "ml_rollback", spec_name="churn")
-    assert P.promote({"model": reg["model"], "version": "3"}, PASSED, "r3", "ml_training", spec_name="churn")[
-        "promoted"
-    ]
+    assert P.promote(registered(reg["model"], "3"), PASSED, "r3", "ml_training", spec_name="churn").promoted
 
 
 # -- the deploy step's own retries (no service needed: these end before any check) -----------------
 def test_a_rollout_that_deploys_nothing_leaves_the_strategy_tags_alone(reg):
+    from include.mlops.delivery.request import DeployRequest
     from include.mlops.delivery.rollout import publish_strategy, rollout
 
     publish_strategy(reg["client"], reg["model"], "canary", 0.25)
-    out = rollout({"model": reg["model"], "version": "2"}, REJECTED, "r2", "ml_training", strategy="direct",
-                    spec_name="churn")  # fmt: skip
-    assert not out["promoted"] and out["message"].startswith("not promoted") and out["champion"] == "1"
-    assert out["gate_passed"] is False  # what the gate alert reads
+    req = DeployRequest.of(registered(reg["model"], "2"), REJECTED, "r2", "ml_training", "direct", "churn")
+    out = rollout(req)
+    assert not out.promoted and out.message.startswith("not promoted") and out.champion == "1"
+    assert out.gate_passed is False  # what the gate alert reads
     assert tags(reg)["mlops.deployment.strategy"] == "canary"
     assert tags(reg)["mlops.deployment.canary_share"] == "0.25"
     assert [e["action"] for e in ledger(reg)] == ["promote"]  # v1's only
 
 
 def test_a_rollout_retry_does_not_redo_a_completed_or_rolled_back_promotion(reg):
-    from include.mlops import registry as R
+    from include.mlops import moves as M
+    from include.mlops.delivery.request import DeployRequest
     from include.mlops.delivery.rollout import DeploymentCheckFailed, rollout
     from include.mlops.delivery.staging import _roll_back_failed
 
     c, store, model = reg["client"], reg["store"], reg["model"]
     done = begin_rollout(reg, "2", "r2", "canary")
-    R.apply_move(c, done)
-    R.complete_move(c, store, done, outcome="checked")
-    out = rollout({"model": model, "version": "2"}, PASSED, "r2", "ml_training", spec_name="churn")
-    assert out["promoted"] and out["checked"] and out["resumed"] and out["strategy"] == "canary"
+    M.apply_move(c, done)
+    M.complete_move(c, store, done, outcome="checked")
+    out = rollout(DeployRequest.of(registered(model, "2"), PASSED, "r2", "ml_training", spec_name="churn"))
+    assert out.promoted and out.checked and out.resumed and out.strategy == "canary"
 
     failed = begin_rollout(reg, "3", "r3")
-    R.apply_move(c, failed)
+    M.apply_move(c, failed)
     _roll_back_failed(c, store, model, "3", "2", "p99 over budget", "r3", "ml_training", "direct", failed)
     assert aliases(reg) == {"champion": "2", "previous": "1", "challenger": None}  # as before the move
     with pytest.raises(DeploymentCheckFailed, match="ended rolled_back .* not promoted again") as info:
-        rollout({"model": model, "version": "3"}, PASSED, "r3", "ml_training", spec_name="churn")
+        rollout(DeployRequest.of(registered(model, "3"), PASSED, "r3", "ml_training", spec_name="churn"))
     assert aliases(reg)["champion"] == "2"
     got = info.value  # the fields the rollback alert reads
     assert (got.model, got.version, got.rolled_back, got.rolled_back_to) == (model, "3", True, "2")
@@ -217,7 +226,7 @@ def test_rollback_undoes_the_last_promotion_and_a_second_click_is_refused(reg):
     from include.mlops.delivery.rollback import RollbackRefused, rollback
     from include.mlops.delivery.rollout import publish_strategy
 
-    P.promote({"model": reg["model"], "version": "2"}, PASSED, "r2", "ml_training", "canary", spec_name="churn")
+    P.promote(registered(reg["model"], "2"), PASSED, "r2", "ml_training", "canary", spec_name="churn")
     reg["client"].set_registered_model_alias(reg["model"], "challenger", "2")
     publish_strategy(reg["client"], reg["model"], "canary", 0.1)
     back = rollback(None, "rb1", "ml_rollback", spec_name="churn", reason="bad answers")
@@ -255,46 +264,49 @@ def test_rollback_refuses_the_first_champion_and_aliases_moved_outside_the_ledge
 def test_rollback_after_a_crash_mid_rollout_goes_back_to_the_version_it_replaced(reg, stop_after):
     """The rollout's promotion of v3 (v2 champion) crashed: rollback targets v2 whatever moved,
     ends the rollout and closes the promotion as rolled_back; nothing re-promotes v3."""
+    from include.mlops import ledger as L
+    from include.mlops import moves as M
     from include.mlops import pipeline as P
-    from include.mlops import registry as R
+    from include.mlops.delivery.request import DeployRequest
     from include.mlops.delivery.rollback import rollback
     from include.mlops.delivery.rollout import DeploymentCheckFailed, publish_strategy, rollout
 
     c, store, model = reg["client"], reg["store"], reg["model"]
-    P.promote({"model": model, "version": "2"}, PASSED, "r2", "ml_training", spec_name="churn")
+    P.promote(registered(model, "2"), PASSED, "r2", "ml_training", spec_name="churn")
     c.set_registered_model_alias(model, "challenger", "3")
     publish_strategy(c, model, "canary", 0.2)
     move = begin_rollout(reg, "3", "r3", "canary")
     if stop_after != "begin_move":
-        R.set_previous(c, move)
+        M.set_previous(c, move)
     if stop_after == "set_champion":
-        R.set_champion(c, move)
+        M.set_champion(c, move)
     back = rollback(None, "rb", "ml_rollback", spec_name="churn")
     assert (back["from_version"], back["to_version"], back["strategy"]) == ("3", "2", "canary")
     assert aliases(reg) == {"champion": "2", "previous": "1", "challenger": None}
-    assert R.move_record(store, model, move.move).status == "rolled_back"
+    assert L.move_record(store, model, move.move).status == "rolled_back"
     assert tags(reg)["mlops.deployment.strategy"] == "direct"
     with pytest.raises(DeploymentCheckFailed, match="not promoted again"):  # the run's retry stops there
-        rollout({"model": model, "version": "3"}, PASSED, "r3", "ml_training", spec_name="churn")
+        rollout(DeployRequest.of(registered(model, "3"), PASSED, "r3", "ml_training", spec_name="churn"))
     # v2's promotion is still the last one in force: a rollback now would undo it (to v1)
-    assert R.last_move_in_force(store, model).to_version == "2"
+    assert L.last_move_in_force(store, model).to_version == "2"
 
 
 def test_an_interrupted_rollback_is_finished_by_its_retry(reg):
+    from include.mlops import ledger as L
+    from include.mlops import moves as M
     from include.mlops import pipeline as P
-    from include.mlops import registry as R
     from include.mlops.delivery.rollback import rollback
 
     c, store, model = reg["client"], reg["store"], reg["model"]
-    P.promote({"model": model, "version": "2"}, PASSED, "r2", "ml_training", spec_name="churn")
-    undo = R.begin_move(
+    P.promote(registered(model, "2"), PASSED, "r2", "ml_training", spec_name="churn")
+    undo = M.begin_move(
         c, store, model, "1", action="rollback", reason="rollback", run_id="rb", dag_id="ml_rollback",
-        undoes=R.last_move_in_force(store, model),
+        undoes=L.last_move_in_force(store, model),
     )  # fmt: skip
-    R.set_previous(c, undo)  # killed here: champion still v2
+    M.set_previous(c, undo)  # killed here: champion still v2
     back = rollback(None, "rb", "ml_rollback", spec_name="churn")
     assert back["to_version"] == "1" and aliases(reg) == {"champion": "1", "previous": "2", "challenger": None}
-    assert R.move_record(store, model, undo.move).status == "done" and not R.open_moves(store, model)
+    assert L.move_record(store, model, undo.move).status == "done" and not L.open_moves(store, model)
 
 
 def test_entries_written_before_moves_had_ids_read_as_done_moves(reg):
@@ -330,7 +342,7 @@ def test_a_registry_that_does_not_answer_decides_nothing(reg, monkeypatch):
     for call in (
         lambda: rollback(None, "rb", "ml_rollback", spec_name="churn"),
         lambda: rollback("1", "rb", "ml_rollback", spec_name="churn"),
-        lambda: P.promote({"model": reg["model"], "version": "2"}, REJECTED, "r2", "d", spec_name="churn"),
+        lambda: P.promote(registered(reg["model"], "2"), REJECTED, "r2", "d", spec_name="churn"),
     ):
         with pytest.raises(Exception) as err:
             call()

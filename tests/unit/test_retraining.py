@@ -109,6 +109,7 @@ def test_new_data_only_trains_on_the_days_since_the_champions_interval(home_spec
     assert (none_yet["window_days"], none_yet["champion_interval_end"]) == (4, None)
 
     client, model = setup_mlflow(get_settings()), load_spec(home_spec).model_name
+    mlflow.set_experiment("retraining-test")  # in this home: an earlier test may have left its own active
     with mlflow.start_run(tags={"mlops.interval": "20261001T000000_20261011T000000"}) as run:
         mlflow.log_text("not a model: only the run's tags are read", "model/README.txt")
     client.create_registered_model(model)

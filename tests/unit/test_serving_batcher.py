@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from include.mlops.serving.batcher import Batcher, Job, ModelError, Task
 from include.mlops.serving.frames import FrameBuilder
+from include.mlops.serving.loading import LoadedModel
 from include.mlops.serving.metrics import Metrics
-from include.mlops.serving.models import LoadedModel
 from include.mlops.serving.validation import RecordValidator
 from include.mlops.spec import load_spec
 from tests.support.canary_models import FailsOn, fault_point, faulty_record
@@ -139,7 +139,7 @@ def test_failed_requests_are_counted_with_the_version_and_variant_they_were_rout
     """The service's request counters: a routed failure names its version and variant; one
     that failed before routing (bad input) carries empty labels."""
     from include.mlops.config import ServeConfig
-    from include.mlops.serving.app import Service
+    from include.mlops.serving.service import Service
 
     svc = Service(ServeConfig())
     svc.metrics = Metrics()

@@ -10,8 +10,9 @@ import pytest
 from include.mlops.config import ServeConfig
 from include.mlops.serving.config import CANARY_SHARE_TAG, STRATEGY_TAG
 from include.mlops.serving.frames import FrameBuilder
+from include.mlops.serving.loading import LoadedModel
 from include.mlops.serving.metrics import Metrics
-from include.mlops.serving.models import LoadedModel, ModelManager
+from include.mlops.serving.models import ModelManager
 from include.mlops.spec import load_spec
 
 
@@ -153,7 +154,7 @@ def test_a_real_pipeline_scores_and_logs_through_the_service_path(name, tmp_path
 
     from include.mlops.data.generator import generate_day
     from include.mlops.features import build_features, model_features
-    from include.mlops.serving.models import smoke_test
+    from include.mlops.serving.loading import smoke_test
     from include.mlops.serving.predlog import LogBatch, log_columns, to_frame
     from include.mlops.serving.validation import RecordValidator
     from include.mlops.training import build_pipeline

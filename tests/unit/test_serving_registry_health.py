@@ -10,8 +10,10 @@ import pytest
 
 from include.mlops.config import ServeConfig
 from include.mlops.serving.frames import FrameBuilder
+from include.mlops.serving.loading import LoadedModel
 from include.mlops.serving.metrics import Metrics
-from include.mlops.serving.models import LoadedModel, ModelManager, RegistryTimeout
+from include.mlops.serving.models import ModelManager
+from include.mlops.serving.registry_health import RegistryTimeout
 from include.mlops.spec import load_spec
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from include.mlops import comparison as C
 from include.mlops import evaluation as E
+from include.mlops import gate as G
 from include.mlops import training as T
 from include.mlops.constants import BINARY_METRICS
 from include.mlops.data.generator import generate_day
@@ -94,7 +95,7 @@ def test_search_stops_at_budget(spec, frame):
 
 
 def _gate(spec, ch, champ=None, slices=None, champ_slices=None, nans=0):
-    return E.gate(spec, ch, slices or {}, nans, champ, champ_slices)
+    return G.gate(spec, ch, slices or {}, nans, champ, champ_slices)
 
 
 def test_gate_minimums_and_nan(spec):
@@ -131,9 +132,9 @@ def test_gate_lower_is_better_metrics():
         "gate": {"minimums": {"rmse": 50}, "max_regression": 1},
     }
     s = parse_spec(raw)
-    assert E.gate(s, {"rmse": 40}, {}, 0, {"rmse": 39.5}).passed
-    assert not E.gate(s, {"rmse": 45}, {}, 0, {"rmse": 40}).passed
-    assert not E.gate(s, {"rmse": 60}, {}, 0, None).passed
+    assert G.gate(s, {"rmse": 40}, {}, 0, {"rmse": 39.5}).passed
+    assert not G.gate(s, {"rmse": 45}, {}, 0, {"rmse": 40}).passed
+    assert not G.gate(s, {"rmse": 60}, {}, 0, None).passed
 
 
 def test_metrics_cover_the_issue_lists(spec):
@@ -157,10 +158,10 @@ def test_champion_load_or_scoring_errors_fail_the_gate(spec, frame):
     def registry_down(uri):
         raise RuntimeError(f"API request to {uri} failed with error code 500")
 
-    with pytest.raises(E.GateError, match=r"cannot load the champion churn_model v3 .*error code 500"):
+    with pytest.raises(G.GateError, match=r"cannot load the champion churn_model v3 .*error code 500"):
         C.score_version(s, "3", frame, registry_down, role="champion")
     broken = frame.assign(tenure_months="not a number")  # the champion cannot score these rows
-    with pytest.raises(E.GateError, match=r"champion churn_model v3 could not score the holdout"):
+    with pytest.raises(G.GateError, match=r"champion churn_model v3 could not score the holdout"):
         C.score_version(s, "3", broken, lambda uri: model, role="champion")
     got = C.score_version(s, "3", frame, lambda uri: model, role="champion")
     assert got.version == "3" and 0.6 < got.metrics["roc_auc"] < 1

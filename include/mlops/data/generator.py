@@ -216,7 +216,7 @@ def generate_day(
     import numpy as np
     import pandas as pd
 
-    from include.mlops.spec import DemoSpec
+    from include.mlops.spec_sections import DemoSpec
 
     demo = spec.demo or DemoSpec()
     n = rows or demo.rows_per_day

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-    from include.mlops.spec import DatasetSpec, Feature
+    from include.mlops.spec import DatasetSpec
+    from include.mlops.spec_sections import Feature
     from include.mlops.storage import ObjectStore
 
 

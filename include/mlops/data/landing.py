@@ -8,10 +8,12 @@ plain words (`reject_files`), and a store that cannot give a file back raises `L
 from __future__ import annotations
 
 import logging
-from datetime import date
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from include.mlops.spec import DatasetSpec
     from include.mlops.storage import ObjectStore
 
@@ -347,3 +349,39 @@ def reject_files(store: ObjectStore, spec: DatasetSpec, day: date, bad: list[tup
         f"quarantined to {store.uri(qprefix)} (why: {cause_uri}); replace the file(s) in the landing zone and re-run the day"
     )
     raise BadBatchError("\n".join(lines))
+
+
+def labelled_events(store: ObjectStore, spec: DatasetSpec, end_day: date, window_days: int) -> pd.DataFrame:
+    """Labels that have arrived by `end_day` (the interval's last day) for events in the window,
+    restricted to days whose features exist (quarantined days have none and would be dropped by the join).
+
+    Only label files that arrived within the window are read (a label never arrives before its
+    event), so the cost follows the window, not the length of the history."""
+    import pandas as pd
+
+    from include.mlops import layout
+
+    first_event_day = end_day - timedelta(days=window_days + spec.label_delay_days - 1)
+    frames = []
+    for key in store.list(layout.staging_labels_root(spec)):
+        arrival = date.fromisoformat(key.split("dt=")[1].split("/")[0])
+        if first_event_day <= arrival <= end_day:
+            frames.append(store.get_parquet(key))
+    if not frames:
+        return pd.DataFrame(columns=[spec.entity_key, spec.timestamp, spec.label])
+    labels = pd.concat(frames, ignore_index=True)
+    labels[spec.timestamp] = pd.to_datetime(labels[spec.timestamp], utc=True)
+    # event days as UTC midnights, compared in bulk (per-row date objects cost seconds at 1M rows)
+    ev_day = labels[spec.timestamp].dt.floor("D")
+    have = [
+        pd.Timestamp(k.split("part-")[1][:10], tz="UTC")
+        for k in store.list(layout.features_prefix(spec))
+        if "part-" in k
+    ]
+    featured = ev_day.isin(have)
+    after_first = ev_day >= pd.Timestamp(first_event_day, tz="UTC")
+    keep = after_first & (ev_day <= pd.Timestamp(end_day, tz="UTC")) & featured
+    dropped = int((after_first & ~featured).sum())
+    if dropped:
+        log.warning("%d labelled events fall on days without features (quarantined or not ingested); excluded", dropped)
+    return labels[keep].sort_values([spec.timestamp, spec.entity_key], ignore_index=True)

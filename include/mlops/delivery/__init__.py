@@ -7,10 +7,13 @@ The deploy task of `ml_training` / `ml_retraining` runs `rollout`; `ml_rollback`
 | `service` | the scoring-service process (started on loopback for a check when none can take it) and the HTTP calls to it |
 | `checks` | smoke and load checks against the service, and their verdict (`run_check`, `judge_load`) |
 | `rollout` | the deploy step: promotion by strategy (direct, blue_green, canary, shadow, ab_test) as a ledger move, in phases that wait for live traffic |
-| `phases` | the live phases' state (`Phase`, JSON for XCom) and the judging of each canary step, shadow report and A/B test |
+| `request` | what the deploy step is asked (`DeployRequest`: register's and evaluate's results, the run, the strategy) and what one rollout works with (`Run`) |
+| `phases` | the live phases' state (`Phase`, JSON for XCom) and their wait: what each counts, until when |
+| `verdicts` | the judging of each canary step, shadow report and A/B test once its wait ended, and what follows |
 | `live` | what the live service measured, per version and variant, between two snapshots |
 | `analysis` | canary step verdicts and the shadow report (pure functions on live figures) |
 | `abtest` | the A/B test's statistics and decision |
+| `abwindow` | reading an A/B test's window: the arms' answers and their labels, read once across a wait's polls |
 | `rollback` | undo the last promotion in force, ending any rollout under way |
 
 The deploy stage at a glance: gate passed → ledger move `pending` → strategy published → staged

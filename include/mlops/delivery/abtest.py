@@ -21,15 +21,14 @@ with its confidence interval at 1 - `significance`. The decision:
 - inconclusive otherwise (not significant, an improvement smaller than `min_effect`, or fewer
   than `samples_per_arm` outcomes per arm when the period ended): the champion is kept.
 
-`decide` is pure (arrays in, `ABResult` out); `ab_outcomes` and `labelled_per_arm` read the
-prediction log of the test's window and the labels that arrived (`monitoring.reading`).
+`decide` is pure (arrays in, `ABResult` out); `abwindow.ab_outcomes` reads them from the
+prediction log of the test's window and the labels that arrived.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.constants import AB_TEST_METRICS
@@ -38,14 +37,13 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from include.mlops.spec import ABTestSpec, DatasetSpec
-    from include.mlops.storage import ObjectStore
+    from include.mlops.spec import DatasetSpec
+    from include.mlops.spec_sections import ABTestSpec
 
 ARMS = ("champion", "challenger")  # the prediction log's variants of the two arms
 HIGHER_IS_BETTER = frozenset({"accuracy"})
 CLASSIFICATION_METRICS = AB_TEST_METRICS["classification"]
 REGRESSION_METRICS = AB_TEST_METRICS["regression"]
-EVENT_LOOKBACK_DAYS = 1  # log partitions are by event day: a request just after midnight may sit in the day before
 EPS = 1e-15  # probabilities are clipped to [EPS, 1 - EPS] for the log loss (as sklearn does)
 CHALLENGER_WINS, CHAMPION_WINS, INCONCLUSIVE = "challenger", "champion", "inconclusive"
 
@@ -354,116 +352,4 @@ def decide(outcomes: ABOutcomes, cfg: ABTestSpec, spec: DatasetSpec) -> ABResult
         p_value=t.p_value,
         test=t.name,
         **base,
-    )
-
-
-# -- reading the test's window ----------------------------------------------------------------------------
-def _utc(t: float | datetime) -> datetime:
-    if isinstance(t, datetime):
-        return t if t.tzinfo else t.replace(tzinfo=UTC)
-    return datetime.fromtimestamp(float(t), UTC)
-
-
-def _days(first: date, last: date) -> list[date]:
-    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
-
-
-def arm_rows(
-    store: ObjectStore,
-    spec: DatasetSpec,
-    since: float | datetime,
-    until: float | datetime,
-    *,
-    versions: dict[str, str] | None = None,
-) -> pd.DataFrame:
-    """The service's answers of the two arms (variants champion and challenger; with `versions`,
-    only the named version of each arm) to requests made in [since, until], one row per request
-    id. Batch scores are left out: the champion scores every entity there, whatever its arm."""
-    import pandas as pd
-
-    from include.mlops.monitoring.reading import SOURCE, read_predictions
-
-    start, end = _utc(since), _utc(until)
-    days = _days(start.date() - timedelta(days=EVENT_LOOKBACK_DAYS), end.date())
-    preds, _ = read_predictions(store, spec, days)
-    if preds.empty:
-        return preds
-    keep = (preds[SOURCE] == "online") & preds["variant"].isin(ARMS)
-    keep &= preds["ts"].between(pd.Timestamp(start), pd.Timestamp(end))
-    if versions:
-        wanted = preds["variant"].map(lambda v: str(versions.get(v, "")))
-        keep &= preds["model_version"].astype(str) == wanted
-    return preds[keep].drop_duplicates("request_id", keep="last").reset_index(drop=True)
-
-
-def labelled_rows(
-    store: ObjectStore,
-    spec: DatasetSpec,
-    since: float | datetime,
-    until: float | datetime,
-    *,
-    versions: dict[str, str] | None = None,
-    labels_until: float | datetime | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the arms' answers (`arm_rows`), those of them joined to the labels that arrived by
-    `labels_until`, default `until`)."""
-    from include.mlops.monitoring.reading import join_labels, read_labels
-
-    answers = arm_rows(store, spec, since, until, versions=versions)
-    if answers.empty:
-        return answers, answers
-    first = _utc(since).date() - timedelta(days=EVENT_LOOKBACK_DAYS)
-    labels = read_labels(store, spec, first, _utc(labels_until if labels_until is not None else until).date())
-    return answers, join_labels(answers, labels, spec)
-
-
-def labelled_per_arm(
-    store: ObjectStore,
-    spec: DatasetSpec,
-    since: float | datetime,
-    until: float | datetime,
-    *,
-    versions: dict[str, str] | None = None,
-) -> dict[str, int]:
-    """Labelled outcomes so far per arm ({"champion": n, "challenger": m}): what the waiting
-    trigger compares with `ab_test.samples_per_arm`."""
-    _, rows = labelled_rows(store, spec, since, until, versions=versions)
-    counts = rows["variant"].value_counts() if len(rows) else {}
-    return {arm: int(counts.get(arm, 0)) for arm in ARMS}
-
-
-def ab_outcomes(
-    store: ObjectStore,
-    spec: DatasetSpec,
-    since: float | datetime,
-    until: float | datetime,
-    *,
-    versions: dict[str, str] | None = None,
-    labels_until: float | datetime | None = None,
-) -> ABOutcomes:
-    """The per-arm outcomes (`row_outcomes` with the spec's `ab_test` metric) of the requests
-    made in [since, until] whose labels have arrived."""
-    import numpy as np
-
-    metric = outcome_metric(spec.deployment.ab_test, spec)
-    answers, rows = labelled_rows(store, spec, since, until, versions=versions, labels_until=labels_until)
-    per_arm: dict[str, np.ndarray] = {}
-    answered: dict[str, int] = {}
-    seen: dict[str, list[str]] = {}
-    for arm in ARMS:
-        part = rows[rows["variant"] == arm] if len(rows) else rows
-        per_arm[arm] = row_outcomes(part, metric, spec) if len(part) else np.empty(0)
-        mine = answers["model_version"][answers["variant"] == arm] if len(answers) else []
-        answered[arm] = len(mine)
-        seen[arm] = sorted({str(v) for v in mine}, key=lambda v: (len(v), v))
-        if not seen[arm] and versions and versions.get(arm):
-            seen[arm] = [str(versions[arm])]
-    return ABOutcomes(
-        metric,
-        per_arm["champion"],
-        per_arm["challenger"],
-        versions=seen,
-        answered=answered,
-        since=_utc(since).isoformat(timespec="seconds"),
-        until=_utc(until).isoformat(timespec="seconds"),
     )

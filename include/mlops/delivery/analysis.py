@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from include.mlops.delivery.live import Traffic
-    from include.mlops.spec import CanarySpec, DatasetSpec, ShadowSpec
+    from include.mlops.spec import DatasetSpec
+    from include.mlops.spec_sections import CanarySpec, ShadowSpec
 
 MIN_SIDE = 5  # requests (latency) or scores (distance) a side needs before the rule is judged
 CANARY, CHAMPION, SHADOW = "challenger", "champion", "shadow"

@@ -29,9 +29,9 @@ class _Request:
         return f"rollback requested by {who}: v{frm} -> v{to}{what}" + (f": {self.reason}" if self.reason else "")
 
     def undo(self, move: Any, reason: str) -> Any:
-        from include.mlops import registry as R
+        from include.mlops import moves as M
 
-        return R.undo_move(self.client, self.store, move, action="rollback", reason=reason, run_id=self.run_id,
+        return M.undo_move(self.client, self.store, move, action="rollback", reason=reason, run_id=self.run_id,
                            dag_id=self.dag_id, strategy=self.strategy)  # fmt: skip
 
 
@@ -48,18 +48,20 @@ def rollback(
     crash interrupted) is the one undone. A second rollback with nothing new to undo is refused
     (`RollbackRefused`): it would re-promote the version just rolled back from. Naming the
     version that already is champion changes nothing."""
+    from include.mlops import moves as M
     from include.mlops import registry as R
+    from include.mlops.constants import CHAMPION
     from include.mlops.context import context
 
     ctx = context(spec_name)
     client, model = ctx.client, ctx.spec.model_name
     target = _registered(client, model, to_version)
-    R.finish_open_moves(client, ctx.store, model)  # an interrupted rollback completes first
+    M.finish_open_moves(client, ctx.store, model)  # an interrupted rollback completes first
     req = _Request(client, ctx.store, model, run_id, dag_id,
                    R.strategy_in_force(client, model, ctx.spec.deployment.strategy), reason)  # fmt: skip
-    current = R.alias_version(client, model, R.CHAMPION)
+    current = R.alias_version(client, model, CHAMPION)
     done = _end_rollouts(req, current)
-    current = R.alias_version(client, model, R.CHAMPION) if done else current
+    current = R.alias_version(client, model, CHAMPION) if done else current
     if target is not None and target != current:
         done.append(_move_to(req, current, target))
     elif target is None and not done:
@@ -69,7 +71,7 @@ def rollback(
         msg = f"v{target} already is the champion of {model}: nothing to roll back"
         log.info(msg)
         return {**base, "from_version": current, "to_version": target, "changed": False, "message": msg}
-    frm, to = done[0].from_version, R.alias_version(client, model, R.CHAMPION)
+    frm, to = done[0].from_version, R.alias_version(client, model, CHAMPION)
     msg = (
         f"rolled {model} back from v{frm} to v{to} (strategy in force was {req.strategy}; the rollout is ended: "
         f"no challenger, strategy direct)"
@@ -97,32 +99,34 @@ def _registered(client: Any, model: str, to_version: str | None) -> str | None:
 
 def _end_rollouts(req: _Request, current: str | None) -> list[Any]:
     """Undo the promotions awaiting their check: the rollout under way ends."""
+    from include.mlops import ledger as L
     from include.mlops import registry as R
+    from include.mlops.constants import CHAMPION
 
     done = []
-    for p in R.open_moves(req.store, req.model):
+    for p in L.open_moves(req.store, req.model):
         what = (f" (ends the unfinished {p.action} of v{p.to_version} by {p.dag_id or 'a user'} run {p.run_id}, "
                 f"strategy {p.strategy})")  # fmt: skip
         done.append(req.undo(p, req.why(current, p.from_version, what)))
-        current = R.alias_version(req.client, req.model, R.CHAMPION)
+        current = R.alias_version(req.client, req.model, CHAMPION)
     return done
 
 
 def _move_to(req: _Request, current: str | None, target: str) -> Any:
     """`champion` to the named version, as a rollback move that ends the rollout."""
-    from include.mlops import registry as R
+    from include.mlops import moves as M
 
-    entry = R.begin_move(req.client, req.store, req.model, target, action="rollback", reason=req.why(current, target),
+    entry = M.begin_move(req.client, req.store, req.model, target, action="rollback", reason=req.why(current, target),
                          run_id=req.run_id, dag_id=req.dag_id, strategy=req.strategy, ends_rollout=True)  # fmt: skip
-    R.apply_move(req.client, entry)
-    return R.complete_move(req.client, req.store, entry)
+    M.apply_move(req.client, entry)
+    return M.complete_move(req.client, req.store, entry)
 
 
 def _undo_last(req: _Request, current: str | None) -> Any:
     """Undo the last completed move in force; this request's own rollback (a retry) is not redone."""
-    from include.mlops import registry as R
+    from include.mlops import ledger as L
 
-    last = R.last_move_in_force(req.store, req.model)
+    last = L.last_move_in_force(req.store, req.model)
     if last is not None and last.action == "rollback" and (last.run_id, last.dag_id) == (req.run_id, req.dag_id):
         return last  # this request's own rollback, completed before a retry: nothing more
     last = _undoable(req.model, current, last)

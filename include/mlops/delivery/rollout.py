@@ -12,9 +12,9 @@
 | shadow | staged check, then a phase in which it scores every live request and answers none, ended by a report (`analysis.shadow_report`); a challenger the gate rejected is watched too, never promoted | `promote` if the report passed | smoke + load test |
 | ab_test | staged check, then champion and challenger split the entities (`ab_test.share`) until `samples_per_arm` labelled outcomes per arm or the period; `abtest.decide` | `promote` if the challenger won; else the champion is kept and the task succeeds | smoke + load test |
 
-The promotion is a ledger transaction (`registry`): `pending` before the strategy is published
+The promotion is a ledger transaction (`moves`): `pending` before the strategy is published
 or any alias moves, `done` once the checks passed; every phase verdict is a step event of the
-move (`registry.record_step`), also in the task log (a table) and the model's MLflow run. A
+move (`ledger.record_step`), also in the task log (a table) and the model's MLflow run. A
 failed check, step or report ends the rollout: the `challenger` alias removed, the strategy
 tags back to `direct` (the service stops routing to and shadow-scoring it at its next poll), the
 move undone (`rollback_after_failed_check`), `DeploymentCheckFailed` raised. A retry of the run
@@ -22,27 +22,27 @@ finishes its pending move under the strategy it began with (a canary after its l
 step); a rollback meanwhile makes the resumed phase stop with a message that says so. Live
 phases need the live service (MLOPS_SERVE_URL); where the check had to start a service of its
 own, nothing live reaches it and the rollout is judged on the staged check, with a warning.
-The staged check and the undo after a failed check are in `staging`.
-Heavy libraries are imported inside the functions.
+The step is asked by a `DeployRequest` (the register and evaluate results, the run, the strategy;
+`request`) and hands back a `results.PromoteResult`. The staged check and the undo after a failed
+check are in `staging`. Heavy libraries are imported inside the functions.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.constants import STRATEGIES
-from include.mlops.delivery import phases
+from include.mlops.delivery import phases, verdicts
 from include.mlops.delivery.checks import CheckResult, _describe, _log_check, run_check
 from include.mlops.delivery.phases import Phase
+from include.mlops.delivery.request import DeployRequest, Run, ended_as, strategy_of
 from include.mlops.delivery.service import ServiceHandle, refresh, service_for_check, wait_for
 from include.mlops.delivery.staging import _baseline_service, _roll_back_failed, _staged_check, _staged_failed
 
 if TYPE_CHECKING:
-    from include.mlops.context import Context
-    from include.mlops.spec import DatasetSpec
+    from include.mlops.results import PromoteResult
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +76,6 @@ class DeploymentCheckFailed(Exception):
 LIVE_KINDS = ("canary", "shadow", "ab_test")  # strategies whose rollout waits for live traffic
 
 
-def _strategy(spec: DatasetSpec, strategy: str | None) -> tuple[str, float]:
-    """The run's strategy (or the spec's) and the share it publishes first, checked against the
-    known strategies: the canary's first step, the A/B test's challenger arm."""
-    dep = spec.deployment
-    s = strategy or dep.strategy
-    if s not in STRATEGIES:
-        raise ValueError(f"deployment strategy must be one of {STRATEGIES}, not {s!r}")
-    return s, dep.ab_test.share if s == "ab_test" else dep.canary.steps[0]
-
-
 def publish_strategy(client: Any, model: str, strategy: str, share: float) -> None:
     """The running service follows these tags (see serving.models.ModelManager). Only a rollout
     that deploys something publishes them; a rollback or failed check sets them back to idle
@@ -96,162 +86,85 @@ def publish_strategy(client: Any, model: str, strategy: str, share: float) -> No
     client.set_registered_model_tag(model, CANARY_SHARE_TAG, str(share))
 
 
-@dataclass
-class _Run:
-    """What one rollout works with, from `start` to the end of its last phase."""
-
-    ctx: Context
-    reg_out: dict[str, Any]
-    eval_out: dict[str, Any]
-    run_id: str
-    dag_id: str
-    spec_name: str | None
-    strategy: str
-    move: Any  # the pending promotion (registry.LedgerEntry), None for a gate-rejected challenger in shadow
-    champion: str | None  # the champion before the rollout
-    champion_now: str | None
-    resumed: bool = False
-
-    @property
-    def model(self) -> str:
-        return str(self.reg_out["model"])
-
-    @property
-    def version(self) -> str:
-        return str(self.reg_out["version"])
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.eval_out.get("passed"))
-
-    @property
-    def mlflow_run(self) -> str | None:
-        return self.reg_out.get("run_id")
-
-    @property
-    def env(self) -> dict[str, str]:
-        env = {"MLOPS_DATASET": self.spec_name} if self.spec_name else {}
-        env["MLOPS_SERVE_PREDICTION_LOG"] = "false"  # a service started for the check logs nothing
-        return env
-
-    def phase_base(self, url: str, staged: dict[str, Any] | None) -> dict[str, Any]:
-        return {
-            "model": self.model, "version": self.version, "champion": str(self.champion),
-            "move": self.move.move if self.move is not None else None, "strategy": self.strategy,
-            "spec_name": self.spec_name, "run_id": self.run_id, "dag_id": self.dag_id, "reg_out": self.reg_out,
-            "eval_out": self.eval_out, "service_url": url, "staged": staged, "resumed": self.resumed,
-        }  # fmt: skip
-
-    def ended(self, status: str | None, from_version: str | None) -> dict[str, Any]:
-        return _ended_as(self.model, self.version, status, from_version)
-
-
-def rollout(
-    reg_out: dict[str, Any],
-    eval_out: dict[str, Any],
-    run_id: str,
-    dag_id: str,
-    strategy: str | None = None,
-    spec_name: str | None = None,
-) -> dict[str, Any]:
+def rollout(req: DeployRequest) -> PromoteResult:
     """The whole rollout in this process: `start`, then each live phase waited for here
     (`phases.wait`, bounded by the phase's deadline) and `resume`d, until the final result.
     The deploy task does the same with the waits deferred to the triggerer."""
-    out: dict[str, Any] | Phase = start(reg_out, eval_out, run_id, dag_id, strategy, spec_name)
+    out: PromoteResult | Phase = start(req)
     while isinstance(out, Phase):
         out = resume(out, phases.wait(out))
     return out
 
 
-def start(
-    reg_out: dict[str, Any],
-    eval_out: dict[str, Any],
-    run_id: str,
-    dag_id: str,
-    strategy: str | None = None,
-    spec_name: str | None = None,
-) -> dict[str, Any] | Phase:
+def start(req: DeployRequest) -> PromoteResult | Phase:
     """Promote through the gate by the chosen strategy: the final result, or the first live
     `Phase` to wait for (canary, shadow, ab_test with a live service).
 
-    The promotion is a ledger transaction (`registry`): begun (`pending`) before the strategy is
+    The promotion is a ledger transaction (`moves`): begun (`pending`) before the strategy is
     published or any alias moves, completed (`done`) only once the checks passed, undone
     (`rolled_back`) when one failed. A retry of the same run finds its pending promotion and
     finishes it, checks included, under the strategy it began with (a canary goes on after the
     last step the ledger records as passed); a promotion this run already completed or rolled
     back is not done again. A run that deploys nothing (gate failed, strategy not shadow) leaves
     the service's strategy tags alone."""
+    from include.mlops import ledger as L
+    from include.mlops import moves as M
     from include.mlops import registry as R
+    from include.mlops.constants import CHAMPION
     from include.mlops.context import context
     from include.mlops.pipeline import promote
 
-    ctx = context(spec_name)
+    ctx = context(req.spec_name)
     store, client = ctx.store, ctx.client
-    model, version = reg_out["model"], str(reg_out["version"])
-    R.finish_open_moves(client, store, model)  # a rollback interrupted earlier completes first
-    mine = R.moves_of(store, model, R.promotion_base(dag_id, run_id, version))
+    model, version, run_id, dag_id = req.register.model, req.register.version, req.run_id, req.dag_id
+    M.finish_open_moves(client, store, model)  # a rollback interrupted earlier completes first
+    mine = L.moves_of(store, model, M.promotion_base(dag_id, run_id, version))
     move = mine[-1] if mine else None
-    if move is not None and move.status == R.DONE:
-        return _completed_before(client, move, version)
-    if move is not None and move.status != R.PENDING:
+    if move is not None and move.status == L.DONE:
+        return _completed_before(client, move, req)
+    if move is not None and move.status != L.PENDING:
         raise DeploymentCheckFailed(
             f"this run's promotion of v{version} ended {move.status} at {move.at}: {move.outcome}; "
             f"it is not promoted again (ledger move {move.move})",
-            **_ended_as(model, version, move.status, move.from_version),
+            **ended_as(model, version, move.status, move.from_version),
         )
     if move is not None:
         log.warning("resuming this run's promotion of v%s begun at %s (move %s)", version, move.at, move.move)
-        strategy = move.strategy  # the retry finishes the rollout it began, not another
-    strategy, share = _strategy(ctx.spec, strategy)
-    champion_now = R.alias_version(client, model, R.CHAMPION)  # a registry error fails the step
-    run = _Run(ctx, reg_out, eval_out, run_id, dag_id, spec_name, strategy, move, None, champion_now, move is not None)
+    # a retry finishes the rollout it began, under its strategy, not another
+    strategy, share = strategy_of(ctx.spec, move.strategy if move is not None else req.strategy)
+    champion_now = R.alias_version(client, model, CHAMPION)  # a registry error fails the step
+    run = Run(ctx, req, strategy, move, None, champion_now, move is not None)
     if move is None and run.passed and champion_now != version:
-        run.move = R.begin_move(
+        run.move = M.begin_move(
             client, store, model, version, action="promote",
-            reason="gate passed: " + ", ".join(f"{k}={v:.4f}" for k, v in eval_out["metrics"].items()),
-            run_id=run_id, dag_id=dag_id, strategy=strategy, base=R.promotion_base(dag_id, run_id, version),
+            reason="gate passed: " + ", ".join(f"{k}={v:.4f}" for k, v in req.evaluate.metrics.items()),
+            run_id=run_id, dag_id=dag_id, strategy=strategy, base=M.promotion_base(dag_id, run_id, version),
             awaits_check=True,
         )  # fmt: skip
     run.champion = run.move.from_version if run.move is not None else champion_now
     shadow_only = run.move is None and strategy == "shadow" and champion_now not in (None, version)
     if run.move is None and not shadow_only:  # nothing deploys: the service's routing stays as it is
-        out = promote(reg_out, eval_out, run_id, dag_id, strategy, spec_name, complete=False)
-        return {**out, "strategy": strategy, "staged_check": None, "checked": False}
-    publish_strategy(client, model, strategy, _share_now(run, share))
+        return promote(req.register, req.evaluate, run_id, dag_id, strategy, req.spec_name, complete=False)
+    publish_strategy(client, model, strategy, run.share_now(share))
     return _stage(run)
 
 
-def _completed_before(client: Any, move: Any, version: str) -> dict[str, Any]:
+def _completed_before(client: Any, move: Any, req: DeployRequest) -> PromoteResult:
     from include.mlops import registry as R
+    from include.mlops.constants import CHAMPION
+    from include.mlops.results import PromoteResult
 
-    msg = f"v{version}: this run's promotion of it completed at {move.at} after its checks passed"
+    reg = req.register
+    msg = f"v{reg.version}: this run's promotion of it completed at {move.at} after its checks passed"
     log.info(msg)
-    return {
-        "promoted": True, "message": msg, "champion": R.alias_version(client, move.model, R.CHAMPION),
-        "previous": move.from_version, "strategy": move.strategy, "staged_check": None, "checked": True,
-        "resumed": True, "move": move.move, "gate_passed": True,
-    }  # fmt: skip
+    return PromoteResult(
+        promoted=True, message=msg, champion=R.alias_version(client, move.model, CHAMPION), gate_passed=True,
+        model=reg.model, version=reg.version, run_id=reg.run_id, experiment_id=reg.experiment_id,
+        previous=move.from_version, move=move.move, resumed=True, strategy=move.strategy, checked=True,
+    )  # fmt: skip
 
 
-def _share_now(run: _Run, first: float) -> float:
-    """The share to publish: a retried canary goes on at the step after the last one passed."""
-    if run.strategy != "canary" or run.move is None:
-        return first
-    steps = run.ctx.spec.deployment.canary.steps
-    done = _canary_steps_passed(run)
-    return steps[min(done, len(steps) - 1)]
-
-
-def _canary_steps_passed(run: _Run) -> int:
-    from include.mlops import registry as R
-
-    if run.move is None:
-        return 0
-    passed = [s for s in R.steps_of(run.ctx.store, run.model, run.move.move) if s.get("action") == "canary_step"]
-    return len([s for s in passed if s.get("decision") == "pass"])
-
-
-def _stage(run: _Run) -> dict[str, Any] | Phase:
+def _stage(run: Run) -> PromoteResult | Phase:
     """Before the switch: the staged check (blue/green warms the new version beside the old;
     canary, shadow and ab_test let it take or watch traffic and check it), then the first live
     phase when the service is the live one; else straight to the switch."""
@@ -290,61 +203,59 @@ def _stage(run: _Run) -> dict[str, Any] | Phase:
             handle.cleanup()
 
 
-def _first_phase(run: _Run, url: str, staged: dict[str, Any] | None) -> Phase:
+def _first_phase(run: Run, url: str, staged: dict[str, Any] | None) -> Phase:
     dep = run.ctx.spec.deployment
     base = run.phase_base(url, staged)
     if run.strategy == "canary":
-        k = _canary_steps_passed(run)
+        k = run.canary_steps_passed()
         return phases.begin("canary", dep.canary, base=base, share=dep.canary.steps[k], step=k, steps=dep.canary.steps)
     if run.strategy == "shadow":
         return phases.begin("shadow", dep.shadow, base=base)
     return phases.begin("ab_test", dep.ab_test, base=base, share=dep.ab_test.share)
 
 
-def _due(run: _Run, phase: Phase) -> dict[str, Any] | Phase:
+def _due(run: Run, phase: Phase) -> PromoteResult | Phase:
     """The phase to wait for, or its verdict at once when it has nothing to wait for."""
     log.info("live phase: %s", phase.describe())
     if phases.due_now(phase):
-        return phases.judge(run, phase, {"status": phases.READY, "requests": 0, "at": time.time()})
+        return verdicts.judge(run, phase, {"status": phases.READY, "requests": 0, "at": time.time()})
     return phase
 
 
-def resume(state: dict[str, Any] | Phase, event: dict[str, Any] | None) -> dict[str, Any] | Phase:
+def resume(state: dict[str, Any] | Phase, event: dict[str, Any] | None) -> PromoteResult | Phase:
     """Judge a phase once its wait is over (`event` from the trigger or `phases.wait`): the next
     phase, or the final result; raises `DeploymentCheckFailed` when the phase failed (the
     rollout is then ended and the promotion undone). A rollout ended meanwhile (ml_rollback)
     stops here with a message that says so."""
-    from include.mlops import registry as R
+    from include.mlops import ledger as L
     from include.mlops.context import context
 
     phase = Phase.from_dict(state)
     ctx = context(phase.spec_name)
-    move = R.move_record(ctx.store, phase.model, phase.move) if phase.move else None
-    if phase.move and (move is None or move.status != R.PENDING):
+    move = L.move_record(ctx.store, phase.model, phase.move) if phase.move else None
+    if phase.move and (move is None or move.status != L.PENDING):
         how = f"{move.status} at {move.at}: {move.outcome}" if move is not None else "missing from the ledger"
         raise DeploymentCheckFailed(
             f"the rollout of {phase.model} v{phase.version} was ended during its {phase.title()} ({how}); "
             f"the phase stops here (ledger move {phase.move})",
-            **_ended_as(phase.model, phase.version, move.status if move else None, move.from_version if move else None),
+            **ended_as(phase.model, phase.version, move.status if move else None, move.from_version if move else None),
         )  # fmt: skip
-    run = _Run(
-        ctx, phase.reg_out, phase.eval_out, phase.run_id, phase.dag_id, phase.spec_name, phase.strategy, move,
-        phase.champion, phase.champion, phase.resumed,
-    )  # fmt: skip
-    return phases.judge(run, phase, event or {"status": phases.READY, "requests": None, "at": time.time()})
+    req = DeployRequest.of(phase.reg_out, phase.eval_out, phase.run_id, phase.dag_id, phase.strategy, phase.spec_name)
+    run = Run(ctx, req, phase.strategy, move, phase.champion, phase.champion, phase.resumed)
+    return verdicts.judge(run, phase, event or {"status": phases.READY, "requests": None, "at": time.time()})
 
 
-def _switch(run: _Run, handle: ServiceHandle | None, staged: dict[str, Any] | None,
-            live: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def _switch(run: Run, handle: ServiceHandle | None, staged: dict[str, Any] | None,
+            live: dict[str, Any] | None = None) -> PromoteResult:  # fmt: skip
     """The switch: `promote`, then the post-promotion check on the service; the move completes
     when it passed and is undone when it failed (`DeploymentCheckFailed`)."""
-    from include.mlops import registry as R
+    from include.mlops import ledger as L
     from include.mlops.pipeline import promote
 
     store, model, version = run.ctx.store, run.model, run.version
     if run.move is not None:
-        now = R.move_record(store, model, run.move.move)
-        if now is not None and now.status != R.PENDING:  # a rollback ended the rollout meanwhile
+        now = L.move_record(store, model, run.move.move)
+        if now is not None and now.status != L.PENDING:  # a rollback ended the rollout meanwhile
             raise DeploymentCheckFailed(
                 f"the rollout of v{version} was ended ({now.status}) at {now.at} before the switch: {now.outcome}",
                 **run.ended(now.status, now.from_version),
@@ -358,27 +269,29 @@ def _switch(run: _Run, handle: ServiceHandle | None, staged: dict[str, Any] | No
         handle = _baseline_service(model, run.env, baseline)
         started_here = handle is not None and handle.started
     try:
-        out = promote(run.reg_out, run.eval_out, run.run_id, run.dag_id, run.strategy, run.spec_name, complete=False)
-        base = {**out, "strategy": run.strategy, "staged_check": staged, "resumed": run.resumed, **(live or {})}
-        if not out["promoted"]:
+        req = run.req
+        out = promote(req.register, req.evaluate, run.run_id, run.dag_id, run.strategy, run.spec_name, complete=False)
+        base = replace(out, staged_check=staged, resumed=run.resumed, **(live or {}))
+        if not out.promoted:
             if run.move is not None:  # the pending promotion was closed by someone else meanwhile
                 raise DeploymentCheckFailed(
-                    f"v{version} was not promoted: {out['message']}",
-                    **run.ended(out.get("move_status"), out.get("previous")),
+                    f"v{version} was not promoted: {out.message}", **run.ended(out.move_status, out.previous)
                 )
-            return {**base, "checked": False}
+            return base
         if handle is None:
             handle = service_for_check(model, run.env)
             started_here = handle.started
-        return _post_check(run, handle, base, out.get("previous") or baseline, out.get("previous"))
+        return _post_check(run, handle, base, out.previous or baseline, out.previous)
     finally:
         if started_here and handle is not None:
             handle.close()
             handle.cleanup()
 
 
-def _post_check(run: _Run, handle: ServiceHandle, base: dict[str, Any], compare_with: str | None,
-                previous: str | None) -> dict[str, Any]:  # fmt: skip
+def _post_check(run: Run, handle: ServiceHandle, base: PromoteResult, compare_with: str | None,
+                previous: str | None) -> PromoteResult:  # fmt: skip
+    from include.mlops import ledger as L
+    from include.mlops import moves as M
     from include.mlops import registry as R
 
     client, store, model, version = run.ctx.client, run.ctx.store, run.model, run.version
@@ -397,8 +310,8 @@ def _post_check(run: _Run, handle: ServiceHandle, base: dict[str, Any], compare_
     if res.passed:
         ld = res.load
         checked = f"v{version} passed its post-deployment check on {handle.url}: {_describe(ld)}"
-        final = R.complete_move(client, store, run.move, outcome=checked)
-        if final.status != R.DONE:
+        final = M.complete_move(client, store, run.move, outcome=checked)
+        if final.status != L.DONE:
             raise DeploymentCheckFailed(
                 f"v{version} passed its check, but the rollout was ended ({final.status}) meanwhile: {final.outcome}",
                 **run.ended(final.status, final.from_version),
@@ -406,10 +319,10 @@ def _post_check(run: _Run, handle: ServiceHandle, base: dict[str, Any], compare_
         log.info(checked)  # the promotion itself was logged by `promote`: each decision once
         if run.strategy != "direct":  # the rollout is over: no variant routing left behind
             R.end_routing(client, model)
-        return {
-            **base, "message": f"{base['message']}; {checked}", "checked": True, "check": res.to_dict(),
-            "service_url": handle.url, **{f"deploy_{k}": ld[k] for k in ("rps", "p50_ms", "p95_ms", "p99_ms", "errors")},
-        }  # fmt: skip
+        return replace(
+            base, message=f"{base.message}; {checked}", checked=True, check=res.to_dict(), service_url=handle.url,
+            **{f"deploy_{k}": ld[k] for k in ("rps", "p50_ms", "p95_ms", "p99_ms", "errors")},
+        )  # fmt: skip
     reason = "; ".join(res.reasons)
     back = _roll_back_failed(client, store, model, version, previous, reason, run.run_id, run.dag_id, run.strategy,
                              run.move)  # fmt: skip
@@ -425,17 +338,3 @@ def _post_check(run: _Run, handle: ServiceHandle, base: dict[str, Any], compare_
         rolled_back=True,
         rolled_back_to=previous,
     )
-
-
-def _ended_as(model: str, version: str, status: str | None, from_version: str | None) -> dict[str, Any]:
-    """The typed fields of the error raised when this run's promotion was ended elsewhere: a
-    rollback when the ledger move says `rolled_back` (the champion then is its `from_version`)."""
-    from include.mlops.registry import ROLLED_BACK
-
-    rolled_back = status == ROLLED_BACK
-    return {
-        "model": model,
-        "version": version,
-        "rolled_back": rolled_back,
-        "rolled_back_to": from_version if rolled_back else None,
-    }

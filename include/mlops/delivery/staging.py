@@ -5,7 +5,7 @@ service (blue/green warms it as a standby; canary, shadow and ab_test route or m
 it and run the check) and `_baseline_service` makes that service hold the current champion so
 the post-promotion check can compare both. A failed check ends the rollout with one ledger
 action, `rollback_after_failed_check`: `_staged_failed` before the switch (the champion never
-moved; also a failed live phase, from `phases.live_failed`), `_roll_back_failed` after it (the
+moved; also a failed live phase, from `verdicts.live_failed`), `_roll_back_failed` after it (the
 champion goes back). Both undo the pending promotion through `_undo_failed`.
 Heavy libraries are imported inside the functions.
 """
@@ -93,9 +93,9 @@ def _undo_failed(client: Any, store: ObjectStore, move: Any, reason: str, run_id
                  strategy: str) -> None:  # fmt: skip
     """Undo the pending promotion `move` after a failed check: the rollout ends, the aliases go
     back to what they were before it, the move is closed as rolled_back."""
-    from include.mlops import registry as R
+    from include.mlops import moves as M
 
-    R.undo_move(
+    M.undo_move(
         client, store, move, action=FAILED_CHECK, reason=reason, run_id=run_id, dag_id=dag_id, strategy=strategy
     )
 
@@ -114,10 +114,10 @@ def _roll_back_failed(
 ) -> str:
     """Undo a promotion whose post-deployment check failed: the rollout ends, `champion` and
     `previous` go back to what they were before it (ledger action rollback_after_failed_check)."""
-    from include.mlops import registry as R
+    from include.mlops import ledger as L
 
     if move is None:  # called without the transaction: the pending promotion of this version
-        pending = [m for m in R.open_moves(store, model) if m.to_version == str(version) and m.action == "promote"]
+        pending = [m for m in L.open_moves(store, model) if m.to_version == str(version) and m.action == "promote"]
         if not pending:
             raise RuntimeError(f"no pending promotion of {model} v{version} in the ledger to roll back")
         move = pending[-1]
@@ -131,13 +131,14 @@ def _end_watch(client: Any, store: ObjectStore, model: str, version: str, champi
                run_id: str, dag_id: str, strategy: str) -> None:  # fmt: skip
     """End the shadow watch of a challenger the gate rejected: there is no promotion to undo, so
     routing goes back to idle and the ledger records the ended rollout."""
+    from include.mlops import ledger as L
     from include.mlops import registry as R
 
     R.end_routing(client, model)
-    R.write_ledger(
+    L.write_ledger(
         store,
-        R.LedgerEntry(
-            at=R.now(), model=model, action=FAILED_CHECK, from_version=version, to_version=champion, reason=reason,
+        L.LedgerEntry(
+            at=L.now(), model=model, action=FAILED_CHECK, from_version=version, to_version=champion, reason=reason,
             run_id=run_id, dag_id=dag_id, strategy=strategy, champion_before=champion, moves_champion=False,
             undo=True, ends_rollout=True,
         ),

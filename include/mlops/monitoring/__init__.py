@@ -4,7 +4,7 @@
   which rows are answers, which the reports judge (the champion's), and sampling.
 - `reports`: the four Evidently reports (data drift, prediction drift, performance, data
   quality) and the numbers read back from their snapshots.
-- `window`: the champion (registry reads; `NoChampion`, `RegistryUnavailable`), its scored
+- `window`: the champion (registry reads: `registry.NoChampion`, `RegistryUnavailable`), its scored
   reference, and `analyse`, every report and number of one window.
 - `variants`: the same numbers per (variant, version), shadow included, and their table.
 - `history`: one MLflow run per window and the Evidently workspace with its dashboard.

@@ -38,9 +38,8 @@ def log_history(
     analysis: WindowAnalysis,
 ) -> tuple[str, str]:
     """One MLflow run per window (found again by its tag on a re-run); returns (run_id, experiment_id)."""
-    from mlflow.entities import Metric, Param, RunTag
-
     from include.mlops.registry import ensure_experiment, setup_mlflow
+    from include.mlops.tracking import log_to_run
 
     client = setup_mlflow(settings)
     exp_id = ensure_experiment(client, monitoring_experiment(spec), settings)
@@ -50,17 +49,17 @@ def log_history(
         client.delete_run(old.info.run_id)
     ts = int(interval.end.timestamp() * 1000)
     run_id = client.create_run(exp_id, run_name=f"{spec.name}-{summary['window']['day']}", start_time=ts).info.run_id
-    step = interval.end.toordinal()
-    metrics = [
-        Metric(k, float(v), ts, step)
-        for k, v in _history_numbers(spec, summary, analysis).items()
-        if v is not None and not (isinstance(v, float) and math.isnan(v))
-    ]
-    params = [Param(k, str(v)) for k, v in _history_params(cfg, summary, analysis).items()]
-    tags = [RunTag(k, str(v)) for k, v in _history_tags(spec, interval, summary).items()]
-    client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
-    client.log_dict(run_id, summary, "monitoring/summary.json")
-    client.log_text(run_id, summary.get("variants_table") or "", "monitoring/variants.md")
+    numbers = _history_numbers(spec, summary, analysis)
+    log_to_run(
+        client,
+        run_id,
+        files={"monitoring/summary.json": summary, "monitoring/variants.md": summary.get("variants_table") or ""},
+        metrics={k: v for k, v in numbers.items() if v is not None and not (isinstance(v, float) and math.isnan(v))},
+        params=_history_params(cfg, summary, analysis),
+        tags=_history_tags(spec, interval, summary),
+        at_ms=ts,
+        step=interval.end.toordinal(),
+    )
     client.set_terminated(run_id, "FINISHED", end_time=ts)
     return run_id, exp_id
 

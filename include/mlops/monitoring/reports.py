@@ -76,6 +76,29 @@ def _dataset(df: pd.DataFrame, definition: Any) -> Any:
     return Dataset.from_pandas(df.reset_index(drop=True), data_definition=definition)
 
 
+def _run_report(
+    kind: str,
+    metrics: list[Any],
+    cur: pd.DataFrame,
+    ref: pd.DataFrame | None,
+    definition: Any,
+    timestamp: datetime | None,
+    name: str | None,
+    include_tests: bool = True,
+) -> Any:
+    """The snapshot of an Evidently report of `metrics` on the window (`cur`) against the
+    reference (`ref`; None for a report of the window alone), its kind in the metadata."""
+    from evidently import Report
+
+    return Report(metrics, include_tests=include_tests).run(
+        _dataset(cur, definition),
+        None if ref is None else _dataset(ref, definition),
+        timestamp=timestamp,
+        name=name,
+        metadata={"report": kind},
+    )
+
+
 def _metrics(snapshot_dict: dict[str, Any]) -> list[dict[str, Any]]:
     return list(snapshot_dict.get("metrics") or [])
 
@@ -131,33 +154,20 @@ def data_drift_report(
     columns: list[str] | None = None,
 ) -> Any:
     """Per-feature drift with the spec's methods and thresholds per column type."""
-    from evidently import Report
     from evidently.presets import DataDriftPreset
 
     from include.mlops.features import model_features
 
     feats = columns or model_features(spec)
-    dd = _definition(spec, only=feats)
-    report = Report(
-        [
-            DataDriftPreset(
-                columns=feats,
-                num_method=cfg.num_method,
-                num_threshold=cfg.num_threshold,
-                cat_method=cfg.cat_method,
-                cat_threshold=cfg.cat_threshold,
-                drift_share=cfg.drift_share,
-            )
-        ],
-        include_tests=True,
+    preset = DataDriftPreset(
+        columns=feats,
+        num_method=cfg.num_method,
+        num_threshold=cfg.num_threshold,
+        cat_method=cfg.cat_method,
+        cat_threshold=cfg.cat_threshold,
+        drift_share=cfg.drift_share,
     )
-    return report.run(
-        _dataset(cur[feats], dd),
-        _dataset(ref[feats], dd),
-        timestamp=timestamp,
-        name=name,
-        metadata={"report": "data_drift"},
-    )
+    return _run_report("data_drift", [preset], cur[feats], ref[feats], _definition(spec, only=feats), timestamp, name)
 
 
 def prediction_drift_report(
@@ -168,24 +178,16 @@ def prediction_drift_report(
     timestamp: datetime | None = None,
     name: str | None = None,
 ) -> Any:
-    from evidently import DataDefinition, Report
+    """Drift and mean of the score: the window's against the reference's, scored by the champion."""
+    from evidently import DataDefinition
     from evidently.metrics import MeanValue, ValueDrift
 
+    metrics = [
+        ValueDrift(column=SCORE, method=cfg.prediction_method, threshold=cfg.prediction_threshold),
+        MeanValue(column=SCORE),
+    ]
     dd = DataDefinition(numerical_columns=[SCORE])
-    report = Report(
-        [
-            ValueDrift(column=SCORE, method=cfg.prediction_method, threshold=cfg.prediction_threshold),
-            MeanValue(column=SCORE),
-        ],
-        include_tests=True,
-    )
-    return report.run(
-        _dataset(cur[[SCORE]], dd),
-        _dataset(ref[[SCORE]], dd),
-        timestamp=timestamp,
-        name=name,
-        metadata={"report": "prediction_drift"},
-    )
+    return _run_report("prediction_drift", metrics, cur[[SCORE]], ref[[SCORE]], dd, timestamp, name)
 
 
 def performance_report(
@@ -197,7 +199,7 @@ def performance_report(
     name: str | None = None,
 ) -> Any:
     """Target drift and model quality on the labelled part of the window."""
-    from evidently import DataDefinition, Report
+    from evidently import DataDefinition
     from evidently.metrics import ValueDrift
     from evidently.presets import ClassificationPreset, RegressionPreset
 
@@ -227,10 +229,7 @@ def performance_report(
         dd = DataDefinition(numerical_columns=cols, regression=_definition(spec, classification=True).regression)
         preset = RegressionPreset()
         cur, ref = labelled[cols], ref[cols]
-    report = Report([target_drift, preset], include_tests=False)
-    return report.run(
-        _dataset(cur, dd), _dataset(ref, dd), timestamp=timestamp, name=name, metadata={"report": "performance"}
-    )
+    return _run_report("performance", [target_drift, preset], cur, ref, dd, timestamp, name, include_tests=False)
 
 
 def data_quality_report(
@@ -242,7 +241,6 @@ def data_quality_report(
 ) -> Any:
     """Nulls in required features, unknown categories and out-of-range values, each a test
     against `max_bad_fraction`; optional features are reported, not tested."""
-    from evidently import Report
     from evidently.metrics import MissingValueCount, OutListValueCount, OutRangeValueCount, RowCount
     from evidently.tests import lte
 
@@ -254,16 +252,13 @@ def data_quality_report(
             metrics.append(OutListValueCount(column=f.name, values=list(f.values), share_tests=[lte(tol)]))
         elif f.range is not None:
             metrics.append(OutRangeValueCount(column=f.name, left=f.range[0], right=f.range[1], share_tests=[lte(tol)]))
-    dd = _definition(spec)
     frame = cur[spec.feature_names].copy()
     for f in spec.features:  # the log may hold anything a client sent: coerce, so bad values count, not crash
         if f.is_numeric:
             import pandas as pd
 
             frame[f.name] = pd.to_numeric(frame[f.name], errors="coerce")
-    return Report(metrics, include_tests=True).run(
-        _dataset(frame, dd), None, timestamp=timestamp, name=name, metadata={"report": "data_quality"}
-    )
+    return _run_report("data_quality", metrics, frame, None, _definition(spec), timestamp, name)
 
 
 def quality_numbers(snapshot_dict: dict[str, Any]) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 The reference is the champion's training set (run tag `mlops.train_uri`), scored once by the
 champion and cached per version. `analyse` is pure: frames in, every report and number out.
 
-Registry reads: "no champion" only when the registry says so (`NoChampion`, the task skips);
-any other failed read is `RegistryUnavailable` (the task fails and retries).
+Registry reads: "no champion" only when the registry says so (`registry.NoChampion`, the task
+skips); any other failed read is `registry.RegistryUnavailable` (the task fails and retries).
 """
 
 from __future__ import annotations
@@ -36,39 +36,6 @@ if TYPE_CHECKING:
     from include.mlops.storage import ObjectStore
 
 
-class NoChampion(Exception):
-    """Nothing is deployed yet, so there is nothing to monitor."""
-
-
-class RegistryUnavailable(RuntimeError):
-    """The registry did not answer a read (a server error, a timeout, a refused connection).
-
-    Never read as "no champion": the task fails (and Airflow retries it) rather than skipping a
-    window or deciding on a guess."""
-
-
-def registry_error(what: str, exc: BaseException) -> RegistryUnavailable:
-    """A RegistryUnavailable naming what could not be read, where, and what happens next."""
-    import mlflow
-
-    uri = _without_credentials(mlflow.get_registry_uri())
-    return RegistryUnavailable(
-        f"could not read {what} from the MLflow registry at {uri}: {type(exc).__name__}: {exc}. "
-        "This is a registry fault, not a missing champion: nothing was decided; the task fails "
-        "and is retried (check that the tracking server answers, e.g. `curl <uri>/health`)."
-    )
-
-
-def _without_credentials(uri: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
-    return uri
-
-
 @dataclass(frozen=True)
 class Champion:
     model: str
@@ -83,7 +50,8 @@ class Champion:
 def champion_info(client: Any, spec: DatasetSpec) -> Champion:
     """The champion and its run. NoChampion only when the registry says there is none (the task
     skips); RegistryUnavailable on any other failed read (the task fails and retries)."""
-    from include.mlops.registry import CHAMPION, alias_version
+    from include.mlops.constants import CHAMPION
+    from include.mlops.registry import NoChampion, alias_version, registry_error
 
     try:
         version = alias_version(client, spec.model_name, CHAMPION)

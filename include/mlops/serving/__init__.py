@@ -2,7 +2,10 @@
 
 Modules: `config` (environment), `validation` (request parsing and field-level checks),
 `frames` (records -> the model's input frame, identical to `features.build_features`),
-`routing` (which variant answers), `models` (loading, warming, atomic swaps), `batcher`
-(micro-batching concurrent requests), `predlog` (the prediction log), `metrics`, `app`.
+`routing` (which variant answers), `models` (following the registry, atomic swaps), `loading`
+(one version: download, checks, warm-up, smoke test), `registry_health` (read deadlines, /ready's
+registry block), `batcher` (micro-batching concurrent requests), `feature_lookup` (the online
+store), `predlog` (the prediction log), `metrics`, `bodies` (request and response bodies),
+`service` (what the routes share, one request's path), `app` (the routes).
 Run it with `python -m include.mlops.serving`. Nothing here is imported at package import time.
 """

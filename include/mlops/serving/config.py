@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from include.mlops.spec import DeploymentSpec
+    from include.mlops.spec_sections import DeploymentSpec
 
 STRATEGY_TAG = "mlops.deployment.strategy"
 # The challenger's share of the entities while traffic is split (canary step, A/B test), set by

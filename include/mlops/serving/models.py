@@ -2,22 +2,17 @@
 
 A background thread reads the registered model (aliases and deployment tags: one call) every
 few seconds, or at once when POST /admin/reload asks. A version that is not in memory yet is
-downloaded, loaded, warmed and smoke-tested on that thread; only then is the serving state
+loaded, warmed and smoke-tested on that thread (`loading`); only then is the serving state
 replaced, by one reference assignment. Requests read the state once and keep the models they
-were routed to, so a swap never fails or delays a request, and a model that fails to load or
-to pass its smoke test is never served (the old one stays). Recently served versions stay in
-memory, so switching back (blue/green, rollback) is instant.
+were routed to, so a swap never fails or delays a request, and a model that fails to load, is
+refused (`include.mlops.model_io`) or fails its smoke test is never served (the last good one
+stays). Recently served versions stay in memory, so switching back (blue/green, rollback) is
+instant.
 
-Models are loaded through `include.mlops.model_io`: only the sklearn flavour in skops format with
-the code's trusted types; anything else is refused unopened (`refused` in /ready says which
-version and why) and the last good model keeps serving.
-
-Every registry read has a deadline (`MLOPS_SERVE_REGISTRY_TIMEOUT`): it runs on a helper thread
-and the poll thread waits for it at most that long, so a registry that hangs cannot hold the
-poll thread (MLflow's own HTTP timeout is 120 s per try, with up to 7 retries); one unanswered
-read at a time, never a pile of them. While reads fail or hang, `registry` in /ready says
-`degraded`, with the last error and since when; requests keep being answered by the models in
-memory.
+Every registry read runs on a helper thread and the poll thread waits for it at most
+`MLOPS_SERVE_REGISTRY_TIMEOUT` seconds, so a registry that hangs cannot hold the poll thread
+(MLflow's own HTTP timeout is 120 s per try, with up to 7 retries); one unanswered read at a
+time, never a pile of them. How the reads went is `registry_health`, shown in /ready.
 """
 
 from __future__ import annotations
@@ -25,7 +20,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -33,18 +27,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from include.mlops.constants import STRATEGIES
-from include.mlops.scores import scores_from_proba
 from include.mlops.serving.config import CANARY_SHARE_TAG, STRATEGY_TAG, spec_share
+from include.mlops.serving.loading import load_version
+from include.mlops.serving.registry_health import RegistryHealth, RegistryTimeout, utc
 from include.mlops.serving.routing import SPLIT_STRATEGIES
 
 if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
-
     from include.mlops.config import ServeConfig
     from include.mlops.serving.frames import FrameBuilder
+    from include.mlops.serving.loading import LoadedModel
     from include.mlops.serving.metrics import Metrics
-    from include.mlops.serving.validation import RecordValidator
     from include.mlops.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -53,97 +45,6 @@ KEEP_RECENT = 2  # champions kept in memory after they stop serving (instant swi
 
 
 T = TypeVar("T")
-
-
-class SmokeTestFailed(Exception):
-    """A freshly loaded model gave outputs of the wrong shape or range on known inputs."""
-
-
-class RegistryTimeout(Exception):
-    """A registry read got no answer within MLOPS_SERVE_REGISTRY_TIMEOUT."""
-
-
-def _utc(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
-@dataclass
-class RegistryHealth:
-    """How the last registry reads went: `ok`, `degraded` (failing or hanging) or `unknown`
-    (none finished yet); `since` is when that status began."""
-
-    status: str = "unknown"
-    error: str | None = None
-    since: float | None = None
-    last_ok: float | None = None
-    failures: int = 0
-
-    def ok(self, now: float) -> None:
-        if self.status != "ok":
-            self.status, self.since = "ok", now
-        self.error, self.last_ok, self.failures = None, now, 0
-
-    def failed(self, error: str, now: float) -> None:
-        if self.status != "degraded":
-            self.status, self.since = "degraded", now
-        self.error = error
-        self.failures += 1
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "error": self.error,
-            "since": _utc(self.since),
-            "last_ok": _utc(self.last_ok),
-            "failed_polls": self.failures,
-        }
-
-
-@dataclass
-class LoadedModel:
-    name: str
-    version: str
-    model: Any
-    input_columns: list[str]
-    classes: list[Any] | None
-    positive_index: int | None
-    validator: RecordValidator
-    run_id: str = ""
-    tags: dict[str, str] = field(default_factory=dict)
-    loaded_at: float = 0.0
-    load_seconds: float = 0.0
-
-    @property
-    def is_classifier(self) -> bool:
-        return self.classes is not None
-
-    def score(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(prediction, score, class probabilities or None) for a model-feature frame.
-
-        Prediction and score as `include.mlops.scores` defines them: the predicted class value
-        and the positive class's probability (binary; `positive_index` resolved at load), the
-        most probable class and its probability (multiclass), or the regression value."""
-        import numpy as np
-
-        X = X[self.input_columns] if list(X.columns) != self.input_columns else X
-        if self.classes is None:
-            pred = np.asarray(self.model.predict(X), dtype=np.float64)
-            return pred, pred, None
-        proba = np.asarray(self.model.predict_proba(X), dtype=np.float64)
-        pred, score = scores_from_proba(proba, self.classes, self.positive_index)
-        return pred, score, proba
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "run_id": self.run_id,
-            "loaded_at": self.loaded_at,
-            "load_seconds": round(self.load_seconds, 3),
-        }
 
 
 @dataclass(frozen=True)
@@ -170,22 +71,6 @@ class ServingState:
             self.canary_share,
             self.standby,
         )
-
-
-def smoke_test(lm: LoadedModel, X: pd.DataFrame) -> None:
-    """Known inputs must give one finite output per row; probabilities in [0, 1] summing to 1."""
-    import numpy as np
-
-    pred, score, proba = lm.score(X)
-    if len(pred) != len(X) or len(score) != len(X):
-        raise SmokeTestFailed(f"v{lm.version}: {len(pred)} predictions for {len(X)} rows")
-    if not np.all(np.isfinite(score)):
-        raise SmokeTestFailed(f"v{lm.version}: non-finite scores on known inputs")
-    if proba is not None:
-        if proba.shape != (len(X), len(lm.classes or [])):
-            raise SmokeTestFailed(f"v{lm.version}: probabilities of shape {proba.shape}")
-        if (proba < 0).any() or (proba > 1).any() or not np.allclose(proba.sum(axis=1), 1.0, atol=1e-6):
-            raise SmokeTestFailed(f"v{lm.version}: class probabilities outside [0, 1] or not summing to 1")
 
 
 class ModelManager:
@@ -258,14 +143,14 @@ class ModelManager:
             self.refresh()
             self.last_error = None
             if self.registry.status == "degraded":
-                log.info("registry answers again (degraded since %s)", _utc(self.registry.since))
+                log.info("registry answers again (degraded since %s)", utc(self.registry.since))
             self.registry.ok(time.time())
         except Exception as exc:  # the registry may be down: keep serving what we have
             self.last_error = f"{type(exc).__name__}: {exc}"[:500]
             self.registry.failed(self.last_error, time.time())
             log.warning(
                 "registry degraded since %s (serving %s from memory): %s",
-                _utc(self.registry.since),
+                utc(self.registry.since),
                 self.state.roles() if self.state else "nothing yet",
                 self.last_error,
             )
@@ -445,67 +330,14 @@ class ModelManager:
         return lm
 
     def load(self, version: str) -> LoadedModel:
-        """Download, check the format and types and load (`model_io`), check the signature
-        against the spec, warm up and smoke-test."""
-        from mlflow.artifacts import download_artifacts
-        from mlflow.models import Model
-
-        from include.mlops import model_io
-        from include.mlops.serving.validation import RecordValidator, signature_columns
-
-        t0 = time.perf_counter()
-        mv = self._registry_call(f"reading {self.name} v{version}", self.client().get_model_version, self.name, version)
-        with tempfile.TemporaryDirectory(prefix=f"mlops-serve-{version}-") as tmp:
-            local = download_artifacts(
-                artifact_uri=f"models:/{self.name}/{version}",
-                dst_path=tmp,
-                tracking_uri=self.tracking_uri,
-                registry_uri=self.tracking_uri,
-            )
-            model = model_io.load_local(local, f"{self.name} v{version}")  # refused unopened unless skops + allowlist
-            meta = Model.load(local)
-            try:
-                example = meta.load_input_example(local)
-            except Exception:
-                example = None
-        sig = signature_columns(meta.signature)
-        validator = RecordValidator(self.spec, sig)  # raises SchemaMismatch for an unservable model
-        columns = [c for c, _ in sig] if sig else list(self.builder.columns)
-        classes = None
-        positive = None
-        if hasattr(model, "predict_proba") and hasattr(model, "classes_") and self.spec.is_classification:
-            from include.mlops.scores import check_classes, class_values
-            from include.mlops.scores import positive_index as resolve_positive
-
-            classes = class_values(model.classes_)
-            check_classes(classes, self.spec)  # a model whose classes the spec does not name never serves
-            positive = None if self.spec.is_multiclass else resolve_positive(classes, self.spec)
-        lm = LoadedModel(
-            self.name,
-            str(version),
-            model,
-            columns,
-            classes,
-            positive,
-            validator,
-            run_id=mv.run_id or "",
-            tags=dict(mv.tags or {}),
+        """One version read from the registry (within the read deadline), downloaded, checked,
+        loaded, warmed and smoke-tested (`loading.load_version`)."""
+        return load_version(
+            self.spec,
+            self.builder,
+            self.tracking_uri,
+            version,
+            lambda: self._registry_call(
+                f"reading {self.name} v{version}", self.client().get_model_version, self.name, version
+            ),
         )
-        self._warm(lm, example)
-        lm.loaded_at = time.time()
-        lm.load_seconds = time.perf_counter() - t0
-        log.info("loaded %s v%s in %.2fs (warmed, smoke test passed)", self.name, version, lm.load_seconds)
-        return lm
-
-    def _warm(self, lm: LoadedModel, example: Any) -> None:
-        import pandas as pd
-
-        probe = self.builder.frame(self.builder.probe_rows(64))
-        if isinstance(example, pd.DataFrame) and set(lm.input_columns) <= set(example.columns):
-            known = example[lm.input_columns].reset_index(drop=True)
-        else:
-            known = probe
-        smoke_test(lm, known)
-        smoke_test(lm, probe)
-        for n in (1, 8, 32):  # the first calls of a fresh model are slow: pay for them here
-            lm.score(probe.head(n))
