@@ -43,10 +43,10 @@ lock:
 	$(BIN)/uv pip compile --python-version 3.11 requirements.in -o requirements.txt
 
 demo: install
-	$(BIN)/python -m include.mlops.demo
+	$(BIN)/python -m include.mlops.local.demo
 
 up: install
-	$(BIN)/python -m include.mlops.local_stack up
+	$(BIN)/python -m include.mlops.local.stack up
 
 serve: install
 	$(BIN)/python -m include.mlops.serving

@@ -59,13 +59,13 @@ def champion(spec, store) -> dict:
     import mlflow
     import pandas as pd
 
-    from include.mlops import training as T
     from include.mlops.config import get_settings
     from include.mlops.data.generator import generate_day
-    from include.mlops.features import build_features, model_features
+    from include.mlops.features.build import build_features, model_features
     from include.mlops.moves import move_champion
     from include.mlops.registry import ensure_experiment, register, setup_mlflow
-    from include.mlops.tracking import log_model
+    from include.mlops.training import fit as T
+    from include.mlops.training.tracking import log_model
 
     frames = []
     for i in range(TRAIN_DAYS):
@@ -144,12 +144,12 @@ def main(argv: list[str] | None = None) -> dict:
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
-    from include.mlops import batch as B
-    from include.mlops import features as F
     from include.mlops import model_io
     from include.mlops.context import context
     from include.mlops.data.generator import generate_day
+    from include.mlops.features import build as F
     from include.mlops.layout import staging_key
+    from include.mlops.serving import batch as B
     from include.mlops.storage import ObjectStore, ensure_bucket
 
     ctx = context(spec_path)

@@ -35,10 +35,10 @@ def champion(spec, rows: int):
     """Train on TRAIN_DAYS days of clean data; holdout metric as the gate would log it."""
     import pandas as pd
 
-    from include.mlops import evaluation as E
-    from include.mlops import training as T
     from include.mlops.data.generator import generate_day
-    from include.mlops.features import build_features, model_features
+    from include.mlops.evaluation import metrics as E
+    from include.mlops.features.build import build_features, model_features
+    from include.mlops.training import fit as T
 
     frames = []
     for i in range(TRAIN_DAYS):
@@ -65,12 +65,12 @@ def run_scenario(
     """Monitor `windows` daily windows from WATCH_START; the policy decides each with its history."""
     import pandas as pd
 
-    from include.mlops import drift_policy as P
     from include.mlops.data.generator import Scenario
     from include.mlops.data.predictions import simulate_predictions
     from include.mlops.monitoring.reading import join_labels
     from include.mlops.monitoring.step import MonitoringConfig
     from include.mlops.monitoring.window import analyse
+    from include.mlops.retraining import drift_policy as P
 
     cfg = MonitoringConfig.from_spec(spec)
     policy = P.DriftPolicy.from_spec(spec)

@@ -72,7 +72,7 @@ def analysis(ref, cur, spec, cfg):
 
 
 def decision(spec, a) -> str:
-    from include.mlops import drift_policy as P
+    from include.mlops.retraining import drift_policy as P
 
     obs = P.Observation(
         day=WINDOW_DAY,

@@ -51,8 +51,8 @@ def _context():
 
 
 def phase_data(rows: str) -> dict:
-    from include.mlops import features as F
     from include.mlops.data.generator import generate_day
+    from include.mlops.features import build as F
 
     spec, store, _ = _context()
     raw, _ = generate_day(spec, DAY, rows=int(rows))
@@ -69,7 +69,7 @@ def phase_data(rows: str) -> dict:
 
 
 def _apply():
-    from include.mlops import features as F
+    from include.mlops.features import build as F
 
     spec, store, settings = _context()
     fs = F.get_feature_store(settings)
@@ -78,7 +78,7 @@ def _apply():
 
 
 def phase_ours() -> dict:
-    from include.mlops import features as F
+    from include.mlops.features import build as F
 
     spec, store, settings, fs = _apply()
     base = peak_rss_mb()
@@ -117,7 +117,7 @@ def phase_answers(sample: str) -> dict:
     import numpy as np
     import pandas as pd
 
-    from include.mlops import features as F
+    from include.mlops.features import build as F
 
     spec, store, settings = _context()
     fs = F.get_feature_store(settings)

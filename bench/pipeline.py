@@ -80,8 +80,8 @@ def phase_ingest(spec_path: str) -> dict:
 
 
 def phase_dag(spec_path: str) -> dict:
-    from include.mlops.airflow_env import apply_airflow_env, migrate_db
     from include.mlops.config import get_settings
+    from include.mlops.local.airflow_env import apply_airflow_env, migrate_db
     from include.mlops.results import TrainResult
     from include.mlops.spec import load_spec
 
@@ -131,9 +131,9 @@ def phase_bare(spec_path: str, train_uri: str, holdout_uri: str) -> dict:
     t = time.perf_counter()
     import pandas as pd
 
-    from include.mlops import training as T
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
     from include.mlops.spec import load_spec
+    from include.mlops.training import fit as T
 
     spec = load_spec(spec_path)
     train = pd.read_parquet(train_uri.removeprefix("file://"))

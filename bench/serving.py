@@ -100,7 +100,7 @@ def sample_requests(home: Path, n: int = 500) -> dict[str, list[bytes]]:
     """Request bodies for each way of asking, from the staged demo events."""
     import pandas as pd
 
-    from include.mlops.features import build_features, model_features
+    from include.mlops.features.build import build_features, model_features
     from include.mlops.spec import load_spec
 
     spec = load_spec("churn")

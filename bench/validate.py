@@ -86,7 +86,7 @@ def one_batch(df, spec) -> float:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    from include.mlops.validation_suite import build_expectations
+    from include.mlops.validation.suite import build_expectations
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import_gx_s = time.perf_counter() - t
 
-    from include.mlops import validation as V
-    from include.mlops.validation_suite import build_expectations
+    from include.mlops.validation import checks as V
+    from include.mlops.validation.suite import build_expectations
 
     probe = Probe()
     probe.wrap(ObjectStore, "get_parquet", "read_s")

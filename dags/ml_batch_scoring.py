@@ -45,9 +45,9 @@ def ml_batch_scoring():
         from airflow.sdk.exceptions import AirflowSkipException
         from mlops_airflow.dates import daily_interval
 
-        from include.mlops.batch import score_batch
         from include.mlops.pipeline import Interval
         from include.mlops.registry import NoChampion
+        from include.mlops.serving.batch import score_batch
 
         interval = Interval(*daily_interval(context))
         dataset = context["params"]["dataset"]

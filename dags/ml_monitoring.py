@@ -36,7 +36,7 @@ from mlops_airflow.monitoring_operators import MonitoringOperator
 from mlops_airflow.notifiers import DriftDecisionNotifier, TaskFailureNotifier
 from mlops_airflow.params import dataset_param
 
-from include.mlops.drift_policy import DRIFT_ALIAS
+from include.mlops.retraining.drift_policy import DRIFT_ALIAS
 
 DRIFT = AssetAlias(DRIFT_ALIAS)
 DEFAULT_ARGS = {
@@ -71,8 +71,8 @@ def ml_monitoring():
 
         from airflow.sdk import Asset
 
-        from include.mlops.drift_policy import drift_asset_uri
-        from include.mlops.drift_window import decide_window
+        from include.mlops.retraining.drift_policy import drift_asset_uri
+        from include.mlops.retraining.drift_window import decide_window
 
         out = decide_window(summary, summary.get("spec") or context["params"]["dataset"])
         logging.getLogger("airflow.task").info("drift policy for %s:\n%s", out["dataset"], out["table"])

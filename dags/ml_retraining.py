@@ -36,7 +36,7 @@ from mlops_airflow.operators import MlflowPromoteOperator, MlflowRegisterOperato
 from mlops_airflow.params import dataset_param
 
 from include.mlops.constants import DATA_STRATEGIES, STRATEGIES, known_datasets
-from include.mlops.drift_policy import drift_asset_uri
+from include.mlops.retraining.drift_policy import drift_asset_uri
 
 DEFAULT_ARGS = {
     "owner": "mlops",
@@ -94,7 +94,7 @@ def ml_retraining():
         """Choose dataset, interval and training window from params, drift event and spec."""
         import logging
 
-        from include.mlops.retraining import describe_plan, drift_events, plan_retraining
+        from include.mlops.retraining.plan import describe_plan, drift_events, plan_retraining
 
         events = drift_events(context.get("triggering_asset_events"))
         out = plan_retraining(dict(context["params"]), events, getattr(context["dag_run"], "run_after", None))
@@ -108,7 +108,7 @@ def ml_retraining():
         from mlops_airflow.operators import lineage
 
         from include.mlops.pipeline import NotEnoughData
-        from include.mlops.retraining import train_planned
+        from include.mlops.retraining.plan import train_planned
 
         try:
             return train_planned(plan_out, lineage(context)).to_xcom()

@@ -94,7 +94,7 @@ def ml_training():
         from mlops_airflow.operators import DataQualityError
 
         from include.mlops.pipeline import extract as run
-        from include.mlops.validation import DataValidationError, NoDataError
+        from include.mlops.validation.checks import DataValidationError, NoDataError
 
         try:
             return run(interval_of(context), context["params"]["dataset"]).to_xcom()

@@ -5,7 +5,7 @@ same objects `ml_training`'s prepare task applies, built by the same function.
 """
 
 from include.mlops.config import get_settings
-from include.mlops.features import feast_objects, source_path
+from include.mlops.features.build import feast_objects, source_path
 from include.mlops.spec import load_spec
 from include.mlops.storage import get_store
 

@@ -213,7 +213,7 @@ def s3_env(endpoint: str, bucket: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def airflow_db():
     """The session's Airflow metadata DB (SQLite in AIRFLOW_HOME), migrated once."""
-    from include.mlops.airflow_env import apply_airflow_env, migrate_db
+    from include.mlops.local.airflow_env import apply_airflow_env, migrate_db
 
     env = apply_airflow_env(Path(tempfile.mkdtemp(prefix="mlops-test-home-")))
     migrate_db(env)

@@ -164,8 +164,8 @@ def run_training(
     train: Annotated[bool, typer.Option(help="--no-train ingests the day only")] = True,
 ) -> None:
     """Run ml_training for one day on the embedded default and say where its logs and results are."""
-    from include.mlops.run_local import NoLandedData, describe
-    from include.mlops.run_local import run_training as run
+    from include.mlops.local.run_training import NoLandedData, describe
+    from include.mlops.local.run_training import run_training as run
     from include.mlops.spec import is_spec_file_arg
 
     try:
@@ -200,7 +200,7 @@ def home_rebase(
     dry_run: Annotated[bool, typer.Option(help="Count what would change, change nothing")] = False,
 ) -> None:
     """After copying or moving a home, point its MLflow, Feast and Airflow state at the new place."""
-    from include.mlops.home import HomeMoveError, rebase
+    from include.mlops.local.home import HomeMoveError, rebase
 
     try:
         report = rebase(home or _home(), from_, dry_run=dry_run)

@@ -193,7 +193,7 @@ class LocalPorts(BaseSettings):
 
 
 class DemoOverrides(BaseSettings):
-    """`make demo`'s story where the environment overrides the spec's `demo` section (`spec.DemoSpec`,
+    """`make demo`'s story where the environment overrides the spec's `demo` section (`spec_sections.DemoSpec`,
     same field names); None: the spec's value. `DEMO_SCENARIO=none make demo` trains and deploys only."""
 
     model_config = _CONFIG

@@ -29,7 +29,7 @@ FORMAT = "skops"
 EXTRA_TYPES_ENV = variable(Settings, "trusted_types_extra")  # MLOPS_TRUSTED_TYPES_EXTRA
 ACCEPTED = (
     "MLflow's sklearn flavour with serialization_format 'skops' "
-    "(mlflow.sklearn.log_model(..., serialization_format='skops'), as include/mlops/tracking.py log_model writes it)"
+    "(mlflow.sklearn.log_model(..., serialization_format='skops'), as include/mlops/training/tracking.py log_model writes it)"
 )
 
 # The types the platform's fitted pipelines hold beyond skops' own trusted set (builtins, numpy
@@ -112,7 +112,7 @@ def check_types(path: str | Path, what: str) -> None:
 
     from skops.io import get_untrusted_types
 
-    from include.mlops.tracking import quiet_deprecations
+    from include.mlops.training.tracking import quiet_deprecations
 
     try:
         with quiet_deprecations(f"checked the types in {what}"):
@@ -133,7 +133,7 @@ def load_local(local_dir: str | Path, what: str) -> Any:
     """A downloaded MLflow model directory, checked (format, then types) and loaded with skops."""
     import skops.io
 
-    from include.mlops.tracking import quiet_deprecations
+    from include.mlops.training.tracking import quiet_deprecations
 
     path = model_file(local_dir, what)
     check_types(path, what)

@@ -82,7 +82,7 @@ def extract(interval: Interval, spec_name: str | None = None) -> ExtractResult:
 def validate(interval: Interval, spec_name: str | None = None) -> ValidateResult:
     """Run the spec's GX suite on each staged batch; quarantine and raise on a broken contract."""
     from include.mlops.data.landing import discard_day, reject_files
-    from include.mlops.validation import DataValidationError, failure_message, render_html, validate_frame
+    from include.mlops.validation.checks import DataValidationError, failure_message, render_html, validate_frame
 
     ctx = context(spec_name)
     spec, store = ctx.spec, ctx.store
@@ -144,7 +144,7 @@ def validate(interval: Interval, spec_name: str | None = None) -> ValidateResult
 # -- prepare ------------------------------------------------------------------------------------
 def prepare(interval: Interval, spec_name: str | None = None) -> PrepareResult:
     """Feature functions -> Feast offline source; apply the definitions; materialise the interval."""
-    from include.mlops import features as F
+    from include.mlops.features import build as F
 
     ctx = context(spec_name)
     spec, store = ctx.spec, ctx.store
@@ -173,11 +173,11 @@ def train(
     of the same interval and hash left RUNNING by a killed attempt are closed as FAILED first
     (`close_orphan_runs`), so an interval ends with one FINISHED run however often it is retried.
     """
-    from include.mlops import features as F
-    from include.mlops import tracking
-    from include.mlops import training as T
     from include.mlops.data.landing import labelled_events
+    from include.mlops.features import build as F
     from include.mlops.registry import ensure_experiment
+    from include.mlops.training import fit as T
+    from include.mlops.training import tracking
 
     ctx = context(spec_name)
     spec, store = ctx.spec, ctx.store
@@ -236,9 +236,10 @@ def evaluate(train_out: TrainResult | dict[str, Any], spec_name: str | None = No
     than comparing the model with itself."""
     from datetime import UTC
 
-    from include.mlops import comparison as C
-    from include.mlops import plots, tracking
+    from include.mlops.evaluation import comparison as C
+    from include.mlops.evaluation import plots
     from include.mlops.ledger import read_ledger
+    from include.mlops.training import tracking
 
     train_out = TrainResult.from_xcom(train_out)  # a malformed input fails here, before any work
     ctx = context(spec_name)
@@ -346,13 +347,7 @@ def promote(
     ctx = context(spec_name)
     store, client = ctx.store, ctx.client
     model, version = reg.model, reg.version
-    which = {
-        "model": model,
-        "version": version,
-        "run_id": reg.run_id,
-        "experiment_id": reg.experiment_id,
-        "strategy": strategy,
-    }
+    which = dict(model=model, version=version, run_id=reg.run_id, experiment_id=reg.experiment_id, strategy=strategy)
     if not eval_out.passed:
         champion = R.alias_version(client, model, CHAMPION)  # raises when the registry does not answer
         msg = "not promoted: " + "; ".join(eval_out.reasons)

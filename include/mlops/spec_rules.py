@@ -74,7 +74,7 @@ def _check_special_columns(spec: DatasetSpec) -> list[str]:
 
 
 def _check_derived_features(spec: DatasetSpec) -> list[str]:
-    from include.mlops.expressions import ExpressionError, parse_expression
+    from include.mlops.features.expressions import ExpressionError, parse_expression
 
     out: list[str] = []
     usable = set(spec.numeric_features)

@@ -83,7 +83,7 @@ class GXValidateOperator(_IntervalOperator):
         from dataclasses import replace
 
         from include.mlops.pipeline import validate
-        from include.mlops.validation import DataValidationError
+        from include.mlops.validation.checks import DataValidationError
 
         interval = self.interval_of(context)
         self.log.info("validating %s for %s", self.dataset or "(default dataset)", interval.label)

@@ -226,8 +226,8 @@ def _ingest(home: Path, spec_name: str, spec, first: date, days: int) -> None:
 
 
 def start_stack(home: Path, deadline_s: float = 420) -> Stack:
-    from include.mlops.airflow_env import airflow_env, migrate_db
     from include.mlops.config import embedded_env
+    from include.mlops.local.airflow_env import airflow_env, migrate_db
 
     t0 = time.monotonic()
     (home / "logs").mkdir(parents=True, exist_ok=True)

@@ -52,10 +52,10 @@ def noisy(delivery_home, delivery_client) -> str:
 
     from include.mlops.config import get_settings
     from include.mlops.data.generator import generate_day
-    from include.mlops.features import build_features, model_features
+    from include.mlops.features.build import build_features, model_features
     from include.mlops.registry import ensure_experiment
-    from include.mlops.tracking import log_model
-    from include.mlops.training import build_pipeline
+    from include.mlops.training.fit import build_pipeline
+    from include.mlops.training.tracking import log_model
 
     home, client = delivery_home, delivery_client
     spec, uri = home["spec"], home["env"]["MLFLOW_TRACKING_URI"]

@@ -49,7 +49,7 @@ def _install_spec(home: Path, name: str, drop: tuple[str, ...] = (), **gate) -> 
 
 def _frame(spec, first_day: int, days: int, rows: int) -> pd.DataFrame:
     from include.mlops.data.generator import generate_day
-    from include.mlops.features import build_features
+    from include.mlops.features.build import build_features
     from include.mlops.spec import load_spec
 
     churn = load_spec("churn")  # the demo generator is the churn one; the features are `spec`'s
@@ -63,8 +63,8 @@ def _frame(spec, first_day: int, days: int, rows: int) -> pd.DataFrame:
 
 
 def _fit(spec, train: pd.DataFrame, wrong_share: float):
-    from include.mlops import training as T
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
+    from include.mlops.training import fit as T
 
     y = train[spec.label].to_numpy().copy()
     wrong = (train["monthly_charges"] < train["monthly_charges"].median()).astype(y.dtype).to_numpy()
@@ -77,10 +77,10 @@ def _log(spec, model, train: pd.DataFrame, holdout_uri: str, tag: str) -> TrainR
     """What `pipeline.train` hands on, for a model fitted here: a run with the logged model."""
     import mlflow
 
-    from include.mlops import tracking as P
     from include.mlops.config import get_settings
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
     from include.mlops.registry import ensure_experiment, setup_mlflow
+    from include.mlops.training import tracking as P
 
     settings = get_settings()
     exp = ensure_experiment(setup_mlflow(settings), spec.name, settings)
@@ -231,7 +231,7 @@ def _model_file(version: str) -> Path:
 
 def test_champion_that_cannot_be_loaded_fails_the_task(decay):
     from include.mlops import pipeline as P
-    from include.mlops.gate import GateError
+    from include.mlops.evaluation.gate import GateError
 
     run = decay["steps"][6]["train"]
     before = _gate_files(run.run_id)

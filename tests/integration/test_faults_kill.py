@@ -87,7 +87,9 @@ def test_kill_in_train_after_the_run_started_then_retry_leaves_one_finished_run(
 
     iv = _day_before(home["c"]["interval"])  # an interval no run has trained yet
     code = _interval_code(iv) + f"P.train(iv, {LINEAGE!r}, {SPEC!r})\n"
-    _kill(home, code, KillPoint("include.mlops.tracking:log_model", when="before", name="train: inside the run"))
+    _kill(
+        home, code, KillPoint("include.mlops.training.tracking:log_model", when="before", name="train: inside the run")
+    )
 
     client = _client()
     before = _runs(client, iv.key)

@@ -143,11 +143,11 @@ def _worse_challenger(train_out: TrainResult) -> TrainResult:
     import mlflow
     import numpy as np
 
-    from include.mlops import training as T
     from include.mlops.context import context
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
     from include.mlops.registry import ensure_experiment, setup_mlflow
-    from include.mlops.tracking import log_model
+    from include.mlops.training import fit as T
+    from include.mlops.training.tracking import log_model
 
     ctx = context(SPEC)
     spec, store, settings = ctx.spec, ctx.store, ctx.settings

@@ -1,4 +1,4 @@
-"""Feast imported without typeguard (include/mlops/feast_import.py), and the switch that keeps it.
+"""Feast imported without typeguard (include/mlops/features/feast_import.py), and the switch that keeps it.
 
 Each case is a fresh interpreter: the swap only works before Feast's first import in a process.
 """
@@ -14,7 +14,7 @@ from include.mlops.config import PROJECT_ROOT
 
 PROBE = """
 import json, time
-from include.mlops.feast_import import without_typeguard
+from include.mlops.features.feast_import import without_typeguard
 swapped = without_typeguard()
 t = time.perf_counter()
 import feast

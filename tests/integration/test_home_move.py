@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 def moved(tmp_path_factory):
     """A trained home at `old`, copied to `new` (a name with a space: percent-encoded in URIs),
     then `old` deleted."""
-    from include.mlops.home import rebase as rebase_home
+    from include.mlops.local.home import rebase as rebase_home
 
     tpl = template(tmp_path_factory)
     old = tmp_path_factory.mktemp("original") / "home"
@@ -67,12 +67,12 @@ def test_rebased_copy_loads_models_features_and_reruns_a_step(moved, monkeypatch
 
     from mlflow import MlflowClient
 
-    from include.mlops import features as F
     from include.mlops import pipeline as P
-    from include.mlops import tracking
     from include.mlops.config import get_settings
+    from include.mlops.features import build as F
     from include.mlops.registry import setup_mlflow
     from include.mlops.spec import load_spec
+    from include.mlops.training import tracking
 
     settings = get_settings()
     client = setup_mlflow(settings)

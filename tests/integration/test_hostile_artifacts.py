@@ -214,7 +214,7 @@ def test_a_cloudpickle_champion_that_runs_code_is_refused_and_never_runs(
     from sklearn.dummy import DummyClassifier
 
     from include.mlops.model_io import UnsafeModelError
-    from include.mlops.tracking import load_sklearn
+    from include.mlops.training.tracking import load_sklearn
 
     name = champion_restored
     marker = tmp_path / "marker"

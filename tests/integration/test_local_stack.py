@@ -97,7 +97,7 @@ LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFF
 def test_up_check_serves_airflow_ui_with_dags(tmp_path):
     env = up_env(tmp_path)
     out = subprocess.run(
-        [sys.executable, "-m", "include.mlops.local_stack", "up", "--check"],
+        [sys.executable, "-m", "include.mlops.local.stack", "up", "--check"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -119,7 +119,7 @@ def test_up_on_busy_cores_listens_on_loopback_and_sigterm_stops_everything(tmp_p
     log = tmp_path / "up.out"
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "include.mlops.local_stack", "up"], cwd=ROOT, env=env, stdout=fh, stderr=fh
+            [sys.executable, "-m", "include.mlops.local.stack", "up"], cwd=ROOT, env=env, stdout=fh, stderr=fh
         )
     try:
         deadline = time.monotonic() + 1200  # the stack's own deadline (MLOPS_UP_TIMEOUT) is 600 s a service

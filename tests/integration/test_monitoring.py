@@ -367,9 +367,9 @@ def test_drift_event_runs_ml_retraining_on_a_real_scheduler_and_the_champion_mov
     from airflow.models.asset import AssetDagRunQueue
     from airflow.utils.session import create_session
 
-    from include.mlops.airflow_env import pause_all_but, reserialize_dags
-    from include.mlops.airflow_standalone import AirflowStandalone
     from include.mlops.config import get_settings
+    from include.mlops.local.airflow_env import pause_all_but, reserialize_dags
+    from include.mlops.local.airflow_standalone import AirflowStandalone
     from include.mlops.registry import alias_version, setup_mlflow
 
     spec = mon["spec"]

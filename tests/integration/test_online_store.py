@@ -26,8 +26,8 @@ ENTITIES = 500
 def _frame(spec) -> pd.DataFrame:
     """500 churn entities plus awkward values: missing optional numbers and categories, -0.0,
     infinities, an empty category, ids whose int64 bytes end in zeros, and stale duplicates."""
-    from include.mlops import features as F
     from include.mlops.data.generator import generate_day
+    from include.mlops.features import build as F
 
     raw, _ = generate_day(spec, DAY, rows=ENTITIES, seed=11)
     raw.loc[raw.index[:3], spec.entity_key] = [256, 2**40, 2**62 + 1]
@@ -50,9 +50,9 @@ def _frame(spec) -> pd.DataFrame:
 
 
 def test_our_store_answers_as_feasts_sqlite_store(tmp_path, monkeypatch):
-    from include.mlops import features as F
-    from include.mlops import online_store
-    from include.mlops.online_encoding import _double_column
+    from include.mlops.features import build as F
+    from include.mlops.features import online_store
+    from include.mlops.features.online_encoding import _double_column
     from include.mlops.spec import load_spec
 
     spec = load_spec("churn")
@@ -106,7 +106,7 @@ def test_a_partial_write_keeps_the_other_features(tmp_path, monkeypatch):
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from include.mlops import features as F
+    from include.mlops.features import build as F
     from include.mlops.spec import load_spec
 
     spec = load_spec("churn")
@@ -131,7 +131,7 @@ def test_a_partial_write_keeps_the_other_features(tmp_path, monkeypatch):
 
 
 def test_the_store_refuses_feasts_layout_and_ambiguous_columns(tmp_path):
-    from include.mlops.online_store import _ensure_table
+    from include.mlops.features.online_store import _ensure_table
 
     path = tmp_path / "online.db"
     with sqlite3.connect(path) as con:
@@ -156,7 +156,7 @@ def test_the_store_refuses_feasts_layout_and_ambiguous_columns(tmp_path):
 
 
 def test_latest_rows_prefers_newer_event_then_newer_created():
-    from include.mlops.features import CREATED, latest_rows
+    from include.mlops.features.build import CREATED, latest_rows
     from include.mlops.spec import load_spec
 
     spec = load_spec("churn")
@@ -176,7 +176,7 @@ def test_fast_encoders_match_feast_converters():
     import pyarrow as pa
     from feast.value_type import ValueType
 
-    from include.mlops import online_encoding as O
+    from include.mlops.features import online_encoding as O
 
     doubles = pa.chunked_array([[0.0, -0.0, None, float("inf"), -float("inf"), 1e-300, 5e-324, 1.7976931348623157e308]])
     doubles = pa.chunked_array([doubles.combine_chunks(), pa.array(np.random.default_rng(0).normal(size=1000))])
@@ -193,7 +193,7 @@ def test_point_in_time_join_keeps_object_strings_and_dask_setting(tmp_path, monk
     and Feast's process-wide setting is left as Feast set it."""
     import dask
 
-    from include.mlops import features as F
+    from include.mlops.features import build as F
     from include.mlops.spec import load_spec
 
     spec = load_spec("churn")

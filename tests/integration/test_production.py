@@ -397,8 +397,8 @@ def _day_events(stack, day):
 def test_feast_registry_in_postgres_and_online_features_from_redis(stack, trained):
     import redis
 
-    from include.mlops import features as F
     from include.mlops.config import get_settings
+    from include.mlops.features import build as F
 
     spec = _spec(stack)
     tables = {

@@ -136,7 +136,7 @@ def test_ready_health_and_ping(http, home):
 
 
 def test_predict_by_features_matches_the_model(http, home, samples, local_model):
-    from include.mlops.features import build_features, model_features
+    from include.mlops.features.build import build_features, model_features
 
     spec = home["spec"]
     r = http.post("/predict", json={"records": samples["records"][:10]}, headers={"X-Request-ID": "feat-1"})
@@ -176,7 +176,7 @@ def test_predict_by_entity_id_uses_the_online_store(http, samples):
 def test_mlflow_scoring_protocol_with_mlflows_own_client(server, home, samples, local_model):
     from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 
-    from include.mlops.features import build_features, model_features
+    from include.mlops.features.build import build_features, model_features
 
     spec = home["spec"]
     X = build_features(samples["raw"].head(6), spec)[model_features(spec)]
@@ -675,9 +675,9 @@ def test_canary_rollout_starts_its_own_service_when_none_runs(env, client, store
 
 
 def test_score_batch_scores_the_staged_interval_with_the_champion(env, client, store):
-    from include.mlops.batch import score_batch
     from include.mlops.constants import CHAMPION
     from include.mlops.registry import alias_version
+    from include.mlops.serving.batch import score_batch
 
     spec = env["spec"]
     out = score_batch(env["interval"], env["spec_name"])

@@ -46,8 +46,8 @@ def string_spec_file(tmp: Path) -> Path:
 
 def _frame(spec) -> pd.DataFrame:
     """A generated day with text ids (some awkward), missing values and stale duplicates."""
-    from include.mlops import features as F
     from include.mlops.data.generator import generate_day
+    from include.mlops.features import build as F
 
     raw, _ = generate_day(spec, DAY, rows=ENTITIES, seed=11)
     raw.loc[raw.index[: len(AWKWARD)], spec.entity_key] = AWKWARD
@@ -94,8 +94,8 @@ def test_string_keys_are_stored_and_answered_as_feast_does(tmp_path, monkeypatch
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from include.mlops import features as F
-    from include.mlops import online_store
+    from include.mlops.features import build as F
+    from include.mlops.features import online_store
 
     frame = _frame(spec)
     latest = frame.iloc[F.latest_rows(spec, frame)]
@@ -139,7 +139,7 @@ def test_string_keys_are_stored_and_answered_as_feast_does(tmp_path, monkeypatch
 
 
 def test_a_string_key_refuses_frames_with_numbers(tmp_path, monkeypatch, spec):
-    from include.mlops import online_store
+    from include.mlops.features import online_store
 
     fs, _, _ = feast_home(monkeypatch, tmp_path / "home", tmp_path / "store", spec)
     frame = _frame(spec).head(5)
@@ -149,7 +149,7 @@ def test_a_string_key_refuses_frames_with_numbers(tmp_path, monkeypatch, spec):
 
 
 def test_point_in_time_join_on_string_keys(tmp_path, monkeypatch, spec):
-    from include.mlops import features as F
+    from include.mlops.features import build as F
 
     fs, latest, entity_df = join_inputs(monkeypatch, tmp_path, spec, _frame(spec), DAY)
     got = F.historical_features(fs, spec, entity_df)
@@ -284,7 +284,7 @@ def test_ml_training_runs_end_to_end_on_string_keys(training_dag, string_dag_hom
     """Ingest 8 days, then a full day: extract, validate, prepare, train, evaluate, register and
     deploy (whose smoke test looks up string ids in the online store through the service)."""
     from include.mlops.config import get_settings
-    from include.mlops.features import get_feature_store, online_features
+    from include.mlops.features.build import get_feature_store, online_features
     from include.mlops.layout import staging_key
     from include.mlops.registry import alias_version, setup_mlflow
     from include.mlops.storage import get_store

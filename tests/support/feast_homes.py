@@ -22,8 +22,8 @@ DAY = date(2026, 10, 1)  # the offline snapshot's day (`join_inputs`)
 def feast_home(monkeypatch, home: Path, store_dir: Path, spec, online: str = "sqlite"):
     """A home on `store_dir` with the spec's Feast definitions applied: (feature store, object
     store, online database path); `online` names the online store (ours, or Feast's SQLite)."""
-    from include.mlops import features as F
     from include.mlops.config import get_settings
+    from include.mlops.features import build as F
     from include.mlops.storage import ObjectStore, ensure_bucket
 
     use_home(monkeypatch, home, MLOPS_STORE_URI=f"file://{store_dir}", FEAST_ONLINE_STORE=online)
@@ -38,7 +38,7 @@ def feast_home(monkeypatch, home: Path, store_dir: Path, spec, online: str = "sq
 def join_inputs(monkeypatch, tmp_path: Path, spec, frame: pd.DataFrame, day: date = DAY):
     """A home whose offline store holds `frame`: its feature store, each entity's newest row, and
     the entity frame that asks for each entity's features a minute after that row."""
-    from include.mlops import features as F
+    from include.mlops.features import build as F
 
     fs, store, _ = feast_home(monkeypatch, tmp_path / "home", tmp_path / "store", spec)
     F.write_offline(store, spec, day.isoformat(), frame)
@@ -65,7 +65,7 @@ def feast_join(fs, spec, entity_df: pd.DataFrame) -> pd.DataFrame:
 
 def online_rows(fs, spec) -> list[tuple]:
     """Every row of the feature view's online table, as stored, by entity key."""
-    from include.mlops import online_store
+    from include.mlops.features import online_store
 
     table = online_store.table_name(fs.config, fs.get_feature_view(spec.feature_view_name))
     with sqlite3.connect(online_store.db_path(fs.config)) as con:
@@ -74,6 +74,6 @@ def online_rows(fs, spec) -> list[tuple]:
 
 def online_answers(fs, spec, ids: list[int]) -> pd.DataFrame:
     """`get_online_features` for `ids`, its columns sorted (to compare stores)."""
-    from include.mlops.features import online_features
+    from include.mlops.features.build import online_features
 
     return online_features(fs, spec, ids).sort_index(axis=1)

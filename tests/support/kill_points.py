@@ -2,7 +2,7 @@
 chosen function is called or returns, then let the test run the retry and read the end state.
 
 No hook in product code: the point is any importable function or method, named
-`module:attr.path` (`include.mlops.tracking:log_model`,
+`module:attr.path` (`include.mlops.training.tracking:log_model`,
 `mlflow.tracking.client:MlflowClient.set_registered_model_alias`), wrapped in the subprocess
 before the step runs. `match` narrows it to calls whose arguments equal given values (bound by
 the function's signature, compared as text: `{"alias": "champion"}`; `{"entry.action": "pending"}`

@@ -73,7 +73,7 @@ class LiveTraffic:
         timeout: float = 15.0,
         seed: int = 0,
     ) -> None:
-        from include.mlops.features import entity_value
+        from include.mlops.features.build import entity_value
 
         if not rows:
             raise ValueError("no rows to send: give sampled feature records (sample_rows)")

@@ -3,7 +3,7 @@
 import json
 from datetime import date
 
-from include.mlops.demo import demo_plan
+from include.mlops.local.demo import demo_plan
 from include.mlops.spec import load_spec
 from tests.conftest import use_home
 
@@ -31,8 +31,8 @@ def test_the_summary_is_written_whatever_happened_and_the_exit_code_says_whether
 ):
     """A failed or incomplete story still writes demo-summary.json (real MLflow on SQLite, no champion)."""
     from include.mlops.context import context
-    from include.mlops.demo import Story
-    from include.mlops.demo_summary import Timeline, finish, monitoring_window
+    from include.mlops.local.demo import Story
+    from include.mlops.local.demo_summary import Timeline, finish, monitoring_window
 
     use_home(monkeypatch, tmp_path / "home")
     monkeypatch.delenv("DEMO_SCENARIO", raising=False)

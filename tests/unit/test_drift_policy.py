@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from include.mlops.drift_policy import (
+from include.mlops.retraining.drift_policy import (
     COOLDOWN,
     INSUFFICIENT,
     NO_DRIFT,
@@ -320,8 +320,8 @@ def summary_for(day: date, share: float) -> dict:
 
 
 def test_decide_window_keeps_a_history_and_fires_on_the_second_window(policy_home):
-    from include.mlops.drift_window import decide_window
     from include.mlops.layout import drift_decision_key
+    from include.mlops.retraining.drift_window import decide_window
     from include.mlops.storage import get_store
 
     d1 = decide_window(summary_for(DAY, 0.4), policy_home)

@@ -63,7 +63,7 @@ def test_the_generator_emits_text_ids_for_a_string_key(spec, int_spec):
 
 
 def test_offline_frame_keeps_the_key_as_text(spec, int_spec):
-    from include.mlops.features import build_features, entity_column, offline_frame
+    from include.mlops.features.build import build_features, entity_column, offline_frame
 
     raw = pd.DataFrame({spec.entity_key: [7, 8], spec.timestamp: [datetime(2026, 10, 1, tzinfo=UTC)] * 2})
     for f in spec.features:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.mlops.expressions import ExpressionError, parse_expression
+from include.mlops.features.expressions import ExpressionError, parse_expression
 from include.mlops.spec import SpecError, load_spec, parse_spec
 
 COLS = {"a", "b", "c"}

@@ -18,7 +18,7 @@ from include.mlops import layout
 from include.mlops import pipeline as P
 from include.mlops.data.generator import Scenario, generate_day
 from include.mlops.spec import load_spec
-from include.mlops.validation import BadBatchError, DataValidationError, NoDataError, validate_frame
+from include.mlops.validation.checks import BadBatchError, DataValidationError, NoDataError, validate_frame
 from tests.conftest import day_interval, small_spec, use_home, write_spec
 
 DAY = date(2026, 10, 3)
@@ -274,7 +274,7 @@ def churn():
 
 
 def _message(outcome) -> str:
-    from include.mlops.validation import failure_message
+    from include.mlops.validation.checks import failure_message
 
     return failure_message(outcome, "churn 2026-10-03", "file:///r.json", "file:///q/")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from include.mlops import comparison as C
-from include.mlops import evaluation as E
-from include.mlops import gate as G
+from include.mlops.evaluation import comparison as C
+from include.mlops.evaluation import gate as G
+from include.mlops.evaluation import metrics as E
 from include.mlops.scores import Scored
 from include.mlops.spec import SpecError, load_spec, parse_spec
 

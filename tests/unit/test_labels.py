@@ -18,11 +18,10 @@ import pytest
 import yaml
 from sklearn import metrics as skm
 
-from include.mlops import evaluation as E
-from include.mlops import gate as G
-from include.mlops import training as T
 from include.mlops.constants import BINARY_METRICS, MULTICLASS_METRICS
-from include.mlops.features import model_features
+from include.mlops.evaluation import gate as G
+from include.mlops.evaluation import metrics as E
+from include.mlops.features.build import model_features
 from include.mlops.results import TrainResult
 from include.mlops.scores import (
     DECISION_THRESHOLD,
@@ -33,6 +32,7 @@ from include.mlops.scores import (
     score_model,
 )
 from include.mlops.spec import parse_spec
+from include.mlops.training import fit as T
 
 DAY0 = date(2026, 10, 1)
 DAYS = 5
@@ -311,10 +311,10 @@ def _train_and_log(home: Path, spec_name: str, spec, df: pd.DataFrame) -> tuple[
     """What pipeline.train hands to evaluate, without Feast (a fitted model logged in a run), and the model."""
     import mlflow
 
-    from include.mlops import tracking as P
     from include.mlops.config import get_settings
     from include.mlops.registry import ensure_experiment, setup_mlflow
     from include.mlops.storage import ObjectStore
+    from include.mlops.training import tracking as P
 
     settings = get_settings()
     client = setup_mlflow(settings)
@@ -370,10 +370,10 @@ def test_evaluate_step_on_mlflow(home, cancer, wine, which):
 
 
 def test_batch_scoring_and_the_service_agree_with_positive_scores(home, cancer, wine):
-    from include.mlops import batch
     from include.mlops.config import ServeConfig, get_settings
     from include.mlops.layout import staging_key
     from include.mlops.registry import setup_mlflow
+    from include.mlops.serving import batch
     from include.mlops.serving.frames import FrameBuilder
     from include.mlops.serving.loading import smoke_test
     from include.mlops.serving.metrics import Metrics

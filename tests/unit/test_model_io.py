@@ -50,8 +50,8 @@ def save_sklearn(model, path: str, **kwargs) -> None:
 
 def _fitted(spec_name: str, family: str, labels=None):
     from include.mlops.data.generator import generate_day
-    from include.mlops.features import build_features, model_features
-    from include.mlops.training import build_pipeline
+    from include.mlops.features.build import build_features, model_features
+    from include.mlops.training.fit import build_pipeline
 
     spec = load_spec(spec_name)
     spec = spec.model_copy(update={"model": spec.model.model_copy(update={"family": family, "params": {}})})
@@ -151,7 +151,7 @@ def test_a_platform_model_loads_and_scores(tmp_path):
     save_sklearn(model, str(path), skops_trusted_types=model_io.trusted_types())
     loaded = model_io.load_local(path, "churn_model v1")
     from include.mlops.data.generator import generate_day
-    from include.mlops.features import build_features, model_features
+    from include.mlops.features.build import build_features, model_features
 
     spec = load_spec("churn")
     X = build_features(generate_day(spec, date(2026, 10, 2), rows=20)[0], spec)[model_features(spec)]

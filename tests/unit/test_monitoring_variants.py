@@ -30,8 +30,8 @@ pytestmark = pytest.mark.usefixtures("keep_mlflow_uris")
 
 
 def _train(spec, raw, labels, flip: bool):
-    from include.mlops.features import build_features, model_features
-    from include.mlops.training import build_pipeline
+    from include.mlops.features.build import build_features, model_features
+    from include.mlops.training.fit import build_pipeline
 
     feats = build_features(raw, spec)
     y = labels[spec.label].to_numpy()
@@ -45,7 +45,7 @@ def _train(spec, raw, labels, flip: bool):
 def _register(client, spec, model, X, tags: dict[str, str]) -> str:
     import mlflow
 
-    from include.mlops.tracking import log_model
+    from include.mlops.training.tracking import log_model
 
     with mlflow.start_run(tags=tags) as run:
         info = log_model(model, spec, X)
@@ -66,7 +66,7 @@ def world(tmp_path_factory):
     from include.mlops.config import get_settings
     from include.mlops.constants import CHAMPION
     from include.mlops.data.generator import Scenario, generate_day
-    from include.mlops.features import build_features, model_features
+    from include.mlops.features.build import build_features, model_features
     from include.mlops.registry import setup_mlflow
     from include.mlops.scores import score_model
     from include.mlops.serving.frames import FrameBuilder
@@ -226,7 +226,7 @@ def test_monitoring_counts_per_variant_and_version_and_judges_answers_only(world
 
 
 def test_the_drift_policy_decides_on_the_champions_answers(world, monitored):
-    from include.mlops.drift_window import decide_window
+    from include.mlops.retraining.drift_window import decide_window
 
     summary, _ = monitored
     out = decide_window(summary, "churn")
@@ -331,11 +331,11 @@ def _point_at(monkeypatch, home: Path, tracking_uri: str) -> None:
 
 @pytest.mark.parametrize("fault", ["http_500", "connection_refused"])
 def test_a_registry_fault_fails_monitoring_batch_and_planning(fault, failing_registry, tmp_path, monkeypatch):
-    from include.mlops.batch import score_batch
     from include.mlops.config import get_settings
     from include.mlops.monitoring.step import monitor
     from include.mlops.registry import NoChampion, RegistryUnavailable
-    from include.mlops.retraining import champion_interval_end
+    from include.mlops.retraining.plan import champion_interval_end
+    from include.mlops.serving.batch import score_batch
     from include.mlops.spec import load_spec
     from include.mlops.storage import ObjectStore
 
@@ -380,11 +380,11 @@ def test_the_monitor_task_fails_on_a_registry_fault_and_skips_only_without_a_cha
 
 
 def test_no_champion_is_read_from_the_registry_as_not_found(tmp_path, monkeypatch):
-    from include.mlops import batch
     from include.mlops.config import get_settings
     from include.mlops.monitoring.step import monitor
     from include.mlops.registry import NoChampion, setup_mlflow
-    from include.mlops.retraining import champion_interval_end
+    from include.mlops.retraining.plan import champion_interval_end
+    from include.mlops.serving import batch
     from include.mlops.spec import load_spec
 
     use_home(monkeypatch, tmp_path)

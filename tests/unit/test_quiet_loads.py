@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 import warnings
 
-from include.mlops.tracking import quiet_deprecations
+from include.mlops.training.tracking import quiet_deprecations
 
 
 def test_the_flood_is_one_line_and_other_warnings_pass(caplog):
-    with caplog.at_level(logging.INFO, logger="include.mlops.tracking"):
+    with caplog.at_level(logging.INFO, logger="include.mlops.training.tracking"):
         with warnings.catch_warnings(record=True) as outside:
             warnings.simplefilter("always")
             with quiet_deprecations("loaded models:/m/1"):

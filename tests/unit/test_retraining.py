@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from include.mlops.retraining import ALL_HISTORY_DAYS, _interval_end_day, plan_retraining, training_window_days
+from include.mlops.retraining.plan import ALL_HISTORY_DAYS, _interval_end_day, plan_retraining, training_window_days
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_drift_events_carry_their_extra_and_when_they_were_emitted():
     from datetime import UTC, datetime
     from types import SimpleNamespace
 
-    from include.mlops.retraining import describe_plan, drift_events
+    from include.mlops.retraining.plan import describe_plan, drift_events
 
     at = datetime(2026, 10, 12, 6, 0, tzinfo=UTC)
     events = {

@@ -21,8 +21,8 @@ from tests.support.canary_models import FailsOn, fault_point, faulty_record
 @pytest.fixture(scope="module")
 def setup():
     from include.mlops.data.generator import generate_day
-    from include.mlops.features import build_features, model_features
-    from include.mlops.training import build_pipeline
+    from include.mlops.features.build import build_features, model_features
+    from include.mlops.training.fit import build_pipeline
 
     spec = load_spec("churn")
     events, labels = generate_day(spec, date(2026, 10, 1), rows=300)

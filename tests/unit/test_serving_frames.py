@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from include.mlops.features import build_features, model_features
+from include.mlops.features.build import build_features, model_features
 from include.mlops.serving.frames import FrameBuilder
 from include.mlops.spec import load_spec, parse_spec
 

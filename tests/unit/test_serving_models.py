@@ -153,11 +153,11 @@ def test_a_real_pipeline_scores_and_logs_through_the_service_path(name, tmp_path
     import pandas as pd
 
     from include.mlops.data.generator import generate_day
-    from include.mlops.features import build_features, model_features
+    from include.mlops.features.build import build_features, model_features
     from include.mlops.serving.loading import smoke_test
     from include.mlops.serving.predlog import LogBatch, log_columns, to_frame
     from include.mlops.serving.validation import RecordValidator
-    from include.mlops.training import build_pipeline
+    from include.mlops.training.fit import build_pipeline
 
     spec = load_spec(name)
     events, labels = generate_day(spec, date(2026, 10, 1), rows=300)

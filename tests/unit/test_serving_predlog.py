@@ -8,7 +8,7 @@ import time
 import pandas as pd
 import pytest
 
-from include.mlops.features import model_features
+from include.mlops.features.build import model_features
 from include.mlops.serving.frames import FrameBuilder
 from include.mlops.serving.predlog import LogBatch, PredictionLog, log_columns
 from include.mlops.spec import load_spec

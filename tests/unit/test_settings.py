@@ -154,7 +154,7 @@ def test_other_bad_values_name_the_variable(clean_env, var, bad, why):
 
 
 def test_mlops_home_moves_the_derived_defaults(clean_env, tmp_path):
-    from include.mlops.airflow_env import airflow_env
+    from include.mlops.local.airflow_env import airflow_env
 
     clean_env.setenv("MLOPS_HOME", str(tmp_path))
     clean_env.setenv("MLOPS_GIT_COMMIT", "abc")
@@ -180,7 +180,7 @@ def test_the_modules_that_used_to_read_the_environment_read_the_settings(clean_e
     from mlops_airflow.links import mlflow_ui_url
 
     from include.mlops import model_io, spec
-    from include.mlops.airflow_env import airflow_env, bind_address
+    from include.mlops.local.airflow_env import airflow_env, bind_address
 
     clean_env.setenv("MLOPS_HOME", str(tmp_path))
     clean_env.setenv("MLOPS_SPEC_DIRS", "/extra/specs")
@@ -201,11 +201,11 @@ def test_the_modules_that_used_to_read_the_environment_read_the_settings(clean_e
 MODULES = [
     "include.mlops.config",
     "include.mlops.waits",
-    "include.mlops.airflow_env",
-    "include.mlops.local_stack",
+    "include.mlops.local.airflow_env",
+    "include.mlops.local.stack",
     "include.mlops.model_io",
     "include.mlops.spec",
-    "include.mlops.feast_import",
+    "include.mlops.features.feast_import",
     "include.mlops.serving.__main__",
     "mlops_airflow.dates",
     "mlops_airflow.links",

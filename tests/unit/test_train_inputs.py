@@ -8,10 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.mlops import layout, tracking
+from include.mlops import layout
 from include.mlops import pipeline as P
+from include.mlops.data.landing import labelled_events
 from include.mlops.spec import load_spec
 from include.mlops.storage import ObjectStore
+from include.mlops.training import tracking
 
 END = date(2026, 10, 9)
 
@@ -43,7 +45,7 @@ def test_labelled_events_window_and_feature_days(tmp_path, churn):
             store.put_bytes(f"features/{churn.name}/part-{event_day.isoformat()}.parquet", b"")
     iv = P.Interval(datetime(2026, 10, 9, tzinfo=UTC), datetime(2026, 10, 10, tzinfo=UTC))
 
-    out = P.labelled_events(store, churn, iv, window_days=5)
+    out = labelled_events(store, churn, iv.days[-1], window_days=5)
 
     days = sorted({d.date() for d in out[churn.timestamp]})
     first = END - timedelta(days=5 + delay - 1)
@@ -58,7 +60,7 @@ def test_labelled_events_window_and_feature_days(tmp_path, churn):
 def test_labelled_events_none_arrived(tmp_path, churn):
     store = ObjectStore(f"file://{tmp_path}")
     iv = P.Interval(datetime(2026, 10, 9, tzinfo=UTC), datetime(2026, 10, 10, tzinfo=UTC))
-    out = P.labelled_events(store, churn, iv, window_days=5)
+    out = labelled_events(store, churn, iv.days[-1], window_days=5)
     assert out.empty and list(out.columns) == [churn.entity_key, churn.timestamp, churn.label]
 
 

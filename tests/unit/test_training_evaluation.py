@@ -4,14 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.mlops import comparison as C
-from include.mlops import evaluation as E
-from include.mlops import gate as G
-from include.mlops import training as T
 from include.mlops.constants import BINARY_METRICS
 from include.mlops.data.generator import generate_day
-from include.mlops.features import build_features, model_features
+from include.mlops.evaluation import comparison as C
+from include.mlops.evaluation import gate as G
+from include.mlops.evaluation import metrics as E
+from include.mlops.features.build import build_features, model_features
 from include.mlops.spec import load_spec, parse_spec
+from include.mlops.training import fit as T
 
 
 @pytest.fixture(scope="module")

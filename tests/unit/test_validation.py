@@ -5,7 +5,7 @@ import pytest
 
 from include.mlops.data.generator import Scenario, generate_day
 from include.mlops.spec import load_spec
-from include.mlops.validation import failure_message, render_html, validate_frame
+from include.mlops.validation.checks import failure_message, render_html, validate_frame
 
 DAY = date(2026, 10, 3)
 

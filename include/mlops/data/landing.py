@@ -36,7 +36,7 @@ def extract_day(store: ObjectStore, spec: DatasetSpec, day: date) -> tuple[str, 
     error on the labels after the events were read) leaves the day's staging as it was: the
     complete day of an earlier run, or nothing; never events without their labels."""
     from include.mlops import layout
-    from include.mlops.validation import NoDataError
+    from include.mlops.validation.checks import NoDataError
 
     events_prefix = layout.events_landing_prefix(spec, day)
     files, ignored = _landed_files(store, spec, events_prefix)
@@ -317,7 +317,7 @@ def _parquet_table(table: Any) -> tuple[int, bytes]:
 def discard_day(store: ObjectStore, spec: DatasetSpec, day: date, labels: bool) -> None:
     """Downstream steps must never see a rejected day: its staging (and features) go."""
     from include.mlops import layout
-    from include.mlops.features import feature_key
+    from include.mlops.features.build import feature_key
 
     store.delete_prefix(layout.staging_events_prefix(spec, day))
     if labels or spec.labels_inline:
@@ -328,7 +328,7 @@ def discard_day(store: ObjectStore, spec: DatasetSpec, day: date, labels: bool) 
 def reject_files(store: ObjectStore, spec: DatasetSpec, day: date, bad: list[tuple[str, str, str]]) -> None:
     """Quarantine unreadable landed files with their cause, discard the day, raise BadBatchError."""
     from include.mlops import layout
-    from include.mlops.validation import BadBatchError
+    from include.mlops.validation.checks import BadBatchError
 
     qprefix = layout.quarantine_prefix(spec, day)
     store.delete_prefix(qprefix)

@@ -36,7 +36,7 @@ def simulate_predictions(
     import pandas as pd
 
     from include.mlops.data.generator import Scenario, generate_day
-    from include.mlops.features import build_features, model_features
+    from include.mlops.features.build import build_features, model_features
     from include.mlops.scores import score_model
 
     raw, labels = generate_day(spec, day, scenario or Scenario(), rows=rows, seed=seed)

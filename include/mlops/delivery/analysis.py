@@ -164,7 +164,7 @@ def metric_on(rows: pd.DataFrame, spec: DatasetSpec, metric: str) -> float | Non
     cannot be computed from them (e.g. a multiclass log holds no class probabilities)."""
     import numpy as np
 
-    from include.mlops.evaluation import metrics
+    from include.mlops.evaluation.metrics import metrics
     from include.mlops.scores import Scored
 
     if rows.empty:

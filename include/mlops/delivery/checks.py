@@ -43,7 +43,7 @@ def sample_inputs(spec: DatasetSpec, store: ObjectStore, n: int = 50) -> tuple[l
     df = store.get_parquet(keys[-1])
     df = df.head(n)
     records = json.loads(df[[spec.entity_key, *spec.feature_names]].to_json(orient="records"))
-    from include.mlops.features import entity_value
+    from include.mlops.features.build import entity_value
 
     return records, [entity_value(spec, i) for i in df[spec.entity_key]]  # ids in the key's type (entity.dtype)
 

@@ -39,7 +39,7 @@ def log_history(
 ) -> tuple[str, str]:
     """One MLflow run per window (found again by its tag on a re-run); returns (run_id, experiment_id)."""
     from include.mlops.registry import ensure_experiment, setup_mlflow
-    from include.mlops.tracking import log_to_run
+    from include.mlops.training.tracking import log_to_run
 
     client = setup_mlflow(settings)
     exp_id = ensure_experiment(client, monitoring_experiment(spec), settings)
@@ -133,7 +133,7 @@ def _panels(spec: DatasetSpec) -> list[tuple[str, Any]]:
 
 
 def _drift_panels(spec: DatasetSpec, metric: Any, plot: Any) -> list[Any]:
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
 
     return [
         plot(

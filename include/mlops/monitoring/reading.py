@@ -94,7 +94,7 @@ def read_labels(store: ObjectStore, spec: DatasetSpec, first_arrival: date, last
     labels = pd.concat(frames, ignore_index=True)[cols]
     labels[spec.timestamp] = pd.to_datetime(labels[spec.timestamp], utc=True)
     if spec.entity_is_string:
-        from include.mlops.features import entity_column
+        from include.mlops.features.build import entity_column
 
         labels[spec.entity_key] = entity_column(spec, labels[spec.entity_key])
     return labels.drop_duplicates([spec.entity_key, spec.timestamp], keep="last").reset_index(drop=True)
@@ -111,7 +111,7 @@ def join_labels(preds: pd.DataFrame, labels: pd.DataFrame, spec: DatasetSpec) ->
     lab = labels[[ent, ts, spec.label]].copy()
     lab[ts] = lab[ts].astype("datetime64[ns, UTC]")
     if spec.entity_is_string:  # text on both sides: the log holds pandas' string, labels may hold objects
-        from include.mlops.features import entity_column
+        from include.mlops.features.build import entity_column
 
         lab[ent] = entity_column(spec, lab[ent])
         preds = preds.assign(**{ent: entity_column(spec, preds[ent])})

@@ -52,7 +52,7 @@ def _definition(
 ) -> Any:
     from evidently import BinaryClassification, DataDefinition, MulticlassClassification, Regression
 
-    from include.mlops.features import derived_features
+    from include.mlops.features.build import derived_features
 
     num = [*spec.numeric_features, *derived_features(spec), *extra_num]
     cat = [*spec.categorical_features, *extra_cat]
@@ -156,7 +156,7 @@ def data_drift_report(
     """Per-feature drift with the spec's methods and thresholds per column type."""
     from evidently.presets import DataDriftPreset
 
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
 
     feats = columns or model_features(spec)
     preset = DataDriftPreset(

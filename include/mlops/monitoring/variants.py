@@ -61,7 +61,7 @@ def variant_numbers(
     Each group is sampled like the window (`sample_rows`, `sample_seed`). `headline`: the window's
     analysis of the judged rows; when one champion version answered them all, its drift numbers
     are that group's (the same rows: no second Evidently run)."""
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
     from include.mlops.serving.predlog import DEFAULT_VARIANT
 
     win = _Window(sample(ref, cfg.sample_rows, cfg.sample_seed), spec, cfg, timestamp, day, model_features(spec))

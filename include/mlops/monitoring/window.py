@@ -81,7 +81,7 @@ def champion_info(client: Any, spec: DatasetSpec) -> Champion:
 
 def reference_frame(store: ObjectStore, spec: DatasetSpec, champ: Champion) -> tuple[pd.DataFrame, str]:
     """The champion's training data scored by the champion; cached per version (overwritten)."""
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
     from include.mlops.scores import score_model
 
     key = layout.reference_key(spec, champ.version)
@@ -140,7 +140,7 @@ def analyse(
     day: str = "",
 ) -> WindowAnalysis:
     """Every report and number for one window; `cur`/`ref` are sampled here with the recorded seed."""
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
 
     feats = model_features(spec)
     missing = [c for c in [*feats, SCORE] if c not in cur.columns]
@@ -224,7 +224,7 @@ def _verdict(column: dict[str, Any]) -> dict[str, Any]:
 def performance_numbers(lab: pd.DataFrame, ref: pd.DataFrame, spec: DatasetSpec) -> dict[str, Any]:
     """`evaluation.metrics` on labelled log rows (those with a score and a label); an undefined
     metric (NaN) reads None; empty without labelled rows."""
-    from include.mlops.evaluation import metrics
+    from include.mlops.evaluation.metrics import metrics
 
     if not len(lab):
         return {}

@@ -28,7 +28,7 @@ class FeatureLookup:
 
     def _store(self) -> tuple[Any, Any]:
         if self._fs is None:
-            from include.mlops.features import repo_config
+            from include.mlops.features.build import repo_config
 
             cfg = repo_config(self.settings)  # first, so Feast is imported without typeguard
             from feast import FeatureStore

@@ -2,7 +2,7 @@
 
 `build_features` builds its frame column by column through pandas: ~7 ms however few rows, more
 than the model call itself. The service builds the same frame from numpy arrays in one go and
-evaluates the derived features with the same parsed expressions (`include.mlops.expressions`).
+evaluates the derived features with the same parsed expressions (`include.mlops.features.expressions`).
 Equality is not assumed: at start-up the fast path is compared with `build_features` on probe
 rows (edge values, missing optionals, zero denominators), and any difference makes the service
 use `build_features` itself.
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 class FrameBuilder:
     def __init__(self, spec: DatasetSpec, verify: bool = True) -> None:
-        from include.mlops.features import derived_expressions, model_features
+        from include.mlops.features.build import derived_expressions, model_features
 
         self.spec = spec
         self.columns = model_features(spec)
@@ -42,7 +42,7 @@ class FrameBuilder:
         import numpy as np
         import pandas as pd
 
-        from include.mlops.features import derived_values
+        from include.mlops.features.build import derived_values
 
         n = len(rows)
         cols = list(zip(*rows, strict=True)) if rows else [()] * len(self.raw)
@@ -61,7 +61,7 @@ class FrameBuilder:
     def _slow(self, rows: list[list[Any]]) -> pd.DataFrame:
         import pandas as pd
 
-        from include.mlops.features import build_features
+        from include.mlops.features.build import build_features
 
         raw = pd.DataFrame(rows, columns=[f.name for f in self.raw])
         return build_features(raw, self.spec)[self.columns].reset_index(drop=True)

@@ -102,7 +102,7 @@ def _label(value: Any, default: str) -> str:
 
 
 def log_columns(spec: DatasetSpec) -> list[str]:
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
 
     return [
         "request_id",
@@ -134,7 +134,7 @@ def to_frame(batches: list[LogBatch], spec: DatasetSpec, model_name: str, builde
     import numpy as np
     import pandas as pd
 
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
 
     feats = builder.frame([r for b in batches for r in b.rows])
 

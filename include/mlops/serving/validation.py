@@ -79,7 +79,7 @@ class RecordValidator:
     when given, the model signature's input columns and types."""
 
     def __init__(self, spec: DatasetSpec, signature: list[tuple[str, str]] | None = None) -> None:
-        from include.mlops.features import derived_features
+        from include.mlops.features.build import derived_features
 
         self.entity_key = spec.entity_key
         self.entity_is_string = spec.entity_is_string

@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from include.mlops.feast_import import without_typeguard
+from include.mlops.features.feast_import import without_typeguard
 
 without_typeguard()  # this module is imported only to use Feast
 
@@ -41,7 +41,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto  # noqa: E402
 from feast.repo_config import FeastConfigBaseModel  # noqa: E402
 from pydantic import StrictStr  # noqa: E402
 
-from include.mlops.online_encoding import encode_rows, key_order  # noqa: E402
+from include.mlops.features.online_encoding import encode_rows, key_order  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -49,16 +49,16 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-TYPE = "include.mlops.online_store.EntityRowSqliteOnlineStore"
+TYPE = "include.mlops.features.online_store.EntityRowSqliteOnlineStore"
 _META = ("entity_key", "event_ts", "created_ts")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _READ_CHUNK = 10_000  # entity keys per SELECT, well under SQLite's limit on bound parameters
 
 
 class EntityRowSqliteOnlineStoreConfig(FeastConfigBaseModel):
-    """`online_store: {type: include.mlops.online_store.EntityRowSqliteOnlineStore, path: ...}`"""
+    """`online_store: {type: include.mlops.features.online_store.EntityRowSqliteOnlineStore, path: ...}`"""
 
-    type: Literal["include.mlops.online_store.EntityRowSqliteOnlineStore"] = TYPE
+    type: Literal["include.mlops.features.online_store.EntityRowSqliteOnlineStore"] = TYPE
     path: StrictStr = "data/online.db"
 
 

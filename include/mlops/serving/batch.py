@@ -37,7 +37,7 @@ def score_batch(interval: Interval, spec_name: str | None = None) -> dict[str, A
     from include.mlops import layout, model_io
     from include.mlops.constants import CHAMPION
     from include.mlops.context import context
-    from include.mlops.features import build_features, model_features
+    from include.mlops.features.build import build_features, model_features
     from include.mlops.registry import NoChampion, alias_version, registry_error
     from include.mlops.scores import score_model
     from include.mlops.serving.predlog import DEFAULT_VARIANT

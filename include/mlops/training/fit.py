@@ -66,7 +66,7 @@ def build_pipeline(spec: DatasetSpec, params: dict[str, Any] | None = None) -> A
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-    from include.mlops.features import derived_features
+    from include.mlops.features.build import derived_features
 
     family = spec.model.family
     table = CLASSIFIERS if spec.is_classification else REGRESSORS
@@ -119,7 +119,7 @@ def scorer(spec: DatasetSpec) -> Any:
     for a regressor, scikit-learn's own scorer of the same name."""
     if not spec.is_classification:
         return scoring_name(spec)
-    from include.mlops.evaluation import metric_scorer
+    from include.mlops.evaluation.metrics import metric_scorer
 
     return metric_scorer(spec)
 
@@ -178,7 +178,7 @@ def search(spec: DatasetSpec, X: pd.DataFrame, y: pd.Series, seed: int = 0) -> S
 
 def fit(spec: DatasetSpec, train: pd.DataFrame, seed: int = 0) -> tuple[Any, SearchResult]:
     """Search, then refit the best candidate on the whole training split."""
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
 
     train = train.sort_values(spec.timestamp)
     X, y = train[model_features(spec)], train[spec.label]

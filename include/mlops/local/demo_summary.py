@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from include.mlops.demo import Story
+    from include.mlops.local.demo import Story
 
 
 class Timeline:

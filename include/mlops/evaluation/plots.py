@@ -81,8 +81,8 @@ def permutation_importances(
     from sklearn.inspection import permutation_importance
     from threadpoolctl import threadpool_limits
 
-    from include.mlops.evaluation import metric_scorer
-    from include.mlops.features import model_features
+    from include.mlops.evaluation.metrics import metric_scorer
+    from include.mlops.features.build import model_features
 
     sample = holdout.sample(n=min(max_rows, len(holdout)), random_state=0)
     feats = model_features(spec)

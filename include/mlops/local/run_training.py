@@ -73,10 +73,10 @@ def check_landed(spec: Any, store: Any, day: date) -> None:
 def run_training(
     spec_name: str, day: date, *, backfill: bool = True, train: bool = True, say: Callable[[str], None] = print
 ) -> TrainingReport:
-    from include.mlops.airflow_env import apply_airflow_env, migrate_db
     from include.mlops.config import PROJECT_ROOT
     from include.mlops.context import context
-    from include.mlops.day_runs import run_day as dag_test_day
+    from include.mlops.local.airflow_env import apply_airflow_env, migrate_db
+    from include.mlops.local.day_runs import run_day as dag_test_day
     from include.mlops.storage import ensure_bucket
 
     ctx = context(spec_name)

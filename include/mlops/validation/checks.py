@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.validation_suite import finding, run_suite
+from include.mlops.validation.suite import finding, run_suite
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -11,8 +11,8 @@ from dataclasses import asdict
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.drift_policy import QUARANTINE, DriftDecision, DriftPolicy, Observation, as_utc, decide
 from include.mlops.layout import drift_decision_key, monitoring_quarantine_prefix
+from include.mlops.retraining.drift_policy import QUARANTINE, DriftDecision, DriftPolicy, Observation, as_utc, decide
 
 if TYPE_CHECKING:
     from include.mlops.spec import DatasetSpec

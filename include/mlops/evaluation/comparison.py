@@ -16,14 +16,14 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.constants import lower_is_better
-from include.mlops.evaluation import RegressionCI, metrics, paired_bootstrap, slice_metrics
-from include.mlops.gate import GateError, gate
+from include.mlops.evaluation.gate import GateError, gate
+from include.mlops.evaluation.metrics import RegressionCI, metrics, paired_bootstrap, slice_metrics
 from include.mlops.scores import Scored, score_model
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from include.mlops.gate import GateDecision
+    from include.mlops.evaluation.gate import GateDecision
     from include.mlops.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def score_version(
     trained on fewer features than the spec now has scores the same rows with its own columns.
     Anything else (a registry error, a download error, a refused artifact format, a scoring
     error) raises `GateError` naming the version and the cause."""
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
     from include.mlops.registry import is_not_found
 
     uri = f"models:/{spec.model_name}/{version}"
@@ -212,7 +212,7 @@ def opponent(client: Any, spec: DatasetSpec, ledger: list[dict[str, Any]], run_i
     before its promotion, else the champion before it: never the model against itself."""
     from include.mlops.constants import CHAMPION
     from include.mlops.registry import alias_version, find_version
-    from include.mlops.tracking import recorded_gate
+    from include.mlops.training.tracking import recorded_gate
 
     champion = alias_version(client, spec.model_name, CHAMPION)
     own = find_version(client, spec.model_name, run_id)
@@ -269,7 +269,7 @@ class HoldoutScore:
 def score_challenger(model: Any, holdout: pd.DataFrame, spec: DatasetSpec) -> HoldoutScore:
     import numpy as np
 
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
 
     scored = score_model(model, holdout[model_features(spec)], spec)
     nan_preds = int(np.isnan(np.asarray(scored.score, dtype=float)).sum())

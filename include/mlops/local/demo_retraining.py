@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from include.mlops.demo_summary import Timeline
+from include.mlops.local.demo_summary import Timeline
 from include.mlops.waits import Wait, seconds
 
 
@@ -18,7 +18,7 @@ def run_retraining_on_scheduler(
 ) -> tuple[dict[str, Any], Path]:
     """(the finished ml_retraining run, the scheduler's log): `airflow standalone` runs the queued
     asset-triggered run and is stopped again; a run it gave up on is marked failed."""
-    from include.mlops.airflow_standalone import AirflowStandalone
+    from include.mlops.local.airflow_standalone import AirflowStandalone
 
     airflow = AirflowStandalone(
         {**os.environ, **env, "MLOPS_SERVE_URL": service.url, "MLOPS_ADMIN_TOKEN": service.token or ""},

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from include.mlops.home_rewrite import Rewriter, StoreCount, rewrite_sqlite, rewrite_text_file
+from include.mlops.local.home_rewrite import Rewriter, StoreCount, rewrite_sqlite, rewrite_text_file
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SKIP_DIRS = {"logs", "__pycache__", ".git"}

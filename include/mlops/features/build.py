@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.feast_import import without_typeguard
+from include.mlops.features.feast_import import without_typeguard
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,7 +58,7 @@ def build_features(df: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
 
 def derived_expressions(spec: DatasetSpec) -> list[tuple[str, Any]]:
     """The spec's derived features, parsed by the restricted expression language (never eval'd)."""
-    from include.mlops.expressions import parse_expression
+    from include.mlops.features.expressions import parse_expression
 
     usable, out = set(spec.numeric_features), []
     for name, text in derived_features(spec).items():
@@ -149,12 +149,12 @@ def repo_config(settings: Settings) -> Any:
     from feast.infra.registry.sql import SqlRegistryConfig
     from feast.repo_config import RepoConfig
 
-    from include.mlops import online_store
+    from include.mlops.features import online_store
 
     kind = settings.feast_online_store
     if kind == "redis":
         online: dict[str, Any] = {"type": "redis", "connection_string": settings.feast_online_path}
-    elif kind == "sqlite":  # ours: one row per entity (include/mlops/online_store.py)
+    elif kind == "sqlite":  # ours: one row per entity (include/mlops/features/online_store.py)
         online = {"type": online_store.TYPE, "path": settings.feast_online_path}
     elif kind == "feast-sqlite":  # Feast's own SQLite layout, one row per feature
         online = {"type": "sqlite", "path": settings.feast_online_path}
@@ -232,7 +232,7 @@ def materialize_frame(fs: Any, spec: DatasetSpec, features: pd.DataFrame, chunk_
     (`online_store.write_frame`, the same bytes as its `online_write_batch`); other stores (Redis
     in production) get Feast's `write_to_online_store` per chunk.
     """
-    from include.mlops import online_store
+    from include.mlops.features import online_store
 
     rows = latest_rows(spec, features)
     if online_store.supports(fs.config):

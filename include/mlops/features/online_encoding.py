@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from include.mlops.feast_import import without_typeguard
+from include.mlops.features.feast_import import without_typeguard
 
 without_typeguard()  # this module is imported only to use Feast
 

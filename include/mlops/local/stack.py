@@ -13,8 +13,8 @@ process group, children included).
 Each service gets MLOPS_UP_TIMEOUT seconds (600 by default) to become ready, with a progress line
 while it starts. One that is slow is reported with its log, and never takes the ready ones down.
 
-    python -m include.mlops.local_stack up            # run until Ctrl-C / SIGTERM
-    python -m include.mlops.local_stack up --check    # start, wait until ready, report, stop
+    python -m include.mlops.local.stack up            # run until Ctrl-C / SIGTERM
+    python -m include.mlops.local.stack up --check    # start, wait until ready, report, stop
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from include.mlops.airflow_env import airflow_env, bind_address, migrate_db
 from include.mlops.config import Settings, get_ports, get_settings, get_timeouts
-from include.mlops.supervision import Service, Stopped, bin_path, raise_stopped, serve, start, stop, wait_ready
+from include.mlops.local.airflow_env import airflow_env, bind_address, migrate_db
+from include.mlops.local.supervision import Service, Stopped, bin_path, raise_stopped, serve, start, stop, wait_ready
 
 
 def services(ports: dict[str, int]) -> tuple[list[Service], dict[str, str]]:

@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from include.mlops.constants import DATA_STRATEGIES
-from include.mlops.drift_policy import as_utc
+from include.mlops.retraining.drift_policy import as_utc
 
 if TYPE_CHECKING:
     from include.mlops.config import Settings

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from include.mlops.spec import DatasetSpec
-    from include.mlops.training import SearchResult
+    from include.mlops.training.fit import SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def log_model(model: Any, spec: DatasetSpec, X: pd.DataFrame) -> Any:
     import mlflow
     from mlflow.models import infer_signature
 
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
     from include.mlops.model_io import FORMAT, check_writable, trusted_types
     from include.mlops.scores import class_values
 
@@ -205,7 +205,7 @@ def log_training_run(
     point can be found by them (`close_orphan_runs`). Returns (run id, model URI)."""
     import mlflow
 
-    from include.mlops.features import model_features
+    from include.mlops.features.build import model_features
 
     tags = {**lineage, "mlops.interval": interval_key, "mlops.data_hash": digest, "mlops.train_uri": uris["train_uri"]}
     tags |= {"mlops.holdout_uri": uris["holdout_uri"], "mlops.dataset": spec.name}

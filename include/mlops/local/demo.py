@@ -31,11 +31,11 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from include.mlops.airflow_env import apply_airflow_env, migrate_db, pause_all_but, reserialize_dags
 from include.mlops.config import get_settings
-from include.mlops.day_runs import run_day
-from include.mlops.demo_retraining import no_retraining_evidence, retrain_on_the_scheduler
-from include.mlops.demo_summary import Timeline, finish, monitoring_window
+from include.mlops.local.airflow_env import apply_airflow_env, migrate_db, pause_all_but, reserialize_dags
+from include.mlops.local.day_runs import run_day
+from include.mlops.local.demo_retraining import no_retraining_evidence, retrain_on_the_scheduler
+from include.mlops.local.demo_summary import Timeline, finish, monitoring_window
 
 SCORE_CHUNK = 500  # records per /predict request
 
@@ -108,7 +108,7 @@ def main() -> int:
     try:
         return _story(settings, env, timeline)
     finally:
-        from include.mlops.airflow_env import set_paused
+        from include.mlops.local.airflow_env import set_paused
 
         set_paused(paused, False)
         print(f"[demo] unpaused again: {','.join(paused)}", flush=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from include.mlops.config import get_timeouts
 from include.mlops.delivery.service import free_port
-from include.mlops.supervision import bin_path, http_ready, signal_group
+from include.mlops.local.supervision import bin_path, http_ready, signal_group
 from include.mlops.waits import Wait, WaitTimeout
 
 
@@ -53,7 +53,7 @@ class AirflowStandalone:
         """
         timeout = timeout if timeout is not None else get_timeouts().airflow_start
         if hold:
-            from include.mlops.airflow_env import set_paused
+            from include.mlops.local.airflow_env import set_paused
 
             set_paused(hold, True)
         t0 = time.perf_counter()

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from include.mlops.constants import lower_is_better, worse_by
 
 if TYPE_CHECKING:
-    from include.mlops.comparison import Reference
-    from include.mlops.evaluation import RegressionCI
+    from include.mlops.evaluation.comparison import Reference
+    from include.mlops.evaluation.metrics import RegressionCI
     from include.mlops.spec import DatasetSpec
 
 

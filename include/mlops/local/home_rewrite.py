@@ -51,7 +51,7 @@ class Rewriter:
 
 # -- rewriting ------------------------------------------------------------------------------------
 def _feast_proto_classes() -> dict[str, Any]:
-    from include.mlops.feast_import import without_typeguard
+    from include.mlops.features.feast_import import without_typeguard
 
     without_typeguard()
     from feast.protos.feast.core import (

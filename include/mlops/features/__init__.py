@@ -1,0 +1,1 @@
+"""Prepare: feature functions, derived-feature expressions, the Feast definitions and the online store."""
