@@ -14,6 +14,8 @@ The deploy task of `ml_training` / `ml_retraining` runs `rollout`; `ml_rollback`
 | `analysis` | canary step verdicts and the shadow report (pure functions on live figures) |
 | `abtest` | the A/B test's statistics and decision |
 | `abwindow` | reading an A/B test's window: the arms' answers and their labels, read once across a wait's polls |
+| `staging` | the staged check of canary, shadow and blue_green before any live phase, and what ends a rollout when a check fails |
+| `load` | the load test the checks run: single-record requests from keep-alive clients, arms pinned by header and interleaved |
 | `rollback` | undo the last promotion in force, ending any rollout under way |
 
 The deploy stage at a glance: gate passed → ledger move `pending` → strategy published → staged
