@@ -1,4 +1,4 @@
-"""Batch scoring at scale: `batch.score_batch` against the bare work on the same rows and model.
+"""Batch scoring at scale: `serving.batch.score_batch` against the bare work on the same rows and model.
 
 A champion is made the platform's way, quickly: the spec's model (one candidate of its
 search space, two folds) fitted by `training.fit` on a few generated days, logged by

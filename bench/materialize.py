@@ -4,7 +4,7 @@ For N entities (one generated churn day of N rows, each customer once): the real
 (generator -> `build_features` -> `offline_frame` -> `write_offline`) is written once, then two
 fresh processes, each with its own home (registry and online store, nothing shared but the
 parquet), apply the Feast definitions and time:
-  ours    - read the interval's feature parquet and `features.materialize_frame` (what the
+  ours    - read the interval's feature parquet and `features.build.materialize_frame` (what the
             `prepare` task does) into our SQLite store (`online_store.py`, one row per entity):
             newest row per entity, per-column encoding, `executemany`; then once more into the
             now-full store (`ours_rerun_s`: a re-run, all updates)

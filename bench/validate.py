@@ -4,7 +4,7 @@ One generated churn day of N rows (clean) is staged as `extract` leaves it, with
 of the same size beside it. In one process, after a warm-up on a small day (imports and first-call
 costs, reported as `first_call_s`), each round times side by side:
   task      - `pipeline.validate` on the clean day, what the `validate` task runs: read the staged
-              parquet, the spec's GX suite (`validation.validate_frame`), write the JSON and HTML
+              parquet, the pandas checks and the spec's GX suite (`validation.checks.validate_frame`), write the JSON and HTML
               reports, clear any stale quarantine. `s` (the goal: under 3 s at 1M rows) is its median;
               `cpu_s` its CPU time (this process, mostly one thread), which neighbours on a shared
               machine disturb less than the wall time.

@@ -21,7 +21,7 @@ address, log level, the DAGs' start date, Feast's type checks, Airflow's home) a
 their fields. `Timeouts` (`get_timeouts()`) holds the bounded waits' deadlines, `LocalPorts`
 (`get_ports()`) the ports of `make up`, `DemoOverrides` (`get_demo_overrides()`) the demo's
 DEMO_* variables. The scoring service's own knobs (`MLOPS_SERVE_*`) are
-`serving.config.ServeConfig`.
+`ServeConfig` (below).
 
 Every model is read when asked for, never at import time, so tests can change the environment.
 An empty variable counts as unset. A value that does not parse raises `SettingsError` naming the
@@ -182,7 +182,7 @@ def _port(var: str, default: int) -> Any:
 
 
 class LocalPorts(BaseSettings):
-    """The ports `make up` (`local_stack`) serves on; the same variables set docker compose's."""
+    """The ports `make up` (`local.stack`) serves on; the same variables set docker compose's."""
 
     model_config = _CONFIG
 

@@ -1,7 +1,7 @@
 """Model artifacts are data, never code: the one way the platform writes and reads a model.
 
 The platform logs its scikit-learn Pipelines with MLflow's sklearn flavour in the skops format
-(`tracking.log_model`), and that is all it loads. Before any model is deserialized (by the scoring
+(`training.tracking.log_model`), and that is all it loads. Before any model is deserialized (by the scoring
 service, by `evaluate`), its MLmodel metadata must say flavour `sklearn` with
 `serialization_format: skops`; a pickle or cloudpickle artifact, a pyfunc `python_model` or a
 model that ships code (`code_paths`) is refused without being opened, because opening it runs
@@ -10,7 +10,7 @@ skops' own safe set must be in `TRUSTED_TYPES`, an allowlist written here, in co
 artifact carries (`skops_trusted_types` in its MLmodel) is never read: a crafted artifact could
 name `os.system` there. Only then is the file loaded, with `trusted=` the same allowlist.
 
-`TRUSTED_TYPES` is what `training.build_pipeline` makes for every family in
+`TRUSTED_TYPES` is what `training.fit.build_pipeline` makes for every family in
 `constants.CLASSIFIERS` and `REGRESSORS` once fitted (tests/unit/test_model_io.py derives it
 again and fails when a scikit-learn upgrade or a new family needs more). An operator who serves
 their own estimator classes adds them with MLOPS_TRUSTED_TYPES_EXTRA (comma-separated fully

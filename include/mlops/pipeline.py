@@ -4,8 +4,8 @@ Each step takes the spec, the data interval and small inputs, reads and writes t
 and returns a small typed result (`results`: URIs, versions, metrics) that its task pushes to XCom
 as JSON. Every step is idempotent for its interval: outputs are overwritten at interval-keyed
 paths and a re-run trains and registers nothing new. What the steps use lives by kind: reading
-landed files in `data.landing`, store paths in `layout`, MLflow records in `tracking`, the gate
-in `gate`.
+landed files in `data.landing`, store paths in `layout`, MLflow records in `training.tracking`,
+the gate in `evaluation.gate`.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def validate(interval: Interval, spec_name: str | None = None) -> ValidateResult
     reports, warnings, rows = [], [], 0
     for day in interval.days:
         # text columns arrive as categories (dictionary-decoded): quicker to read, and GX tests
-        # categories far faster than Python strings (see validation_suite._batch_frame)
+        # categories far faster than Python strings (see validation.suite._batch_frame)
         events_key = layout.staging_events_key(spec, day)
         try:
             df = store.get_parquet(events_key, read_dictionary=spec.categorical_features)
@@ -358,7 +358,7 @@ def promote(
     move = mine[-1] if mine else None
     resumed = move is not None and move.status == L.PENDING
     if move is not None and not resumed:
-        return _already_ended(client, move, which)
+        return _already_ended(client, move, reg, strategy)
     if move is None:
         M.finish_open_moves(client, store, model)  # another run's interrupted promotion completes first
         if R.alias_version(client, model, CHAMPION) == version:
@@ -379,16 +379,19 @@ def promote(
     return PromoteResult(promoted=True, message=msg, champion=version, gate_passed=True, **moved, **which)
 
 
-def _already_ended(client: Any, move: Any, which: dict[str, Any]) -> PromoteResult:
+def _already_ended(client: Any, move: Any, reg: RegisterResult, strategy: str) -> PromoteResult:
     """This run's promotion of the version was completed or undone before: say which, change nothing."""
     from include.mlops import ledger as L
     from include.mlops.constants import CHAMPION
     from include.mlops.registry import alias_version
 
     how = "completed" if move.status == L.DONE else f"ended ({move.status}: {move.outcome})"
-    msg = f"v{which['version']}: this run's promotion of it was {how} at {move.at}; nothing more to do"
+    msg = f"v{reg.version}: this run's promotion of it was {how} at {move.at}; nothing more to do"
     msg = msg if move.status == L.DONE else "not promoted: " + msg
     log.info(msg)
-    champion = alias_version(client, which["model"], CHAMPION)
+    champion = alias_version(client, reg.model, CHAMPION)
     moved = {"previous": move.from_version, "move": move.move, "move_status": move.status}
-    return PromoteResult(promoted=False, message=msg, champion=champion, gate_passed=True, **moved, **which)
+    which = dict(model=reg.model, version=reg.version, run_id=reg.run_id, experiment_id=reg.experiment_id)
+    return PromoteResult(
+        promoted=False, message=msg, champion=champion, gate_passed=True, strategy=strategy, **moved, **which
+    )

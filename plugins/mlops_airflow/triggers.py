@@ -8,7 +8,7 @@ fires once: `ready` when enough came, `deadline` when the phase's deadline passe
 event carries the phase back (`state`), so the task resumes with it even where the event is all
 it is given (`dag.test()` passes only the event).
 
-Runs in the triggerer of both stacks (docker-compose `airflow-triggerer`, `local_stack`'s
+Runs in the triggerer of both stacks (docker-compose `airflow-triggerer`, `local.stack`'s
 triggerer) and inline under `dag.test()`. Library imports happen in `run`, never at import time.
 """
 

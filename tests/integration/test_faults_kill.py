@@ -208,12 +208,7 @@ def test_kill_in_deploy_after_the_pending_ledger_entry_then_retry_completes_the_
     point = KillPoint(
         "include.mlops.moves:write_ledger", when="after", match={"entry.status": "pending"}, name="deploy: pending"
     )
-    result = run_killed(_promote_code(home), [point], env=home["env"])
-    if not result.killed:
-        pytest.xfail(
-            "issue 15 item 2 (owner: helper A): no 'pending' ledger entry is written before the aliases move "
-            f"(the step ran to its end, exit {result.returncode})"
-        )
+    _kill(home, _promote_code(home), point)
     _retry_promote(home)
     _assert_promotion_complete(ledger_before)
 

@@ -1,4 +1,4 @@
-"""The service's fast feature frame must equal features.build_features, or not be used."""
+"""The service's fast feature frame must equal features.build.build_features, or not be used."""
 
 from __future__ import annotations
 

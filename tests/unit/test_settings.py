@@ -203,6 +203,7 @@ MODULES = [
     "include.mlops.waits",
     "include.mlops.local.airflow_env",
     "include.mlops.local.stack",
+    "include.mlops.local.airflow_standalone",
     "include.mlops.model_io",
     "include.mlops.spec",
     "include.mlops.features.feast_import",

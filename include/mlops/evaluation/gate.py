@@ -3,7 +3,7 @@
 The gate compares the challenger, on its holdout, with the current champion and with a
 reference: the best, on the same holdout, of the recent champions and the baseline (see
 `comparison.reference_versions`). It decides on numbers measured on that holdout
-(`evaluation.metrics`, `evaluation.slice_metrics`, `evaluation.paired_bootstrap`). Every model
+(`metrics.metrics`, `metrics.slice_metrics`, `metrics.paired_bootstrap`). Every model
 the gate must compare with is loaded and scored, or `comparison` raises `GateError`: a registry
 or artifact fault fails the task, it never decides as if the model did not exist.
 """

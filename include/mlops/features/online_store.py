@@ -12,7 +12,7 @@ serialised `ValueProto`:
 18 times fewer rows and one B-tree. It is a Feast `OnlineStore` (selected in `repo_config` by its
 class path), so `get_online_features`, `write_to_online_store`, `materialize` and the scoring
 service's lookups go through it unchanged. `write_frame` is the same writer, vectorised per
-column for a whole frame (`features.materialize_frame`, the encoding in `online_encoding`); `online_write_batch` is Feast's per-row
+column for a whole frame (`build.materialize_frame`, the encoding in `online_encoding`); `online_write_batch` is Feast's per-row
 interface to it, and both write the same bytes (`tests/integration/test_online_store.py`).
 
 Values are the bytes Feast's SQLite store writes (an empty `ValueProto` for a null); a NULL

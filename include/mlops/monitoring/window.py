@@ -222,7 +222,7 @@ def _verdict(column: dict[str, Any]) -> dict[str, Any]:
 
 
 def performance_numbers(lab: pd.DataFrame, ref: pd.DataFrame, spec: DatasetSpec) -> dict[str, Any]:
-    """`evaluation.metrics` on labelled log rows (those with a score and a label); an undefined
+    """`evaluation.metrics.metrics` on labelled log rows (those with a score and a label); an undefined
     metric (NaN) reads None; empty without labelled rows."""
     from include.mlops.evaluation.metrics import metrics
 
@@ -233,7 +233,7 @@ def performance_numbers(lab: pd.DataFrame, ref: pd.DataFrame, spec: DatasetSpec)
 
 
 def logged_scores(labelled: pd.DataFrame, ref: pd.DataFrame, spec: DatasetSpec) -> Any:
-    """What `evaluation.metrics` takes for logged predictions: binary, the positive class's
+    """What `evaluation.metrics.metrics` takes for logged predictions: binary, the positive class's
     score with the champion's classes; multiclass, the predicted class (the log has no
     per-class probabilities, so roc_auc_ovr and log_loss stay empty); regression, the value."""
     import numpy as np

@@ -21,7 +21,7 @@ retrain is about the champion.
 No signal at all is `no_drift`. Each row of the table is one rule function (`EVIDENCE_RULES`, then
 `PERSISTENCE_RULES`); the pure function `decide` runs them and combines their checks, and is what the
 tests exercise. `drift_window.decide_window` adds the I/O: the decision history in the object store
-and the deployment ledger. What a retrain then trains on is `retraining.plan_retraining`.
+and the deployment ledger. What a retrain then trains on is `retraining.plan.plan_retraining`.
 """
 
 from __future__ import annotations

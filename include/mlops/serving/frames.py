@@ -1,4 +1,4 @@
-"""Validated rows -> the model's input frame, exactly as `features.build_features` makes it.
+"""Validated rows -> the model's input frame, exactly as `features.build.build_features` makes it.
 
 `build_features` builds its frame column by column through pandas: ~7 ms however few rows, more
 than the model call itself. The service builds the same frame from numpy arrays in one go and

@@ -115,7 +115,7 @@ def scoring_name(spec: DatasetSpec) -> str:
 
 def scorer(spec: DatasetSpec) -> Any:
     """What cross-validation scores: for a classifier, the primary metric computed by
-    `evaluation.metrics` (the same positive class, threshold and class list as the gate);
+    `evaluation.metrics.metrics` (the same positive class, threshold and class list as the gate);
     for a regressor, scikit-learn's own scorer of the same name."""
     if not spec.is_classification:
         return scoring_name(spec)

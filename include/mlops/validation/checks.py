@@ -1,4 +1,4 @@
-"""Data validation: a Great Expectations suite generated from the dataset spec.
+"""Data validation: the pandas checks, the outcome and its report, around the spec's GX suite.
 
 Two severities. `critical` expectations are the contract (column set, types, required values,
 ranges and category sets beyond a tolerated fraction, a non-empty batch, a unique entity+time,
@@ -9,7 +9,7 @@ optional columns mostly null).
 The column set and the event times are checked here in plain pandas before GX runs, so their
 failures read as what is wrong and how to fix it, and GX never evaluates an expectation on a
 column the batch does not have (it fails those with its own internal errors). The suite itself,
-and how it runs fast on a wide batch, is in `validation_suite`; the outcome, its HTML report
+and how it runs fast on a wide batch, is in `validation.suite`; the outcome, its HTML report
 and the failure message are here.
 """
 
@@ -203,7 +203,7 @@ def validate_frame(df: pd.DataFrame, spec: DatasetSpec, day: date | None = None)
     `day`, the batch's event times must fall inside that day (give or take
     `validation.time_tolerance_hours`). The column set and the event times are checked first, in
     pandas, and reported in plain words (`check_columns`, `check_event_times`); then the GX suite
-    runs, one GX batch per column (`validation_suite.run_suite` says why).
+    runs, one GX batch per column (`suite.run_suite` says why).
     """
     checks = _pandas_checks(df, spec, day)
     result, text = run_suite(df, spec)
