@@ -110,18 +110,20 @@ def bare(model, spec, src: str, dst: str, version: str, label: str):
     raw = pd.read_parquet(src)
     derived = dict(spec.derived_features)
     X = raw[spec.feature_names].assign(**{name: raw.eval(expr) for name, expr in derived.items()})
-    score = model.predict_proba(X)[:, list(model.classes_).index(1)]
-    out = pd.DataFrame(
-        {
-            spec.entity_key: raw[spec.entity_key],
-            spec.timestamp: raw[spec.timestamp],
-            "prediction": (score >= 0.5).astype("int64"),
-            "score": score,
-            "model_name": spec.model_name,
-            "model_version": version,
-            "interval": label,
-        }
-    )
+    proba, classes = model.predict_proba(X), list(model.classes_)
+    score = proba[:, classes.index(1)]
+    columns = {
+        spec.entity_key: raw[spec.entity_key],
+        spec.timestamp: raw[spec.timestamp],
+        "prediction": (score >= 0.5).astype("int64"),
+        "score": score,
+        **{f"probability_{c}": proba[:, j] for j, c in enumerate(classes)},  # what /predict answers too
+        "model_name": spec.model_name,
+        "model_version": version,
+        "variant": "champion",
+        "interval": label,
+    }
+    out = pd.DataFrame(columns)
     out.to_parquet(dst, index=False)
     return np.asarray(score)
 
